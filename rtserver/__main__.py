@@ -1,0 +1,3 @@
+from rtserver.cli import main
+
+raise SystemExit(main())

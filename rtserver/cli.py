@@ -1,0 +1,149 @@
+"""The ``rtserver`` command: ``serve``, ``check-config``, ``keys``.
+
+Logging is configured here, once; library modules only get their loggers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rtserver import __version__
+from rtserver.config import Config, iter_settings, load_config, resolve_config_path
+from rtserver.errors import ConfigError
+
+__all__ = ["main"]
+
+logger = logging.getLogger("rtserver")
+
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format=LOG_FORMAT, datefmt="%H:%M:%S", force=True)
+
+
+def _load(path: str | None) -> Config:
+    return load_config(resolve_config_path(path))
+
+
+def _announce(config: Config, host: str, port: int) -> None:
+    base = f"http://{host}:{port}"
+    ws = f"ws://{host}:{port}"
+    lines = [
+        f"rtserver {__version__} ready on {base}",
+        f"  config        {config.source or 'embedded defaults (no config.toml)'}",
+        f"  store         {Path(config.store.path).resolve()}",
+        f"  browser ws    {ws}/v1/ws?key={config.keys.public}",
+        f"  segment api   {base}/v1/batch  (write key: `rtserver keys`)",
+        f"  health        {base}/healthz",
+        f"  mail          {config.mail.transport}",
+    ]
+    for line in lines:
+        logger.info("%s", line)
+
+
+async def _serve(config: Config, host: str | None, port: int | None) -> None:
+    from rtserver.app import build_server, create_app
+
+    app = create_app(config)
+    overrides: dict[str, Any] = {}
+    if host is not None:
+        overrides["host"] = host
+    if port is not None:
+        overrides["port"] = port
+    server = build_server(app, config, lambda h, p: _announce(config, h, p), **overrides)
+    await server.serve()
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    _configure_logging(args.log_level or config.server.log_level)
+    asyncio.run(_serve(config, args.host, args.port))
+    return 0
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    path = resolve_config_path(args.path)
+    config = load_config(path)
+    print(f"{path or 'embedded defaults'}: ok ({len(config.workflow)} workflows)")
+    return 0
+
+
+async def _keys(config: Config) -> None:
+    from rtserver.app import resolve_keys
+    from rtserver.store import Store
+
+    store = await Store.open(config.store.path)
+    try:
+        keys = await resolve_keys(config, store, time.time())
+    finally:
+        await store.close()
+    print(f"public key       {keys.public}")
+    print(f"write key        {keys.write}")
+    print(f"identity secret  {keys.identity_secret}")
+
+
+def _cmd_keys(args: argparse.Namespace) -> int:
+    asyncio.run(_keys(_load(args.config)))
+    return 0
+
+
+def _cmd_settings(args: argparse.Namespace) -> int:
+    print("| key | default | env | meaning |")
+    print("|---|---|---|---|")
+    for s in iter_settings():
+        default = repr(s.default)
+        if s.default is None:
+            default = "(generated)" if s.key.startswith("keys.") else "(unset)"
+        print(f"| `{s.key}` | `{default}` | {s.env or ''} | {s.help} |")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (also used to render ``--help`` in the docs)."""
+    parser = argparse.ArgumentParser(
+        prog="rtserver",
+        description="Self-hosted real-time behavioural email trigger server.",
+        epilog="Config: --config, else $RTSERVER_CONFIG, else ./config.toml, else the defaults.",
+    )
+    parser.add_argument("--version", action="version", version=f"rtserver {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    serve = sub.add_parser("serve", help="run the server")
+    serve.add_argument("--config", metavar="PATH", help="config file (default: see below)")
+    serve.add_argument("--host", help="override server.host")
+    serve.add_argument("--port", type=int, help="override server.port")
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.set_defaults(func=_cmd_serve)
+
+    check = sub.add_parser("check-config", help="validate a config file and exit")
+    check.add_argument("path", nargs="?", help="config file (default: see below)")
+    check.set_defaults(func=_cmd_check_config)
+
+    keys = sub.add_parser("keys", help="print the public key, write key and identity secret")
+    keys.add_argument("--config", metavar="PATH")
+    keys.set_defaults(func=_cmd_keys)
+
+    settings = sub.add_parser("settings", help="print the config reference as a Markdown table")
+    settings.set_defaults(func=_cmd_settings)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``rtserver`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except ConfigError as exc:
+        print(f"rtserver: config error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code

@@ -1,0 +1,413 @@
+"""Configuration: ``config.toml`` read once into frozen, typed sections.
+
+Every setting is declared once, with its default and its help, as a dataclass field (as datasette's
+``SETTINGS`` table does); ``iter_settings()`` walks them for the README reference and its test.
+Precedence is environment > file > default, and the environment is consulted only for
+``RTSERVER_CONFIG`` (the path) and for secrets, one ``RTSERVER_*`` variable each.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from rtserver.errors import ConfigError
+
+__all__ = [
+    "Config",
+    "IngestConfig",
+    "KeysConfig",
+    "MailConfig",
+    "Secret",
+    "ServerConfig",
+    "Setting",
+    "SmtpConfig",
+    "StoreConfig",
+    "iter_settings",
+    "load_config",
+    "resolve_config_path",
+]
+
+MIN_SECRET_CHARS = 24
+MIN_SECRET_DISTINCT_CHARS = 10
+
+
+class Secret:
+    """A secret string that never shows itself in a repr, a str or a log line."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The secret value; call it only where the value is used."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+Check = Callable[[Any], str | None]
+
+
+def setting(default: Any, help: str, *, check: Check | None = None, env: str | None = None) -> Any:
+    """Declare one setting: its default, one line of help, an optional check and env variable."""
+    meta = {"help": help, "check": check, "env": env}
+    if isinstance(default, tuple | list):
+        return field(default_factory=lambda: tuple(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _port(value: int) -> str | None:
+    return None if 0 <= value <= 65535 else "expected a port between 0 and 65535"
+
+
+def _positive(value: float) -> str | None:
+    return None if value > 0 else "expected a positive number"
+
+
+def _url(value: str) -> str | None:
+    ok = re.fullmatch(r"https?://[^\s/]+(/\S*)?", value)
+    return None if ok else "expected an http(s) URL"
+
+
+def _origins(values: tuple[str, ...]) -> str | None:
+    for value in values:
+        if value != "*" and not re.fullmatch(r"https?://[^\s/]+", value):
+            return f"expected origins like 'https://shop.example' (no path), got {value!r}"
+    return None
+
+
+def _public_key(value: str) -> str | None:
+    ok = re.fullmatch(r"[A-Za-z0-9_\-]{4,64}", value)
+    return None if ok else "expected 4 to 64 letters, digits, '_' or '-'"
+
+
+def _strong(value: Secret | None) -> str | None:
+    if value is None:
+        return None
+    raw = value.reveal()
+    if len(raw) < MIN_SECRET_CHARS or len(set(raw)) < MIN_SECRET_DISTINCT_CHARS:
+        return (
+            f"secret too weak: use at least {MIN_SECRET_CHARS} random characters "
+            "(or leave it unset and rtserver generates one)"
+        )
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Where rtserver listens and who may talk to it."""
+
+    host: str = setting("127.0.0.1", "Interface to bind; keep 127.0.0.1 behind a proxy.")
+    port: int = setting(8000, "TCP port to listen on (0 picks a free one).", check=_port)
+    public_url: str = setting(
+        "http://localhost:8000", "Base URL of links in mail (pixel, clicks).", check=_url
+    )
+    allowed_origins: tuple[str, ...] = setting(
+        ("http://localhost:8000", "http://127.0.0.1:8000"),
+        "Browser origins allowed to use the public key (WebSocket, beacon, CORS).",
+        check=_origins,
+    )
+    trusted_proxies: tuple[str, ...] = setting(
+        (), "Proxy addresses whose X-Forwarded-For is believed (for per-IP limits)."
+    )
+    shutdown_timeout_s: float = setting(
+        10.0, "Upper bound on a graceful shutdown (final flush and acks).", check=_positive
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = setting(
+        "info", "Log level: debug, info, warning or error."
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    """The SQLite store."""
+
+    path: str = setting("rtserver.db", "SQLite database file (WAL mode; back up this file).")
+    retention_days: int = setting(90, "Days raw events are kept; profiles stay.", check=_positive)
+    max_group_events: int = setting(
+        5000, "Most events written in one group commit.", check=_positive
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class KeysConfig:
+    """Keys and secrets. Absent secrets are generated on first start and kept in the store."""
+
+    public: str = setting(
+        "pk_dev", "Public key of the browser snippet (not secret).", check=_public_key
+    )
+    write: Secret | None = setting(
+        None, "Server-side Segment write key (secret).", check=_strong, env="RTSERVER_WRITE_KEY"
+    )
+    identity_secret: Secret | None = setting(
+        None,
+        "HMAC key of userHash / emailHash (secret).",
+        check=_strong,
+        env="RTSERVER_IDENTITY_SECRET",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class IngestConfig:
+    """Limits of the WebSocket and HTTP ingest, per connection and per client address."""
+
+    max_frame_bytes: int = setting(
+        65536, "Largest WebSocket frame (bigger: close 1009).", check=_positive
+    )
+    max_batch_events: int = setting(100, "Most events in one batch.", check=_positive)
+    max_event_bytes: int = setting(32768, "Largest single event (Segment: 32 KB).", check=_positive)
+    max_request_bytes: int = setting(
+        512000, "Largest HTTP request body, after gunzip (Segment: 500 KB).", check=_positive
+    )
+    max_json_depth: int = setting(
+        32, "Deepest nesting of objects and arrays in an event.", check=_positive
+    )
+    max_keys: int = setting(256, "Most keys in one JSON object.", check=_positive)
+    max_string_bytes: int = setting(8192, "Longest string value.", check=_positive)
+    events_per_s: float = setting(
+        50.0, "Sustained events per second per WebSocket (more: close 1008).", check=_positive
+    )
+    burst_events: int = setting(
+        500, "Events a WebSocket may send at once above the rate.", check=_positive
+    )
+    max_connections_per_ip: int = setting(
+        20, "Concurrent WebSockets per client address.", check=_positive
+    )
+    max_queue: int = setting(
+        1024, "Batches waiting for the writer before ingest pushes back.", check=_positive
+    )
+    queue_timeout_s: float = setting(
+        5.0, "How long a batch may wait for room in the queue (then close 1013).", check=_positive
+    )
+    max_in_flight: int = setting(64, "Unacknowledged batches per WebSocket.", check=_positive)
+    ping_interval_s: float = setting(20.0, "WebSocket keepalive ping interval.", check=_positive)
+    ping_timeout_s: float = setting(
+        20.0, "Close a WebSocket whose pong is this late.", check=_positive
+    )
+    idle_timeout_s: float = setting(
+        300.0, "Close a WebSocket that sends nothing for this long.", check=_positive
+    )
+    permessage_deflate: bool = setting(False, "Offer permessage-deflate (costs ~29 KiB a socket).")
+    retry_after_ms: int = setting(1000, "Suggested client wait after a nack.", check=_positive)
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpConfig:
+    """The SMTP relay used when ``mail.transport = "smtp"``."""
+
+    host: str = setting("127.0.0.1", "SMTP relay host.")
+    port: int = setting(25, "SMTP relay port.", check=_port)
+    username: str | None = setting(None, "SMTP login user (optional).")
+    password: Secret | None = setting(None, "SMTP password (secret).", env="RTSERVER_SMTP_PASSWORD")
+    starttls: bool = setting(False, "Upgrade the connection with STARTTLS.")
+    timeout_s: float = setting(30.0, "Per-command SMTP timeout.", check=_positive)
+
+
+@dataclass(frozen=True, slots=True)
+class MailConfig:
+    """Outgoing mail."""
+
+    from_: str = setting("Demo Shop <shop@example.com>", "From address of every mail.")
+    transport: Literal["sink", "smtp"] = setting(
+        "sink", "'sink' keeps mail in the store (demo), 'smtp' sends through mail.smtp."
+    )
+    test_recipients: tuple[str, ...] = setting((), "When set, every mail goes to these instead.")
+    smtp: SmtpConfig = field(default_factory=SmtpConfig, metadata={"help": "SMTP relay."})
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole configuration."""
+
+    server: ServerConfig = field(default_factory=ServerConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    keys: KeysConfig = field(default_factory=KeysConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    mail: MailConfig = field(default_factory=MailConfig)
+    workflow: tuple[Mapping[str, Any], ...] = field(
+        default=(), metadata={"help": "Workflows ([[workflow]] tables)."}
+    )
+    source: Path | None = field(default=None, metadata={"internal": True})
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One documented setting, for the README reference."""
+
+    key: str
+    default: Any
+    help: str
+    env: str | None
+
+
+def _toml_name(name: str) -> str:
+    return name.rstrip("_")  # `from_` is `from` in TOML
+
+
+def iter_settings(cls: type[Any] = Config, prefix: str = "") -> Iterator[Setting]:
+    """Every leaf setting with its dotted key, default and help."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("internal") or f.name == "workflow":
+            continue
+        key = prefix + _toml_name(f.name)
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from iter_settings(hints[f.name], key + ".")
+            continue
+        default = f.default
+        if f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        yield Setting(key, default, f.metadata["help"], f.metadata["env"])
+
+
+def _describe(value: Any) -> str:
+    return repr(value) if not isinstance(value, Secret) else "a secret"
+
+
+def _convert(key: str, hint: Any, value: Any) -> Any:
+    """Check ``value`` against the annotation ``hint``; return it in its typed form."""
+    origin = typing.get_origin(hint)
+    if origin in (types.UnionType, typing.Union):
+        options = [h for h in typing.get_args(hint) if h is not type(None)]
+        return _convert(key, options[0], value)
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            names = ", ".join(repr(c) for c in choices)
+            raise ConfigError(f"{key}: expected one of {names}, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        item = typing.get_args(hint)[0]
+        return tuple(_convert(f"{key}[{i}]", item, v) for i, v in enumerate(value))
+    if hint is Secret:
+        if isinstance(value, Secret):
+            return value
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected str, got {value!r}")
+        return Secret(value)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a table, got {value!r}")
+        return _build(hint, value, key + ".")  # type: ignore[arg-type]
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ConfigError(f"{key}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def _build(cls: type[Any], data: Mapping[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {
+        _toml_name(f.name): f for f in dataclasses.fields(cls) if not f.metadata.get("internal")
+    }
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"{prefix}{unknown[0]}: unknown key (expected one of {', '.join(fields)})"
+        )
+    values: dict[str, Any] = {}
+    for name, f in fields.items():
+        key = prefix + name
+        if name in data:
+            values[f.name] = _convert(key, hints[f.name], data[name])
+        elif dataclasses.is_dataclass(hints[f.name]):
+            values[f.name] = _build(hints[f.name], {}, key + ".")
+        check = f.metadata.get("check")
+        if check is not None and f.name in values:
+            problem = check(values[f.name])
+            if problem:
+                raise ConfigError(f"{key}: {problem}, got {_describe(values[f.name])}")
+    return cls(**values)
+
+
+def _secrets_from_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    merged = {k: dict(v) if isinstance(v, Mapping) else v for k, v in data.items()}
+    for item in iter_settings():
+        if item.env and env.get(item.env):
+            *path, leaf = item.key.split(".")
+            table = merged
+            for part in path:
+                table = table.setdefault(part, {})
+                if not isinstance(table, dict):
+                    raise ConfigError(f"{part}: expected a table, got {table!r}")
+            table[leaf] = Secret(env[item.env])
+    return merged
+
+
+def _workflows(value: Any) -> tuple[Mapping[str, Any], ...]:
+    # Workflows are validated by the workflow engine; here only their shape is checked.
+    if not isinstance(value, list) or not all(isinstance(w, Mapping) for w in value):
+        raise ConfigError(f"workflow: expected [[workflow]] tables, got {value!r}")
+    names: set[str] = set()
+    for i, wf in enumerate(value):
+        name = wf.get("name")
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"workflow[{i}].name: expected a non-empty str, got {name!r}")
+        if name in names:
+            raise ConfigError(f"workflow[{i}].name: duplicate workflow name {name!r}")
+        names.add(name)
+    return tuple(value)
+
+
+def resolve_config_path(
+    path: str | Path | None, env: Mapping[str, str] = os.environ
+) -> Path | None:
+    """The config file: the argument, else ``RTSERVER_CONFIG``, else ./config.toml if present."""
+    if path is not None:
+        return Path(path)
+    if env.get("RTSERVER_CONFIG"):
+        return Path(env["RTSERVER_CONFIG"])
+    default = Path("config.toml")
+    return default if default.exists() else None
+
+
+def load_config(
+    path: str | Path | None = None,
+    env: Mapping[str, str] = os.environ,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Read and validate the configuration; with no path, the embedded defaults.
+
+    Raises:
+        ConfigError: naming the dotted key and the bad value.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {str(path)!r}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+    for section, values in (overrides or {}).items():
+        if isinstance(values, Mapping):
+            data[section] = {**data.get(section, {}), **values}
+        else:
+            data[section] = values
+    workflows = _workflows(data.pop("workflow", []))
+    config: Config = _build(Config, _secrets_from_env(data, env))
+    return dataclasses.replace(
+        config, workflow=workflows, source=Path(path) if path is not None else None
+    )

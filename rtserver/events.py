@@ -1,0 +1,262 @@
+"""Events: the Segment-spec message, parsed and checked. Pure, no I/O.
+
+Every transport (WebSocket, Segment HTTP API, beacon) turns its input into :class:`Event` with
+:func:`parse_event`; a bad event raises :class:`InvalidEvent` whose message is the lowercase
+reason sent back to the client. Limits (depth, keys, string and event size) come from
+:class:`IngestConfig` and are checked after decoding, on the decoded value, so the parser never
+sees more than one frame or body (their sizes are capped before decoding).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any, Literal, cast
+
+import orjson
+
+from rtserver.config import IngestConfig
+from rtserver.errors import InvalidEvent, PolicyViolation
+
+__all__ = [
+    "EVENT_TYPES",
+    "Event",
+    "decode_json",
+    "message_id_of",
+    "parse_batch",
+    "parse_event",
+    "sign_identity",
+    "verify_identity",
+]
+
+EventType = Literal["track", "page", "screen", "identify", "alias", "group"]
+Source = Literal["browser", "server"]
+EVENT_TYPES: frozenset[str] = frozenset(("track", "page", "screen", "identify", "alias", "group"))
+MAX_ID_CHARS = 256
+MAX_NAME_CHARS = 200
+EMAIL_RE = re.compile(r"[^@\s]{1,64}@[^@\s]+\.[^@\s]+")
+MAX_EMAIL_CHARS = 254
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One accepted Segment message."""
+
+    type: EventType
+    message_id: str
+    anonymous_id: str | None
+    user_id: str | None
+    name: str | None
+    properties: dict[str, Any]
+    traits: dict[str, Any]
+    context: dict[str, Any]
+    timestamp: str | None
+    previous_id: str | None
+    body: bytes
+    """The message as received, re-encoded compactly: what the store keeps."""
+    source: Source = "server"
+    user_verified: bool = True
+    """False for a browser ``userId`` without a valid ``context.userHash``: only claimed."""
+    email: str | None = None
+    """``traits.email``, lowercased."""
+    email_verified: bool = True
+    """False for a browser email without a valid ``context.emailHash``: only claimed."""
+
+    @property
+    def known_user(self) -> str | None:
+        """The user id this event may act for (verified or trusted), else None."""
+        return self.user_id if self.user_verified else None
+
+
+def decode_json(text: str | bytes) -> Any:
+    """Decode JSON, turning every parser failure into :class:`InvalidEvent`."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidEvent(f"malformed json: {exc.msg}") from None
+
+
+def _check_shape(value: Any, limits: IngestConfig) -> None:
+    """Depth, keys per object and string length, walked without recursion."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            if len(item) > limits.max_string_bytes:
+                raise InvalidEvent(f"string longer than {limits.max_string_bytes} characters")
+            continue
+        if not isinstance(item, dict | list):
+            continue
+        if depth > limits.max_json_depth:
+            raise PolicyViolation(f"json nested deeper than {limits.max_json_depth}")
+        if isinstance(item, dict):
+            if len(item) > limits.max_keys:
+                raise InvalidEvent(f"object with more than {limits.max_keys} keys")
+            stack.extend((v, depth + 1) for v in item.values())
+            stack.extend((k, depth) for k in item)
+        else:
+            stack.extend((v, depth + 1) for v in item)
+
+
+def parse_batch(text: str, limits: IngestConfig) -> list[Any]:
+    """Decode one WebSocket frame ``{"batch": [...]}`` into its raw events.
+
+    Raises:
+        InvalidEvent: the frame is not a batch (nothing in it can be acked).
+        PolicyViolation: too many events or too deep: the connection is closed.
+    """
+    frame = decode_json(text)
+    if not isinstance(frame, dict) or not isinstance(frame.get("batch"), list):
+        raise InvalidEvent('expected {"batch": [...]}')
+    batch = cast(list[Any], frame["batch"])
+    if len(batch) > limits.max_batch_events:
+        raise PolicyViolation(f"batch of {len(batch)} events, limit {limits.max_batch_events}")
+    return batch
+
+
+def _opt_str(raw: dict[str, Any], key: str, limit: int = MAX_ID_CHARS) -> str | None:
+    value = raw.get(key)
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not value or len(value) > limit:
+        raise InvalidEvent(f"{key} must be a non-empty string of at most {limit} characters")
+    return value
+
+
+def _object(raw: dict[str, Any], key: str) -> dict[str, Any]:
+    value = raw.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidEvent(f"{key} must be an object")
+    return value
+
+
+def _email(traits: dict[str, Any]) -> str | None:
+    value = traits.get("email")
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or len(value) > MAX_EMAIL_CHARS or not EMAIL_RE.fullmatch(value):
+        raise InvalidEvent("traits.email is not a valid email address")
+    return value.lower()
+
+
+def message_id_of(raw: Any) -> str | None:
+    """The messageId of a raw event, if it has a usable one (for rejecting it by id)."""
+    if isinstance(raw, dict):
+        value = raw.get("messageId")
+        if isinstance(value, str) and 0 < len(value) <= MAX_ID_CHARS:
+            return value
+    return None
+
+
+def parse_event(
+    raw: Any,
+    limits: IngestConfig,
+    *,
+    source: Source = "server",
+    default_type: str | None = None,
+    context: dict[str, Any] | None = None,
+) -> Event:
+    """Check one raw Segment message and build its :class:`Event`.
+
+    ``default_type`` is the type implied by the route (``/v1/track``); ``context`` is a batch-level
+    context merged under the event's own, as Segment does.
+
+    Raises:
+        InvalidEvent: with the lowercase reason.
+    """
+    if not isinstance(raw, dict):
+        raise InvalidEvent("event must be an object")
+    _check_shape(raw, limits)
+    kind = raw.get("type", default_type)
+    if kind not in EVENT_TYPES:
+        raise InvalidEvent(f"unknown event type {kind!r}")
+    if default_type is not None and kind != default_type:
+        raise InvalidEvent(f"type {kind!r} sent to the {default_type} endpoint")
+    message_id = _opt_str(raw, "messageId")
+    if message_id is None:
+        raise InvalidEvent("missing messageId")
+    anonymous_id = _opt_str(raw, "anonymousId")
+    user_id = _opt_str(raw, "userId")
+    if anonymous_id is None and user_id is None:
+        raise InvalidEvent("anonymousId or userId is required")
+    name = _opt_str(raw, "event" if kind == "track" else "name", MAX_NAME_CHARS)
+    if kind == "track" and name is None:
+        raise InvalidEvent("track needs an event name")
+    previous_id = _opt_str(raw, "previousId")
+    if kind == "alias" and (previous_id is None or user_id is None):
+        raise InvalidEvent("alias needs previousId and userId")
+    if kind == "group" and _opt_str(raw, "groupId") is None:
+        raise InvalidEvent("group needs groupId")
+    timestamp = raw.get("timestamp")
+    if timestamp is not None:
+        try:
+            datetime.fromisoformat(timestamp)
+        except (TypeError, ValueError):
+            raise InvalidEvent("timestamp must be an ISO-8601 string") from None
+    event_context = _object(raw, "context")
+    if context:
+        event_context = {**context, **event_context}
+        raw = {**raw, "context": event_context}
+    traits = _object(raw, "traits")
+    if kind == "identify" and not traits:
+        traits = _object(event_context, "traits")
+    body = orjson.dumps(raw)
+    if len(body) > limits.max_event_bytes:
+        raise InvalidEvent(f"event larger than {limits.max_event_bytes} bytes")
+    return Event(
+        type=kind,
+        message_id=message_id,
+        anonymous_id=anonymous_id,
+        user_id=user_id,
+        name=name,
+        properties=_object(raw, "properties"),
+        traits=traits,
+        context=event_context,
+        timestamp=timestamp,
+        previous_id=previous_id,
+        body=body,
+        source=source,
+        email=_email(traits),
+    )
+
+
+def sign_identity(secret: str, value: str) -> str:
+    """The hash the shop's backend computes: lowercase hex HMAC-SHA256(secret, value)."""
+    return hmac.new(secret.encode(), value.encode(), hashlib.sha256).hexdigest()
+
+
+def _hash_matches(secret: str, value: str, claimed: Any) -> bool:
+    if not isinstance(claimed, str):
+        return False
+    return hmac.compare_digest(sign_identity(secret, value), claimed.lower())
+
+
+def verify_identity(event: Event, identity_secret: str) -> Event:
+    """Mark a browser event's ``userId`` and email as verified only when their hashes match.
+
+    Server-side (write key) events are trusted as they are. A browser event must carry its own
+    ``anonymousId``: it only ever acts for that browser, or for a user it can prove.
+    """
+    if event.source == "server":
+        return event
+    if event.anonymous_id is None:
+        raise InvalidEvent("browser events need an anonymousId")
+    user_ok = event.user_id is not None and _hash_matches(
+        identity_secret, event.user_id, event.context.get("userHash")
+    )
+    if event.type == "alias":
+        if not user_ok:
+            raise InvalidEvent("alias from a browser needs a valid context.userHash")
+        if event.previous_id != event.anonymous_id:
+            raise InvalidEvent("alias from a browser may only alias its own anonymousId")
+    email_ok = event.email is not None and _hash_matches(
+        identity_secret, event.email, event.context.get("emailHash")
+    )
+    return replace(event, user_verified=user_ok, email_verified=email_ok)

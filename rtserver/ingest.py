@@ -1,0 +1,269 @@
+"""WebSocket ingest: ``GET /v1/ws?key=<public key>``, the browsers' persistent connection.
+
+Protocol (DESIGN.md, fixed): text frames ``{"batch": [event, ...]}`` in; ``{"ack": [...]}`` only
+after commit, ``{"reject": [...]}`` for events that will never be accepted, ``{"nack": [...],
+"retry_after_ms": N}`` after a transient storage failure. Bad key or Origin: HTTP 403 at the
+handshake. Oversize frame: 1009 (uvicorn's ``ws_max_size``). Rate, depth, batch size or a binary
+frame: 1008. Queue full for too long: 1013. Shutdown: 1001, after the final flush and acks.
+
+Each connection has two halves: a reader task that parses frames and submits batches, and the
+endpoint itself writing replies in order (acks wait for their commit), so a client may pipeline
+up to ``ingest.max_in_flight`` batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import itertools
+import logging
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import orjson
+from starlette import status
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from rtserver.config import Config
+from rtserver.errors import InvalidEvent, PolicyViolation, StorageUnavailable, StoreError
+from rtserver.events import Event, message_id_of, parse_batch, parse_event, verify_identity
+from rtserver.pipeline import Runtime
+
+__all__ = ["Ingest", "TokenBucket", "origin_allowed"]
+
+logger = logging.getLogger(__name__)
+_ids = itertools.count(1)
+
+
+def origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:
+    """Whether a browser ``Origin`` may use the public key (a missing one never may)."""
+    return origin is not None and ("*" in allowed or origin.rstrip("/") in allowed)
+
+
+def key_matches(given: str | None, expected: str) -> bool:
+    """Constant-time key comparison."""
+    return given is not None and hmac.compare_digest(given.encode(), expected.encode())
+
+
+@dataclass(slots=True)
+class TokenBucket:
+    """Events per second with a burst allowance, on an injected monotonic clock."""
+
+    rate: float
+    burst: float
+    clock: Callable[[], float]
+    tokens: float = field(init=False)
+    updated: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.tokens = self.burst
+        self.updated = self.clock()
+
+    def take(self, n: int) -> bool:
+        """Spend ``n`` tokens if there are enough."""
+        now = self.clock()
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if n > self.tokens:
+            return False
+        self.tokens -= n
+        return True
+
+
+@dataclass(slots=True)
+class Close:
+    """Close the socket with this code, after the replies queued before it."""
+
+    code: int
+    reason: str
+
+
+Reply = dict[str, Any] | tuple[asyncio.Future[None], list[str]] | Close
+
+
+class Session:
+    """One open WebSocket."""
+
+    def __init__(
+        self, websocket: WebSocket, runtime: Runtime, peer: str, monotonic: Callable[[], float]
+    ):
+        self.id = next(_ids)
+        self.ws = websocket
+        self.runtime = runtime
+        self.peer = peer
+        limits = runtime.config.ingest
+        self.bucket = TokenBucket(limits.events_per_s, limits.burst_events, monotonic)
+        self.replies: asyncio.Queue[Reply] = asyncio.Queue(maxsize=limits.max_in_flight)
+        self.reader: asyncio.Task[None] | None = None
+        self.receiving = False
+        self.stopping = False
+        self.closed = asyncio.Event()
+
+    def stop(self) -> None:
+        """Stop reading (shutdown): what was read is still committed and acked, then 1001."""
+        self.stopping = True
+        if self.receiving and self.reader is not None:
+            self.reader.cancel()
+
+    async def read(self) -> None:
+        """Read frames until the client leaves, breaks a rule, or the server stops."""
+        try:
+            close = await self._read_frames()
+        except asyncio.CancelledError:
+            if not self.stopping:
+                raise  # the writer is gone: nobody is left to reply to
+            close = Close(status.WS_1001_GOING_AWAY, "server shutting down")
+        except Exception:  # the task boundary: log, close this socket, keep the server up
+            logger.exception("ws %d: reader failed", self.id)
+            close = Close(status.WS_1011_INTERNAL_ERROR, "internal error")
+        await self.replies.put(close)
+
+    async def _read_frames(self) -> Close:
+        limits = self.runtime.config.ingest
+        while not self.stopping:
+            self.receiving = True
+            try:
+                async with asyncio.timeout(limits.idle_timeout_s):
+                    message = await self.ws.receive()
+            except TimeoutError:
+                return Close(status.WS_1000_NORMAL_CLOSURE, "idle timeout")
+            finally:
+                self.receiving = False
+            if message["type"] == "websocket.disconnect":
+                return Close(-1, "client left")
+            text = message.get("text")
+            if text is None:
+                return Close(status.WS_1008_POLICY_VIOLATION, "binary frames are not accepted")
+            try:
+                close = await self._handle(text)
+            except PolicyViolation as exc:
+                return Close(status.WS_1008_POLICY_VIOLATION, str(exc))
+            if close is not None:
+                return close
+        return Close(status.WS_1001_GOING_AWAY, "server shutting down")
+
+    async def _handle(self, text: str) -> Close | None:
+        runtime = self.runtime
+        limits = runtime.config.ingest
+        try:
+            raw_events = parse_batch(text, limits)
+        except PolicyViolation:
+            raise
+        except InvalidEvent as exc:
+            await self.replies.put({"reject": [{"messageId": None, "error": str(exc)}]})
+            return None
+        if not self.bucket.take(len(raw_events)):
+            raise PolicyViolation(f"more than {limits.events_per_s:g} events per second")
+        accepted: list[Event] = []
+        rejected: list[dict[str, Any]] = []
+        for raw in raw_events:
+            try:
+                event = parse_event(raw, limits, source="browser")
+                accepted.append(verify_identity(event, runtime.keys.identity_secret))
+            except PolicyViolation:
+                raise
+            except InvalidEvent as exc:
+                rejected.append({"messageId": message_id_of(raw), "error": str(exc)})
+        if rejected:
+            await self.replies.put({"reject": rejected})
+        if accepted:
+            try:
+                done = await runtime.pipeline.submit(accepted, runtime.clock())
+            except TimeoutError:
+                return Close(status.WS_1013_TRY_AGAIN_LATER, "server overloaded, retry later")
+            await self.replies.put((done, [e.message_id for e in accepted]))
+        return None
+
+    async def write(self) -> None:
+        """Send replies in order until a :class:`Close` comes through."""
+        retry_after_ms = self.runtime.config.ingest.retry_after_ms
+        while True:
+            reply = await self.replies.get()
+            if isinstance(reply, Close):
+                if reply.code > 0:
+                    await self.ws.close(reply.code, reply.reason)
+                return
+            if isinstance(reply, tuple):
+                done, ids = reply
+                try:
+                    await done
+                    message: dict[str, Any] = {"ack": ids}
+                except (StorageUnavailable, StoreError):
+                    message = {"nack": ids, "retry_after_ms": retry_after_ms}
+            else:
+                message = reply
+            await self.ws.send_text(orjson.dumps(message).decode())
+
+
+class Ingest:
+    """The WebSocket endpoint and the registry of open sessions (for limits and the drain)."""
+
+    def __init__(self, config: Config, monotonic: Callable[[], float]):
+        self.config = config
+        self.monotonic = monotonic
+        self.sessions: set[Session] = set()
+        self.per_ip: Counter[str] = Counter()
+        self.draining = False
+
+    async def _refuse(self, websocket: WebSocket, why: str) -> None:
+        # Closing before accept() makes uvicorn answer the handshake with HTTP 403. (A denial
+        # response with a body would say more, but uvicorn logs each one as an ASGI error.)
+        logger.info("ws refused %s: %s", websocket.client, why)
+        await websocket.close(status.WS_1008_POLICY_VIOLATION)
+
+    async def _turn_away(self, websocket: WebSocket, code: int, why: str) -> None:
+        await websocket.accept()
+        await websocket.close(code, why)
+
+    async def endpoint(self, websocket: WebSocket) -> None:
+        """``GET /v1/ws``: check key and Origin, then read and reply until closed."""
+        runtime = cast(Runtime, websocket.state.runtime)
+        config = self.config
+        peer = websocket.client.host if websocket.client else "unknown"
+        if not key_matches(websocket.query_params.get("key"), runtime.keys.public):
+            return await self._refuse(websocket, "invalid key")
+        if not origin_allowed(websocket.headers.get("origin"), config.server.allowed_origins):
+            return await self._refuse(websocket, "origin not allowed")
+        if self.draining:
+            return await self._turn_away(websocket, status.WS_1001_GOING_AWAY, "shutting down")
+        if self.per_ip[peer] >= config.ingest.max_connections_per_ip:
+            return await self._turn_away(
+                websocket, status.WS_1008_POLICY_VIOLATION, "too many connections from this address"
+            )
+        session = Session(websocket, runtime, peer, self.monotonic)
+        self.per_ip[peer] += 1
+        self.sessions.add(session)
+        try:
+            await websocket.accept()
+            logger.debug("ws %d open from %s", session.id, peer)
+            session.reader = asyncio.create_task(session.read(), name=f"ws-reader-{session.id}")
+            try:
+                await session.write()
+            except (WebSocketDisconnect, RuntimeError, OSError):
+                pass  # the client is gone: what it sent is still committed, just not acked
+            finally:
+                session.reader.cancel()
+                try:
+                    await session.reader
+                except asyncio.CancelledError:
+                    pass
+        finally:
+            session.closed.set()
+            self.sessions.discard(session)
+            self.per_ip[peer] -= 1
+            if not self.per_ip[peer]:
+                del self.per_ip[peer]
+            logger.debug("ws %d closed", session.id)
+
+    async def drain(self) -> None:
+        """Shutdown, before uvicorn closes sockets: stop reading, commit, ack, close with 1001."""
+        self.draining = True
+        sessions = list(self.sessions)
+        for session in sessions:
+            session.stop()
+        if sessions:
+            logger.info("draining %d websocket(s)", len(sessions))
+        # Each session ends once its last ack and its close frame are sent.
+        await asyncio.gather(*(s.closed.wait() for s in sessions))

@@ -1,0 +1,385 @@
+"""The store: every line of SQL in rtserver, over one SQLite file.
+
+One aiosqlite *writer* connection (WAL, ``synchronous=FULL``) does all writes, one group of events
+per transaction (group commit: one ``executemany`` per table, then one fsync). Queries for the
+dashboard and the CLI go through a separate read-only connection, so they never wait behind the
+writer. Migrations are named, applied in order, each in ``BEGIN IMMEDIATE``, and recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import orjson
+
+from rtserver.errors import StorageUnavailable, StoreError
+from rtserver.events import Event
+from rtserver.people import Link, ids_to_look_up, resolve_people
+
+__all__ = ["MIGRATIONS", "Prepared", "Store"]
+
+logger = logging.getLogger(__name__)
+
+IN_CHUNK = 500
+PURGE_CHUNK = 5000
+TRANSIENT_MESSAGES = ("database or disk is full", "database is locked", "disk i/o error")
+
+MIGRATIONS: tuple[tuple[str, str], ...] = (
+    (
+        "0001_events_profiles",
+        """
+        CREATE TABLE events (
+            seq INTEGER PRIMARY KEY,
+            message_id TEXT NOT NULL UNIQUE,
+            type TEXT NOT NULL,
+            name TEXT,
+            person_id TEXT NOT NULL,
+            anonymous_id TEXT,
+            user_id TEXT,
+            source TEXT NOT NULL,
+            received_at REAL NOT NULL,
+            timestamp TEXT,
+            body BLOB NOT NULL
+        );
+        CREATE INDEX events_person ON events (person_id, received_at);
+        CREATE INDEX events_received ON events (received_at);
+        CREATE TABLE profiles (
+            person_id TEXT PRIMARY KEY,
+            user_id TEXT,
+            email TEXT,
+            claimed_email TEXT,
+            traits TEXT NOT NULL DEFAULT '{}',
+            first_seen REAL NOT NULL,
+            last_seen REAL NOT NULL
+        );
+        CREATE INDEX profiles_email ON profiles (email);
+        CREATE TABLE identities (
+            anonymous_id TEXT PRIMARY KEY,
+            person_id TEXT NOT NULL
+        );
+        CREATE INDEX identities_person ON identities (person_id);
+        CREATE TABLE secrets (
+            name TEXT PRIMARY KEY,
+            value TEXT NOT NULL,
+            created_at REAL NOT NULL
+        );
+        """,
+    ),
+)
+
+INSERT_EVENT = """
+    INSERT INTO events (message_id, type, name, person_id, anonymous_id, user_id, source,
+                        received_at, timestamp, body)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (message_id) DO NOTHING
+"""
+UPSERT_PROFILE = """
+    INSERT INTO profiles (person_id, user_id, email, claimed_email, traits, first_seen, last_seen)
+    VALUES (?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (person_id) DO UPDATE SET
+        user_id = coalesce(excluded.user_id, user_id),
+        email = coalesce(excluded.email, email),
+        claimed_email = coalesce(excluded.claimed_email, claimed_email),
+        traits = json_patch(traits, excluded.traits),
+        first_seen = min(first_seen, excluded.first_seen),
+        last_seen = max(last_seen, excluded.last_seen)
+"""
+MERGE_PROFILE = """
+    INSERT INTO profiles (person_id, user_id, email, claimed_email, traits, first_seen, last_seen)
+    SELECT ?, user_id, email, claimed_email, traits, first_seen, last_seen
+    FROM profiles WHERE person_id = ? AND true
+    ON CONFLICT (person_id) DO UPDATE SET
+        user_id = coalesce(user_id, excluded.user_id),
+        email = coalesce(email, excluded.email),
+        claimed_email = coalesce(claimed_email, excluded.claimed_email),
+        traits = json_patch(excluded.traits, traits),
+        first_seen = min(first_seen, excluded.first_seen),
+        last_seen = max(last_seen, excluded.last_seen)
+"""
+PROFILE_COLUMNS = (
+    "person_id",
+    "user_id",
+    "email",
+    "claimed_email",
+    "traits",
+    "first_seen",
+    "last_seen",
+)
+UPSERT_IDENTITY = """
+    INSERT INTO identities (anonymous_id, person_id) VALUES (?, ?)
+    ON CONFLICT (anonymous_id) DO UPDATE SET person_id = excluded.person_id
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A group of events checked against the store: the new ones, with their persons."""
+
+    fresh: list[Event]
+    received_at: list[float]
+    people: list[str]
+    links: list[Link]
+    duplicates: int
+
+
+def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
+    for start in range(0, len(items), IN_CHUNK):
+        yield items[start : start + IN_CHUNK]
+
+
+def _marks(items: Sequence[str]) -> str:
+    return ",".join("?" * len(items))
+
+
+def _classify(exc: sqlite3.Error) -> StoreError:
+    if any(m in str(exc).lower() for m in TRANSIENT_MESSAGES):
+        return StorageUnavailable(f"storage unavailable: {exc}")
+    return StoreError(f"store failed: {exc}")
+
+
+def _profile_row(event: Event, person: str, received_at: float) -> tuple[Any, ...]:
+    traits = dict(event.traits)
+    claimed = None
+    if event.email is not None and not event.email_verified:
+        claimed = event.email
+        traits.pop("email", None)  # a claimed address must not look like a mailable one
+    email = event.email if event.email_verified else None
+    user = event.known_user
+    return (person, user, email, claimed, orjson.dumps(traits).decode(), received_at, received_at)
+
+
+class Store:
+    """The SQLite store. Open with :meth:`open`, close with :meth:`close`."""
+
+    def __init__(self, path: str, writer: aiosqlite.Connection, reader: aiosqlite.Connection):
+        self.path = path
+        self._db = writer
+        self._ro = reader
+        # Every write goes through this lock: the pipeline's transaction spans several awaits,
+        # and a statement from another task on the same connection would join it.
+        self._write_lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: str | Path) -> Store:
+        """Open (creating if needed) the database and apply pending migrations."""
+        path = str(path)
+        writer = await aiosqlite.connect(path, isolation_level=None)
+        try:
+            for pragma in (
+                "journal_mode = WAL",
+                "synchronous = FULL",
+                "foreign_keys = ON",
+                "busy_timeout = 5000",
+            ):
+                await writer.execute(f"PRAGMA {pragma}")
+            await cls._migrate(writer)
+            reader = await aiosqlite.connect(f"file:{path}?mode=ro", uri=True)
+        except BaseException:
+            await writer.close()
+            raise
+        return cls(path, writer, reader)
+
+    @staticmethod
+    async def _migrate(db: aiosqlite.Connection) -> None:
+        await db.execute(
+            "CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at TEXT)"
+        )
+        done = {row[0] for row in await db.execute_fetchall("SELECT name FROM migrations")}
+        for name, script in MIGRATIONS:
+            if name in done:
+                continue
+            logger.info("applying migration %s", name)
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in filter(str.strip, script.split(";")):
+                    await db.execute(statement)
+                await db.execute("INSERT INTO migrations VALUES (?, datetime('now'))", (name,))
+                await db.execute("COMMIT")
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+
+    async def close(self) -> None:
+        """Close both connections."""
+        await self._ro.close()
+        await self._db.close()
+
+    # Writes: only the pipeline and the lifespan call these, one at a time.
+
+    async def prepare(self, events: Sequence[Event], received_at: Sequence[float]) -> Prepared:
+        """Drop events already stored (or repeated in the group) and resolve their persons.
+
+        Runs on the writer connection between commits, so what it reads is what the next
+        :meth:`commit_batch` writes over: nothing can slip in between.
+        """
+        ids = [e.message_id for e in events]
+        stored: set[str] = set()
+        try:
+            for chunk in _chunks(ids):
+                rows = await self._db.execute_fetchall(
+                    f"SELECT message_id FROM events WHERE message_id IN ({_marks(chunk)})", chunk
+                )
+                stored.update(r[0] for r in rows)
+            fresh: list[Event] = []
+            times: list[float] = []
+            for event, at in zip(events, received_at, strict=True):
+                if event.message_id not in stored:
+                    stored.add(event.message_id)
+                    fresh.append(event)
+                    times.append(at)
+            lookup = sorted(ids_to_look_up(fresh))
+            known: dict[str, str] = {}
+            for chunk in _chunks(lookup):
+                rows = await self._db.execute_fetchall(
+                    "SELECT anonymous_id, person_id FROM identities "
+                    f"WHERE anonymous_id IN ({_marks(chunk)})",
+                    chunk,
+                )
+                known.update((r[0], r[1]) for r in rows)
+        except sqlite3.Error as exc:
+            raise _classify(exc) from exc
+        resolution = resolve_people(fresh, known)
+        return Prepared(fresh, times, resolution.people, resolution.links, len(events) - len(fresh))
+
+    async def commit_batch(self, prepared: Prepared) -> None:
+        """Write a prepared group in one transaction: events, profiles, identity links.
+
+        Raises:
+            StorageUnavailable: nothing was written (disk full, locked); retry later.
+            StoreError: anything else.
+        """
+        events, received_at = prepared.fresh, prepared.received_at
+        if not events:
+            return
+        event_rows = [
+            (
+                e.message_id,
+                e.type,
+                e.name,
+                person,
+                e.anonymous_id,
+                e.user_id,
+                e.source,
+                at,
+                e.timestamp,
+                e.body,
+            )
+            for e, person, at in zip(events, prepared.people, received_at, strict=True)
+        ]
+        profile_rows = [
+            _profile_row(e, person, at)
+            for e, person, at in zip(events, prepared.people, received_at, strict=True)
+        ]
+        try:
+            async with self._write_lock:
+                await self._commit(event_rows, profile_rows, prepared.links)
+        except sqlite3.Error as exc:
+            raise _classify(exc) from exc
+
+    async def _commit(
+        self,
+        event_rows: list[tuple[Any, ...]],
+        profile_rows: list[tuple[Any, ...]],
+        links: list[Link],
+    ) -> None:
+        await self._db.execute("BEGIN IMMEDIATE")
+        try:
+            await self._db.executemany(INSERT_EVENT, event_rows)
+            await self._db.executemany(UPSERT_PROFILE, profile_rows)
+            for link in links:
+                await self._apply_link(link)
+            await self._db.execute("COMMIT")
+        except BaseException:
+            # SQLite may already have rolled back by itself (disk full during COMMIT).
+            if self._db.in_transaction:
+                await self._db.execute("ROLLBACK")
+            raise
+
+    async def _apply_link(self, link: Link) -> None:
+        db = self._db
+        if link.anonymous_id is not None:
+            await db.execute(UPSERT_IDENTITY, (link.anonymous_id, link.person_id))
+        old = link.merge_from
+        if old is None or old == link.person_id:
+            return
+        await db.execute(
+            "UPDATE events SET person_id = ? WHERE person_id = ?", (link.person_id, old)
+        )
+        await db.execute(MERGE_PROFILE, (link.person_id, old))
+        await db.execute("DELETE FROM profiles WHERE person_id = ?", (old,))
+        await db.execute(
+            "UPDATE identities SET person_id = ? WHERE person_id = ?", (link.person_id, old)
+        )
+
+    async def secret(self, name: str, generate: Callable[[], str], now: float) -> str:
+        """The stored secret ``name``, generated and stored on first use."""
+        async with self._write_lock:
+            await self._db.execute(
+                "INSERT INTO secrets (name, value, created_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO NOTHING",
+                (name, generate(), now),
+            )
+        rows = await self._db.execute_fetchall("SELECT value FROM secrets WHERE name = ?", (name,))
+        return str(next(iter(rows))[0])
+
+    async def purge_events(self, before: float) -> int:
+        """Delete raw events received before ``before``, in small transactions; return how many."""
+        total = 0
+        while True:
+            async with self._write_lock:
+                cursor = await self._db.execute(
+                    "DELETE FROM events WHERE seq IN "
+                    "(SELECT seq FROM events WHERE received_at < ? LIMIT ?)",
+                    (before, PURGE_CHUNK),
+                )
+            total += cursor.rowcount
+            if cursor.rowcount < PURGE_CHUNK:
+                return total
+
+    # Reads: the read-only connection.
+
+    async def count_events(self) -> int:
+        """How many events are stored."""
+        rows = await self._ro.execute_fetchall("SELECT count(*) FROM events")
+        return int(next(iter(rows))[0])
+
+    async def stored_message_ids(self) -> list[str]:
+        """Every stored messageId, in arrival order."""
+        rows = await self._ro.execute_fetchall("SELECT message_id FROM events ORDER BY seq")
+        return [r[0] for r in rows]
+
+    async def events_of(self, person_id: str, limit: int = 100) -> list[dict[str, Any]]:
+        """A person's newest events, newest first, as the stored Segment messages."""
+        rows = await self._ro.execute_fetchall(
+            "SELECT body FROM events WHERE person_id = ? ORDER BY seq DESC LIMIT ?",
+            (person_id, limit),
+        )
+        return [orjson.loads(r[0]) for r in rows]
+
+    async def person_of(self, anonymous_id: str) -> str | None:
+        """The person an anonymous id belongs to, if it was ever linked."""
+        rows = await self._ro.execute_fetchall(
+            "SELECT person_id FROM identities WHERE anonymous_id = ?", (anonymous_id,)
+        )
+        return next((r[0] for r in rows), None)
+
+    async def profile(self, person_id: str) -> dict[str, Any] | None:
+        """One profile, traits decoded; None if unknown."""
+        rows = list(
+            await self._ro.execute_fetchall(
+                f"SELECT {', '.join(PROFILE_COLUMNS)} FROM profiles WHERE person_id = ?",
+                (person_id,),
+            )
+        )
+        if not rows:
+            return None
+        profile = dict(zip(PROFILE_COLUMNS, rows[0], strict=True))
+        profile["traits"] = orjson.loads(profile["traits"])
+        return profile

@@ -1,0 +1,162 @@
+"""The Segment-compatible HTTP API and the browser beacon.
+
+``POST /v1/batch`` and the single-message routes (``/v1/track``, ``/v1/identify``, ``/v1/page``,
+``/v1/alias``, ``/v1/screen``, ``/v1/group``) take the write key as the HTTP Basic user (or
+``writeKey`` in the body): server-side, trusted. The public key (``?key=``, ``writeKey``) is
+accepted only with an allowed ``Origin``, and its events are browser events, bound to their own
+identity. Bodies may be gzip-encoded; the beacon posts the same JSON as ``text/plain``.
+``200 {"success": true}`` is sent only after the commit.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import zlib
+from typing import Any, cast
+
+from starlette import status
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from rtserver.errors import InvalidEvent, StorageUnavailable, StoreError
+from rtserver.events import Event, Source, decode_json, message_id_of, parse_event, verify_identity
+from rtserver.ingest import key_matches, origin_allowed
+from rtserver.pipeline import Runtime
+
+__all__ = ["SINGLE_TYPES", "receive"]
+
+SINGLE_TYPES = ("track", "identify", "page", "alias", "screen", "group")
+
+
+class HTTPFailure(Exception):
+    """Ends a request with a JSON error."""
+
+    def __init__(self, status_code: int, error: str, **extra: Any):
+        super().__init__(error)
+        self.status_code = status_code
+        self.body = {"success": False, "error": error, **extra}
+
+
+def _basic_user(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "basic" or not value:
+        return None
+    try:
+        decoded = base64.b64decode(value, validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        raise HTTPFailure(status.HTTP_401_UNAUTHORIZED, "malformed authorization header") from None
+    return decoded.partition(":")[0]
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HTTPFailure(
+            status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, f"body larger than {limit} bytes"
+        )
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPFailure(
+                status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, f"body larger than {limit} bytes"
+            )
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding == "gzip":
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            body = inflater.decompress(body, limit + 1)
+        except zlib.error:
+            raise HTTPFailure(status.HTTP_400_BAD_REQUEST, "malformed gzip body") from None
+        if len(body) > limit or inflater.unconsumed_tail:
+            raise HTTPFailure(
+                status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, f"body larger than {limit} bytes unzipped"
+            )
+    elif encoding != "identity":
+        raise HTTPFailure(
+            status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, f"unsupported content-encoding {encoding!r}"
+        )
+    return body
+
+
+def _authenticate(request: Request, runtime: Runtime, body_key: Any) -> Source:
+    key = _basic_user(request) or (body_key if isinstance(body_key, str) else None)
+    key = key or request.query_params.get("key")
+    if key_matches(key, runtime.keys.write):
+        return "server"
+    if key_matches(key, runtime.keys.public):
+        origin = request.headers.get("origin")
+        if not origin_allowed(origin, runtime.config.server.allowed_origins):
+            raise HTTPFailure(status.HTTP_403_FORBIDDEN, "origin not allowed for the public key")
+        return "browser"
+    raise HTTPFailure(status.HTTP_401_UNAUTHORIZED, "invalid write key")
+
+
+def _parse_all(
+    raws: list[Any], runtime: Runtime, source: Source, kind: str | None, context: Any
+) -> tuple[list[Event], list[dict[str, Any]]]:
+    limits = runtime.config.ingest
+    batch_context = context if isinstance(context, dict) else None
+    accepted: list[Event] = []
+    rejected: list[dict[str, Any]] = []
+    for raw in raws:
+        try:
+            event = parse_event(
+                raw, limits, source=source, default_type=kind, context=batch_context
+            )
+            accepted.append(verify_identity(event, runtime.keys.identity_secret))
+        except InvalidEvent as exc:
+            rejected.append({"messageId": message_id_of(raw), "error": str(exc)})
+    return accepted, rejected
+
+
+async def _ingest(request: Request, kind: str | None) -> JSONResponse:
+    runtime = cast(Runtime, request.state.runtime)
+    body = await _read_body(request, runtime.config.ingest.max_request_bytes)
+    try:
+        payload = decode_json(body)
+    except InvalidEvent as exc:
+        raise HTTPFailure(status.HTTP_400_BAD_REQUEST, str(exc)) from None
+    if not isinstance(payload, dict):
+        raise HTTPFailure(status.HTTP_400_BAD_REQUEST, "body must be a json object")
+    source = _authenticate(request, runtime, payload.get("writeKey"))
+    if kind is None:
+        raws = payload.get("batch")
+        if not isinstance(raws, list):
+            raise HTTPFailure(status.HTTP_400_BAD_REQUEST, 'expected {"batch": [...]}')
+    else:
+        raws = [payload]
+    accepted, rejected = _parse_all(raws, runtime, source, kind, payload.get("context"))
+    if not accepted:
+        error = rejected[0]["error"] if rejected else "empty batch"
+        raise HTTPFailure(status.HTTP_400_BAD_REQUEST, error, rejected=rejected)
+    try:
+        done = await runtime.pipeline.submit(accepted, runtime.clock())
+        await done
+    except (TimeoutError, StorageUnavailable):
+        raise HTTPFailure(
+            status.HTTP_503_SERVICE_UNAVAILABLE, "storage unavailable, retry later"
+        ) from None
+    except StoreError:
+        raise HTTPFailure(status.HTTP_500_INTERNAL_SERVER_ERROR, "storage failed") from None
+    result: dict[str, Any] = {"success": True}
+    if rejected:
+        result["rejected"] = rejected
+    return JSONResponse(result)
+
+
+async def receive(request: Request) -> JSONResponse:
+    """``POST /v1/batch`` and ``POST /v1/<type>``: store the events, answer after commit."""
+    kind = request.path_params.get("kind")
+    if kind is not None and kind not in SINGLE_TYPES:
+        return JSONResponse({"success": False, "error": "not found"}, status.HTTP_404_NOT_FOUND)
+    try:
+        return await _ingest(request, kind)
+    except HTTPFailure as failure:
+        headers = {"Retry-After": "1"} if failure.status_code == 503 else None
+        return JSONResponse(failure.body, failure.status_code, headers=headers)
