@@ -1,0 +1,150 @@
+"""Shared fixtures: configs on a temporary database, a real uvicorn server on a port-0 socket,
+WebSocket clients, and a fake clock. No mocks of rtserver's own parts, no sleeps."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+
+from rtserver.app import Server, build_server, create_app
+from rtserver.config import Config, load_config
+from rtserver.pipeline import Runtime
+
+TIMEOUT_UNIT = float(os.environ.get("RTSERVER_TESTS_TIMEOUT_FACTOR", "1")) * 5.0
+"""The one unit every unavoidable timeout in the tests is a multiple of."""
+
+ORIGIN = "http://shop.test"
+WRITE_KEY = "wk_test_0123456789abcdefghijklmnopqrstuvwxyz"
+IDENTITY_SECRET = "idsecret_0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+class FakeClock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now: float = 1_800_000_000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def make_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
+    """A config on a fresh database in ``tmp_path``; ``sections`` override TOML tables."""
+    base: dict[str, dict[str, Any]] = {
+        "server": {"host": "127.0.0.1", "port": 0, "allowed_origins": [ORIGIN]},
+        "store": {"path": str(tmp_path / "test.db")},
+        "keys": {"write": WRITE_KEY, "identity_secret": IDENTITY_SECRET},
+        "ingest": {"max_connections_per_ip": 1000, "events_per_s": 100000.0, "burst_events": 100000},
+    }
+    for name, values in sections.items():
+        base[name] = {**base.get(name, {}), **values}
+    return load_config(None, env={}, overrides=base)
+
+
+def event(kind: str = "track", **fields: Any) -> dict[str, Any]:
+    """A valid Segment message with a fresh messageId; ``fields`` override."""
+    raw: dict[str, Any] = {
+        "type": kind,
+        "messageId": str(uuid.uuid4()),
+        "anonymousId": "anon-1",
+        "timestamp": "2026-11-25T10:00:00Z",
+    }
+    if kind == "track":
+        raw["event"] = "Product Viewed"
+        raw["properties"] = {"product_id": "p1", "price": 12.5}
+    raw.update(fields)
+    return raw
+
+
+@dataclass
+class LiveServer:
+    """A running rtserver: a real uvicorn server on a pre-bound port-0 socket."""
+
+    server: Server
+    config: Config
+    port: int
+    task: asyncio.Task[None]
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/v1/ws?key={self.config.keys.public}"
+
+    @property
+    def runtime(self) -> Runtime:
+        """What the lifespan built (store, pipeline, keys), for assertions."""
+        runtime: Runtime = self.server.lifespan.state["runtime"]  # type: ignore[attr-defined]
+        return runtime
+
+    def ws(self, origin: str | None = ORIGIN, url: str | None = None, **kw: Any) -> Any:
+        """Open a WebSocket client (async context manager)."""
+        headers = {"Origin": origin} if origin is not None else {}
+        return connect(url or self.ws_url, additional_headers=headers, open_timeout=TIMEOUT_UNIT, **kw)
+
+    def http(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.http_url, timeout=TIMEOUT_UNIT)
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        await asyncio.wait_for(self.task, 4 * TIMEOUT_UNIT)
+
+
+@contextlib.asynccontextmanager
+async def run_server(config: Config, **app_kw: Any) -> AsyncIterator[LiveServer]:
+    """Serve ``config`` on a pre-bound socket; the kernel queues connections until uvicorn
+    accepts them, so no startup wait is needed."""
+    sock = socket.create_server((config.server.host, 0))
+    port = sock.getsockname()[1]
+    app = create_app(config, **app_kw)
+    server = build_server(app, config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    live = LiveServer(server, config, port, task)
+    try:
+        yield live
+    finally:
+        if not task.done():
+            await live.stop()
+        sock.close()
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Config:
+    return make_config(tmp_path)
+
+
+@pytest.fixture
+async def live(config: Config) -> AsyncIterator[LiveServer]:
+    async with run_server(config) as server:
+        yield server
+
+
+async def send_batch(ws: ClientConnection, events: list[dict[str, Any]]) -> dict[str, Any]:
+    """Send one batch and return the next reply."""
+    await ws.send(orjson.dumps({"batch": events}).decode())
+    return await recv_json(ws)
+
+
+async def recv_json(ws: ClientConnection) -> dict[str, Any]:
+    reply = await asyncio.wait_for(ws.recv(), TIMEOUT_UNIT)
+    result: dict[str, Any] = orjson.loads(reply)
+    return result
+
+
