@@ -12,10 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import secrets
+import signal
 import socket
+import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -34,7 +37,14 @@ from rtserver.pipeline import Clock, Keys, Pipeline, Runtime
 from rtserver.store import Store
 from rtserver.tracking import receive
 
-__all__ = ["Server", "create_app", "resolve_keys", "server_config"]
+__all__ = [
+    "Server",
+    "build_server",
+    "create_app",
+    "purge_old_events",
+    "resolve_keys",
+    "server_config",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -55,20 +65,35 @@ async def resolve_keys(config: Config, store: Store, now: float) -> Keys:
     )
 
 
+async def purge_old_events(store: Store, clock: Clock, retention_days: int) -> int:
+    """One retention round: delete raw events older than ``retention_days``; return how many.
+
+    Failures are logged, not raised: the next round tries again.
+    """
+    try:
+        purged = await store.purge_events(clock() - retention_days * 86400.0)
+    except Exception:  # the task boundary: log and try again next round
+        logger.exception("retention purge failed")
+        return 0
+    if purged:
+        logger.info("retention: purged %d events older than %d days", purged, retention_days)
+    return purged
+
+
 async def _purge_forever(
-    store: Store, clock: Clock, retention_days: int, stop: asyncio.Event
+    store: Store,
+    clock: Clock,
+    retention_days: int,
+    stop: asyncio.Event,
+    interval_s: float = RETENTION_INTERVAL_S,
 ) -> None:
-    while not stop.is_set():
-        try:
-            purged = await store.purge_events(clock() - retention_days * 86400.0)
-            if purged:
-                logger.info(
-                    "retention: purged %d events older than %d days", purged, retention_days
-                )
-        except Exception:  # the task boundary: log and try again next round
-            logger.exception("retention purge failed")
+    """Purge every ``interval_s`` until ``stop`` is set (the lifespan already purged once)."""
+    while True:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), RETENTION_INTERVAL_S)
+            await asyncio.wait_for(stop.wait(), interval_s)
+        if stop.is_set():
+            return
+        await purge_old_events(store, clock, retention_days)
 
 
 async def healthz(request: Request) -> JSONResponse:
@@ -105,6 +130,9 @@ def create_app(
                 queue_timeout_s=config.ingest.queue_timeout_s,
             )
             runtime = Runtime(config=config, store=store, pipeline=pipeline, keys=keys, clock=clock)
+            # One purge before serving: a server that restarts often still enforces retention,
+            # and the hourly task below never has to race the first requests.
+            await purge_old_events(store, clock, config.store.retention_days)
             tasks.append(asyncio.create_task(pipeline.run(), name="pipeline"))
             tasks.append(
                 asyncio.create_task(
@@ -113,8 +141,16 @@ def create_app(
                 )
             )
             yield {"runtime": runtime}
-            await ingest.drain()  # a no-op when the Server already drained
-            await pipeline.drain()
+            try:
+                async with asyncio.timeout(config.server.shutdown_timeout_s):
+                    await ingest.drain()  # a no-op when the Server already drained
+                    await pipeline.drain()
+            except TimeoutError:
+                logger.error(
+                    "shutdown: %d batches still uncommitted after %.1fs; their clients will resend",
+                    pipeline.queue.qsize(),
+                    config.server.shutdown_timeout_s,
+                )
         finally:
             stop.set()
             for task in tasks:
@@ -146,8 +182,33 @@ def create_app(
     return app
 
 
+@contextlib.contextmanager
+def _sigterm_absorbed() -> Iterator[None]:
+    """Ignore a SIGTERM re-raised once uvicorn has finished a graceful stop.
+
+    uvicorn captures SIGINT and SIGTERM while it serves, then raises the captured signal again
+    with the previous handler restored, so that the process still ends "by" that signal. For
+    SIGTERM this turns a clean drain into a death by signal (exit status 143); a service manager
+    asked for a stop and the stop succeeded, so rtserver exits 0. SIGINT keeps uvicorn's behaviour
+    (KeyboardInterrupt, exit status 130).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals are only delivered to the main thread's handlers
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 class Server(uvicorn.Server):
-    """uvicorn's server, draining the ingest before uvicorn closes the sockets."""
+    """uvicorn's server, draining the ingest before uvicorn closes the sockets.
+
+    Shutdown order: stop accepting connections, drain the ingest (stop reading, commit, final
+    acks, close 1001) within ``timeout_s``, then uvicorn's own shutdown (close what is left,
+    wait for HTTP requests in flight, then the lifespan's shutdown).
+    """
 
     def __init__(
         self,
@@ -166,6 +227,10 @@ class Server(uvicorn.Server):
         """The port actually bound (useful with port 0)."""
         return int(self.servers[0].sockets[0].getsockname()[1])
 
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        with _sigterm_absorbed():
+            await super().serve(sockets)
+
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         if self.started and self._on_ready is not None:
@@ -173,11 +238,15 @@ class Server(uvicorn.Server):
             self._on_ready(host, port)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # Stop accepting first: a client reconnecting during the drain is refused at once
+        # (and retries elsewhere or later) instead of being accepted only to be sent away.
+        for server in self.servers:
+            server.close()
         try:
             await asyncio.wait_for(self._drain(), self._drain_timeout_s)
         except TimeoutError:
             logger.error(
-                "drain took over %.1fs; closing the remaining sockets", self._drain_timeout_s
+                "drain took over %gs; closing the remaining sockets", self._drain_timeout_s
             )
         await super().shutdown(sockets)
 
@@ -196,7 +265,8 @@ def server_config(app: Starlette, config: Config, **overrides: Any) -> uvicorn.C
         ws_per_message_deflate=limits.permessage_deflate,
         proxy_headers=bool(proxies),
         forwarded_allow_ips=proxies or None,
-        timeout_graceful_shutdown=int(config.server.shutdown_timeout_s) or 1,
+        lifespan="on",  # a failing startup is an error, not "lifespan unsupported"
+        timeout_graceful_shutdown=max(1, math.ceil(config.server.shutdown_timeout_s)),
         log_config=None,
         access_log=config.server.log_level == "debug",
         server_header=False,

@@ -16,7 +16,7 @@ from typing import Any
 
 from rtserver import __version__
 from rtserver.config import Config, iter_settings, load_config, resolve_config_path
-from rtserver.errors import ConfigError
+from rtserver.errors import ConfigError, StoreError
 
 __all__ = ["main"]
 
@@ -26,7 +26,10 @@ LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
 def _configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format=LOG_FORMAT, datefmt="%H:%M:%S", force=True)
+    # No force=True: when the process already logs somewhere (an embedding program, pytest),
+    # keep its handlers and only set the level.
+    logging.basicConfig(format=LOG_FORMAT, datefmt="%H:%M:%S")
+    logging.getLogger().setLevel(level.upper())
 
 
 def _load(path: str | None) -> Config:
@@ -34,13 +37,14 @@ def _load(path: str | None) -> Config:
 
 
 def _announce(config: Config, host: str, port: int) -> None:
-    base = f"http://{host}:{port}"
-    ws = f"ws://{host}:{port}"
+    netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    base = f"http://{netloc}"
+    source = config.source.resolve() if config.source else "embedded defaults (no config.toml)"
     lines = [
         f"rtserver {__version__} ready on {base}",
-        f"  config        {config.source or 'embedded defaults (no config.toml)'}",
+        f"  config        {source}",
         f"  store         {Path(config.store.path).resolve()}",
-        f"  browser ws    {ws}/v1/ws?key={config.keys.public}",
+        f"  browser ws    ws://{netloc}/v1/ws?key={config.keys.public}",
         f"  segment api   {base}/v1/batch  (write key: `rtserver keys`)",
         f"  health        {base}/healthz",
         f"  mail          {config.mail.transport}",
@@ -49,23 +53,23 @@ def _announce(config: Config, host: str, port: int) -> None:
         logger.info("%s", line)
 
 
-async def _serve(config: Config, host: str | None, port: int | None) -> None:
+def _cmd_serve(args: argparse.Namespace) -> int:
     from rtserver.app import build_server, create_app
 
-    app = create_app(config)
-    overrides: dict[str, Any] = {}
-    if host is not None:
-        overrides["host"] = host
-    if port is not None:
-        overrides["port"] = port
-    server = build_server(app, config, lambda h, p: _announce(config, h, p), **overrides)
-    await server.serve()
-
-
-def _cmd_serve(args: argparse.Namespace) -> int:
     config = _load(args.config)
     _configure_logging(args.log_level or config.server.log_level)
-    asyncio.run(_serve(config, args.host, args.port))
+    overrides: dict[str, Any] = {}
+    if args.host is not None:
+        overrides["host"] = args.host
+    if args.port is not None:
+        overrides["port"] = args.port
+    app = create_app(config)
+    server = build_server(app, config, lambda h, p: _announce(config, h, p), **overrides)
+    try:
+        server.run()  # uvicorn's event loop choice (uvloop when installed)
+    except SystemExit as exc:
+        # uvicorn exits with 3 when the lifespan startup or the bind fails (and logged why).
+        return exc.code if isinstance(exc.code, int) else 1
     return 0
 
 
@@ -80,7 +84,10 @@ async def _keys(config: Config) -> None:
     from rtserver.app import resolve_keys
     from rtserver.store import Store
 
-    store = await Store.open(config.store.path)
+    try:
+        store = await Store.open(config.store.path)
+    except StoreError as exc:
+        raise StoreError(f"cannot open the store {config.store.path!r}: {exc}") from exc
     try:
         keys = await resolve_keys(config, store, time.time())
     finally:
@@ -102,7 +109,8 @@ def _cmd_settings(args: argparse.Namespace) -> int:
         default = repr(s.default)
         if s.default is None:
             default = "(generated)" if s.key.startswith("keys.") else "(unset)"
-        print(f"| `{s.key}` | `{default}` | {s.env or ''} | {s.help} |")
+        cells = [f"`{s.key}`", f"`{default}`", s.env or "", s.help]
+        print("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return 0
 
 
@@ -137,13 +145,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``rtserver`` console script."""
-    args = build_parser().parse_args(argv)
+    """Entry point of the ``rtserver`` console script; returns the exit status.
+
+    0 on success, 1 when the store cannot be used, 2 for usage and config errors, 3 when the
+    server cannot start (uvicorn's status), 130 on Ctrl+C.
+    """
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error (already printed)
+        return exc.code if isinstance(exc.code, int) else 2
     try:
         code: int = args.func(args)
     except ConfigError as exc:
         print(f"rtserver: config error: {exc}", file=sys.stderr)
         return 2
+    except StoreError as exc:
+        print(f"rtserver: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     return code

@@ -9,6 +9,7 @@ Precedence is environment > file > default, and the environment is consulted onl
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import tomllib
@@ -80,7 +81,7 @@ def _port(value: int) -> str | None:
 
 
 def _positive(value: float) -> str | None:
-    return None if value > 0 else "expected a positive number"
+    return None if 0 < value < math.inf else "expected a positive number"
 
 
 def _url(value: str) -> str | None:
@@ -88,11 +89,9 @@ def _url(value: str) -> str | None:
     return None if ok else "expected an http(s) URL"
 
 
-def _origins(values: tuple[str, ...]) -> str | None:
-    for value in values:
-        if value != "*" and not re.fullmatch(r"https?://[^\s/]+", value):
-            return f"expected origins like 'https://shop.example' (no path), got {value!r}"
-    return None
+def _origin(value: str) -> str | None:
+    ok = value == "*" or re.fullmatch(r"https?://[^\s/]+", value)
+    return None if ok else "expected an origin like 'https://shop.example' (no path)"
 
 
 def _public_key(value: str) -> str | None:
@@ -100,9 +99,7 @@ def _public_key(value: str) -> str | None:
     return None if ok else "expected 4 to 64 letters, digits, '_' or '-'"
 
 
-def _strong(value: Secret | None) -> str | None:
-    if value is None:
-        return None
+def _strong(value: Secret) -> str | None:
     raw = value.reveal()
     if len(raw) < MIN_SECRET_CHARS or len(set(raw)) < MIN_SECRET_DISTINCT_CHARS:
         return (
@@ -124,7 +121,7 @@ class ServerConfig:
     allowed_origins: tuple[str, ...] = setting(
         ("http://localhost:8000", "http://127.0.0.1:8000"),
         "Browser origins allowed to use the public key (WebSocket, beacon, CORS).",
-        check=_origins,
+        check=_origin,
     )
     trusted_proxies: tuple[str, ...] = setting(
         (), "Proxy addresses whose X-Forwarded-For is believed (for per-IP limits)."
@@ -283,33 +280,47 @@ def _describe(value: Any) -> str:
     return repr(value) if not isinstance(value, Secret) else "a secret"
 
 
-def _convert(key: str, hint: Any, value: Any) -> Any:
-    """Check ``value`` against the annotation ``hint``; return it in its typed form."""
+def _convert(key: str, hint: Any, value: Any, check: Check | None = None) -> Any:
+    """Check ``value`` against the annotation ``hint``; return it in its typed form.
+
+    ``check`` applies to the leaf values: each item of a list, not the list.
+    """
     origin = typing.get_origin(hint)
-    if origin in (types.UnionType, typing.Union):
-        options = [h for h in typing.get_args(hint) if h is not type(None)]
-        return _convert(key, options[0], value)
-    if origin is Literal:
+    if origin is types.UnionType:  # `X | None`; TOML has no null, but overrides may pass None
+        if value is None:
+            return None
+        (inner,) = (h for h in typing.get_args(hint) if h is not type(None))
+        return _convert(key, inner, value, check)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        item = typing.get_args(hint)[0]
+        return tuple(_convert(f"{key}[{i}]", item, v, check) for i, v in enumerate(value))
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a table, got {value!r}")
+        return _build(hint, value, key + ".")  # type: ignore[arg-type]
+    result = _leaf(key, hint, value)
+    problem = check(result) if check is not None else None
+    if problem:
+        raise ConfigError(f"{key}: {problem}, got {_describe(result)}")
+    return result
+
+
+def _leaf(key: str, hint: Any, value: Any) -> Any:
+    if typing.get_origin(hint) is Literal:
         choices = typing.get_args(hint)
         if value not in choices:
             names = ", ".join(repr(c) for c in choices)
             raise ConfigError(f"{key}: expected one of {names}, got {value!r}")
         return value
-    if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        item = typing.get_args(hint)[0]
-        return tuple(_convert(f"{key}[{i}]", item, v) for i, v in enumerate(value))
     if hint is Secret:
         if isinstance(value, Secret):
             return value
         if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected str, got {value!r}")
+            # Not the value: a mistyped secret is still a secret.
+            raise ConfigError(f"{key}: expected str, got {type(value).__name__}")
         return Secret(value)
-    if dataclasses.is_dataclass(hint):
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}: expected a table, got {value!r}")
-        return _build(hint, value, key + ".")  # type: ignore[arg-type]
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
@@ -329,39 +340,47 @@ def _build(cls: type[Any], data: Mapping[str, Any], prefix: str = "") -> Any:
         )
     values: dict[str, Any] = {}
     for name, f in fields.items():
-        key = prefix + name
         if name in data:
-            values[f.name] = _convert(key, hints[f.name], data[name])
-        elif dataclasses.is_dataclass(hints[f.name]):
-            values[f.name] = _build(hints[f.name], {}, key + ".")
-        check = f.metadata.get("check")
-        if check is not None and f.name in values:
-            problem = check(values[f.name])
-            if problem:
-                raise ConfigError(f"{key}: {problem}, got {_describe(values[f.name])}")
+            values[f.name] = _convert(
+                prefix + name, hints[f.name], data[name], f.metadata.get("check")
+            )
     return cls(**values)
 
 
-def _secrets_from_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
-    merged = {k: dict(v) if isinstance(v, Mapping) else v for k, v in data.items()}
+def _merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``extra``, table by table; neither is modified."""
+    merged = dict(base)
+    for key, value in extra.items():
+        old = merged.get(key)
+        if isinstance(value, Mapping) and isinstance(old, Mapping):
+            value = _merge(old, value)
+        elif isinstance(value, Mapping) and key in merged:
+            continue  # keep the file's non-table value: _build reports it with its key
+        merged[key] = value
+    return merged
+
+
+def _secrets_from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    """The secrets set in the environment, as tables to merge over the file."""
+    tables: dict[str, Any] = {}
     for item in iter_settings():
         if item.env and env.get(item.env):
             *path, leaf = item.key.split(".")
-            table = merged
+            table = tables
             for part in path:
                 table = table.setdefault(part, {})
-                if not isinstance(table, dict):
-                    raise ConfigError(f"{part}: expected a table, got {table!r}")
             table[leaf] = Secret(env[item.env])
-    return merged
+    return tables
 
 
 def _workflows(value: Any) -> tuple[Mapping[str, Any], ...]:
     # Workflows are validated by the workflow engine; here only their shape is checked.
-    if not isinstance(value, list) or not all(isinstance(w, Mapping) for w in value):
+    if not isinstance(value, list | tuple):
         raise ConfigError(f"workflow: expected [[workflow]] tables, got {value!r}")
     names: set[str] = set()
     for i, wf in enumerate(value):
+        if not isinstance(wf, Mapping):
+            raise ConfigError(f"workflow[{i}]: expected a table, got {wf!r}")
         name = wf.get("name")
         if not isinstance(name, str) or not name:
             raise ConfigError(f"workflow[{i}].name: expected a non-empty str, got {name!r}")
@@ -399,15 +418,22 @@ def load_config(
             data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {str(path)!r}") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8: {exc.reason}") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
-    for section, values in (overrides or {}).items():
-        if isinstance(values, Mapping):
-            data[section] = {**data.get(section, {}), **values}
-        else:
-            data[section] = values
+    data = _merge(data, overrides or {})
     workflows = _workflows(data.pop("workflow", []))
-    config: Config = _build(Config, _secrets_from_env(data, env))
+    config: Config = _build(Config, _merge(data, _secrets_from_env(env)))
+    ingest = config.ingest
+    if ingest.burst_events < ingest.max_batch_events:
+        raise ConfigError(
+            f"ingest.burst_events: must be at least ingest.max_batch_events "
+            f"({ingest.max_batch_events}) or a full batch is always refused, "
+            f"got {ingest.burst_events!r}"
+        )
     return dataclasses.replace(
         config, workflow=workflows, source=Path(path) if path is not None else None
     )

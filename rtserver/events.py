@@ -37,8 +37,9 @@ Source = Literal["browser", "server"]
 EVENT_TYPES: frozenset[str] = frozenset(("track", "page", "screen", "identify", "alias", "group"))
 MAX_ID_CHARS = 256
 MAX_NAME_CHARS = 200
-EMAIL_RE = re.compile(r"[^@\s]{1,64}@[^@\s]+\.[^@\s]+")
+EMAIL_RE = re.compile(r"[^@\s\x00-\x1f\x7f]{1,64}@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]+")
 MAX_EMAIL_CHARS = 254
+MAX_ECHO_CHARS = 40
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,11 +60,11 @@ class Event:
     """The message as received, re-encoded compactly: what the store keeps."""
     source: Source = "server"
     user_verified: bool = True
-    """False for a browser ``userId`` without a valid ``context.userHash``: only claimed."""
+    """False for a browser ``userId`` until :func:`verify_identity` checks ``context.userHash``."""
     email: str | None = None
     """``traits.email``, lowercased."""
     email_verified: bool = True
-    """False for a browser email without a valid ``context.emailHash``: only claimed."""
+    """False for a browser email until :func:`verify_identity` checks ``context.emailHash``."""
 
     @property
     def known_user(self) -> str | None:
@@ -76,7 +77,23 @@ def decode_json(text: str | bytes) -> Any:
     try:
         return orjson.loads(text)
     except orjson.JSONDecodeError as exc:
-        raise InvalidEvent(f"malformed json: {exc.msg}") from None
+        reason = exc.msg[:1].lower() + exc.msg[1:]  # orjson capitalises a few of its messages
+        raise InvalidEvent(f"malformed json: {reason}") from None
+
+
+def _too_long(text: str, limit_bytes: int) -> bool:
+    """Whether ``text`` encodes to more than ``limit_bytes`` of UTF-8, without encoding ASCII."""
+    if len(text) > limit_bytes:
+        return True
+    if text.isascii() or len(text) * 4 <= limit_bytes:
+        return False
+    return len(text.encode("utf-8", "surrogatepass")) > limit_bytes
+
+
+def _echo(value: Any) -> str:
+    """A bad value for an error message, shortened: the message goes back to the client."""
+    text = repr(value)
+    return text if len(text) <= MAX_ECHO_CHARS else text[: MAX_ECHO_CHARS - 1] + "…"
 
 
 def _check_shape(value: Any, limits: IngestConfig) -> None:
@@ -85,8 +102,8 @@ def _check_shape(value: Any, limits: IngestConfig) -> None:
     while stack:
         item, depth = stack.pop()
         if isinstance(item, str):
-            if len(item) > limits.max_string_bytes:
-                raise InvalidEvent(f"string longer than {limits.max_string_bytes} characters")
+            if _too_long(item, limits.max_string_bytes):
+                raise InvalidEvent(f"string longer than {limits.max_string_bytes} bytes")
             continue
         if not isinstance(item, dict | list):
             continue
@@ -117,23 +134,31 @@ def parse_batch(text: str, limits: IngestConfig) -> list[Any]:
     return batch
 
 
-def _opt_str(raw: dict[str, Any], key: str, limit: int = MAX_ID_CHARS) -> str | None:
+def _opt_str(
+    raw: dict[str, Any], key: str, limit: int = MAX_ID_CHARS, *, numeric: bool = False
+) -> str | None:
+    """``raw[key]`` as a non-empty string, or None when absent.
+
+    ``numeric`` ids may be integers, as some Segment libraries send a ``userId``; they are kept
+    as their decimal string. ``parse_event`` has encoded the message by now, so an integer fits
+    in 64 bits (far from Python's 4300-digit limit on ``str()``).
+    """
     value = raw.get(key)
     if value is None:
         return None
-    if isinstance(value, int) and not isinstance(value, bool):
+    if numeric and isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str) or not value or len(value) > limit:
         raise InvalidEvent(f"{key} must be a non-empty string of at most {limit} characters")
     return value
 
 
-def _object(raw: dict[str, Any], key: str) -> dict[str, Any]:
+def _object(raw: dict[str, Any], key: str, label: str | None = None) -> dict[str, Any]:
     value = raw.get(key)
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise InvalidEvent(f"{key} must be an object")
+        raise InvalidEvent(f"{label or key} must be an object")
     return value
 
 
@@ -173,26 +198,36 @@ def parse_event(
     """
     if not isinstance(raw, dict):
         raise InvalidEvent("event must be an object")
+    if context:
+        # Merged before the checks below, so the limits hold for the message as stored.
+        raw = {**raw, "context": {**context, **_object(raw, "context")}}
     _check_shape(raw, limits)
+    try:
+        body = orjson.dumps(raw)
+    except orjson.JSONEncodeError:
+        # Only reachable from Python callers: decoded JSON always re-encodes.
+        raise InvalidEvent("event is not representable as json") from None
+    if len(body) > limits.max_event_bytes:
+        raise InvalidEvent(f"event larger than {limits.max_event_bytes} bytes")
     kind = raw.get("type", default_type)
-    if kind not in EVENT_TYPES:
-        raise InvalidEvent(f"unknown event type {kind!r}")
+    if not isinstance(kind, str) or kind not in EVENT_TYPES:
+        raise InvalidEvent(f"unknown event type {_echo(kind)}")
     if default_type is not None and kind != default_type:
         raise InvalidEvent(f"type {kind!r} sent to the {default_type} endpoint")
     message_id = _opt_str(raw, "messageId")
     if message_id is None:
         raise InvalidEvent("missing messageId")
-    anonymous_id = _opt_str(raw, "anonymousId")
-    user_id = _opt_str(raw, "userId")
+    anonymous_id = _opt_str(raw, "anonymousId", numeric=True)
+    user_id = _opt_str(raw, "userId", numeric=True)
     if anonymous_id is None and user_id is None:
         raise InvalidEvent("anonymousId or userId is required")
     name = _opt_str(raw, "event" if kind == "track" else "name", MAX_NAME_CHARS)
     if kind == "track" and name is None:
         raise InvalidEvent("track needs an event name")
-    previous_id = _opt_str(raw, "previousId")
+    previous_id = _opt_str(raw, "previousId", numeric=True)
     if kind == "alias" and (previous_id is None or user_id is None):
         raise InvalidEvent("alias needs previousId and userId")
-    if kind == "group" and _opt_str(raw, "groupId") is None:
+    if kind == "group" and _opt_str(raw, "groupId", numeric=True) is None:
         raise InvalidEvent("group needs groupId")
     timestamp = raw.get("timestamp")
     if timestamp is not None:
@@ -201,17 +236,12 @@ def parse_event(
         except (TypeError, ValueError):
             raise InvalidEvent("timestamp must be an ISO-8601 string") from None
     event_context = _object(raw, "context")
-    if context:
-        event_context = {**context, **event_context}
-        raw = {**raw, "context": event_context}
     traits = _object(raw, "traits")
     if kind == "identify" and not traits:
-        traits = _object(event_context, "traits")
-    body = orjson.dumps(raw)
-    if len(body) > limits.max_event_bytes:
-        raise InvalidEvent(f"event larger than {limits.max_event_bytes} bytes")
+        traits = _object(event_context, "traits", "context.traits")
+    trusted = source == "server"  # a browser's claims count only once verify_identity checks them
     return Event(
-        type=kind,
+        type=cast(EventType, kind),
         message_id=message_id,
         anonymous_id=anonymous_id,
         user_id=user_id,
@@ -223,7 +253,9 @@ def parse_event(
         previous_id=previous_id,
         body=body,
         source=source,
+        user_verified=trusted,
         email=_email(traits),
+        email_verified=trusted,
     )
 
 
@@ -233,7 +265,8 @@ def sign_identity(secret: str, value: str) -> str:
 
 
 def _hash_matches(secret: str, value: str, claimed: Any) -> bool:
-    if not isinstance(claimed, str):
+    # compare_digest raises TypeError on non-ASCII str; a hex digest is ASCII anyway.
+    if not isinstance(claimed, str) or not claimed.isascii():
         return False
     return hmac.compare_digest(sign_identity(secret, value), claimed.lower())
 

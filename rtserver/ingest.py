@@ -4,11 +4,13 @@ Protocol (DESIGN.md, fixed): text frames ``{"batch": [event, ...]}`` in; ``{"ack
 after commit, ``{"reject": [...]}`` for events that will never be accepted, ``{"nack": [...],
 "retry_after_ms": N}`` after a transient storage failure. Bad key or Origin: HTTP 403 at the
 handshake. Oversize frame: 1009 (uvicorn's ``ws_max_size``). Rate, depth, batch size or a binary
-frame: 1008. Queue full for too long: 1013. Shutdown: 1001, after the final flush and acks.
+frame: 1008. Queue full for too long: 1013. Idle: 1000. Shutdown: 1001, after the final flush and
+acks.
 
 Each connection has two halves: a reader task that parses frames and submits batches, and the
 endpoint itself writing replies in order (acks wait for their commit), so a client may pipeline
-up to ``ingest.max_in_flight`` batches.
+up to ``ingest.max_in_flight`` batches. Every frame costs at least one token of the rate limit,
+so a flood of empty, malformed or non-batch frames is closed like a flood of events.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import asyncio
 import hmac
 import itertools
 import logging
+import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,15 +34,38 @@ from rtserver.errors import InvalidEvent, PolicyViolation, StorageUnavailable, S
 from rtserver.events import Event, message_id_of, parse_batch, parse_event, verify_identity
 from rtserver.pipeline import Runtime
 
-__all__ = ["Ingest", "TokenBucket", "origin_allowed"]
+__all__ = ["Ingest", "TokenBucket", "nesting_of", "origin_allowed"]
 
 logger = logging.getLogger(__name__)
 _ids = itertools.count(1)
 
+FRAME_DEPTH = 2
+"""Nesting the frame adds around an event: ``{"batch": [event]}``."""
+MAX_CLOSE_REASON_BYTES = 123
+"""A close frame's reason fits in a control frame (125 bytes) with its code."""
+_STRING_RE = re.compile(r'"(?:[^"\\]|\\.)*"?', re.DOTALL)
+_NOT_BRACKET_RE = re.compile(r"[^\[\]{}]+")
+_DEPTH_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+
+
+def nesting_of(text: str) -> int:
+    """How deep arrays and objects nest in JSON text, even malformed; strings are skipped.
+
+    Only called for a frame that failed to decode (orjson gives up at depth 1024 with a plain
+    decode error), so that a nesting bomb is still closed as a depth violation.
+    """
+    brackets = _NOT_BRACKET_RE.sub("", _STRING_RE.sub("", text))
+    return max(itertools.accumulate(map(_DEPTH_STEP.__getitem__, brackets)), default=0)
+
 
 def origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:
-    """Whether a browser ``Origin`` may use the public key (a missing one never may)."""
-    return origin is not None and ("*" in allowed or origin.rstrip("/") in allowed)
+    """Whether a browser ``Origin`` may use the public key.
+
+    A missing Origin never may, nor ``null`` (sandboxed frames, ``file:``), even with ``"*"``.
+    """
+    if origin is None or origin == "null":
+        return False
+    return "*" in allowed or origin.rstrip("/") in allowed
 
 
 def key_matches(given: str | None, expected: str) -> bool:
@@ -97,24 +123,27 @@ class Session:
         self.bucket = TokenBucket(limits.events_per_s, limits.burst_events, monotonic)
         self.replies: asyncio.Queue[Reply] = asyncio.Queue(maxsize=limits.max_in_flight)
         self.reader: asyncio.Task[None] | None = None
-        self.receiving = False
+        self.deadline: asyncio.Timeout | None = None
+        """The idle timeout of the receive in progress, if the reader is waiting for a frame."""
         self.stopping = False
         self.closed = asyncio.Event()
 
     def stop(self) -> None:
-        """Stop reading (shutdown): what was read is still committed and acked, then 1001."""
+        """Stop reading (shutdown): frames already received are still read, committed and acked;
+        then 1001.
+
+        The reader is not cancelled: a cancelled receive could leave a frame the server already
+        holds unread. Its idle timeout is moved to now instead, and once stopping it only reads
+        what is already there.
+        """
         self.stopping = True
-        if self.receiving and self.reader is not None:
-            self.reader.cancel()
+        if self.deadline is not None:
+            self.deadline.reschedule(asyncio.get_running_loop().time())
 
     async def read(self) -> None:
         """Read frames until the client leaves, breaks a rule, or the server stops."""
         try:
             close = await self._read_frames()
-        except asyncio.CancelledError:
-            if not self.stopping:
-                raise  # the writer is gone: nobody is left to reply to
-            close = Close(status.WS_1001_GOING_AWAY, "server shutting down")
         except Exception:  # the task boundary: log, close this socket, keep the server up
             logger.exception("ws %d: reader failed", self.id)
             close = Close(status.WS_1011_INTERNAL_ERROR, "internal error")
@@ -122,29 +151,38 @@ class Session:
 
     async def _read_frames(self) -> Close:
         limits = self.runtime.config.ingest
-        while not self.stopping:
-            self.receiving = True
+        while True:
+            # A zero timeout still returns a frame that is already queued: the receive does not
+            # suspend, and the expiry only takes effect when it does.
+            delay = 0.0 if self.stopping else limits.idle_timeout_s
             try:
-                async with asyncio.timeout(limits.idle_timeout_s):
+                async with asyncio.timeout(delay) as self.deadline:
                     message = await self.ws.receive()
             except TimeoutError:
+                if self.stopping:
+                    return Close(status.WS_1001_GOING_AWAY, "server shutting down")
                 return Close(status.WS_1000_NORMAL_CLOSURE, "idle timeout")
             finally:
-                self.receiving = False
+                self.deadline = None
             if message["type"] == "websocket.disconnect":
                 return Close(-1, "client left")
             text = message.get("text")
             if text is None:
                 return Close(status.WS_1008_POLICY_VIOLATION, "binary frames are not accepted")
             try:
-                close = await self._handle(text)
+                await self._handle(text)
             except PolicyViolation as exc:
                 return Close(status.WS_1008_POLICY_VIOLATION, str(exc))
-            if close is not None:
-                return close
-        return Close(status.WS_1001_GOING_AWAY, "server shutting down")
+            except TimeoutError:  # the pipeline's queue stayed full
+                return Close(status.WS_1013_TRY_AGAIN_LATER, "server overloaded, retry later")
 
-    async def _handle(self, text: str) -> Close | None:
+    async def _handle(self, text: str) -> None:
+        """Reply to one text frame: reject what is invalid, submit the rest for commit.
+
+        Raises:
+            PolicyViolation: the frame breaks a limit (close 1008).
+            TimeoutError: the pipeline's queue stayed full (close 1013).
+        """
         runtime = self.runtime
         limits = runtime.config.ingest
         try:
@@ -152,10 +190,12 @@ class Session:
         except PolicyViolation:
             raise
         except InvalidEvent as exc:
+            self._spend(1)
+            if nesting_of(text) > limits.max_json_depth + FRAME_DEPTH:
+                raise PolicyViolation(f"json nested deeper than {limits.max_json_depth}") from None
             await self.replies.put({"reject": [{"messageId": None, "error": str(exc)}]})
-            return None
-        if not self.bucket.take(len(raw_events)):
-            raise PolicyViolation(f"more than {limits.events_per_s:g} events per second")
+            return
+        self._spend(max(1, len(raw_events)))
         accepted: list[Event] = []
         rejected: list[dict[str, Any]] = []
         for raw in raw_events:
@@ -169,12 +209,13 @@ class Session:
         if rejected:
             await self.replies.put({"reject": rejected})
         if accepted:
-            try:
-                done = await runtime.pipeline.submit(accepted, runtime.clock())
-            except TimeoutError:
-                return Close(status.WS_1013_TRY_AGAIN_LATER, "server overloaded, retry later")
+            done = await runtime.pipeline.submit(accepted, runtime.clock())
             await self.replies.put((done, [e.message_id for e in accepted]))
-        return None
+
+    def _spend(self, events: int) -> None:
+        if not self.bucket.take(events):
+            limits = self.runtime.config.ingest
+            raise PolicyViolation(f"more than {limits.events_per_s:g} events per second")
 
     async def write(self) -> None:
         """Send replies in order until a :class:`Close` comes through."""
@@ -183,7 +224,8 @@ class Session:
             reply = await self.replies.get()
             if isinstance(reply, Close):
                 if reply.code > 0:
-                    await self.ws.close(reply.code, reply.reason)
+                    reason = reply.reason.encode()[:MAX_CLOSE_REASON_BYTES]
+                    await self.ws.close(reply.code, reason.decode(errors="ignore"))
                 return
             if isinstance(reply, tuple):
                 done, ids = reply

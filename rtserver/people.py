@@ -13,7 +13,14 @@ from dataclasses import dataclass
 
 from rtserver.events import Event
 
-__all__ = ["Link", "Resolution", "anonymous_person", "resolve_people", "user_person"]
+__all__ = [
+    "Link",
+    "Resolution",
+    "anonymous_person",
+    "ids_to_look_up",
+    "resolve_people",
+    "user_person",
+]
 
 
 def user_person(user_id: str) -> str:
@@ -77,6 +84,10 @@ def resolve_people(events: Sequence[Event], known: Mapping[str, str]) -> Resolut
             link(event.anonymous_id, person)
         if event.type == "alias" and event.previous_id and event.previous_id != user:
             link(event.previous_id, person)
-            links.append(Link(None, person, user_person(event.previous_id)))
+            if event.source == "server":
+                # A trusted alias may name an earlier userId, whose profile merges too. A browser
+                # alias only proves its own anonymousId (verify_identity), and anyone may pick
+                # an anonymousId equal to somebody's userId: that profile must not move.
+                links.append(Link(None, person, user_person(event.previous_id)))
         people.append(person)
     return Resolution(people, links)

@@ -5,6 +5,8 @@ pushes back instead of growing memory). The pipeline takes every batch that arri
 previous commit ran, drops duplicates, resolves persons, and commits the whole group in one
 transaction (group commit), then resolves each batch's future: only then do clients get their
 ack. A transient storage failure resolves the futures with :class:`StorageUnavailable`: nack.
+When the task stops (cancelled at shutdown), every batch it has not committed gets
+:class:`StorageUnavailable` too, so no client waits forever and each one resends.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from rtserver.config import Config
-from rtserver.errors import StoreError
+from rtserver.errors import StorageUnavailable, StoreError
 from rtserver.events import Event
 from rtserver.store import Store
 
@@ -73,6 +75,8 @@ class Pipeline:
         self.max_group_events = max_group_events
         self.queue_timeout_s = queue_timeout_s
         self.stats = Stats()
+        self._held: Submission | None = None
+        """Taken from the queue but left for the next group, which it would have overfilled."""
 
     async def submit(self, events: Sequence[Event], received_at: float) -> asyncio.Future[None]:
         """Queue a batch; the returned future resolves once it is committed.
@@ -89,20 +93,47 @@ class Pipeline:
         return submission.done
 
     async def run(self) -> None:
-        """Commit groups forever (until cancelled)."""
-        while True:
-            group = [await self.queue.get()]
-            count = len(group[0].events)
-            while count < self.max_group_events and not self.queue.empty():
-                group.append(self.queue.get_nowait())
-                count += len(group[-1].events)
-            try:
-                await self._commit(group)
-            finally:
-                for _ in group:
-                    self.queue.task_done()
+        """Commit groups until cancelled; then fail every batch not committed (clients resend)."""
+        group: list[Submission] = []
+        try:
+            while True:
+                group = await self._take_group()
+                outcome = await self._commit(group)
+                if outcome is None or isinstance(outcome, StorageUnavailable) or len(group) == 1:
+                    self._resolve(group, outcome)
+                    group = []
+                # Not transient: maybe one batch's fault (a poison event). Retried one by one,
+                # it fails alone instead of failing, again and again, whoever it was grouped with.
+                while group:
+                    alone = group[:1]
+                    self._resolve(alone, await self._commit(alone))
+                    del group[0]
+        finally:
+            left = group
+            if self._held is not None:
+                left.append(self._held)
+                self._held = None
+            while not self.queue.empty():
+                left.append(self.queue.get_nowait())
+            self._resolve(left, StorageUnavailable("the pipeline stopped: resend"))
 
-    async def _commit(self, group: list[Submission]) -> None:
+    async def _take_group(self) -> list[Submission]:
+        """The next batch and every one queued behind it, up to ``max_group_events``."""
+        first, self._held = self._held, None
+        if first is None:
+            first = await self.queue.get()
+        group, count = [first], len(first.events)
+        while not self.queue.empty():
+            submission = self.queue.get_nowait()
+            if count + len(submission.events) > self.max_group_events:
+                self._held = submission  # a batch bigger than the limit still goes alone
+                break
+            group.append(submission)
+            count += len(submission.events)
+        return group
+
+    async def _commit(self, group: list[Submission]) -> BaseException | None:
+        """Commit one group; return what its futures resolve with (None: committed)."""
         events = [e for s in group for e in s.events]
         received = [s.received_at for s in group for _ in s.events]
         try:
@@ -111,18 +142,20 @@ class Pipeline:
         except StoreError as exc:
             self.stats.failed_commits += 1
             logger.warning("commit of %d events failed: %s", len(events), exc)
-            outcome: BaseException | None = exc
+            return exc
         except Exception as exc:  # the task boundary: log, nack, keep the pipeline alive
             self.stats.failed_commits += 1
             logger.exception("commit of %d events failed unexpectedly", len(events))
-            outcome = StoreError(f"store failed: {exc}")
-        else:
-            self.stats.commits += 1
-            self.stats.stored += len(prepared.fresh)
-            self.stats.duplicates += prepared.duplicates
-            outcome = None
+            return StoreError(f"store failed: {exc}")
+        self.stats.commits += 1
+        self.stats.stored += len(prepared.fresh)
+        self.stats.duplicates += prepared.duplicates
+        return None
+
+    def _resolve(self, group: list[Submission], outcome: BaseException | None) -> None:
         for submission in group:
-            if submission.done.done():  # pragma: no cover - only if a waiter cancelled it
+            self.queue.task_done()
+            if submission.done.done():  # its waiter went away and cancelled it
                 continue
             if outcome is None:
                 submission.done.set_result(None)

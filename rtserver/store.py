@@ -9,9 +9,10 @@ writer. Migrations are named, applied in order, each in ``BEGIN IMMEDIATE``, and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,10 @@ logger = logging.getLogger(__name__)
 
 IN_CHUNK = 500
 PURGE_CHUNK = 5000
-TRANSIENT_MESSAGES = ("database or disk is full", "database is locked", "disk i/o error")
+TRANSIENT_CODES = frozenset(
+    (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR)
+)
+"""Primary result codes after which nothing was written and a retry may succeed."""
 
 MIGRATIONS: tuple[tuple[str, str], ...] = (
     (
@@ -139,9 +143,35 @@ def _marks(items: Sequence[str]) -> str:
 
 
 def _classify(exc: sqlite3.Error) -> StoreError:
-    if any(m in str(exc).lower() for m in TRANSIENT_MESSAGES):
+    # The result code, not the message: "database table is locked" (SQLITE_LOCKED) and the
+    # extended I/O errors have other wordings. Errors raised by the sqlite3 module itself (a
+    # closed connection, a misuse) carry no code and are not transient.
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None and code & 0xFF in TRANSIENT_CODES:
         return StorageUnavailable(f"storage unavailable: {exc}")
     return StoreError(f"store failed: {exc}")
+
+
+@contextlib.asynccontextmanager
+async def _sqlite_errors() -> AsyncIterator[None]:
+    """Turn ``sqlite3.Error`` into :class:`StoreError` (its ``__cause__``)."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise _classify(exc) from exc
+
+
+async def _rollback(db: aiosqlite.Connection) -> None:
+    """Roll back the open transaction, if any, for a caller about to re-raise its error.
+
+    SQLite may already have rolled back by itself (disk full), and a cancelled COMMIT may still
+    finish in aiosqlite's thread; either way the original error is what the caller must see (a
+    CancelledError turned into a StoreError would keep a cancelled pipeline running). A
+    transaction a failed ROLLBACK leaves open is rolled back before the next commit.
+    """
+    if db.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            await db.execute("ROLLBACK")
 
 
 def _profile_row(event: Event, person: str, received_at: float) -> tuple[Any, ...]:
@@ -168,22 +198,35 @@ class Store:
 
     @classmethod
     async def open(cls, path: str | Path) -> Store:
-        """Open (creating if needed) the database and apply pending migrations."""
+        """Open (creating if needed) the database and apply pending migrations.
+
+        Raises:
+            StoreError: the file cannot be opened or migrated.
+        """
         path = str(path)
-        writer = await aiosqlite.connect(path, isolation_level=None)
-        try:
-            for pragma in (
-                "journal_mode = WAL",
-                "synchronous = FULL",
-                "foreign_keys = ON",
-                "busy_timeout = 5000",
-            ):
-                await writer.execute(f"PRAGMA {pragma}")
-            await cls._migrate(writer)
-            reader = await aiosqlite.connect(f"file:{path}?mode=ro", uri=True)
-        except BaseException:
-            await writer.close()
-            raise
+        folder = Path(path).resolve().parent
+        if not folder.is_dir():
+            # Checked here: a failed aiosqlite.connect leaves its worker thread behind.
+            raise StoreError(
+                f"cannot open the store {path!r}: folder {str(folder)!r} does not exist"
+            )
+        async with _sqlite_errors():
+            writer = await aiosqlite.connect(path, isolation_level=None)
+            try:
+                for pragma in (
+                    "journal_mode = WAL",
+                    "synchronous = FULL",
+                    "foreign_keys = ON",
+                    "busy_timeout = 5000",
+                ):
+                    await writer.execute(f"PRAGMA {pragma}")
+                await cls._migrate(writer)
+                # A URI, so the reader cannot write; as_uri() escapes '?', '#' and '%' in the path.
+                reader_uri = Path(path).resolve().as_uri() + "?mode=ro"
+                reader = await aiosqlite.connect(reader_uri, uri=True)
+            except BaseException:
+                await writer.close()
+                raise
         return cls(path, writer, reader)
 
     @staticmethod
@@ -191,37 +234,41 @@ class Store:
         await db.execute(
             "CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at TEXT)"
         )
-        done = {row[0] for row in await db.execute_fetchall("SELECT name FROM migrations")}
         for name, script in MIGRATIONS:
-            if name in done:
-                continue
-            logger.info("applying migration %s", name)
             await db.execute("BEGIN IMMEDIATE")
             try:
-                for statement in filter(str.strip, script.split(";")):
-                    await db.execute(statement)
-                await db.execute("INSERT INTO migrations VALUES (?, datetime('now'))", (name,))
+                # Checked inside the write transaction: two processes opening a new file at once
+                # must not both apply the same migration.
+                rows = await db.execute_fetchall("SELECT 1 FROM migrations WHERE name = ?", (name,))
+                if not rows:
+                    logger.info("applying migration %s", name)
+                    for statement in filter(str.strip, script.split(";")):
+                        await db.execute(statement)
+                    await db.execute("INSERT INTO migrations VALUES (?, datetime('now'))", (name,))
                 await db.execute("COMMIT")
             except BaseException:
-                await db.execute("ROLLBACK")
+                await _rollback(db)
                 raise
 
     async def close(self) -> None:
         """Close both connections."""
-        await self._ro.close()
-        await self._db.close()
+        try:
+            await self._ro.close()
+        finally:
+            await self._db.close()
 
     # Writes: only the pipeline and the lifespan call these, one at a time.
 
     async def prepare(self, events: Sequence[Event], received_at: Sequence[float]) -> Prepared:
         """Drop events already stored (or repeated in the group) and resolve their persons.
 
-        Runs on the writer connection between commits, so what it reads is what the next
-        :meth:`commit_batch` writes over: nothing can slip in between.
+        Runs on the writer connection, under the write lock, so it never reads another task's
+        uncommitted transaction (an event it saw there, then rolled back, would be dropped as a
+        duplicate and acked without being stored).
         """
         ids = [e.message_id for e in events]
         stored: set[str] = set()
-        try:
+        async with self._write_lock, _sqlite_errors():
             for chunk in _chunks(ids):
                 rows = await self._db.execute_fetchall(
                     f"SELECT message_id FROM events WHERE message_id IN ({_marks(chunk)})", chunk
@@ -243,8 +290,6 @@ class Store:
                     chunk,
                 )
                 known.update((r[0], r[1]) for r in rows)
-        except sqlite3.Error as exc:
-            raise _classify(exc) from exc
         resolution = resolve_people(fresh, known)
         return Prepared(fresh, times, resolution.people, resolution.links, len(events) - len(fresh))
 
@@ -277,11 +322,8 @@ class Store:
             _profile_row(e, person, at)
             for e, person, at in zip(events, prepared.people, received_at, strict=True)
         ]
-        try:
-            async with self._write_lock:
-                await self._commit(event_rows, profile_rows, prepared.links)
-        except sqlite3.Error as exc:
-            raise _classify(exc) from exc
+        async with self._write_lock, _sqlite_errors():
+            await self._commit(event_rows, profile_rows, prepared.links)
 
     async def _commit(
         self,
@@ -289,17 +331,20 @@ class Store:
         profile_rows: list[tuple[Any, ...]],
         links: list[Link],
     ) -> None:
-        await self._db.execute("BEGIN IMMEDIATE")
+        db = self._db
+        if db.in_transaction:
+            # Left over by a ROLLBACK that failed below: without this, every later BEGIN fails.
+            logger.warning("rolling back a transaction left open on the writer")
+            await db.execute("ROLLBACK")
+        await db.execute("BEGIN IMMEDIATE")
         try:
-            await self._db.executemany(INSERT_EVENT, event_rows)
-            await self._db.executemany(UPSERT_PROFILE, profile_rows)
+            await db.executemany(INSERT_EVENT, event_rows)
+            await db.executemany(UPSERT_PROFILE, profile_rows)
             for link in links:
                 await self._apply_link(link)
-            await self._db.execute("COMMIT")
+            await db.execute("COMMIT")
         except BaseException:
-            # SQLite may already have rolled back by itself (disk full during COMMIT).
-            if self._db.in_transaction:
-                await self._db.execute("ROLLBACK")
+            await _rollback(db)
             raise
 
     async def _apply_link(self, link: Link) -> None:
@@ -319,21 +364,25 @@ class Store:
         )
 
     async def secret(self, name: str, generate: Callable[[], str], now: float) -> str:
-        """The stored secret ``name``, generated and stored on first use."""
-        async with self._write_lock:
-            await self._db.execute(
-                "INSERT INTO secrets (name, value, created_at) VALUES (?, ?, ?) "
-                "ON CONFLICT (name) DO NOTHING",
-                (name, generate(), now),
-            )
-        rows = await self._db.execute_fetchall("SELECT value FROM secrets WHERE name = ?", (name,))
-        return str(next(iter(rows))[0])
+        """The stored secret ``name``; ``generate`` makes it on first use only."""
+        query = "SELECT value FROM secrets WHERE name = ?"
+        async with self._write_lock, _sqlite_errors():
+            rows = list(await self._db.execute_fetchall(query, (name,)))
+            if not rows:
+                # DO NOTHING: another process may have stored one since; theirs wins, once.
+                await self._db.execute(
+                    "INSERT INTO secrets (name, value, created_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT (name) DO NOTHING",
+                    (name, generate(), now),
+                )
+                rows = list(await self._db.execute_fetchall(query, (name,)))
+            return str(rows[0][0])
 
     async def purge_events(self, before: float) -> int:
         """Delete raw events received before ``before``, in small transactions; return how many."""
         total = 0
         while True:
-            async with self._write_lock:
+            async with self._write_lock, _sqlite_errors():
                 cursor = await self._db.execute(
                     "DELETE FROM events WHERE seq IN "
                     "(SELECT seq FROM events WHERE received_at < ? LIMIT ?)",
@@ -345,19 +394,23 @@ class Store:
 
     # Reads: the read-only connection.
 
+    async def _read(self, sql: str, parameters: Sequence[Any] = ()) -> list[Any]:
+        async with _sqlite_errors():
+            return list(await self._ro.execute_fetchall(sql, parameters))
+
     async def count_events(self) -> int:
         """How many events are stored."""
-        rows = await self._ro.execute_fetchall("SELECT count(*) FROM events")
-        return int(next(iter(rows))[0])
+        rows = await self._read("SELECT count(*) FROM events")
+        return int(rows[0][0])
 
     async def stored_message_ids(self) -> list[str]:
         """Every stored messageId, in arrival order."""
-        rows = await self._ro.execute_fetchall("SELECT message_id FROM events ORDER BY seq")
+        rows = await self._read("SELECT message_id FROM events ORDER BY seq")
         return [r[0] for r in rows]
 
     async def events_of(self, person_id: str, limit: int = 100) -> list[dict[str, Any]]:
         """A person's newest events, newest first, as the stored Segment messages."""
-        rows = await self._ro.execute_fetchall(
+        rows = await self._read(
             "SELECT body FROM events WHERE person_id = ? ORDER BY seq DESC LIMIT ?",
             (person_id, limit),
         )
@@ -365,18 +418,15 @@ class Store:
 
     async def person_of(self, anonymous_id: str) -> str | None:
         """The person an anonymous id belongs to, if it was ever linked."""
-        rows = await self._ro.execute_fetchall(
+        rows = await self._read(
             "SELECT person_id FROM identities WHERE anonymous_id = ?", (anonymous_id,)
         )
-        return next((r[0] for r in rows), None)
+        return rows[0][0] if rows else None
 
     async def profile(self, person_id: str) -> dict[str, Any] | None:
         """One profile, traits decoded; None if unknown."""
-        rows = list(
-            await self._ro.execute_fetchall(
-                f"SELECT {', '.join(PROFILE_COLUMNS)} FROM profiles WHERE person_id = ?",
-                (person_id,),
-            )
+        rows = await self._read(
+            f"SELECT {', '.join(PROFILE_COLUMNS)} FROM profiles WHERE person_id = ?", (person_id,)
         )
         if not rows:
             return None

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import zlib
 from typing import Any, cast
 
 from starlette import status
-from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
 
 from rtserver.errors import InvalidEvent, StorageUnavailable, StoreError
 from rtserver.events import Event, Source, decode_json, message_id_of, parse_event, verify_identity
@@ -27,6 +28,8 @@ from rtserver.pipeline import Runtime
 __all__ = ["SINGLE_TYPES", "receive"]
 
 SINGLE_TYPES = ("track", "identify", "page", "alias", "screen", "group")
+GZIP_NAMES = ("gzip", "x-gzip")
+"""``x-gzip`` is the same coding (RFC 9110, section 8.4.1.3)."""
 
 
 class HTTPFailure(Exception):
@@ -50,46 +53,66 @@ def _basic_user(request: Request) -> str | None:
     return decoded.partition(":")[0]
 
 
+def _too_large(limit: int, unzipped: str = "") -> HTTPFailure:
+    return HTTPFailure(
+        status.HTTP_413_CONTENT_TOO_LARGE, f"body larger than {limit} bytes{unzipped}"
+    )
+
+
+def _gunzip(body: bytes, limit: int) -> bytes:
+    """Inflate every gzip member of ``body`` (RFC 1952 allows several), at most ``limit`` bytes.
+
+    Raises:
+        HTTPFailure: 400 for a malformed or truncated stream, 413 past ``limit``.
+    """
+    parts: list[bytes] = []
+    size = 0
+    rest = body
+    while True:
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            part = inflater.decompress(rest, limit - size + 1)
+        except zlib.error:
+            raise HTTPFailure(status.HTTP_400_BAD_REQUEST, "malformed gzip body") from None
+        size += len(part)
+        if size > limit:
+            raise _too_large(limit, " unzipped")
+        if not inflater.eof:  # truncated: the whole input was read and the member did not end
+            raise HTTPFailure(status.HTTP_400_BAD_REQUEST, "malformed gzip body")
+        parts.append(part)
+        rest = inflater.unused_data
+        if not rest:
+            return b"".join(parts)
+
+
 async def _read_body(request: Request, limit: int) -> bytes:
+    encoding = request.headers.get("content-encoding", "").strip().lower() or "identity"
+    if encoding not in (*GZIP_NAMES, "identity"):
+        raise HTTPFailure(
+            status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, f"unsupported content-encoding {encoding!r}"
+        )
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise HTTPFailure(
-            status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, f"body larger than {limit} bytes"
-        )
+        raise _too_large(limit)
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise HTTPFailure(
-                status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, f"body larger than {limit} bytes"
-            )
+            raise _too_large(limit)
         chunks.append(chunk)
     body = b"".join(chunks)
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
-    if encoding == "gzip":
-        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        try:
-            body = inflater.decompress(body, limit + 1)
-        except zlib.error:
-            raise HTTPFailure(status.HTTP_400_BAD_REQUEST, "malformed gzip body") from None
-        if len(body) > limit or inflater.unconsumed_tail:
-            raise HTTPFailure(
-                status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, f"body larger than {limit} bytes unzipped"
-            )
-    elif encoding != "identity":
-        raise HTTPFailure(
-            status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, f"unsupported content-encoding {encoding!r}"
-        )
+    if encoding in GZIP_NAMES:
+        body = _gunzip(body, limit)
     return body
 
 
 def _authenticate(request: Request, runtime: Runtime, body_key: Any) -> Source:
+    # The query string carries only the public key: a secret there would end up in access logs.
     key = _basic_user(request) or (body_key if isinstance(body_key, str) else None)
-    key = key or request.query_params.get("key")
     if key_matches(key, runtime.keys.write):
         return "server"
-    if key_matches(key, runtime.keys.public):
+    if key_matches(key or request.query_params.get("key"), runtime.keys.public):
         origin = request.headers.get("origin")
         if not origin_allowed(origin, runtime.config.server.allowed_origins):
             raise HTTPFailure(status.HTTP_403_FORBIDDEN, "origin not allowed for the public key")
@@ -105,6 +128,8 @@ def _parse_all(
     accepted: list[Event] = []
     rejected: list[dict[str, Any]] = []
     for raw in raws:
+        if isinstance(raw, dict) and "writeKey" in raw:
+            raw = {k: v for k, v in raw.items() if k != "writeKey"}  # never store the key
         try:
             event = parse_event(
                 raw, limits, source=source, default_type=kind, context=batch_context
@@ -125,13 +150,15 @@ async def _ingest(request: Request, kind: str | None) -> JSONResponse:
     if not isinstance(payload, dict):
         raise HTTPFailure(status.HTTP_400_BAD_REQUEST, "body must be a json object")
     source = _authenticate(request, runtime, payload.get("writeKey"))
+    context = None
     if kind is None:
         raws = payload.get("batch")
         if not isinstance(raws, list):
             raise HTTPFailure(status.HTTP_400_BAD_REQUEST, 'expected {"batch": [...]}')
+        context = payload.get("context")
     else:
         raws = [payload]
-    accepted, rejected = _parse_all(raws, runtime, source, kind, payload.get("context"))
+    accepted, rejected = _parse_all(raws, runtime, source, kind, context)
     if not accepted:
         error = rejected[0]["error"] if rejected else "empty batch"
         raise HTTPFailure(status.HTTP_400_BAD_REQUEST, error, rejected=rejected)
@@ -150,7 +177,7 @@ async def _ingest(request: Request, kind: str | None) -> JSONResponse:
     return JSONResponse(result)
 
 
-async def receive(request: Request) -> JSONResponse:
+async def receive(request: Request) -> Response:
     """``POST /v1/batch`` and ``POST /v1/<type>``: store the events, answer after commit."""
     kind = request.path_params.get("kind")
     if kind is not None and kind not in SINGLE_TYPES:
@@ -158,5 +185,11 @@ async def receive(request: Request) -> JSONResponse:
     try:
         return await _ingest(request, kind)
     except HTTPFailure as failure:
-        headers = {"Retry-After": "1"} if failure.status_code == 503 else None
+        headers = None
+        if failure.status_code == status.HTTP_503_SERVICE_UNAVAILABLE:
+            runtime = cast(Runtime, request.state.runtime)
+            seconds = math.ceil(runtime.config.ingest.retry_after_ms / 1000)
+            headers = {"Retry-After": str(seconds)}
         return JSONResponse(failure.body, failure.status_code, headers=headers)
+    except ClientDisconnect:  # gone before the body arrived: nothing was stored, nobody to tell
+        return Response(status_code=status.HTTP_400_BAD_REQUEST)

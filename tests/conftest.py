@@ -20,6 +20,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from rtserver.app import Server, build_server, create_app
 from rtserver.config import Config, load_config
+from rtserver.ingest import Ingest
 from rtserver.pipeline import Runtime
 
 TIMEOUT_UNIT = float(os.environ.get("RTSERVER_TESTS_TIMEOUT_FACTOR", "1")) * 5.0
@@ -49,7 +50,11 @@ def make_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
         "server": {"host": "127.0.0.1", "port": 0, "allowed_origins": [ORIGIN]},
         "store": {"path": str(tmp_path / "test.db")},
         "keys": {"write": WRITE_KEY, "identity_secret": IDENTITY_SECRET},
-        "ingest": {"max_connections_per_ip": 1000, "events_per_s": 100000.0, "burst_events": 100000},
+        "ingest": {
+            "max_connections_per_ip": 1000,
+            "events_per_s": 100000.0,
+            "burst_events": 100000,
+        },
     }
     for name, values in sections.items():
         base[name] = {**base.get(name, {}), **values}
@@ -91,13 +96,21 @@ class LiveServer:
     @property
     def runtime(self) -> Runtime:
         """What the lifespan built (store, pipeline, keys), for assertions."""
-        runtime: Runtime = self.server.lifespan.state["runtime"]  # type: ignore[attr-defined]
+        runtime: Runtime = self.server.lifespan.state["runtime"]
         return runtime
+
+    @property
+    def ingest(self) -> Ingest:
+        """The app's WebSocket ingest (open sessions, drain state)."""
+        ingest: Ingest = self.server.config.app.state.ingest
+        return ingest
 
     def ws(self, origin: str | None = ORIGIN, url: str | None = None, **kw: Any) -> Any:
         """Open a WebSocket client (async context manager)."""
         headers = {"Origin": origin} if origin is not None else {}
-        return connect(url or self.ws_url, additional_headers=headers, open_timeout=TIMEOUT_UNIT, **kw)
+        return connect(
+            url or self.ws_url, additional_headers=headers, open_timeout=TIMEOUT_UNIT, **kw
+        )
 
     def http(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(base_url=self.http_url, timeout=TIMEOUT_UNIT)
@@ -114,10 +127,18 @@ async def run_server(config: Config, **app_kw: Any) -> AsyncIterator[LiveServer]
     sock = socket.create_server((config.server.host, 0))
     port = sock.getsockname()[1]
     app = create_app(config, **app_kw)
-    server = build_server(app, config)
+    ready = asyncio.Event()
+    server = build_server(app, config, on_ready=lambda host, port: ready.set())
     task = asyncio.create_task(server.serve(sockets=[sock]))
     live = LiveServer(server, config, port, task)
     try:
+        # The lifespan has run (the runtime exists) once uvicorn reports it started.
+        waiter = asyncio.ensure_future(ready.wait())
+        await asyncio.wait([waiter, task], timeout=4 * TIMEOUT_UNIT, return_when="FIRST_COMPLETED")
+        waiter.cancel()
+        if task.done():
+            task.result()  # startup failed: raise its error here
+        assert ready.is_set(), "server did not start"
         yield live
     finally:
         if not task.done():
@@ -146,5 +167,3 @@ async def recv_json(ws: ClientConnection) -> dict[str, Any]:
     reply = await asyncio.wait_for(ws.recv(), TIMEOUT_UNIT)
     result: dict[str, Any] = orjson.loads(reply)
     return result
-
-

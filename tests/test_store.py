@@ -1,0 +1,529 @@
+"""The SQLite store, against real database files: schema, dedup, people, secrets, retention,
+reads and storage faults."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import rtserver.store
+from rtserver.config import IngestConfig
+from rtserver.errors import StorageUnavailable, StoreError
+from rtserver.events import Event, Source, parse_event, sign_identity, verify_identity
+from rtserver.store import MIGRATIONS, Prepared, Store
+from tests.conftest import IDENTITY_SECRET, TIMEOUT_UNIT, event
+
+LIMITS = IngestConfig()
+
+
+def parse(raw: dict[str, Any], source: Source = "server") -> Event:
+    """An accepted event; a browser one goes through identity verification as ingest does."""
+    parsed = parse_event(raw, LIMITS, source=source)
+    return verify_identity(parsed, IDENTITY_SECRET) if source == "browser" else parsed
+
+
+async def store_group(store: Store, events: Sequence[Event], at: float = 1000.0) -> Prepared:
+    """Prepare and commit one group, as the pipeline does."""
+    prepared = await store.prepare(events, [at] * len(events))
+    await store.commit_batch(prepared)
+    return prepared
+
+
+async def writer_rows(store: Store, sql: str, *params: Any) -> list[Any]:
+    """Rows read on the writer connection (what the next transaction builds on)."""
+    return list(await store._db.execute_fetchall(sql, params))
+
+
+def join_worker_threads(before: set[threading.Thread]) -> None:
+    """Wait for aiosqlite threads started since ``before`` to end.
+
+    When ``aiosqlite.connect`` fails, aiosqlite queues its thread's stop without waiting for it;
+    the thread then calls back into the loop, which must still be open (else it raises in the
+    thread, and pytest reports that against a later test). The callback only needs the loop to
+    exist, not to run, so a plain join is safe here.
+    """
+    for thread in set(threading.enumerate()) - before:
+        if "_connection_worker_thread" in thread.name:
+            thread.join(TIMEOUT_UNIT)
+
+
+async def page_count(store: Store) -> int:
+    return int((await writer_rows(store, "PRAGMA page_count"))[0][0])
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "store.db"
+
+
+@pytest.fixture
+async def store(db_path: Path) -> AsyncIterator[Store]:
+    store = await Store.open(db_path)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+# Opening and migrations
+
+
+async def test_open_creates_schema(store: Store) -> None:
+    """A new file gets every table of the migrations."""
+    rows = await writer_rows(store, "SELECT name FROM sqlite_master WHERE type = 'table'")
+    assert {r[0] for r in rows} >= {"events", "profiles", "identities", "secrets", "migrations"}
+
+
+async def test_writer_uses_wal_and_full_sync(store: Store) -> None:
+    """The writer runs in WAL mode with synchronous=FULL and foreign keys on."""
+    assert (await writer_rows(store, "PRAGMA journal_mode"))[0][0] == "wal"
+    assert (await writer_rows(store, "PRAGMA synchronous"))[0][0] == 2  # FULL
+    assert (await writer_rows(store, "PRAGMA foreign_keys"))[0][0] == 1
+
+
+async def test_reader_cannot_write(store: Store) -> None:
+    """The query connection is read-only."""
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        await store._ro.execute("DELETE FROM events")
+
+
+async def test_reopen_is_idempotent(db_path: Path) -> None:
+    """Migrations are recorded once; opening again applies nothing and keeps the data."""
+    store = await Store.open(db_path)
+    try:
+        await store_group(store, [parse(event())])
+    finally:
+        await store.close()
+    for _ in range(2):
+        store = await Store.open(db_path)
+        try:
+            rows = await writer_rows(store, "SELECT name FROM migrations")
+            assert [r[0] for r in rows] == [name for name, _ in MIGRATIONS]
+            assert await store.count_events() == 1
+        finally:
+            await store.close()
+
+
+async def test_open_path_with_uri_characters(tmp_path: Path) -> None:
+    """A path holding '?', '#', '%' or spaces opens, and the reader sees the writer's file."""
+    folder = tmp_path / "a dir?x=1#frag%20"
+    folder.mkdir()
+    store = await Store.open(folder / "store.db")
+    try:
+        await store_group(store, [parse(event())])
+        assert await store.count_events() == 1
+    finally:
+        await store.close()
+
+
+async def test_open_unusable_path_raises_store_error(tmp_path: Path) -> None:
+    """A file that cannot be opened raises StoreError with the sqlite error as its cause."""
+    threads = set(threading.enumerate())
+    with pytest.raises(StoreError) as raised:
+        await Store.open(tmp_path)  # a folder, not a database file
+    join_worker_threads(threads)
+    assert type(raised.value) is StoreError
+    assert isinstance(raised.value.__cause__, sqlite3.Error)
+
+
+async def test_open_rejects_a_file_that_is_not_a_database(tmp_path: Path) -> None:
+    """Opening something else than SQLite is a (non-transient) StoreError."""
+    path = tmp_path / "notes.db"
+    path.write_bytes(b"not a database, just text " * 200)
+    with pytest.raises(StoreError) as raised:
+        await Store.open(path)
+    assert type(raised.value) is StoreError
+
+
+async def test_failed_migration_is_rolled_back(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A migration that fails leaves nothing of itself and is not recorded; a fixed one applies."""
+    broken = ("0002_broken", "CREATE TABLE extra (a TEXT); INSERT INTO nowhere VALUES (1)")
+    monkeypatch.setattr(rtserver.store, "MIGRATIONS", (*MIGRATIONS, broken))
+    with pytest.raises(StoreError, match="no such table"):
+        await Store.open(db_path)
+    fixed = ("0002_broken", "CREATE TABLE extra (a TEXT)")
+    monkeypatch.setattr(rtserver.store, "MIGRATIONS", (*MIGRATIONS, fixed))
+    store = await Store.open(db_path)
+    try:
+        rows = await writer_rows(store, "SELECT name FROM migrations ORDER BY name")
+        assert [r[0] for r in rows] == ["0001_events_profiles", "0002_broken"]
+        assert await writer_rows(store, "SELECT count(*) FROM extra") == [(0,)]
+    finally:
+        await store.close()
+
+
+async def test_disk_full_during_migration_is_transient(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Disk full while migrating (SQLite rolls back by itself) raises StorageUnavailable."""
+    full = ("0002_full", "PRAGMA max_page_count = 1; CREATE TABLE extra (a TEXT)")
+    monkeypatch.setattr(rtserver.store, "MIGRATIONS", (*MIGRATIONS, full))
+    with pytest.raises(StorageUnavailable, match="full"):
+        await Store.open(db_path)
+
+
+# Storing events once
+
+
+async def test_commit_batch_stores_events(store: Store) -> None:
+    """Prepared events are stored with their person, source and receive time."""
+    raws = [event(), event("page", name="Home"), event(userId="u1", anonymousId=None)]
+    prepared = await store_group(store, [parse(r) for r in raws], at=1234.5)
+    assert (len(prepared.fresh), prepared.duplicates) == (3, 0)
+    assert await store.count_events() == 3
+    assert await store.stored_message_ids() == [r["messageId"] for r in raws]
+    rows = await writer_rows(
+        store, "SELECT type, name, person_id, source, received_at FROM events ORDER BY seq"
+    )
+    assert rows == [
+        ("track", "Product Viewed", "a:anon-1", "server", 1234.5),
+        ("page", "Home", "a:anon-1", "server", 1234.5),
+        ("track", "Product Viewed", "u:u1", "server", 1234.5),
+    ]
+    assert await store.events_of("a:anon-1") == [raws[1], raws[0]]  # newest first, as sent
+
+
+async def test_duplicate_in_a_later_group_is_stored_once(store: Store) -> None:
+    """A messageId sent again later is counted as a duplicate and not stored twice."""
+    raw = event()
+    await store_group(store, [parse(raw)])
+    again = await store_group(store, [parse(raw), parse(event())])
+    assert (len(again.fresh), again.duplicates) == (1, 1)
+    assert await store.count_events() == 2
+    assert (await store.stored_message_ids())[0] == raw["messageId"]
+
+
+async def test_duplicate_within_a_group_is_stored_once(store: Store) -> None:
+    """A messageId repeated inside one group is stored once, the first copy kept."""
+    raw = event()
+    first, second = parse(raw), parse({**raw, "event": "Product Added"})
+    prepared = await store_group(store, [first, second])
+    assert (prepared.fresh, prepared.duplicates) == ([first], 1)
+    assert await store.events_of("a:anon-1") == [raw]
+
+
+async def test_group_of_duplicates_only_writes_nothing(store: Store) -> None:
+    """A group whose every event is already stored commits nothing."""
+    raw = event()
+    await store_group(store, [parse(raw)], at=10.0)
+    prepared = await store_group(store, [parse(raw)], at=20.0)
+    assert (prepared.fresh, prepared.duplicates) == ([], 1)
+    assert (await store.profile("a:anon-1") or {})["last_seen"] == 10.0
+
+
+async def test_dedup_spans_several_lookup_chunks(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ids are looked up in chunks; duplicates are found in every chunk."""
+    monkeypatch.setattr(rtserver.store, "IN_CHUNK", 2)
+    raws = [event(anonymousId=f"anon-{i}") for i in range(5)]
+    await store_group(store, [parse(r) for r in raws[::2]])
+    prepared = await store_group(store, [parse(r) for r in raws])
+    assert (len(prepared.fresh), prepared.duplicates) == (2, 3)
+    assert sorted(await store.stored_message_ids()) == sorted(r["messageId"] for r in raws)
+
+
+# People: stitching, verification, merges
+
+
+async def test_trusted_identify_stitches_anonymous_history(store: Store) -> None:
+    """A server identify moves the browser's history and merges its profile into the user's."""
+    anon_traits = {"color": "red", "plan": "trial"}
+    await store_group(store, [parse(event("identify", traits=anon_traits), "browser")], at=10.0)
+    await store_group(store, [parse(event(), "browser")], at=20.0)
+    known = event("identify", userId="u1", anonymousId=None, traits={"name": "Ann"})
+    await store_group(store, [parse(known)], at=100.0)
+    stitch = event("identify", userId="u1", traits={"plan": "pro"})
+    await store_group(store, [parse(stitch)], at=200.0)
+
+    assert await store.person_of("anon-1") == "u:u1"
+    assert await store.profile("a:anon-1") is None
+    assert await store.events_of("a:anon-1") == []
+    assert len(await store.events_of("u:u1")) == 4
+    profile = await store.profile("u:u1")
+    assert profile == {
+        "person_id": "u:u1",
+        "user_id": "u1",
+        "email": None,
+        "claimed_email": None,
+        "traits": {"color": "red", "name": "Ann", "plan": "pro"},  # the user's newer traits win
+        "first_seen": 10.0,
+        "last_seen": 200.0,
+    }
+    # Later anonymous events of that browser belong to the user.
+    await store_group(store, [parse(event(), "browser")], at=300.0)
+    assert len(await store.events_of("u:u1")) == 5
+    assert (await store.profile("u:u1") or {})["last_seen"] == 300.0
+
+
+async def test_identify_and_history_in_one_group(store: Store) -> None:
+    """Events before and after the identify in the same group all end up with the user."""
+    events = [
+        parse(event(), "browser"),
+        parse(event("identify", userId="u1", traits={"name": "Ann"})),
+        parse(event(), "browser"),
+    ]
+    prepared = await store_group(store, events)
+    assert prepared.people == ["a:anon-1", "u:u1", "u:u1"]
+    assert len(await store.events_of("u:u1")) == 3
+    assert await store.profile("a:anon-1") is None
+
+
+async def test_verified_browser_identify_stitches(store: Store) -> None:
+    """A browser identify with a valid userHash links its anonymousId to the user."""
+    await store_group(store, [parse(event(), "browser")])
+    user_hash = sign_identity(IDENTITY_SECRET, "u1")
+    raw = event("identify", userId="u1", context={"userHash": user_hash})
+    await store_group(store, [parse(raw, "browser")])
+    assert await store.person_of("anon-1") == "u:u1"
+    assert len(await store.events_of("u:u1")) == 2
+
+
+async def test_unverified_browser_identify_does_not_stitch(store: Store) -> None:
+    """A browser identify naming a userId without a valid hash acts only for its browser."""
+    await store_group(store, [parse(event(userId="u1", anonymousId=None), "server")])
+    raw = event("identify", userId="u1", traits={"name": "Mallory"}, context={"userHash": "00"})
+    await store_group(store, [parse(raw, "browser")])
+    assert await store.person_of("anon-1") is None
+    assert len(await store.events_of("u:u1")) == 1
+    assert len(await store.events_of("a:anon-1")) == 1
+    assert (await store.profile("u:u1") or {})["traits"] == {}
+    anon = await store.profile("a:anon-1") or {}
+    assert (anon["user_id"], anon["traits"]) == (None, {"name": "Mallory"})
+
+
+async def test_claimed_email_is_kept_apart(store: Store) -> None:
+    """An unverified browser email goes to claimed_email only, never to email or traits."""
+    traits = {"email": "Victim@Example.com", "name": "X"}
+    await store_group(store, [parse(event("identify", traits=traits), "browser")])
+    profile = await store.profile("a:anon-1") or {}
+    assert profile["claimed_email"] == "victim@example.com"
+    assert profile["email"] is None
+    assert profile["traits"] == {"name": "X"}
+
+
+async def test_verified_email_is_stored(store: Store) -> None:
+    """An email proven by emailHash (or sent server-side) is stored as the mailable email."""
+    email_hash = sign_identity(IDENTITY_SECRET, "ann@example.com")
+    raw = event("identify", traits={"email": "Ann@Example.com"}, context={"emailHash": email_hash})
+    await store_group(store, [parse(raw, "browser")])
+    profile = await store.profile("a:anon-1") or {}
+    assert (profile["email"], profile["claimed_email"]) == ("ann@example.com", None)
+    server = event("identify", userId="u2", anonymousId=None, traits={"email": "bo@example.com"})
+    await store_group(store, [parse(server)])
+    assert (await store.profile("u:u2") or {})["email"] == "bo@example.com"
+
+
+async def test_claim_does_not_replace_a_verified_email(store: Store) -> None:
+    """A later unverified email is only claimed; the verified one stays."""
+    verified = event("identify", traits={"email": "ann@example.com"})
+    await store_group(store, [parse(verified)])
+    claim = event("identify", traits={"email": "eve@example.com"})
+    await store_group(store, [parse(claim, "browser")])
+    profile = await store.profile("a:anon-1") or {}
+    assert (profile["email"], profile["claimed_email"]) == ("ann@example.com", "eve@example.com")
+    assert profile["traits"] == {"email": "ann@example.com"}
+
+
+async def test_server_alias_merges_an_earlier_user(store: Store) -> None:
+    """A server alias moves the previous user's events and profile to the new user."""
+    old = event("identify", userId="old", anonymousId=None, traits={"a": 1, "b": 1})
+    await store_group(store, [parse(old)], at=10.0)
+    new = event("identify", userId="new", anonymousId=None, traits={"b": 2})
+    await store_group(store, [parse(new)], at=20.0)
+    alias = event("alias", userId="new", previousId="old", anonymousId=None)
+    await store_group(store, [parse(alias)], at=30.0)
+    assert await store.profile("u:old") is None
+    assert await store.events_of("u:old") == []
+    assert len(await store.events_of("u:new")) == 3
+    profile = await store.profile("u:new") or {}
+    assert profile["traits"] == {"a": 1, "b": 2}
+    assert (profile["first_seen"], profile["last_seen"]) == (10.0, 30.0)
+
+
+async def test_browser_alias_stitches_its_own_anonymous_id(store: Store) -> None:
+    """A verified browser alias links its anonymousId and moves the anonymous history."""
+    await store_group(store, [parse(event(), "browser")])
+    user_hash = sign_identity(IDENTITY_SECRET, "u1")
+    alias = event("alias", userId="u1", previousId="anon-1", context={"userHash": user_hash})
+    await store_group(store, [parse(alias, "browser")])
+    assert await store.person_of("anon-1") == "u:u1"
+    assert len(await store.events_of("u:u1")) == 2
+    assert await store.profile("a:anon-1") is None
+
+
+async def test_device_changing_hands_keeps_each_users_history(store: Store) -> None:
+    """A second user identifying on a linked browser takes it over without the first's events."""
+    await store_group(store, [parse(event("identify", userId="u1"))])
+    await store_group(store, [parse(event("identify", userId="u2"))])
+    assert await store.person_of("anon-1") == "u:u2"
+    assert len(await store.events_of("u:u1")) == 1
+    assert len(await store.events_of("u:u2")) == 1
+    assert await store.profile("u:u1") is not None
+
+
+# Secrets and retention
+
+
+async def test_secret_is_generated_once(db_path: Path) -> None:
+    """secret() generates on first use only and returns the same value after re-open."""
+    made: list[str] = []
+
+    def generate() -> str:
+        made.append(f"secret-{len(made)}")
+        return made[-1]
+
+    store = await Store.open(db_path)
+    try:
+        first = await store.secret("write_key", generate, 1.0)
+        assert await store.secret("write_key", generate, 2.0) == first
+    finally:
+        await store.close()
+    store = await Store.open(db_path)
+    try:
+        assert await store.secret("write_key", generate, 3.0) == first
+        assert await store.secret("other", generate, 3.0) != first
+    finally:
+        await store.close()
+    assert made == ["secret-0", "secret-1"]
+
+
+async def test_purge_deletes_only_older_events(store: Store) -> None:
+    """purge_events deletes events received before the cutoff and returns how many."""
+    for at in (10.0, 20.0, 30.0):
+        await store_group(store, [parse(event())], at=at)
+    assert await store.purge_events(25.0) == 2
+    assert await store.count_events() == 1
+    assert (await writer_rows(store, "SELECT received_at FROM events")) == [(30.0,)]
+    assert await store.profile("a:anon-1") is not None  # profiles stay
+    assert await store.purge_events(25.0) == 0
+
+
+async def test_purge_works_across_chunks(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Purging more events than one chunk deletes them all, chunk by chunk."""
+    monkeypatch.setattr(rtserver.store, "PURGE_CHUNK", 2)
+    await store_group(store, [parse(event()) for _ in range(5)], at=10.0)
+    await store_group(store, [parse(event())], at=50.0)
+    assert await store.purge_events(20.0) == 5
+    assert await store.count_events() == 1
+
+
+# Reads
+
+
+async def test_reads_on_an_empty_store(store: Store) -> None:
+    """Reads of unknown things answer empty, zero or None."""
+    assert await store.count_events() == 0
+    assert await store.stored_message_ids() == []
+    assert await store.events_of("u:nobody") == []
+    assert await store.person_of("anon-x") is None
+    assert await store.profile("u:nobody") is None
+
+
+async def test_events_of_is_newest_first_and_limited(store: Store) -> None:
+    """events_of returns at most ``limit`` events, newest first."""
+    raws = [event(properties={"n": i}) for i in range(4)]
+    await store_group(store, [parse(r) for r in raws])
+    assert await store.events_of("a:anon-1", limit=2) == [raws[3], raws[2]]
+
+
+async def test_read_error_is_store_error(store: Store) -> None:
+    """A read the sqlite3 module refuses surfaces as StoreError, not transient."""
+    with pytest.raises(StoreError) as raised:
+        await store.events_of(["not", "a", "str"])  # type: ignore[arg-type]
+    assert type(raised.value) is StoreError
+    assert isinstance(raised.value.__cause__, sqlite3.ProgrammingError)
+
+
+# Storage faults
+
+
+def big_events(count: int) -> list[Event]:
+    """Events large enough to need new database pages."""
+    return [
+        parse(event("identify", userId="u1", traits={"blob": "x" * 4000, "n": i}))
+        for i in range(count)
+    ]
+
+
+async def test_disk_full_writes_nothing_and_the_group_commits_later(store: Store) -> None:
+    """SQLITE_FULL: StorageUnavailable, nothing of the group written; the same group commits
+    once there is room again."""
+    await store_group(store, [parse(event(), "browser")], at=1.0)  # history to stitch
+    prepared = await store.prepare(big_events(20), [2.0] * 20)
+    await store._db.execute(f"PRAGMA max_page_count = {await page_count(store)}")
+    with pytest.raises(StorageUnavailable) as raised:
+        await store.commit_batch(prepared)
+    assert isinstance(raised.value.__cause__, sqlite3.OperationalError)
+    assert not store._db.in_transaction
+    assert await store.count_events() == 1
+    assert await store.person_of("anon-1") is None
+    assert await store.profile("u:u1") is None
+    assert (await store.profile("a:anon-1") or {})["last_seen"] == 1.0
+
+    await store._db.execute("PRAGMA max_page_count = 1073741823")
+    await store.commit_batch(prepared)
+    assert await store.count_events() == 21
+    assert await store.person_of("anon-1") == "u:u1"
+    assert len(await store.events_of("u:u1", limit=100)) == 21
+
+
+async def test_locked_database_is_transient(store: Store, db_path: Path) -> None:
+    """Another process holding the write lock makes commit_batch raise StorageUnavailable."""
+    prepared = await store.prepare([parse(event())], [1.0])
+    await store._db.execute("PRAGMA busy_timeout = 0")
+    other = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(StorageUnavailable, match="locked"):
+            await store.commit_batch(prepared)
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+    await store.commit_batch(prepared)
+    assert await store.count_events() == 1
+
+
+async def test_non_transient_error_is_store_error(store: Store) -> None:
+    """A constraint failure is a StoreError, not StorageUnavailable, and is rolled back."""
+    await store._db.execute(
+        "CREATE TRIGGER refuse BEFORE INSERT ON profiles BEGIN SELECT RAISE(ABORT, 'no'); END"
+    )
+    prepared = await store.prepare([parse(event())], [1.0])
+    with pytest.raises(StoreError) as raised:
+        await store.commit_batch(prepared)
+    assert type(raised.value) is StoreError
+    assert not store._db.in_transaction
+    assert await store.count_events() == 0  # the event row before the failure is rolled back
+    await store._db.execute("DROP TRIGGER refuse")
+    await store.commit_batch(prepared)
+    assert await store.count_events() == 1
+
+
+async def test_prepare_error_is_store_error(store: Store) -> None:
+    """A failing lookup in prepare raises StoreError."""
+    await store._db.execute("DROP TABLE identities")
+    with pytest.raises(StoreError, match="no such table"):
+        await store.prepare([parse(event())], [1.0])
+
+
+async def test_commit_recovers_a_transaction_left_open(store: Store) -> None:
+    """A transaction left open on the writer is rolled back before the next group commits."""
+    await store._db.execute("BEGIN")
+    await store._db.execute("INSERT INTO secrets VALUES ('stray', 'x', 0)")
+    await store_group(store, [parse(event())])
+    assert await store.count_events() == 1
+    assert await writer_rows(store, "SELECT name FROM secrets") == []
+
+
+async def test_open_in_a_missing_folder_fails_clearly(tmp_path: Path) -> None:
+    """A store path whose folder does not exist is a StoreError naming the folder."""
+    with pytest.raises(StoreError, match="does not exist"):
+        await Store.open(tmp_path / "nowhere" / "x.db")
