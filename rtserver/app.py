@@ -31,10 +31,12 @@ from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route, WebSocketRoute
 
 from rtserver import __version__
+from rtserver.actions import Engine, load_rules
 from rtserver.config import Config
 from rtserver.ingest import Ingest
 from rtserver.pipeline import Clock, Keys, Pipeline, Runtime
 from rtserver.store import Store
+from rtserver.timers import run_timer_driver
 from rtserver.tracking import receive
 
 __all__ = [
@@ -113,8 +115,15 @@ async def healthz(request: Request) -> JSONResponse:
 def create_app(
     config: Config, *, clock: Clock = time.time, monotonic: Callable[[], float] = time.monotonic
 ) -> Starlette:
-    """Build the ASGI application for ``config``; ``clock`` is injected for tests and simulation."""
+    """Build the ASGI application for ``config``; ``clock`` is injected for tests and simulation.
+
+    Raises:
+        ConfigError: a workflow is invalid (checked here, before anything starts).
+    """
     ingest = Ingest(config, monotonic)
+    rules, warnings = load_rules(config)
+    for warning in warnings:
+        logger.warning("config: %s", warning)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -123,17 +132,36 @@ def create_app(
         tasks: list[asyncio.Task[None]] = []
         try:
             keys = await resolve_keys(config, store, clock())
+            engine = Engine(rules, store)
+            restored = await engine.restore()
+            if restored:
+                logger.info("timers: %d pending restored from the store", restored)
             pipeline = Pipeline(
                 store,
                 max_queue=config.ingest.max_queue,
                 max_group_events=config.store.max_group_events,
                 queue_timeout_s=config.ingest.queue_timeout_s,
+                engine=engine,
+                clock=clock,
             )
-            runtime = Runtime(config=config, store=store, pipeline=pipeline, keys=keys, clock=clock)
+            runtime = Runtime(
+                config=config,
+                store=store,
+                pipeline=pipeline,
+                keys=keys,
+                clock=clock,
+                engine=engine,
+            )
             # One purge before serving: a server that restarts often still enforces retention,
             # and the hourly task below never has to race the first requests.
             await purge_old_events(store, clock, config.store.retention_days)
             tasks.append(asyncio.create_task(pipeline.run(), name="pipeline"))
+            tasks.append(
+                asyncio.create_task(
+                    run_timer_driver(engine.wheel, clock, engine.wake, pipeline.fire, stop=stop),
+                    name="timer-driver",
+                )
+            )
             tasks.append(
                 asyncio.create_task(
                     _purge_forever(store, clock, config.store.retention_days, stop),

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from rtserver import __version__
 from rtserver.config import Config, iter_settings, load_config, resolve_config_path
 from rtserver.errors import ConfigError, StoreError
@@ -74,9 +76,37 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
+    from rtserver.actions import load_rules
+
     path = resolve_config_path(args.path)
     config = load_config(path)
-    print(f"{path or 'embedded defaults'}: ok ({len(config.workflow)} workflows)")
+    rules, warnings = load_rules(config)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"{path or 'embedded defaults'}: ok ({len(rules.items)} workflows)")
+    return 0
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from rtserver.errors import InvalidEvent
+    from rtserver.simulation import read_events, simulate
+
+    config = _load(args.config)
+    try:
+        with open(args.events, encoding="utf-8") as lines:
+            events = read_events(lines, config)
+    except OSError as exc:
+        print(f"rtserver: cannot read {args.events!r}: {exc.strerror}", file=sys.stderr)
+        return 2
+    except InvalidEvent as exc:
+        print(f"rtserver: {args.events}: {exc}", file=sys.stderr)
+        return 2
+    decisions = asyncio.run(simulate(config, events, tail_s=args.days * 86400.0))
+    for decision in decisions:
+        if args.json:
+            print(orjson.dumps(decision.as_json()).decode())
+        else:
+            print(decision.line())
     return 0
 
 
@@ -134,6 +164,19 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("path", nargs="?", help="config file (default: see below)")
     check.set_defaults(func=_cmd_check_config)
+
+    simulate = sub.add_parser(
+        "simulate",
+        help="run a file of events (JSON lines) through the workflows on a virtual clock",
+        description="Print every decision the workflows make for the events, in virtual time.",
+    )
+    simulate.add_argument("events", help="JSON lines: Segment messages with ISO timestamps")
+    simulate.add_argument("--config", metavar="PATH")
+    simulate.add_argument("--json", action="store_true", help="one JSON object per decision")
+    simulate.add_argument(
+        "--days", type=float, default=30.0, help="keep firing timers this long after the last event"
+    )
+    simulate.set_defaults(func=_cmd_simulate)
 
     keys = sub.add_parser("keys", help="print the public key, write key and identity secret")
     keys.add_argument("--config", metavar="PATH")

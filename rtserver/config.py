@@ -228,6 +228,15 @@ class MailConfig:
         "sink", "'sink' keeps mail in the store (demo), 'smtp' sends through mail.smtp."
     )
     test_recipients: tuple[str, ...] = setting((), "When set, every mail goes to these instead.")
+    frequency_cap: str = setting(
+        "16h", "Least time between two marketing mails to one person ('off': no cap)."
+    )
+    quiet_hours: str = setting(
+        "", "Local hours when marketing mail waits, like '21:00-08:00' ('': none)."
+    )
+    time_zone: str = setting(
+        "UTC", "The shop's time zone, for quiet hours of people whose zone is unknown."
+    )
     smtp: SmtpConfig = field(default_factory=SmtpConfig, metadata={"help": "SMTP relay."})
 
 

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from rtserver.actions import Engine
 from rtserver.config import Config
 from rtserver.errors import StorageUnavailable, StoreError
 from rtserver.events import Event
-from rtserver.store import Store
+from rtserver.store import Changes, Prepared, Store
 
 __all__ = ["Clock", "Keys", "Pipeline", "Runtime", "Submission"]
 
@@ -51,6 +53,8 @@ class Submission:
 
     events: Sequence[Event]
     received_at: float
+    fired: Sequence[str] = ()
+    """Run ids whose timers came due (a submission of the timer driver)."""
     done: asyncio.Future[None] = field(default_factory=_new_future)
 
 
@@ -68,9 +72,22 @@ class Pipeline:
     """Group commit of submitted batches; run :meth:`run` as one task."""
 
     def __init__(
-        self, store: Store, *, max_queue: int, max_group_events: int, queue_timeout_s: float
+        self,
+        store: Store,
+        *,
+        max_queue: int,
+        max_group_events: int,
+        queue_timeout_s: float,
+        engine: Engine | None = None,
+        clock: Clock = time.time,
+        fire_retry_s: float = 5.0,
     ):
         self.store = store
+        self.engine = engine
+        self.clock = clock
+        self.listeners: list[Callable[[Prepared, Changes | None], None]] = []
+        """Called after each commit with what it wrote (the dashboard hub, tests)."""
+        self.fire_retry_s = fire_retry_s
         self.queue: asyncio.Queue[Submission] = asyncio.Queue(maxsize=max_queue)
         self.max_group_events = max_group_events
         self.queue_timeout_s = queue_timeout_s
@@ -91,6 +108,36 @@ class Pipeline:
             async with asyncio.timeout(self.queue_timeout_s):
                 await self.queue.put(submission)
         return submission.done
+
+    async def fire(self, run_ids: list[str]) -> None:
+        """Decide the runs whose timers came due (the timer driver's ``on_fire``).
+
+        They go through the queue like events, so one task decides everything, in order. If
+        the commit fails, the timers are armed again for a retry: nothing is lost, since they
+        are still pending in the store.
+        """
+        submission = Submission((), self.clock(), fired=run_ids)
+        await self.queue.put(submission)
+        try:
+            await submission.done
+        except StoreError:
+            if self.engine is not None:
+                for run_id in run_ids:
+                    self.engine.arm(run_id, self.clock() + self.fire_retry_s)
+
+    async def commit_now(
+        self, events: Sequence[Event] = (), received_at: float = 0.0, fired: Sequence[str] = ()
+    ) -> None:
+        """Decide and commit one batch in the caller's task, bypassing the queue.
+
+        For ``rtserver simulate``, which owns the only task: there is nobody to group with.
+
+        Raises:
+            StoreError: the commit failed.
+        """
+        outcome = await self._commit([Submission(events, received_at, fired=fired)])
+        if outcome is not None:
+            raise outcome
 
     async def run(self) -> None:
         """Commit groups until cancelled; then fail every batch not committed (clients resend)."""
@@ -136,9 +183,17 @@ class Pipeline:
         """Commit one group; return what its futures resolve with (None: committed)."""
         events = [e for s in group for e in s.events]
         received = [s.received_at for s in group for _ in s.events]
+        fired = [run_id for s in group for run_id in s.fired]
         try:
             prepared = await self.store.prepare(events, received)
-            await self.store.commit_batch(prepared)
+            changes = None
+            if self.engine is not None:
+                changes = await self.engine.decide(prepared, fired, self.clock())
+            await self.store.commit_batch(prepared, changes)
+            if self.engine is not None and changes is not None:
+                self.engine.committed(changes)
+            for listener in self.listeners:
+                listener(prepared, changes)
         except StoreError as exc:
             self.stats.failed_commits += 1
             logger.warning("commit of %d events failed: %s", len(events), exc)
@@ -176,3 +231,4 @@ class Runtime:
     pipeline: Pipeline
     keys: Keys
     clock: Clock
+    engine: Engine | None = None

@@ -13,18 +13,36 @@ import contextlib
 import logging
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 import orjson
 
+from rtserver._schema import (
+    DROP_ENDED_TIMERS,
+    END_CONFLICTING_RUNS,
+    FACT_COLUMNS,
+    INSERT_EVENT,
+    INSERT_STEP,
+    MERGE_PROFILE,
+    MERGE_PROFILE_FACTS,
+    MIGRATIONS,
+    PROFILE_COLUMNS,
+    RUN_COLUMNS,
+    UPDATE_PROFILE_FACTS,
+    UPSERT_IDENTITY,
+    UPSERT_PROFILE,
+    UPSERT_RUN,
+    UPSERT_TIMER,
+)
 from rtserver.errors import StorageUnavailable, StoreError
 from rtserver.events import Event
 from rtserver.people import Link, ids_to_look_up, resolve_people
+from rtserver.workflows import HISTORY_LIMIT, NAMES_BY_TYPE, Facts, Person, Run
 
-__all__ = ["MIGRATIONS", "Prepared", "Store"]
+__all__ = ["MIGRATIONS", "Changes", "Prepared", "Store"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,92 +52,6 @@ TRANSIENT_CODES = frozenset(
     (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR)
 )
 """Primary result codes after which nothing was written and a retry may succeed."""
-
-MIGRATIONS: tuple[tuple[str, str], ...] = (
-    (
-        "0001_events_profiles",
-        """
-        CREATE TABLE events (
-            seq INTEGER PRIMARY KEY,
-            message_id TEXT NOT NULL UNIQUE,
-            type TEXT NOT NULL,
-            name TEXT,
-            person_id TEXT NOT NULL,
-            anonymous_id TEXT,
-            user_id TEXT,
-            source TEXT NOT NULL,
-            received_at REAL NOT NULL,
-            timestamp TEXT,
-            body BLOB NOT NULL
-        );
-        CREATE INDEX events_person ON events (person_id, received_at);
-        CREATE INDEX events_received ON events (received_at);
-        CREATE TABLE profiles (
-            person_id TEXT PRIMARY KEY,
-            user_id TEXT,
-            email TEXT,
-            claimed_email TEXT,
-            traits TEXT NOT NULL DEFAULT '{}',
-            first_seen REAL NOT NULL,
-            last_seen REAL NOT NULL
-        );
-        CREATE INDEX profiles_email ON profiles (email);
-        CREATE TABLE identities (
-            anonymous_id TEXT PRIMARY KEY,
-            person_id TEXT NOT NULL
-        );
-        CREATE INDEX identities_person ON identities (person_id);
-        CREATE TABLE secrets (
-            name TEXT PRIMARY KEY,
-            value TEXT NOT NULL,
-            created_at REAL NOT NULL
-        );
-        """,
-    ),
-)
-
-INSERT_EVENT = """
-    INSERT INTO events (message_id, type, name, person_id, anonymous_id, user_id, source,
-                        received_at, timestamp, body)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-    ON CONFLICT (message_id) DO NOTHING
-"""
-UPSERT_PROFILE = """
-    INSERT INTO profiles (person_id, user_id, email, claimed_email, traits, first_seen, last_seen)
-    VALUES (?, ?, ?, ?, ?, ?, ?)
-    ON CONFLICT (person_id) DO UPDATE SET
-        user_id = coalesce(excluded.user_id, user_id),
-        email = coalesce(excluded.email, email),
-        claimed_email = coalesce(excluded.claimed_email, claimed_email),
-        traits = json_patch(traits, excluded.traits),
-        first_seen = min(first_seen, excluded.first_seen),
-        last_seen = max(last_seen, excluded.last_seen)
-"""
-MERGE_PROFILE = """
-    INSERT INTO profiles (person_id, user_id, email, claimed_email, traits, first_seen, last_seen)
-    SELECT ?, user_id, email, claimed_email, traits, first_seen, last_seen
-    FROM profiles WHERE person_id = ? AND true
-    ON CONFLICT (person_id) DO UPDATE SET
-        user_id = coalesce(user_id, excluded.user_id),
-        email = coalesce(email, excluded.email),
-        claimed_email = coalesce(claimed_email, excluded.claimed_email),
-        traits = json_patch(excluded.traits, traits),
-        first_seen = min(first_seen, excluded.first_seen),
-        last_seen = max(last_seen, excluded.last_seen)
-"""
-PROFILE_COLUMNS = (
-    "person_id",
-    "user_id",
-    "email",
-    "claimed_email",
-    "traits",
-    "first_seen",
-    "last_seen",
-)
-UPSERT_IDENTITY = """
-    INSERT INTO identities (anonymous_id, person_id) VALUES (?, ?)
-    ON CONFLICT (anonymous_id) DO UPDATE SET person_id = excluded.person_id
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +63,23 @@ class Prepared:
     people: list[str]
     links: list[Link]
     duplicates: int
+
+
+@dataclass(slots=True)
+class Changes:
+    """What the decisions of one group change, committed with its events in one transaction."""
+
+    runs: dict[str, tuple[Run, str | None, float]] = field(default_factory=dict)
+    """Run id → (its last state, the end reason or None while open, when decided)."""
+    timers: dict[str, tuple[int, float, str] | None] = field(default_factory=dict)
+    """Run id → (step, due, person id) to arm, or None to drop."""
+    steps: list[tuple[str, int, str, str, str, str, bool, float]] = field(default_factory=list)
+    """(run id, step, person id, workflow, action, detail JSON, counts for the cap, when)."""
+    people: dict[str, Person] = field(default_factory=dict)
+    """The persons whose facts (orders, opens, clicks, time zone) changed."""
+
+    def __bool__(self) -> bool:
+        return bool(self.runs or self.timers or self.steps or self.people)
 
 
 def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
@@ -183,6 +132,36 @@ def _profile_row(event: Event, person: str, received_at: float) -> tuple[Any, ..
     email = event.email if event.email_verified else None
     user = event.known_user
     return (person, user, email, claimed, orjson.dumps(traits).decode(), received_at, received_at)
+
+
+def _run_row(run: Run) -> tuple[Any, ...]:
+    return (
+        run.id, run.workflow, run.person_id, run.key, run.started, run.step, run.step_kind,
+        run.variant, int(run.holdout), int(run.wait_met), run.sends, run.due,
+    )  # fmt: skip
+
+
+def _run_of(row: Sequence[Any]) -> Run:
+    values = dict(zip(RUN_COLUMNS, row, strict=True))
+    values["holdout"] = bool(values["holdout"])
+    values["wait_met"] = bool(values["wait_met"])
+    return Run(**values)
+
+
+def _facts_row(person: Person) -> tuple[Any, ...]:
+    return (
+        person.orders_count, person.total_spent, person.last_order_at,
+        orjson.dumps(person.order_times).decode(), person.opens, person.clicks,
+        person.time_zone, person.id,
+    )  # fmt: skip
+
+
+def _person_of(row: Sequence[Any]) -> Person:
+    values = dict(zip(FACT_COLUMNS, row, strict=True))
+    values["id"] = values.pop("person_id")
+    values["traits"] = orjson.loads(values["traits"])
+    values["order_times"] = tuple(orjson.loads(values["order_times"]))
+    return Person(**values)
 
 
 class Store:
@@ -293,15 +272,16 @@ class Store:
         resolution = resolve_people(fresh, known)
         return Prepared(fresh, times, resolution.people, resolution.links, len(events) - len(fresh))
 
-    async def commit_batch(self, prepared: Prepared) -> None:
-        """Write a prepared group in one transaction: events, profiles, identity links.
+    async def commit_batch(self, prepared: Prepared, changes: Changes | None = None) -> None:
+        """Write a prepared group and the decisions it caused in one transaction.
 
         Raises:
             StorageUnavailable: nothing was written (disk full, locked); retry later.
             StoreError: anything else.
         """
         events, received_at = prepared.fresh, prepared.received_at
-        if not events:
+        changes = changes or Changes()
+        if not events and not changes:
             return
         event_rows = [
             (
@@ -323,13 +303,16 @@ class Store:
             for e, person, at in zip(events, prepared.people, received_at, strict=True)
         ]
         async with self._write_lock, _sqlite_errors():
-            await self._commit(event_rows, profile_rows, prepared.links)
+            at = max(received_at, default=0.0)
+            await self._commit(event_rows, profile_rows, prepared.links, changes, at)
 
     async def _commit(
         self,
         event_rows: list[tuple[Any, ...]],
         profile_rows: list[tuple[Any, ...]],
         links: list[Link],
+        changes: Changes,
+        at: float,
     ) -> None:
         db = self._db
         if db.in_transaction:
@@ -341,13 +324,14 @@ class Store:
             await db.executemany(INSERT_EVENT, event_rows)
             await db.executemany(UPSERT_PROFILE, profile_rows)
             for link in links:
-                await self._apply_link(link)
+                await self._apply_link(link, at)
+            await self._write_changes(changes)
             await db.execute("COMMIT")
         except BaseException:
             await _rollback(db)
             raise
 
-    async def _apply_link(self, link: Link) -> None:
+    async def _apply_link(self, link: Link, at: float) -> None:
         db = self._db
         if link.anonymous_id is not None:
             await db.execute(UPSERT_IDENTITY, (link.anonymous_id, link.person_id))
@@ -358,10 +342,120 @@ class Store:
             "UPDATE events SET person_id = ? WHERE person_id = ?", (link.person_id, old)
         )
         await db.execute(MERGE_PROFILE, (link.person_id, old))
+        await db.execute(MERGE_PROFILE_FACTS, (old, link.person_id))
         await db.execute("DELETE FROM profiles WHERE person_id = ?", (old,))
-        await db.execute(
-            "UPDATE identities SET person_id = ? WHERE person_id = ?", (link.person_id, old)
-        )
+        await db.execute(END_CONFLICTING_RUNS, (at, old, link.person_id))
+        await db.execute(DROP_ENDED_TIMERS, (old, old))
+        for table in ("identities", "runs", "timers", "steps"):
+            await db.execute(
+                f"UPDATE {table} SET person_id = ? WHERE person_id = ?", (link.person_id, old)
+            )
+
+    async def _write_changes(self, changes: Changes) -> None:
+        db = self._db
+        if changes.runs:
+            await db.executemany(
+                UPSERT_RUN,
+                [
+                    (
+                        *_run_row(run),
+                        "active" if reason is None else "ended",
+                        None if reason is None else at,
+                        reason,
+                        at,
+                    )
+                    for run, reason, at in changes.runs.values()
+                ],
+            )
+        armed = [(rid, *t) for rid, t in changes.timers.items() if t is not None]
+        dropped = [(rid,) for rid, t in changes.timers.items() if t is None]
+        if armed:
+            await db.executemany(UPSERT_TIMER, armed)
+        if dropped:
+            await db.executemany("DELETE FROM timers WHERE run_id = ?", dropped)
+        if changes.steps:
+            await db.executemany(INSERT_STEP, changes.steps)
+        if changes.people:
+            await db.executemany(
+                UPDATE_PROFILE_FACTS, [_facts_row(p) for p in changes.people.values()]
+            )
+
+    async def facts_for(
+        self, person_ids: Iterable[str], history_since: float | None = None
+    ) -> dict[str, Facts]:
+        """The facts ``decide`` needs for each person: profile, open runs, last ends and sends,
+        and, with ``history_since``, their recent events (for ``person.events_since``).
+
+        Reads on the writer (under its lock) for the same reason as :meth:`prepare`; a person the
+        store does not know yet gets empty facts.
+        """
+        ids = sorted(set(person_ids))
+        people: dict[str, Person] = {p: Person(p) for p in ids}
+        runs: dict[str, list[Run]] = {p: [] for p in ids}
+        ended: dict[str, dict[tuple[str, str], float]] = {p: {} for p in ids}
+        sent: dict[str, float] = {}
+        history: dict[str, list[tuple[str, float]]] = {p: [] for p in ids}
+        db = self._db
+        async with self._write_lock, _sqlite_errors():
+            for chunk in _chunks(ids):
+                marks = _marks(chunk)
+                for row in await db.execute_fetchall(
+                    f"SELECT {', '.join(FACT_COLUMNS)} FROM profiles WHERE person_id IN ({marks})",
+                    chunk,
+                ):
+                    people[row[0]] = _person_of(row)
+                for row in await db.execute_fetchall(
+                    f"SELECT {', '.join(RUN_COLUMNS)} FROM runs "
+                    f"WHERE state = 'active' AND person_id IN ({marks})",
+                    chunk,
+                ):
+                    runs[row[2]].append(_run_of(row))
+                for person, workflow, key, at in await db.execute_fetchall(
+                    "SELECT person_id, workflow, key, max(ended_at) FROM runs "
+                    f"WHERE state = 'ended' AND person_id IN ({marks}) "
+                    "GROUP BY person_id, workflow, key",
+                    chunk,
+                ):
+                    ended[person][(workflow, key)] = at
+                for person, at in await db.execute_fetchall(
+                    "SELECT person_id, max(decided_at) FROM steps "
+                    f"WHERE capped = 1 AND person_id IN ({marks}) GROUP BY person_id",
+                    chunk,
+                ):
+                    sent[person] = at
+                if history_since is None:
+                    continue
+                for person, kind, name, at in await db.execute_fetchall(
+                    "SELECT person_id, type, name, received_at FROM events "
+                    f"WHERE person_id IN ({marks}) AND received_at >= ? ORDER BY seq",
+                    (*chunk, history_since),
+                ):
+                    label = name if kind == "track" and name else NAMES_BY_TYPE.get(kind, kind)
+                    history[person].append((label, at))
+        for p, recent in history.items():
+            if recent:
+                people[p] = replace(people[p], history=tuple(recent[-HISTORY_LIMIT:]))
+        return {p: Facts(people[p], tuple(runs[p]), ended[p], sent.get(p)) for p in ids}
+
+    async def runs_by_id(self, run_ids: Iterable[str]) -> dict[str, Run]:
+        """The open runs among ``run_ids`` (a timer's run may have ended since)."""
+        ids = sorted(set(run_ids))
+        found: dict[str, Run] = {}
+        async with self._write_lock, _sqlite_errors():
+            for chunk in _chunks(ids):
+                for row in await self._db.execute_fetchall(
+                    f"SELECT {', '.join(RUN_COLUMNS)} FROM runs "
+                    f"WHERE state = 'active' AND id IN ({_marks(chunk)})",
+                    chunk,
+                ):
+                    found[row[0]] = _run_of(row)
+        return found
+
+    async def pending_timers(self) -> list[tuple[str, float]]:
+        """Every armed timer as (run id, due): the wheel is rebuilt from these on start."""
+        async with self._write_lock, _sqlite_errors():
+            rows = await self._db.execute_fetchall("SELECT run_id, due FROM timers")
+        return [(r[0], r[1]) for r in rows]
 
     async def secret(self, name: str, generate: Callable[[], str], now: float) -> str:
         """The stored secret ``name``; ``generate`` makes it on first use only."""
@@ -422,6 +516,42 @@ class Store:
             "SELECT person_id FROM identities WHERE anonymous_id = ?", (anonymous_id,)
         )
         return rows[0][0] if rows else None
+
+    async def runs(self, state: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """Newest runs first (all, or in one state: 'active' / 'ended'), for the live view."""
+        where = "WHERE state = ?" if state else ""
+        rows = await self._read(
+            f"SELECT {', '.join(RUN_COLUMNS)}, state, ended_at, end_reason, updated_at FROM runs "
+            f"{where} ORDER BY updated_at DESC, id LIMIT ?",
+            (state, limit) if state else (limit,),
+        )
+        names = (*RUN_COLUMNS, "state", "ended_at", "end_reason", "updated_at")
+        return [dict(zip(names, r, strict=True)) for r in rows]
+
+    async def timers(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Pending timers, soonest first, for the live view."""
+        rows = await self._read(
+            "SELECT t.run_id, t.step, t.due, t.person_id, r.workflow, r.key FROM timers AS t "
+            "JOIN runs AS r ON r.id = t.run_id ORDER BY t.due, t.run_id LIMIT ?",
+            (limit,),
+        )
+        names = ("run_id", "step", "due", "person_id", "workflow", "key")
+        return [dict(zip(names, r, strict=True)) for r in rows]
+
+    async def steps(self, run_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """Decided steps (sends, skips, emits, webhooks), newest first; of one run if given."""
+        where = "WHERE run_id = ?" if run_id else ""
+        rows = await self._read(
+            "SELECT run_id, step, person_id, workflow, action, detail, capped, decided_at "
+            f"FROM steps {where} ORDER BY decided_at DESC, run_id, step DESC LIMIT ?",
+            (run_id, limit) if run_id else (limit,),
+        )
+        names = ("run_id", "step", "person_id", "workflow", "action", "detail", "capped", "at")
+        result = [dict(zip(names, r, strict=True)) for r in rows]
+        for item in result:
+            item["detail"] = orjson.loads(item["detail"])
+            item["capped"] = bool(item["capped"])
+        return result
 
     async def profile(self, person_id: str) -> dict[str, Any] | None:
         """One profile, traits decoded; None if unknown."""

@@ -44,9 +44,10 @@ class FakeClock:
         self.now += seconds
 
 
-def make_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
-    """A config on a fresh database in ``tmp_path``; ``sections`` override TOML tables."""
-    base: dict[str, dict[str, Any]] = {
+def make_config(tmp_path: Path, **sections: Any) -> Config:
+    """A config on a fresh database in ``tmp_path``; ``sections`` override TOML tables
+    (``workflow=[...]`` gives the ``[[workflow]]`` list)."""
+    base: dict[str, Any] = {
         "server": {"host": "127.0.0.1", "port": 0, "allowed_origins": [ORIGIN]},
         "store": {"path": str(tmp_path / "test.db")},
         "keys": {"write": WRITE_KEY, "identity_secret": IDENTITY_SECRET},
@@ -57,7 +58,7 @@ def make_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
         },
     }
     for name, values in sections.items():
-        base[name] = {**base.get(name, {}), **values}
+        base[name] = {**base.get(name, {}), **values} if isinstance(values, dict) else values
     return load_config(None, env={}, overrides=base)
 
 

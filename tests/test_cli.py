@@ -91,6 +91,30 @@ def test_check_config_accepts_a_good_file(
     assert capsys.readouterr().out.strip() == f"{path}: ok (0 workflows)"
 
 
+def test_check_config_compiles_workflows_and_warns(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Workflows are compiled; undocumented condition names are warnings, bad ones errors."""
+    path = tmp_path / "wf.toml"
+    flow = '[[workflow]]\nname = "w"\ntrigger = "X"\nwhere = "person.orderz > 1"\n'
+    path.write_text(flow + '[[workflow.step]]\nsend = "t"\n')
+    assert main(["check-config", str(path)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == f"{path}: ok (1 workflows)"
+    assert "warning: workflow 'w' where: 'person.orderz'" in captured.err
+    path.write_text(flow + '[[workflow.step]]\nwait = "-5m"\n')
+    assert main(["check-config", str(path)]) == 2
+    assert "workflow 'w' step 1:" in capsys.readouterr().err
+
+
+def test_shipped_config_checks_clean(capsys: pytest.CaptureFixture[str]) -> None:
+    """The shipped config.toml compiles its workflows with no warning."""
+    shipped = Path(__file__).resolve().parent.parent / "config.toml"
+    assert main(["check-config", str(shipped)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip().endswith("ok (6 workflows)") and captured.err == ""
+
+
 def test_check_config_without_a_file_checks_the_defaults(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -12,9 +12,13 @@ LAYERS = {
     "errors": 0,
     "config": 0,
     "events": 0,
+    "facts": 0,
     "people": 1,
+    "conditions": 1,
+    "definitions": 1,
     "workflows": 1,
     "timers": 1,
+    "_schema": 1,
     "store": 1,
     "mailer": 1,
     "recommend": 1,
@@ -25,6 +29,7 @@ LAYERS = {
     "tracking": 3,
     "dashboard": 3,
     "app": 4,
+    "simulation": 4,
     "cli": 5,
 }
 

@@ -1,0 +1,221 @@
+"""Ack latency (send → ack received) at a fixed event rate over many WebSockets.
+
+Open loop: one event per frame, sent on schedule (``--rate`` events/s spread round-robin over
+``--connections``) whether or not earlier acks came back, so a slow server shows up as latency
+instead of slowing the sender down. Latency is taken from just before the frame is written to the
+ack's arrival; how late the sender itself was against its schedule is printed as well (if that is
+large, the client was the bottleneck). The first ``--warmup-s`` seconds are not counted.
+The goal (DESIGN.md) is p99 < 10 ms at 5,000 events/s over 1,000 connections.
+
+    python -m bench.ws_latency --connections 1000 --rate 5000 --events 50000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from bench._common import (
+    BenchError,
+    Column,
+    CpuMeter,
+    base_parser,
+    bench_main,
+    document,
+    emit,
+    format_table,
+    make_batch,
+    percentile,
+    ratio,
+    run_id,
+    running,
+    server_spec,
+    workdir,
+)
+from bench._wire import WsConn, client_frame, close_all, open_ws_many
+
+GOAL_P99_MS = 10.0
+BASELINE = "bare-websockets"
+DRAIN_S = 10.0
+TICK_S = 0.001
+COLUMNS = [
+    Column("server", "server"),
+    Column("acked", "acked", "{:,}"),
+    Column("rate", "events/s", "{:,.0f}"),
+    Column("p50_ms", "p50 ms", "{:.2f}"),
+    Column("p90_ms", "p90 ms", "{:.2f}"),
+    Column("p99_ms", "p99 ms", "{:.2f}"),
+    Column("p999_ms", "p99.9 ms", "{:.2f}"),
+    Column("max_ms", "max ms", "{:.1f}"),
+    Column("send_lag_p99_ms", "send lag p99 ms", "{:.2f}"),
+    Column("server_cpu_pct", "server CPU %", "{:.0f}"),
+    Column("client_cpu_pct", "client CPU %", "{:.0f}"),
+]
+
+
+class Timings:
+    """Send times waiting for their ack, per connection (acks come back in order)."""
+
+    def __init__(self, conns: list[WsConn], warmup: int):
+        self.pending: list[deque[tuple[float, str, int]]] = [deque() for _ in conns]
+        self.latencies: list[float] = []
+        self.lags: list[float] = []
+        self.acked = 0
+        self.warmup = warmup
+        self.finished = False
+        """Set before the client closes its connections: closes are no failure then."""
+        self.failure: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        for i, conn in enumerate(conns):
+            conn.on_text = self._receiver(i)
+            conn.closed.add_done_callback(self._closed(i, conn))
+
+    def _receiver(self, client: int) -> Callable[[bytes], None]:
+        pending = self.pending[client]
+
+        def on_text(payload: bytes) -> None:
+            now = time.perf_counter()
+            sent, message_id, index = pending.popleft()
+            if orjson.loads(payload).get("ack") != [message_id]:
+                self._fail(f"connection {client}: unexpected reply {payload[:200]!r}")
+                return
+            self.acked += 1
+            if index >= self.warmup:
+                self.latencies.append(now - sent)
+
+        return on_text
+
+    def _closed(self, client: int, conn: WsConn) -> Callable[[object], None]:
+        return lambda _: self._fail(f"connection {client} closed by the server ({conn.close_code})")
+
+    def _fail(self, why: str) -> None:
+        if not self.finished and not self.failure.done():
+            self.failure.set_exception(BenchError(why))
+
+    def check(self) -> None:
+        if self.failure.done():
+            self.failure.result()
+
+
+async def send_on_schedule(
+    conns: list[WsConn],
+    frames: list[tuple[bytes, str]],
+    timings: Timings,
+    rate: float,
+    until: float,
+) -> int:
+    """Write frame i at ``start + i / rate`` (round-robin over connections); return how many."""
+    start = time.perf_counter()
+    sent = 0
+    while sent < len(frames):
+        now = time.perf_counter()
+        if now >= until:
+            break
+        due = min(len(frames), int((now - start) * rate) + 1)
+        while sent < due:
+            client = sent % len(conns)
+            frame, message_id = frames[sent]
+            at = time.perf_counter()
+            timings.pending[client].append((at, message_id, sent))
+            conns[client].send(frame)
+            if sent >= timings.warmup:
+                timings.lags.append(at - (start + sent / rate))
+            sent += 1
+        timings.check()
+        # Never less than a tick: a shorter sleep spins the loop (its timers have 1 ms steps).
+        await asyncio.sleep(max(TICK_S, start + due / rate - time.perf_counter()))
+    return sent
+
+
+async def wait_for_acks(timings: Timings, sent: int) -> None:
+    deadline = time.monotonic() + DRAIN_S
+    while timings.acked < sent and time.monotonic() < deadline:
+        timings.check()
+        await asyncio.sleep(0.01)
+    if timings.acked < sent:
+        raise BenchError(f"{sent - timings.acked} of {sent} events not acked {DRAIN_S:g}s after")
+
+
+async def measure(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    run = run_id()
+    batches = [make_batch(run, i % args.connections, i, 1) for i in range(args.events)]
+    frames = [(client_frame(b.body), b.ids[0]) for b in batches]
+    warmup = min(int(args.rate * args.warmup_s), args.events // 10)
+    with workdir() as tmp:
+        async with running(server_spec(name, tmp), args.loop, tmp) as server:
+            conns = await open_ws_many(args.connections, server.port)
+            timings = Timings(conns, warmup)
+            meter = CpuMeter(server.process.pid)
+            sent = await send_on_schedule(
+                conns, frames, timings, args.rate, time.perf_counter() + args.duration
+            )
+            usage = meter.read()
+            await wait_for_acks(timings, sent)
+            timings.finished = True
+            await close_all(conns)
+    latencies = sorted(timings.latencies)
+    lags = sorted(timings.lags)
+
+    def ms(values: list[float], q: float) -> float:
+        return 1000.0 * percentile(values, q)
+
+    return {
+        "server": name,
+        "sent": sent,
+        "acked": timings.acked,
+        "samples": len(latencies),
+        "rate": sent / usage["elapsed_s"],
+        "p50_ms": ms(latencies, 50),
+        "p90_ms": ms(latencies, 90),
+        "p99_ms": ms(latencies, 99),
+        "p999_ms": ms(latencies, 99.9),
+        "max_ms": ms(latencies, 100),
+        "send_lag_p99_ms": ms(lags, 99),
+        **usage,
+    }
+
+
+def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
+    by_name = {r["server"]: r for r in results}
+    lines = [
+        f"WebSocket ack latency: {args.connections} connections, {args.rate:g} events/s "
+        f"(1 event/frame), servers on {args.loop}",
+        format_table(results, COLUMNS),
+    ]
+    summary: dict[str, Any] = {}
+    if "rtserver" in by_name:
+        p99 = by_name["rtserver"]["p99_ms"]
+        summary["goal_met"] = p99 < GOAL_P99_MS
+        verdict = "met" if summary["goal_met"] else "MISSED"
+        line = f"rtserver p99 {p99:.2f} ms (goal < {GOAL_P99_MS:g} ms: {verdict})"
+        if BASELINE in by_name:
+            summary["ratio"] = ratio(p99, by_name[BASELINE]["p99_ms"])
+            line += f"; ratio rtserver / {BASELINE}: {summary['ratio']:.2f} (of p99)"
+        lines.append(line)
+    return document("ws_latency", args, results, summary), "\n".join(lines)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = base_parser(__doc__, ["rtserver", BASELINE])
+    parser.add_argument("--connections", type=int, default=1000)
+    parser.add_argument("--rate", type=float, default=5000.0, help="events per second in all")
+    parser.add_argument("--events", type=int, default=50_000, help="events in all (bound)")
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds at most (bound)")
+    parser.add_argument("--warmup-s", type=float, default=1.0, help="first seconds not counted")
+    return parser.parse_args()
+
+
+async def main() -> int:
+    args = parse_args()
+    results = [await measure(name, args) for name in args.servers]
+    emit(*report(args, results), args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    bench_main(main)

@@ -1,0 +1,202 @@
+"""The schema of the store: its named migrations and the SQL statements ``store.py`` runs.
+
+Only ``store.py`` imports this module (it is the SQL half of the store, split off to keep each
+file readable); no other module holds SQL.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: tuple[tuple[str, str], ...] = (
+    (
+        "0001_events_profiles",
+        """
+        CREATE TABLE events (
+            seq INTEGER PRIMARY KEY,
+            message_id TEXT NOT NULL UNIQUE,
+            type TEXT NOT NULL,
+            name TEXT,
+            person_id TEXT NOT NULL,
+            anonymous_id TEXT,
+            user_id TEXT,
+            source TEXT NOT NULL,
+            received_at REAL NOT NULL,
+            timestamp TEXT,
+            body BLOB NOT NULL
+        );
+        CREATE INDEX events_person ON events (person_id, received_at);
+        CREATE INDEX events_received ON events (received_at);
+        CREATE TABLE profiles (
+            person_id TEXT PRIMARY KEY,
+            user_id TEXT,
+            email TEXT,
+            claimed_email TEXT,
+            traits TEXT NOT NULL DEFAULT '{}',
+            first_seen REAL NOT NULL,
+            last_seen REAL NOT NULL
+        );
+        CREATE INDEX profiles_email ON profiles (email);
+        CREATE TABLE identities (
+            anonymous_id TEXT PRIMARY KEY,
+            person_id TEXT NOT NULL
+        );
+        CREATE INDEX identities_person ON identities (person_id);
+        CREATE TABLE secrets (
+            name TEXT PRIMARY KEY,
+            value TEXT NOT NULL,
+            created_at REAL NOT NULL
+        );
+        """,
+    ),
+    (
+        "0002_runs_timers_steps",
+        """
+        ALTER TABLE profiles ADD COLUMN orders_count INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE profiles ADD COLUMN total_spent REAL NOT NULL DEFAULT 0;
+        ALTER TABLE profiles ADD COLUMN last_order_at REAL;
+        ALTER TABLE profiles ADD COLUMN order_times TEXT NOT NULL DEFAULT '[]';
+        ALTER TABLE profiles ADD COLUMN opens INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE profiles ADD COLUMN clicks INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE profiles ADD COLUMN time_zone TEXT;
+        ALTER TABLE profiles ADD COLUMN consent TEXT NOT NULL DEFAULT 'none';
+        CREATE TABLE runs (
+            id TEXT PRIMARY KEY,
+            workflow TEXT NOT NULL,
+            person_id TEXT NOT NULL,
+            key TEXT NOT NULL,
+            started REAL NOT NULL,
+            step INTEGER NOT NULL,
+            step_kind TEXT NOT NULL,
+            variant TEXT NOT NULL,
+            holdout INTEGER NOT NULL,
+            wait_met INTEGER NOT NULL,
+            sends INTEGER NOT NULL,
+            due REAL,
+            state TEXT NOT NULL,
+            ended_at REAL,
+            end_reason TEXT,
+            updated_at REAL NOT NULL
+        );
+        CREATE UNIQUE INDEX runs_one_open ON runs (workflow, person_id, key) WHERE state = 'active';
+        CREATE INDEX runs_person ON runs (person_id, state);
+        CREATE INDEX runs_ended ON runs (person_id, workflow, key, ended_at) WHERE state = 'ended';
+        CREATE TABLE timers (
+            run_id TEXT PRIMARY KEY,
+            step INTEGER NOT NULL,
+            due REAL NOT NULL,
+            person_id TEXT NOT NULL
+        );
+        CREATE INDEX timers_due ON timers (due);
+        CREATE TABLE steps (
+            run_id TEXT NOT NULL,
+            step INTEGER NOT NULL,
+            person_id TEXT NOT NULL,
+            workflow TEXT NOT NULL,
+            action TEXT NOT NULL,
+            detail TEXT NOT NULL,
+            capped INTEGER NOT NULL,
+            decided_at REAL NOT NULL,
+            PRIMARY KEY (run_id, step)
+        );
+        CREATE INDEX steps_person ON steps (person_id, capped, decided_at);
+        CREATE INDEX steps_decided ON steps (decided_at);
+        """,
+    ),
+)
+
+INSERT_EVENT = """
+    INSERT INTO events (message_id, type, name, person_id, anonymous_id, user_id, source,
+                        received_at, timestamp, body)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (message_id) DO NOTHING
+"""
+UPSERT_PROFILE = """
+    INSERT INTO profiles (person_id, user_id, email, claimed_email, traits, first_seen, last_seen)
+    VALUES (?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (person_id) DO UPDATE SET
+        user_id = coalesce(excluded.user_id, user_id),
+        email = coalesce(excluded.email, email),
+        claimed_email = coalesce(excluded.claimed_email, claimed_email),
+        traits = json_patch(traits, excluded.traits),
+        first_seen = min(first_seen, excluded.first_seen),
+        last_seen = max(last_seen, excluded.last_seen)
+"""
+MERGE_PROFILE = """
+    INSERT INTO profiles (person_id, user_id, email, claimed_email, traits, first_seen, last_seen)
+    SELECT ?, user_id, email, claimed_email, traits, first_seen, last_seen
+    FROM profiles WHERE person_id = ? AND true
+    ON CONFLICT (person_id) DO UPDATE SET
+        user_id = coalesce(user_id, excluded.user_id),
+        email = coalesce(email, excluded.email),
+        claimed_email = coalesce(claimed_email, excluded.claimed_email),
+        traits = json_patch(excluded.traits, traits),
+        first_seen = min(first_seen, excluded.first_seen),
+        last_seen = max(last_seen, excluded.last_seen)
+"""
+MERGE_PROFILE_FACTS = """
+    UPDATE profiles AS p SET
+        orders_count = p.orders_count + old.orders_count,
+        total_spent = p.total_spent + old.total_spent,
+        last_order_at = max(coalesce(p.last_order_at, 0), coalesce(old.last_order_at, 0)),
+        opens = p.opens + old.opens,
+        clicks = p.clicks + old.clicks,
+        time_zone = coalesce(p.time_zone, old.time_zone)
+    FROM (SELECT * FROM profiles WHERE person_id = ?) AS old
+    WHERE p.person_id = ?
+"""
+# Runs of the merged-away person move over, except where the person already has an open run
+# for the same workflow and key (those end: one open run per person and key).
+END_CONFLICTING_RUNS = """
+    UPDATE runs
+    SET state = 'ended', ended_at = ?, end_reason = 'merged into another run', due = NULL
+    WHERE person_id = ? AND state = 'active' AND EXISTS (
+        SELECT 1 FROM runs AS r WHERE r.person_id = ? AND r.state = 'active'
+        AND r.workflow = runs.workflow AND r.key = runs.key)
+"""
+DROP_ENDED_TIMERS = """
+    DELETE FROM timers WHERE person_id = ?
+    AND run_id IN (SELECT id FROM runs WHERE person_id = ? AND state = 'ended')
+"""
+RUN_COLUMNS = (
+    "id", "workflow", "person_id", "key", "started", "step", "step_kind", "variant", "holdout",
+    "wait_met", "sends", "due",
+)  # fmt: skip
+UPSERT_RUN = f"""
+    INSERT INTO runs ({", ".join(RUN_COLUMNS)}, state, ended_at, end_reason, updated_at)
+    VALUES ({", ".join("?" * len(RUN_COLUMNS))}, ?, ?, ?, ?)
+    ON CONFLICT (id) DO UPDATE SET
+        step = excluded.step, step_kind = excluded.step_kind, variant = excluded.variant,
+        wait_met = excluded.wait_met, sends = excluded.sends, due = excluded.due,
+        state = excluded.state, ended_at = excluded.ended_at, end_reason = excluded.end_reason,
+        updated_at = excluded.updated_at
+"""
+UPSERT_TIMER = """
+    INSERT INTO timers (run_id, step, due, person_id) VALUES (?, ?, ?, ?)
+    ON CONFLICT (run_id) DO UPDATE SET step = excluded.step, due = excluded.due
+"""
+INSERT_STEP = """
+    INSERT INTO steps (run_id, step, person_id, workflow, action, detail, capped, decided_at)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (run_id, step) DO NOTHING
+"""
+UPDATE_PROFILE_FACTS = """
+    UPDATE profiles SET orders_count = ?, total_spent = ?, last_order_at = ?, order_times = ?,
+        opens = ?, clicks = ?, time_zone = ?
+    WHERE person_id = ?
+"""
+FACT_COLUMNS = (
+    "person_id", "email", "traits", "consent", "first_seen", "last_seen", "orders_count",
+    "total_spent", "last_order_at", "opens", "clicks", "time_zone", "order_times",
+)  # fmt: skip
+PROFILE_COLUMNS = (
+    "person_id",
+    "user_id",
+    "email",
+    "claimed_email",
+    "traits",
+    "first_seen",
+    "last_seen",
+)
+UPSERT_IDENTITY = """
+    INSERT INTO identities (anonymous_id, person_id) VALUES (?, ?)
+    ON CONFLICT (anonymous_id) DO UPDATE SET person_id = excluded.person_id
+"""

@@ -1,0 +1,256 @@
+"""Where decisions meet I/O: facts in, :func:`decide` for each input, store changes and timers out.
+
+The :class:`Engine` is called by the pipeline, the single writer, for every group: it loads the
+facts of the group's persons, folds each new event into its person (:func:`observe`), runs
+:func:`decide` on the events in order and on the timers that came due, and turns the actions into
+:class:`~rtserver.store.Changes` that the pipeline commits with the events in one transaction.
+Only after that commit does the engine arm or cancel timers in its in-memory wheel, so the wheel
+never runs ahead of the store, which stays the source of truth (R11).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import orjson
+
+from rtserver.conditions import parse_duration
+from rtserver.config import Config, MailConfig
+from rtserver.definitions import Policy, Workflows, compile_workflows
+from rtserver.errors import ConfigError
+from rtserver.events import Event
+from rtserver.store import Changes, Prepared, Store
+from rtserver.timers import TimerWheel
+from rtserver.workflows import (
+    Action,
+    CallWebhook,
+    CancelTimer,
+    EmitEvent,
+    EndRun,
+    Facts,
+    ScheduleTimer,
+    SendMail,
+    SkipStep,
+    StartRun,
+    TimerFired,
+    UpdateRun,
+    decide,
+    observe,
+)
+
+__all__ = ["Engine", "emitted_event", "load_rules", "policy_from"]
+
+HISTORY_WINDOW_S = 7 * 86400.0
+"""How far back ``person.events_since`` sees (and at most ``HISTORY_LIMIT`` events)."""
+MAX_EMIT_DEPTH = 4
+"""Emitted events may trigger workflows that emit again, this many generations deep."""
+
+
+QUIET_HOURS_RE = re.compile(r"([01]\d|2[0-3]):([0-5]\d)\s*-\s*([01]\d|2[0-3]):([0-5]\d)")
+
+
+def policy_from(mail: MailConfig) -> Policy:
+    """The mail policy of ``[mail]``: frequency cap, quiet hours, the shop's time zone.
+
+    Raises:
+        ConfigError: naming the key and the value.
+    """
+    cap = 0.0
+    if mail.frequency_cap != "off":
+        try:
+            cap = parse_duration(mail.frequency_cap)
+        except ValueError as exc:
+            raise ConfigError(f"mail.frequency_cap: {exc} (or 'off')") from None
+    quiet = None
+    if mail.quiet_hours:
+        match = QUIET_HOURS_RE.fullmatch(mail.quiet_hours.strip())
+        if match is None:
+            raise ConfigError(
+                f"mail.quiet_hours: expected 'HH:MM-HH:MM' like '21:00-08:00', "
+                f"got {mail.quiet_hours!r}"
+            )
+        h1, m1, h2, m2 = (int(g) for g in match.groups())
+        quiet = (h1 * 60 + m1, h2 * 60 + m2)
+        if quiet[0] == quiet[1]:
+            raise ConfigError(f"mail.quiet_hours: empty window, got {mail.quiet_hours!r}")
+    try:
+        ZoneInfo(mail.time_zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"mail.time_zone: unknown time zone, got {mail.time_zone!r}") from None
+    return Policy(frequency_cap_s=cap, quiet_hours=quiet, time_zone=mail.time_zone)
+
+
+def load_rules(
+    config: Config, templates: frozenset[str] | None = None
+) -> tuple[Workflows, list[str]]:
+    """Compile the config's workflows under its mail policy; returns them and the warnings.
+
+    Raises:
+        ConfigError: the workflow, the step and the problem.
+    """
+    return compile_workflows(config.workflow, templates=templates, policy=policy_from(config.mail))
+
+
+def emitted_event(action: EmitEvent) -> Event:
+    """The internal event an ``emit`` step adds, with a messageId unique to its (run, step)."""
+    kind, _, ident = action.person_id.partition(":")
+    raw: dict[str, Any] = {
+        "type": "track",
+        "event": action.name,
+        "messageId": f"rt-emit-{action.run_id}-{action.step}",
+        "properties": dict(action.properties),
+        "context": {"library": {"name": "rtserver"}, "run": action.run_id},
+        "userId" if kind == "u" else "anonymousId": ident,
+    }
+    return Event(
+        type="track",
+        message_id=raw["messageId"],
+        anonymous_id=None if kind == "u" else ident,
+        user_id=ident if kind == "u" else None,
+        name=action.name,
+        properties=raw["properties"],
+        traits={},
+        context=raw["context"],
+        timestamp=None,
+        previous_id=None,
+        body=orjson.dumps(raw),
+    )
+
+
+def _condition_sources(rules: Workflows) -> list[str]:
+    conditions = []
+    for workflow in rules.items:
+        conditions.append(workflow.where)
+        for step in workflow.steps:
+            conditions.extend((step.when, step.exit_if, step.where))
+    return [c.source for c in conditions if c is not None]
+
+
+class Engine:
+    """The workflows of one server: decides groups, owns the timer wheel."""
+
+    def __init__(self, rules: Workflows, store: Store, *, tick_s: float = 1.0):
+        self.rules = rules
+        self.store = store
+        self.tick_s = tick_s
+        self.wheel: TimerWheel[str] = TimerWheel()
+        self.wake = asyncio.Event()
+        """Set when a timer earlier than the wheel's next deadline is armed."""
+        # Recent events are loaded only when a condition asks for them: that read is the
+        # one fact whose cost grows with the shop's traffic.
+        self.needs_history = any("events_since" in source for source in _condition_sources(rules))
+
+    def tick(self, at: float) -> int:
+        """The wheel tick a due time falls in (rounded up: never early)."""
+        return math.ceil(at / self.tick_s)
+
+    async def restore(self) -> int:
+        """Rebuild the wheel from the store; overdue timers fire at the driver's first poll."""
+        for run_id, due in await self.store.pending_timers():
+            self.arm(run_id, due)
+        self.wake.set()
+        return len(self.wheel)
+
+    def arm(self, run_id: str, due: float) -> None:
+        """Arm (or re-arm) a run's timer; a deadline already passed fires at the next poll."""
+        if not self.wheel.insert(run_id, self.tick(due)):
+            self.wheel.insert(run_id, self.wheel.elapsed + 1)
+
+    async def decide(self, prepared: Prepared, fired: Sequence[str], now: float) -> Changes:
+        """The changes a group causes: its new events, in order, then its due timers."""
+        changes = Changes()
+        runs = await self.store.runs_by_id(fired) if fired else {}
+        persons = set(prepared.people) | {run.person_id for run in runs.values()}
+        if not persons or not (self.rules.items or prepared.fresh):
+            return changes
+        since = now - HISTORY_WINDOW_S if self.needs_history else None
+        facts = await self.store.facts_for(persons, since)
+        queue = list(zip(prepared.fresh, prepared.people, prepared.received_at, strict=True))
+        depth = {e.message_id: 0 for e, _, _ in queue}
+        while queue:
+            event, person_id, at = queue.pop(0)
+            person = observe(facts[person_id].person, event, at)
+            changes.people[person_id] = person
+            known = replace(facts[person_id], person=person)
+            actions = decide(self.rules, event, known, at)
+            facts[person_id] = self._fold(known, actions, at, changes)
+            for action in actions:
+                if isinstance(action, EmitEvent) and depth[event.message_id] < MAX_EMIT_DEPTH:
+                    emitted = emitted_event(action)
+                    depth[emitted.message_id] = depth[event.message_id] + 1
+                    prepared.fresh.append(emitted)
+                    prepared.people.append(person_id)
+                    prepared.received_at.append(at)
+                    queue.append((emitted, person_id, at))
+        for run_id in fired:
+            run = runs.get(run_id)
+            if run is None or run.due is None or self.tick(run.due) > self.tick(now):
+                continue  # ended, or re-armed for later since the wheel fired it
+            known = facts[run.person_id]
+            actions = decide(self.rules, TimerFired(run_id, run.step), known, now)
+            facts[run.person_id] = self._fold(known, actions, now, changes)
+            changes.timers.setdefault(run_id, None)  # fired: gone unless re-armed
+        return changes
+
+    def _fold(self, facts: Facts, actions: list[Action], at: float, changes: Changes) -> Facts:
+        """Record ``actions`` in ``changes`` and return the facts as they now stand."""
+        runs = {run.id: run for run in facts.runs}
+        ended = dict(facts.last_ended)
+        last_sent = facts.last_sent
+        for action in actions:
+            if isinstance(action, StartRun | UpdateRun):
+                runs[action.run.id] = action.run
+                changes.runs[action.run.id] = (action.run, None, at)
+            elif isinstance(action, EndRun):
+                run = action.run
+                runs.pop(run.id, None)
+                ended[(run.workflow, run.key)] = at
+                changes.runs[run.id] = (run, action.reason, at)
+            elif isinstance(action, ScheduleTimer):
+                changes.timers[action.run_id] = (action.step, action.due, action.person_id)
+            elif isinstance(action, CancelTimer):
+                changes.timers[action.run_id] = None
+            else:
+                # The run is open while it acts: started or known before this action.
+                step = self._step_row(action, runs[action.run_id].workflow, at)
+                changes.steps.append(step)
+                if step[6]:
+                    last_sent = at
+        return replace(facts, runs=tuple(runs.values()), last_ended=ended, last_sent=last_sent)
+
+    def _step_row(
+        self, action: SendMail | SkipStep | EmitEvent | CallWebhook, workflow: str, at: float
+    ) -> tuple[str, int, str, str, str, str, bool, float]:
+        """The ``steps`` row recording a decided step (exactly once per run and step)."""
+        capped = False
+        detail: dict[str, Any]
+        if isinstance(action, SendMail):
+            rules = self.rules.by_name.get(workflow)
+            capped = rules is not None and not rules.transactional
+            kind, detail = "send", {"template": action.template, "variant": action.variant}
+        elif isinstance(action, SkipStep):
+            kind, detail = "skip", {"reason": action.reason}
+        elif isinstance(action, EmitEvent):
+            kind, detail = "emit", {"event": action.name, "properties": dict(action.properties)}
+        else:
+            kind, detail = "webhook", {"url": action.url, "payload": dict(action.payload)}
+        row = (action.run_id, action.step, action.person_id, workflow, kind)
+        return (*row, orjson.dumps(detail).decode(), capped, at)
+
+    def committed(self, changes: Changes) -> None:
+        """Mirror committed timer changes in the wheel; wake the driver for an earlier one."""
+        before = self.wheel.next_deadline()
+        for run_id, timer in changes.timers.items():
+            if timer is None:
+                self.wheel.cancel(run_id)
+            else:
+                self.arm(run_id, timer[1])
+        after = self.wheel.next_deadline()
+        if after is not None and (before is None or after < before):
+            self.wake.set()

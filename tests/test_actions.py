@@ -1,0 +1,322 @@
+"""The engine end to end: events over a real WebSocket, decisions committed with them, timers
+armed in the wheel and fired by the driver under a fake clock. No sleeps: the test moves the
+clock, wakes the driver and waits for the commit that follows."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rtserver.actions import MAX_EMIT_DEPTH, Engine, emitted_event, load_rules, policy_from
+from rtserver.config import IngestConfig, MailConfig
+from rtserver.errors import ConfigError
+from rtserver.events import parse_event, sign_identity
+from rtserver.pipeline import Pipeline
+from rtserver.store import Changes, Prepared, Store
+from rtserver.workflows import EmitEvent
+from tests.conftest import (
+    IDENTITY_SECRET,
+    TIMEOUT_UNIT,
+    FakeClock,
+    LiveServer,
+    event,
+    make_config,
+    run_server,
+    send_batch,
+)
+
+CART_WORKFLOW: dict[str, Any] = {
+    "name": "cart_abandonment",
+    "trigger": "Product Added",
+    "run_key": "properties.cart_id",
+    "exit_on": ["Order Completed"],
+    "reentry": "7d",
+    "step": [
+        {"wait_inactive": "30m"},
+        {"send": "cart_reminder"},
+        {"wait_until": "Email Clicked", "timeout": "24h"},
+        {"if": "not run.wait_met and person.orders_since(run.started) == 0", "send": "cart_2"},
+    ],
+}
+
+
+class Commits:
+    """Collects what the pipeline commits; tests wait for a condition on it."""
+
+    def __init__(self, live: LiveServer):
+        self.steps: list[tuple[Any, ...]] = []
+        self.changed = asyncio.Event()
+        live.runtime.pipeline.listeners.append(self.record)
+
+    def record(self, prepared: Prepared, changes: Changes | None) -> None:
+        if changes is not None:
+            self.steps.extend(changes.steps)
+        self.changed.set()
+
+    async def wait_for_step(self, action: str, count: int = 1) -> list[tuple[Any, ...]]:
+        async with asyncio.timeout(TIMEOUT_UNIT):
+            while len(found := [s for s in self.steps if s[4] == action]) < count:
+                self.changed.clear()
+                await self.changed.wait()
+        return found
+
+
+def identify(user: str, email: str) -> dict[str, Any]:
+    """A browser identify verified by the shop's hashes."""
+    return event(
+        "identify",
+        userId=user,
+        traits={"email": email},
+        context={
+            "userHash": sign_identity(IDENTITY_SECRET, user),
+            "emailHash": sign_identity(IDENTITY_SECRET, email),
+        },
+    )
+
+
+def added(user: str, cart: str) -> dict[str, Any]:
+    hashes = {"userHash": sign_identity(IDENTITY_SECRET, user)}
+    return event(
+        "track",
+        event="Product Added",
+        userId=user,
+        context=hashes,
+        properties={"cart_id": cart, "product_id": "p1", "price": 20},
+    )
+
+
+async def advance(live: LiveServer, clock: FakeClock, seconds: float) -> None:
+    clock.advance(seconds)
+    assert live.runtime.engine is not None
+    live.runtime.engine.wake.set()
+
+
+async def test_cart_reminder_fires_after_30_minutes_of_inactivity(tmp_path: Path) -> None:
+    """Product Added, then 30 min without activity: one cart_reminder is decided, at +30 min."""
+    clock = FakeClock()
+    config = make_config(tmp_path, workflow=[CART_WORKFLOW])
+    async with run_server(config, clock=clock) as live:
+        commits = Commits(live)
+        async with live.ws() as ws:
+            await send_batch(ws, [identify("u1", "u1@shop.test"), added("u1", "c1")])
+        start = clock.now
+        await advance(live, clock, 1799)
+        await advance(live, clock, 1)
+        (send,) = await commits.wait_for_step("send")
+        assert send[3] == "cart_abandonment" and send[7] == start + 1800
+        runs = await live.runtime.store.runs("active")
+        assert [r["step"] for r in runs] == [2]
+        assert [t["run_id"] for t in await live.runtime.store.timers()] == [runs[0]["id"]]
+
+
+async def test_purchase_before_the_deadline_sends_nothing(tmp_path: Path) -> None:
+    """An Order Completed for the cart ends the run and cancels its timer."""
+    clock = FakeClock()
+    config = make_config(tmp_path, workflow=[CART_WORKFLOW])
+    async with run_server(config, clock=clock) as live:
+        async with live.ws() as ws:
+            await send_batch(ws, [identify("u1", "u1@shop.test"), added("u1", "c1")])
+            order = event(
+                "track",
+                event="Order Completed",
+                userId="u1",
+                context={"userHash": sign_identity(IDENTITY_SECRET, "u1")},
+                properties={"cart_id": "c1", "revenue": 20},
+            )
+            await send_batch(ws, [order])
+        store = live.runtime.store
+        assert await store.timers() == []
+        (run,) = await store.runs("ended")
+        assert run["end_reason"] == "exit on Order Completed"
+        assert live.runtime.engine is not None and len(live.runtime.engine.wheel) == 0
+
+
+async def test_restart_restores_pending_timers_and_fires_overdue_once(tmp_path: Path) -> None:
+    """Timers survive a restart; one overdue at start fires once right away."""
+    clock = FakeClock()
+    config = make_config(tmp_path, workflow=[CART_WORKFLOW])
+    async with run_server(config, clock=clock) as live:
+        async with live.ws() as ws:
+            await send_batch(ws, [identify("u1", "u1@shop.test"), added("u1", "c1")])
+    clock.advance(3600)
+    async with run_server(config, clock=clock) as live:
+        commits = Commits(live)
+        (send,) = await commits.wait_for_step("send")
+        assert send[7] == clock.now
+        steps = await live.runtime.store.steps()
+        assert [s["action"] for s in steps] == ["send"]
+
+
+def test_policy_from_mail_config() -> None:
+    """[mail] frequency_cap, quiet_hours and time_zone become the mail policy."""
+    policy = policy_from(
+        MailConfig(frequency_cap="off", quiet_hours="21:30-08:00", time_zone="Europe/Paris")
+    )
+    assert policy.frequency_cap_s == 0 and policy.quiet_hours == (1290, 480)
+    assert policy_from(MailConfig()).frequency_cap_s == 16 * 3600
+
+
+@pytest.mark.parametrize(
+    ("mail", "message"),
+    [
+        ({"frequency_cap": "soon"}, "mail.frequency_cap: expected a duration"),
+        ({"quiet_hours": "9pm-8am"}, "mail.quiet_hours: expected 'HH:MM-HH:MM'"),
+        ({"quiet_hours": "08:00-08:00"}, "mail.quiet_hours: empty window"),
+        ({"time_zone": "Mars/Olympus"}, "mail.time_zone: unknown time zone, got 'Mars/Olympus'"),
+    ],
+)
+def test_bad_mail_policy_names_the_key(mail: dict[str, str], message: str) -> None:
+    """A bad policy value fails with the dotted key and the value."""
+    with pytest.raises(ConfigError, match=message):
+        policy_from(MailConfig(**mail))
+
+
+def test_load_rules_compiles_the_config_workflows(tmp_path: Path) -> None:
+    """load_rules compiles [[workflow]] under the [mail] policy."""
+    config = make_config(tmp_path, workflow=[CART_WORKFLOW])
+    rules, warnings = load_rules(config)
+    assert [w.name for w in rules.items] == ["cart_abandonment"] and warnings == []
+
+
+def test_emitted_event_has_a_message_id_per_run_and_step() -> None:
+    """An emit step's event is a server track event keyed by its run and step."""
+    user = emitted_event(EmitEvent("r1", 2, "u:42", "Cart Abandoned", {"cart_id": "c1"}))
+    anon = emitted_event(EmitEvent("r2", 0, "a:x", "Browse Abandoned", {}))
+    assert user.message_id == "rt-emit-r1-2" and user.user_id == "42"
+    assert anon.anonymous_id == "x" and anon.user_id is None
+
+
+class Harness:
+    """A store, an engine and a pipeline on a temp file, driven in the test's task."""
+
+    def __init__(self, store: Store, workflows: list[dict[str, Any]], clock: FakeClock):
+        config = make_config(
+            Path(store.path).parent, workflow=workflows, mail={"frequency_cap": "off"}
+        )
+        self.engine = Engine(load_rules(config)[0], store)
+        self.pipeline = Pipeline(
+            store,
+            max_queue=4,
+            max_group_events=100,
+            queue_timeout_s=1,
+            engine=self.engine,
+            clock=clock,
+        )
+        self.store = store
+        self.clock = clock
+
+    async def send(self, *raws: dict[str, Any]) -> None:
+        events = [parse_event(raw, IngestConfig()) for raw in raws]
+        await self.pipeline.commit_now(events, self.clock())
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    store = await Store.open(tmp_path / "engine.db")
+    yield store
+    await store.close()
+
+
+def server_event(name: str, **properties: Any) -> dict[str, Any]:
+    return event("track", event=name, userId="u1", anonymousId=None, properties=properties)
+
+
+async def test_emit_feeds_other_workflows_in_the_same_commit(store: Store) -> None:
+    """An emitted event is stored and triggers the workflows waiting for it, in one commit."""
+    flows = [
+        {"name": "a", "trigger": "Product Added", "step": [{"emit": "Cart Started"}]},
+        {"name": "b", "trigger": "Cart Started", "step": [{"send": "hello"}]},
+    ]
+    harness = Harness(store, flows, FakeClock())
+    await harness.send(identify_server("u1"), server_event("Product Added", cart_id="c1"))
+    steps = await store.steps()
+    assert sorted((s["workflow"], s["action"]) for s in steps) == [("a", "emit"), ("b", "send")]
+    assert any(m.startswith("rt-emit-") for m in await store.stored_message_ids())
+
+
+async def test_emit_chains_are_bounded(store: Store) -> None:
+    """A workflow that re-triggers itself by emitting stops after a few generations."""
+    flows = [{"name": "loop", "trigger": "Ping", "step": [{"emit": "Ping"}]}]
+    harness = Harness(store, flows, FakeClock())
+    await harness.send(server_event("Ping"))
+    emitted = [m for m in await store.stored_message_ids() if m.startswith("rt-emit-")]
+    assert len(emitted) == MAX_EMIT_DEPTH
+
+
+async def test_webhook_step_is_recorded(store: Store) -> None:
+    """A webhook step is a recorded decision with its URL and payload."""
+    flows = [
+        {
+            "name": "crm",
+            "trigger": "Order Completed",
+            "step": [{"webhook": "https://crm.example/hook", "properties": {"tier": "gold"}}],
+        }
+    ]
+    harness = Harness(store, flows, FakeClock())
+    await harness.send(server_event("Order Completed", revenue=10))
+    (step,) = await store.steps()
+    assert step["action"] == "webhook"
+    assert step["detail"]["url"] == "https://crm.example/hook"
+    assert step["detail"]["payload"]["tier"] == "gold"
+
+
+async def test_a_timer_re_armed_for_later_does_not_fire_early(store: Store) -> None:
+    """A fired key whose run was re-armed since (activity) is skipped, not decided."""
+    clock = FakeClock()
+    harness = Harness(store, [CART_WORKFLOW], clock)
+    await harness.send(identify_server("u1"), server_event("Product Added", cart_id="c1"))
+    (run,) = await store.runs("active")
+    clock.advance(1800)
+    await harness.pipeline.commit_now(received_at=clock(), fired=[run["id"]])
+    assert [s["action"] for s in await store.steps()] == ["send"]
+    clock.advance(10)
+    (run,) = await store.runs("active")
+    await harness.pipeline.commit_now(received_at=clock(), fired=[run["id"]])  # due in 24 h
+    assert [s["action"] for s in await store.steps()] == ["send"]
+
+
+async def test_failed_fire_is_armed_again(store: Store) -> None:
+    """When the commit of fired timers fails, they are armed again for a retry."""
+    clock = FakeClock()
+    harness = Harness(store, [CART_WORKFLOW], clock)
+    await harness.send(identify_server("u1"), server_event("Product Added", cart_id="c1"))
+    (run,) = await store.runs("active")
+    harness.engine.wheel.cancel(run["id"])
+    task = asyncio.create_task(harness.pipeline.run())
+    try:
+        await store._db.execute("PRAGMA query_only = 1")  # every write now fails
+        clock.advance(1800)
+        await harness.pipeline.fire([run["id"]])
+        assert harness.engine.wheel.deadline(run["id"]) == harness.engine.tick(clock() + 5)
+    finally:
+        await store._db.execute("PRAGMA query_only = 0")
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def identify_server(user: str) -> dict[str, Any]:
+    return event("identify", userId=user, anonymousId=None, traits={"email": f"{user}@shop.test"})
+
+
+async def test_arming_a_deadline_already_passed_fires_at_the_next_tick(store: Store) -> None:
+    """A timer armed for a tick the wheel has passed goes to the next tick, not lost."""
+    harness = Harness(store, [CART_WORKFLOW], FakeClock())
+    wheel = harness.engine.wheel
+    wheel.poll(1000)
+    harness.engine.arm("r1", 10.0)
+    assert wheel.deadline("r1") == 1001
+
+
+def test_config_warnings_are_logged_at_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Names outside the documented condition names are logged as warnings by create_app."""
+    from rtserver.app import create_app
+
+    flow = {"name": "w", "trigger": "X", "where": "person.orderz > 1", "step": [{"send": "t"}]}
+    create_app(make_config(tmp_path, workflow=[flow]))
+    assert "person.orderz" in caplog.text

@@ -1,0 +1,79 @@
+"""Smoke checks of the benchmarks in bench/: each script runs at a tiny size, as a subprocess,
+against rtserver and its baseline, and reports a ratio.
+
+They check that the scripts work (exit 0, a complete report with a ratio), never how fast
+anything is: speed is measured by running the scripts at full size (bench/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import TIMEOUT_UNIT
+
+ROOT = Path(__file__).resolve().parent.parent
+
+TINY: dict[str, list[str]] = {
+    "ws_ingest": ["--connections", "5", "--events", "200"],
+    "ws_latency": ["--connections", "5", "--events", "200", "--rate", "1000"],
+    "ws_idle_memory": ["--connections", "50", "--warmup", "5", "--settle-s", "0.1"],
+    "http_batch": ["--connections", "5", "--events", "200"],
+}
+BASELINES = {
+    "ws_ingest": "bare-websockets",
+    "ws_latency": "bare-websockets",
+    "ws_idle_memory": "bare-websockets",
+    "http_batch": "bare-starlette",
+}
+
+
+def run_bench(script: str, *flags: str) -> str:
+    """Run ``python -m bench.<script>`` (warnings as errors); return its stdout."""
+    done = subprocess.run(
+        [sys.executable, "-W", "error", "-m", f"bench.{script}", *flags],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=24 * TIMEOUT_UNIT,
+    )
+    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", sorted(TINY))
+def test_bench_prints_a_table_and_a_ratio(script: str) -> None:
+    """Each benchmark, at a tiny size, prints its table and the rtserver / baseline ratio."""
+    out = run_bench(script, *TINY[script])
+    assert "rtserver" in out and BASELINES[script] in out
+    assert f"ratio rtserver / {BASELINES[script]}" in out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", sorted(TINY))
+def test_bench_json_report_is_complete(script: str) -> None:
+    """With --json, the report names the bench, has one result per server, and a finite ratio."""
+    report: dict[str, Any] = json.loads(run_bench(script, *TINY[script], "--json"))
+    assert report["bench"] == script
+    assert [r["server"] for r in report["results"]] == ["rtserver", BASELINES[script]] * (
+        2 if script == "ws_idle_memory" else 1
+    )
+    assert math.isfinite(report["ratio"])
+    assert isinstance(report["goal_met"], bool)
+    assert report["machine"]["nproc"] >= 1
+
+
+@pytest.mark.slow
+def test_bench_measures_every_event() -> None:
+    """The throughput benchmarks count every acked event, and finish within their bound."""
+    report = json.loads(run_bench("ws_ingest", *TINY["ws_ingest"], "--window", "3", "--json"))
+    assert [(r["events"], r["complete"]) for r in report["results"]] == [(200, True)] * 2
+    report = json.loads(run_bench("http_batch", *TINY["http_batch"], "--batch", "4", "--json"))
+    assert [(r["events"], r["complete"]) for r in report["results"]] == [(200, True)] * 2
