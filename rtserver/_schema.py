@@ -101,6 +101,16 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         CREATE INDEX steps_decided ON steps (decided_at);
         """,
     ),
+    (
+        "0003_schedules",
+        """
+        CREATE TABLE schedules (
+            workflow TEXT PRIMARY KEY,
+            next_at REAL NOT NULL,
+            cursor TEXT
+        );
+        """,
+    ),
 )
 
 INSERT_EVENT = """
@@ -177,6 +187,10 @@ INSERT_STEP = """
     INSERT INTO steps (run_id, step, person_id, workflow, action, detail, capped, decided_at)
     VALUES (?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (run_id, step) DO NOTHING
+"""
+UPSERT_SCHEDULE = """
+    INSERT INTO schedules (workflow, next_at, cursor) VALUES (?, ?, ?)
+    ON CONFLICT (workflow) DO UPDATE SET next_at = excluded.next_at, cursor = excluded.cursor
 """
 UPDATE_PROFILE_FACTS = """
     UPDATE profiles SET orders_count = ?, total_spent = ?, last_order_at = ?, order_times = ?,

@@ -34,6 +34,7 @@ from rtserver.workflows import (
     EmitEvent,
     EndRun,
     Facts,
+    Scheduled,
     ScheduleTimer,
     SendMail,
     SkipStep,
@@ -48,6 +49,10 @@ __all__ = ["Engine", "emitted_event", "load_rules", "policy_from"]
 
 HISTORY_WINDOW_S = 7 * 86400.0
 """How far back ``person.events_since`` sees (and at most ``HISTORY_LIMIT`` events)."""
+SWEEP_PREFIX = "schedule:"
+"""Wheel keys of scheduled sweeps (run ids are hex digests: they never clash)."""
+SWEEP_CHUNK = 500
+"""Persons a scheduled sweep decides per commit, so ingest never waits long behind it."""
 MAX_EMIT_DEPTH = 4
 """Emitted events may trigger workflows that emit again, this many generations deep."""
 
@@ -140,6 +145,8 @@ class Engine:
         self.store = store
         self.tick_s = tick_s
         self.wheel: TimerWheel[str] = TimerWheel()
+        self.sweeps: dict[str, tuple[float, str | None]] = {}
+        """Scheduled workflow → (next sweep, last person swept or None), as committed."""
         self.wake = asyncio.Event()
         """Set when a timer earlier than the wheel's next deadline is armed."""
         # Recent events are loaded only when a condition asks for them: that read is the
@@ -150,10 +157,17 @@ class Engine:
         """The wheel tick a due time falls in (rounded up: never early)."""
         return math.ceil(at / self.tick_s)
 
-    async def restore(self) -> int:
-        """Rebuild the wheel from the store; overdue timers fire at the driver's first poll."""
+    async def restore(self, now: float) -> int:
+        """Rebuild the wheel from the store; overdue timers fire at the driver's first poll.
+
+        Scheduled workflows get their sweep armed too: a sweep cut short by a stop resumes.
+        """
         for run_id, due in await self.store.pending_timers():
             self.arm(run_id, due)
+        intervals = {wf.name: wf.schedule_s for wf in self.rules.scheduled if wf.schedule_s}
+        self.sweeps = await self.store.schedules(intervals, now)
+        for name, (next_at, cursor) in self.sweeps.items():
+            self.arm(SWEEP_PREFIX + name, next_at if cursor is None else now)
         self.wake.set()
         return len(self.wheel)
 
@@ -165,12 +179,12 @@ class Engine:
     async def decide(self, prepared: Prepared, fired: Sequence[str], now: float) -> Changes:
         """The changes a group causes: its new events, in order, then its due timers."""
         changes = Changes()
+        sweeps = [key[len(SWEEP_PREFIX) :] for key in fired if key.startswith(SWEEP_PREFIX)]
+        fired = [key for key in fired if not key.startswith(SWEEP_PREFIX)]
         runs = await self.store.runs_by_id(fired) if fired else {}
         persons = set(prepared.people) | {run.person_id for run in runs.values()}
-        if not persons or not (self.rules.items or prepared.fresh):
-            return changes
         since = now - HISTORY_WINDOW_S if self.needs_history else None
-        facts = await self.store.facts_for(persons, since)
+        facts = await self.store.facts_for(persons, since) if persons else {}
         queue = list(zip(prepared.fresh, prepared.people, prepared.received_at, strict=True))
         depth = {e.message_id: 0 for e, _, _ in queue}
         while queue:
@@ -196,7 +210,36 @@ class Engine:
             actions = decide(self.rules, TimerFired(run_id, run.step), known, now)
             facts[run.person_id] = self._fold(known, actions, now, changes)
             changes.timers.setdefault(run_id, None)  # fired: gone unless re-armed
+        for name in sweeps:
+            await self._sweep(name, facts, now, since, changes)
         return changes
+
+    async def _sweep(
+        self, name: str, facts: dict[str, Facts], now: float, since: float | None, changes: Changes
+    ) -> None:
+        """One chunk of a scheduled workflow's sweep over the persons who can get mail."""
+        workflow = self.rules.by_name.get(name)
+        state = self.sweeps.get(name)
+        if workflow is None or workflow.schedule_s is None or state is None:
+            return
+        next_at, cursor = state
+        if cursor is None and self.tick(next_at) > self.tick(now):
+            return  # not due yet
+        persons = await self.store.mailable_after(cursor, SWEEP_CHUNK)
+        missing = [p for p in persons if p not in facts]
+        if missing:
+            facts.update(await self.store.facts_for(missing, since))
+        for person_id in persons:
+            known = facts[person_id]
+            actions = decide(self.rules, Scheduled(name), known, now)
+            facts[person_id] = self._fold(known, actions, now, changes)
+        if len(persons) == SWEEP_CHUNK:
+            changes.schedules[name] = (next_at, persons[-1])  # more to sweep at the next tick
+            return
+        following = next_at + workflow.schedule_s
+        while following <= now:  # periods missed while stopped are skipped, not caught up
+            following += workflow.schedule_s
+        changes.schedules[name] = (following, None)
 
     def _fold(self, facts: Facts, actions: list[Action], at: float, changes: Changes) -> Facts:
         """Record ``actions`` in ``changes`` and return the facts as they now stand."""
@@ -251,6 +294,12 @@ class Engine:
                 self.wheel.cancel(run_id)
             else:
                 self.arm(run_id, timer[1])
+        for name, (next_at, cursor) in changes.schedules.items():
+            self.sweeps[name] = (next_at, cursor)
+            if cursor is None:
+                self.arm(SWEEP_PREFIX + name, next_at)
+            else:
+                self.wheel.insert(SWEEP_PREFIX + name, self.wheel.elapsed + 1)
         after = self.wheel.next_deadline()
         if after is not None and (before is None or after < before):
             self.wake.set()

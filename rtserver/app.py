@@ -133,7 +133,7 @@ def create_app(
         try:
             keys = await resolve_keys(config, store, clock())
             engine = Engine(rules, store)
-            restored = await engine.restore()
+            restored = await engine.restore(clock())
             if restored:
                 logger.info("timers: %d pending restored from the store", restored)
             pipeline = Pipeline(

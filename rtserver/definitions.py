@@ -49,7 +49,7 @@ STEP_OPTIONS = frozenset(
 VARIANT_KEYS = frozenset({"name", "weight"})
 WORKFLOW_KEYS = frozenset(
     {"name", "trigger", "where", "run_key", "exit_on", "reentry", "holdout", "paused", "step"}
-    | {"transactional", "description"}
+    | {"transactional", "description", "schedule"}
 )
 NEVER = math.inf
 
@@ -101,6 +101,8 @@ class Workflow:
     paused: bool = False
     transactional: bool = False
     """Transactional mail skips the frequency cap and quiet hours."""
+    schedule_s: float | None = None
+    """Every so often, start a run for each person whose ``where`` holds (the fallback)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,13 +124,19 @@ class Workflows:
     by_name: Mapping[str, Workflow] = field(default_factory=dict)
     by_trigger: Mapping[str, tuple[Workflow, ...]] = field(default_factory=dict)
 
+    @property
+    def scheduled(self) -> tuple[Workflow, ...]:
+        """The workflows with a ``schedule``."""
+        return tuple(wf for wf in self.items if wf.schedule_s is not None)
+
     @classmethod
     def of(cls, items: Iterable[Workflow], policy: Policy = Policy()) -> Workflows:
         """Index ``items``."""
         items = tuple(items)
         triggers: dict[str, list[Workflow]] = {}
         for wf in items:
-            triggers.setdefault(wf.trigger, []).append(wf)
+            if wf.trigger:
+                triggers.setdefault(wf.trigger, []).append(wf)
         return cls(
             items,
             policy,
@@ -280,9 +288,11 @@ def _workflow(
     unknown = sorted(set(raw) - WORKFLOW_KEYS)
     if unknown:
         raise _Problem(f"unknown key {unknown[0]!r}")
-    trigger = raw.get("trigger")
-    if not isinstance(trigger, str) or not trigger:
-        raise _Problem(f"trigger: expected an event name, got {trigger!r}")
+    schedule = raw.get("schedule")
+    schedule_s = None if schedule is None else _duration(schedule, "schedule")
+    trigger = raw.get("trigger", "" if schedule_s is not None else None)
+    if not isinstance(trigger, str) or (not trigger and schedule_s is None):
+        raise _Problem(f"trigger: expected an event name (or a schedule), got {trigger!r}")
     steps_raw = raw.get("step")
     if not isinstance(steps_raw, list) or not steps_raw:
         raise _Problem("needs at least one [[workflow.step]]")
@@ -315,6 +325,7 @@ def _workflow(
         holdout=holdout,
         paused=raw.get("paused", False),
         transactional=raw.get("transactional", False),
+        schedule_s=schedule_s,
     )
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "Person",
     "Run",
     "ScheduleTimer",
+    "Scheduled",
     "SendMail",
     "SkipStep",
     "StartRun",
@@ -121,6 +122,13 @@ class TimerFired:
 
     run_id: str
     step: int
+
+
+@dataclass(frozen=True, slots=True)
+class Scheduled:
+    """A scheduled workflow's sweep reached this person (the fallback trigger)."""
+
+    workflow: str
 
 
 @dataclass(frozen=True, slots=True)

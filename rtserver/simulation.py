@@ -161,6 +161,7 @@ async def simulate(
         store = await Store.open(Path(folder) / "simulate.db")
         try:
             engine = Engine(rules, store)
+            await engine.restore(start)
             pipeline = Pipeline(
                 store,
                 max_queue=16,

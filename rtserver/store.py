@@ -35,6 +35,7 @@ from rtserver._schema import (
     UPSERT_IDENTITY,
     UPSERT_PROFILE,
     UPSERT_RUN,
+    UPSERT_SCHEDULE,
     UPSERT_TIMER,
 )
 from rtserver.errors import StorageUnavailable, StoreError
@@ -77,9 +78,11 @@ class Changes:
     """(run id, step, person id, workflow, action, detail JSON, counts for the cap, when)."""
     people: dict[str, Person] = field(default_factory=dict)
     """The persons whose facts (orders, opens, clicks, time zone) changed."""
+    schedules: dict[str, tuple[float, str | None]] = field(default_factory=dict)
+    """Scheduled workflow → (next sweep, the last person swept so far or None when done)."""
 
     def __bool__(self) -> bool:
-        return bool(self.runs or self.timers or self.steps or self.people)
+        return bool(self.runs or self.timers or self.steps or self.people or self.schedules)
 
 
 def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
@@ -375,6 +378,10 @@ class Store:
             await db.executemany("DELETE FROM timers WHERE run_id = ?", dropped)
         if changes.steps:
             await db.executemany(INSERT_STEP, changes.steps)
+        if changes.schedules:
+            await db.executemany(
+                UPSERT_SCHEDULE, [(wf, *state) for wf, state in changes.schedules.items()]
+            )
         if changes.people:
             await db.executemany(
                 UPDATE_PROFILE_FACTS, [_facts_row(p) for p in changes.people.values()]
@@ -450,6 +457,31 @@ class Store:
                 ):
                     found[row[0]] = _run_of(row)
         return found
+
+    async def schedules(
+        self, intervals: dict[str, float], now: float
+    ) -> dict[str, tuple[float, str | None]]:
+        """The sweep state of each scheduled workflow; a new one first sweeps one interval on."""
+        async with self._write_lock, _sqlite_errors():
+            await self._db.executemany(
+                "INSERT INTO schedules (workflow, next_at) VALUES (?, ?) "
+                "ON CONFLICT (workflow) DO NOTHING",
+                [(name, now + seconds) for name, seconds in intervals.items()],
+            )
+            rows = await self._db.execute_fetchall(
+                "SELECT workflow, next_at, cursor FROM schedules"
+            )
+        return {r[0]: (r[1], r[2]) for r in rows if r[0] in intervals}
+
+    async def mailable_after(self, cursor: str | None, limit: int) -> list[str]:
+        """The next ``limit`` persons with a verified email, by id, after ``cursor``."""
+        async with self._write_lock, _sqlite_errors():
+            rows = await self._db.execute_fetchall(
+                "SELECT person_id FROM profiles WHERE email IS NOT NULL AND person_id > ? "
+                "ORDER BY person_id LIMIT ?",
+                (cursor or "", limit),
+            )
+        return [r[0] for r in rows]
 
     async def pending_timers(self) -> list[tuple[str, float]]:
         """Every armed timer as (run id, due): the wheel is rebuilt from these on start."""

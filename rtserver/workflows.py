@@ -37,6 +37,7 @@ from rtserver.facts import (
     Facts,
     Person,
     Run,
+    Scheduled,
     ScheduleTimer,
     SendMail,
     SkipStep,
@@ -60,6 +61,7 @@ __all__ = [
     "Person",
     "Run",
     "ScheduleTimer",
+    "Scheduled",
     "SendMail",
     "SkipStep",
     "StartRun",
@@ -320,32 +322,53 @@ class _Decider:
         if workflow.paused:
             return
         key = _key(workflow, event)
+        if self.may_start(workflow, key) and (
+            workflow.where is None or workflow.where(self.names(None, event))
+        ):
+            self.start(workflow, key, event.message_id, event)
+
+    def scheduled(self, scheduled: Scheduled) -> None:
+        """The fallback: a scheduled sweep starts a run where ``where`` holds for the person."""
+        workflow = self.rules.by_name.get(scheduled.workflow)
+        if workflow is None or workflow.paused or workflow.schedule_s is None:
+            return
+        if self.may_start(workflow, "") and (
+            workflow.where is None or workflow.where(self.names(None, None))
+        ):
+            self.start(workflow, "", f"schedule:{self.now!r}", None)
+
+    def may_start(self, workflow: Workflow, key: str) -> bool:
+        """No open run for this person and key, and re-entry allows a new one."""
         if any(r.workflow == workflow.name and r.key == key for r in self.runs.values()):
-            return  # already open: the trigger counted as activity
+            return False  # already open: the trigger counted as activity
         ended = self.last_ended.get((workflow.name, key))
-        if ended is not None and self.now - ended < workflow.reentry_s:
-            return
-        if workflow.where is not None and not workflow.where(self.names(None, event)):
-            return
+        return ended is None or self.now - ended >= workflow.reentry_s
+
+    def start(self, workflow: Workflow, key: str, seed: str, event: Event | None) -> None:
         person = self.person.id
-        run_id = hashlib.sha256(
-            "\x00".join((workflow.name, person, key, event.message_id)).encode()
-        ).hexdigest()[:24]
+        run_id = hashlib.sha256("\x00".join((workflow.name, person, key, seed)).encode())
         holdout = workflow.holdout > 0 and _bucket(person, workflow.name, "holdout", size=100) < (
             workflow.holdout
         )
         first = workflow.steps[0]
-        run = Run(run_id, workflow.name, person, key, self.now, 0, first.kind, holdout=holdout)
+        run = Run(
+            run_id.hexdigest()[:24], workflow.name, person, key, self.now, 0, first.kind,
+            holdout=holdout,
+        )  # fmt: skip
         self.runs[run.id] = run
         self.actions.append(StartRun(run))
         self.walk(workflow, run, 0, event)
 
 
-def decide(rules: Workflows, input: Event | TimerFired, facts: Facts, now: float) -> list[Action]:
+def decide(
+    rules: Workflows, input: Event | TimerFired | Scheduled, facts: Facts, now: float
+) -> list[Action]:
     """The actions ``input`` causes for the person of ``facts`` at ``now``."""
     decider = _Decider(rules, facts, now)
     if isinstance(input, TimerFired):
         decider.fire(input)
+    elif isinstance(input, Scheduled):
+        decider.scheduled(input)
     else:
         decider.event(input)
     return decider.actions

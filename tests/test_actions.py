@@ -320,3 +320,63 @@ def test_config_warnings_are_logged_at_start(
     flow = {"name": "w", "trigger": "X", "where": "person.orderz > 1", "step": [{"send": "t"}]}
     create_app(make_config(tmp_path, workflow=[flow]))
     assert "person.orderz" in caplog.text
+
+
+WIN_BACK: dict[str, Any] = {
+    "name": "win_back",
+    "schedule": "1d",
+    "where": "person.orders_count > 0",
+    "reentry": "30d",
+    "step": [{"send": "we_miss_you"}],
+}
+
+
+async def sweep(harness: Harness) -> None:
+    """Fire what is due, chunk after chunk, a tick apart, like the driver would."""
+    while True:
+        due = harness.engine.wheel.poll(harness.engine.tick(harness.clock()))
+        if not due:
+            return
+        await harness.pipeline.commit_now(received_at=harness.clock(), fired=due)
+        harness.clock.advance(1)
+
+
+async def test_scheduled_workflow_sweeps_the_segment(store: Store) -> None:
+    """A scheduled workflow starts a run for each mailable person whose `where` holds."""
+    clock = FakeClock()
+    harness = Harness(store, [WIN_BACK], clock)
+    await harness.engine.restore(clock())
+    buyer = event("track", event="Order Completed", userId="u1", anonymousId=None)
+    await harness.send(identify_server("u1"), identify_server("u2"), buyer)
+    await sweep(harness)
+    assert await store.steps() == []  # the first sweep is one interval after the start
+    clock.advance(86400)
+    await sweep(harness)
+    assert [(s["person_id"], s["action"]) for s in await store.steps()] == [("u:u1", "send")]
+    clock.advance(86400)
+    await sweep(harness)  # reentry: not again within 30 days
+    assert len(await store.steps()) == 1
+
+
+async def test_sweep_goes_in_chunks_and_resumes_after_restart(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sweep decides a few persons per commit; a restart resumes where it stopped."""
+    import rtserver.actions
+
+    monkeypatch.setattr(rtserver.actions, "SWEEP_CHUNK", 2)
+    clock = FakeClock()
+    flow = {**WIN_BACK, "where": "person.email is not none"}
+    harness = Harness(store, [flow], clock)
+    await harness.engine.restore(clock())
+    await harness.send(*(identify_server(f"u{i}") for i in range(5)))
+    first = clock() + 86400
+    clock.advance(86400)
+    due = harness.engine.wheel.poll(harness.engine.tick(clock()))
+    await harness.pipeline.commit_now(received_at=clock(), fired=due)
+    assert len(await store.steps()) == 2
+    restarted = Harness(store, [flow], clock)
+    await restarted.engine.restore(clock())
+    await sweep(restarted)
+    assert len(await store.steps()) == 5
+    assert restarted.engine.sweeps["win_back"] == (first + 86400, None)

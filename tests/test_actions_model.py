@@ -12,16 +12,18 @@ with it. A few example tests pin the boundary cases.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import math
 import os
 import tempfile
-from collections.abc import Awaitable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Iterable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
 from hypothesis import HealthCheck, event, settings, strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -55,9 +57,9 @@ CART_WORKFLOW: dict[str, Any] = {
     "step": [{"wait_inactive": "30m"}, {"send": "cart_reminder"}],
 }
 USERS = ("u0", "u1", "u2")
-SCRATCH = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
-"""Memory-backed where there is one: thousands of fsyncs cost nothing there."""
 CARTS = ("c0", "c1")
+SCRATCH = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+"""Memory-backed where there is one, for the machine's thousands of commits (each an fsync)."""
 
 
 @cache
@@ -88,7 +90,7 @@ class Stack:
         store = await Store.open(path)
         try:
             engine = Engine(cart_rules(), store, tick_s=TICK_S)
-            await engine.restore()
+            await engine.restore(clock())
         except BaseException:
             await store.close()
             raise
@@ -340,7 +342,7 @@ class CartMachine(RuleBasedStateMachine):
     def teardown(self) -> None:
         outcomes = [e.outcome or "open" for e in self.model.episodes()]
         for outcome in sorted(set(outcomes)):
-            event(f"episodes ended by {outcome}")
+            event(f"an episode: {outcome}")
         if any(e.late_ok and e.outcome == "send" for e in self.model.episodes()):
             event("a send delayed by a backward jump or a restart")
         if self.model.quirks:
@@ -455,7 +457,9 @@ class CartMachine(RuleBasedStateMachine):
         downtime=st.sampled_from([0.0, 1.0, 1800.0, 7200.0, 3 * 86400.0]) | st.integers(0, 4000),
         in_flight=st.lists(specs, max_size=2),
     )
-    def crash_and_restart(self, downtime: float, in_flight: list[tuple[str, str, str | None]]):
+    def crash_and_restart(
+        self, downtime: float, in_flight: list[tuple[str, str, str | None]]
+    ) -> None:
         """The process dies with a batch queued but not committed (never acked: the client
         keeps it to resend); it is down for ``downtime``; a new one starts on the same file."""
         raws = [self.make(*spec) for spec in in_flight]
@@ -498,6 +502,10 @@ async def check(stack: Stack, model: Model) -> None:
     timers = dict(await store.pending_timers())
     episodes = {e.run_id: e for e in model.episodes()}
     assert None not in episodes
+
+    # Events: each stored once; those lost in a crash not at all (until resent).
+    stored = await store.stored_message_ids()
+    assert len(stored) == len(set(stored)) and set(stored) == model.stored
 
     # Decided steps: the model's sends and skips, at the times it says.
     for row in steps:
@@ -555,3 +563,215 @@ TestCartEpisodes.settings = settings(
     database=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
+
+
+# --- examples ----------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def opened(path: Path, clock: FakeClock) -> AsyncIterator[Stack]:
+    stack = await Stack.open(path, clock)
+    try:
+        yield stack
+    finally:
+        await stack.close()
+
+
+async def sends(store: Store) -> list[tuple[str, str, float]]:
+    """(run id, action, when) of every decided step, oldest first."""
+    rows = await store.steps(limit=10_000)
+    return sorted(((s["run_id"], s["action"], s["at"]) for s in rows), key=lambda s: s[2])
+
+
+@pytest.mark.parametrize("first", ["fire", "purchase"])
+async def test_purchase_exactly_at_the_deadline_tick(tmp_path: Path, first: str) -> None:
+    """A purchase and the timer on the same tick: whichever is decided first wins, once.
+    Fired first, the mail goes out and the purchase ends nothing; purchased first (the wheel
+    had already handed the timer over), the fire finds the run ended and sends nothing."""
+    clock, events = FakeClock(START), Events()
+    async with opened(tmp_path / "cart.db", clock) as stack:
+        await stack.send(parse([events.identify("u1"), events.added("u1", "c1")]))
+        (run,) = await stack.store.runs("active")
+        clock.now = START + WAIT_S
+        due = stack.engine.wheel.poll(tick(clock.now))
+        assert due == [run["id"]]
+        purchase = parse([events.purchase("u1", "c1")])
+        if first == "fire":
+            await stack.pipeline.commit_now(received_at=clock.now, fired=due)
+            await stack.send(purchase)
+            assert await sends(stack.store) == [(run["id"], "send", START + WAIT_S)]
+            (ended,) = await stack.store.runs("ended")
+            assert ended["end_reason"] == "completed"
+        else:
+            await stack.send(purchase)
+            await stack.pipeline.commit_now(received_at=clock.now, fired=due)
+            assert await sends(stack.store) == []
+            (ended,) = await stack.store.runs("ended")
+            assert ended["end_reason"] == "exit on Order Completed"
+        assert await stack.store.pending_timers() == [] and len(stack.engine.wheel) == 0
+        await stack.advance(7 * 86400.0)
+        assert len(await sends(stack.store)) == (first == "fire")
+
+
+async def test_activity_right_before_the_deadline_re_arms(tmp_path: Path) -> None:
+    """Activity a quarter second before the deadline slides it by 30 min: nothing fires at the
+    old deadline, and the mail goes at the new one's tick (within one tick after it)."""
+    clock, events = FakeClock(START), Events()
+    async with opened(tmp_path / "cart.db", clock) as stack:
+        await stack.send(parse([events.identify("u1"), events.added("u1", "c1")]))
+        await stack.advance(WAIT_S - 0.25)
+        await stack.send(parse([events.viewed("u1")]))
+        deadline = clock.now + WAIT_S
+        await stack.advance(0.25)
+        assert await sends(stack.store) == []
+        await stack.advance(WAIT_S - 0.25)
+        assert clock.now == deadline and await sends(stack.store) == []
+        await stack.advance(0.25)
+        (run,) = await stack.store.runs("ended")
+        assert await sends(stack.store) == [(run["id"], "send", START + 2 * WAIT_S)]
+        assert deadline < START + 2 * WAIT_S < deadline + TICK_S
+
+
+async def test_restart_while_a_timer_is_overdue_fires_once(tmp_path: Path) -> None:
+    """Down across the deadline: the restored timer fires at once on restart, and only once
+    however often the server restarts after."""
+    clock, events, path = FakeClock(START), Events(), tmp_path / "cart.db"
+    stack = await Stack.open(path, clock)
+    try:
+        await stack.send(parse([events.identify("u1"), events.added("u1", "c1")]))
+        (run,) = await stack.store.runs("active")
+        clock.advance(2 * 3600.0)  # the process is down meanwhile
+        stack = await stack.restart(path)
+        assert await sends(stack.store) == [(run["id"], "send", START + 2 * 3600.0)]
+        for _ in range(2):
+            stack = await stack.restart(path)
+            await stack.advance(86400.0)
+        assert len(await sends(stack.store)) == 1
+        assert await stack.store.pending_timers() == [] and len(stack.engine.wheel) == 0
+    finally:
+        await stack.close()
+
+
+async def test_duplicate_product_added_after_a_restart(tmp_path: Path) -> None:
+    """A Product Added resent after a restart (its ack was lost) is stored and decided once:
+    no second run, and no re-arm either (a duplicate is not activity)."""
+    clock, events, path = FakeClock(START), Events(), tmp_path / "cart.db"
+    added = events.added("u1", "c1")
+    stack = await Stack.open(path, clock)
+    try:
+        await stack.send(parse([events.identify("u1")]))
+        await stack.commit_unacked(parse([added]))  # committed; the process dies before the ack
+        stack = await stack.restart(path)
+        await stack.advance(600.0)
+        await stack.send(parse([added]))
+        assert await stack.store.count_events() == 2
+        (run,) = await stack.store.runs("active")
+        assert await stack.store.pending_timers() == [(run["id"], START + WAIT_S)]
+        await stack.advance(WAIT_S)
+        assert await sends(stack.store) == [(run["id"], "send", START + WAIT_S)]
+        stack = await stack.restart(path)
+        await stack.send(parse([added]))  # once more, after the mail: still nothing new
+        assert await stack.store.runs("active") == [] and await stack.store.pending_timers() == []
+        await stack.send(parse([events.added("u1", "c1")]))  # a new add: a new episode
+        (second,) = await stack.store.runs("active")
+        assert second["id"] != run["id"]
+    finally:
+        await stack.close()
+
+
+# --- known bugs --------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="workflows._Decider.may_start: now - ended >= reentry_s is false for a negative gap, "
+    "so reentry 'always' (0 s) refuses a new run after a backward clock jump",
+)
+async def test_reentry_always_survives_a_backward_clock_jump(tmp_path: Path) -> None:
+    """reentry = "always": a Product Added after the cart's last run ended starts a new one,
+    even when the clock has since gone back (G24: a backward jump delays, never drops)."""
+    clock, events = FakeClock(START), Events()
+    async with opened(tmp_path / "cart.db", clock) as stack:
+        await stack.send(parse([events.identify("u1"), events.added("u1", "c1")]))
+        await stack.send(parse([events.purchase("u1", "c1")]))
+        clock.now -= 60.0
+        await stack.send(parse([events.added("u1", "c1")]))
+        assert len(await stack.store.runs("active")) == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="workflows._Decider.send: now - last_sent < frequency_cap_s is true for a negative "
+    "gap, so the cap 'off' (0 s) skips a mail after a backward clock jump",
+)
+async def test_frequency_cap_off_survives_a_backward_clock_jump(tmp_path: Path) -> None:
+    """frequency_cap = "off": after the clock went back (and the server restarted, so its
+    wheel fires at the deadlines again), a mail due before the person's last one is sent, not
+    skipped as capped."""
+    clock, events, path = FakeClock(START), Events(), tmp_path / "cart.db"
+    stack = await Stack.open(path, clock)
+    try:
+        await stack.send(parse([events.identify("u1"), events.added("u1", "c1")]))
+        await stack.advance(WAIT_S)
+        clock.now -= 3600.0
+        stack = await stack.restart(path)
+        await stack.send(parse([events.added("u1", "c2")]))
+        await stack.advance(WAIT_S)
+        steps = await stack.store.steps(limit=10)
+        assert [(s["action"], s["at"]) for s in steps] == [
+            ("send", START + WAIT_S),
+            ("send", START),
+        ]
+    finally:
+        await stack.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="actions.Engine.decide checks a fired run's due as loaded before the group's events "
+    "re-armed it, and decides the fire anyway",
+)
+async def test_activity_grouped_with_the_fire_re_arms(tmp_path: Path) -> None:
+    """The pipeline decides a group's events before its fired timers. Activity received just
+    before the deadline, committed in the same group as the fire, re-arms the run: no mail now,
+    and its timer stays that of an open run."""
+    clock, events = FakeClock(START), Events()
+    async with opened(tmp_path / "cart.db", clock) as stack:
+        await stack.send(parse([events.identify("u1"), events.added("u1", "c1")]))
+        (run,) = await stack.store.runs("active")
+        clock.now = START + WAIT_S
+        due = stack.engine.wheel.poll(tick(clock.now))
+        viewed = parse([events.viewed("u1")])
+        await stack.pipeline.commit_now(viewed, received_at=clock.now - 0.5, fired=due)
+        assert await sends(stack.store) == []
+        assert await stack.store.pending_timers() == [(run["id"], START + 2 * WAIT_S - 0.5)]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="actions.Engine.decide: changes.timers.setdefault(run_id, None) keeps the re-arm "
+    "of the group's activity, so the ended run's timer row stays in the store for good",
+)
+async def test_no_timer_outlives_its_run_when_activity_is_grouped_with_the_fire(
+    tmp_path: Path,
+) -> None:
+    """Activity just after the deadline, in the same group as the fire: whether the mail goes
+    or not, every timer left in the store is an open run's, and none fires forever after."""
+    clock, events, path = FakeClock(START), Events(), tmp_path / "cart.db"
+    stack = await Stack.open(path, clock)
+    try:
+        await stack.send(parse([events.identify("u1"), events.added("u1", "c1")]))
+        clock.now = START + WAIT_S
+        due = stack.engine.wheel.poll(tick(clock.now))
+        viewed = parse([events.viewed("u1")])
+        await stack.pipeline.commit_now(viewed, received_at=clock.now + 0.25, fired=due)
+        stack = await stack.restart(path)
+        await stack.advance(86400.0)
+        open_runs = {r["id"] for r in await stack.store.runs("active")}
+        assert {run_id for run_id, _ in await stack.store.pending_timers()} <= open_runs
+    finally:
+        await stack.close()

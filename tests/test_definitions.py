@@ -250,3 +250,27 @@ def test_warnings_for_undocumented_names() -> None:
         "workflow 'cart' where: 'foo' is not a documented condition name",
     ]
     assert rules.by_name["cart"].where is not None
+
+
+def test_schedule_replaces_or_joins_the_trigger() -> None:
+    """`schedule` makes a sweep workflow; with no trigger it is indexed by no event."""
+    sweep = {
+        "name": "s",
+        "schedule": "1d",
+        "where": "person.orders_count > 0",
+        "step": [{"send": "t"}],
+    }
+    both = {**sweep, "name": "b", "trigger": "Signed Up"}
+    compiled, _ = compile_workflows([sweep, both])
+    assert compiled.by_name["s"].schedule_s == 86400 and compiled.by_name["s"].trigger == ""
+    assert [w.name for w in compiled.scheduled] == ["s", "b"]
+    assert [w.name for w in compiled.by_trigger["Signed Up"]] == ["b"]
+    assert "" not in compiled.by_trigger
+
+
+def test_bad_schedule_or_no_trigger_fails() -> None:
+    """A bad schedule, or neither trigger nor schedule, names the workflow and the key."""
+    sweep = {"name": "s", "schedule": "often", "step": [{"send": "t"}]}
+    assert error_of(sweep, templates=None).startswith("workflow 's': schedule: ")
+    none = {"name": "n", "step": [{"send": "t"}]}
+    assert error_of(none, templates=None).startswith("workflow 'n': trigger: expected an event")

@@ -26,6 +26,7 @@ from rtserver.workflows import (
     Facts,
     Person,
     Run,
+    Scheduled,
     ScheduleTimer,
     SendMail,
     SkipStep,
@@ -927,3 +928,24 @@ def test_random_sequences_keep_the_invariants(ops: list[tuple[tuple[str, Any], i
         assert len(keys) == len(set(keys))
         assert {r.id for r in sim.runs()} == set(sim.timers)
         assert all(sim.timers[r.id] == (r.step, r.due) for r in sim.runs())
+
+
+def test_scheduled_sweep_starts_runs_only_in_the_segment() -> None:
+    """Scheduled(workflow) starts a run when `where` holds for the person, once per reentry."""
+    sweep = {
+        "name": "win_back",
+        "schedule": "1d",
+        "where": "person.orders_count > 0",
+        "reentry": "30d",
+        "step": [{"send": "we_miss_you"}],
+    }
+    compiled = rules(sweep, {**sweep, "name": "paused", "paused": True})
+    buyer = Facts(Person("u:u1", email="a@b.example", orders_count=1))
+    actions = decide(compiled, Scheduled("win_back"), buyer, START)
+    assert [type(a).__name__ for a in actions] == ["StartRun", "SendMail", "EndRun"]
+    ended = Facts(buyer.person, last_ended={("win_back", ""): START})
+    assert decide(compiled, Scheduled("win_back"), ended, START + 86400) == []
+    stranger = Facts(Person("u:u2", email="c@d.example"))
+    assert decide(compiled, Scheduled("win_back"), stranger, START) == []
+    assert decide(compiled, Scheduled("paused"), buyer, START) == []
+    assert decide(compiled, Scheduled("unknown"), buyer, START) == []
