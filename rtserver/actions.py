@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -25,7 +25,7 @@ from rtserver.config import Config, MailConfig
 from rtserver.definitions import Policy, Workflows, compile_workflows
 from rtserver.errors import ConfigError
 from rtserver.events import Event
-from rtserver.store import Changes, Prepared, Store
+from rtserver.store import Changes, Plan, Prepared, Source, Store
 from rtserver.timers import TimerWheel
 from rtserver.workflows import (
     Action,
@@ -34,6 +34,7 @@ from rtserver.workflows import (
     EmitEvent,
     EndRun,
     Facts,
+    Person,
     Scheduled,
     ScheduleTimer,
     SendMail,
@@ -128,6 +129,14 @@ def emitted_event(action: EmitEvent) -> Event:
     )
 
 
+def _stored_facts(person: Person) -> tuple[Any, ...]:
+    """The facts the profile row keeps (the rest, like recent history, is loaded or derived)."""
+    return (
+        person.orders_count, person.total_spent, person.last_order_at, person.order_times,
+        person.opens, person.clicks, person.time_zone,
+    )  # fmt: skip
+
+
 def _condition_sources(rules: Workflows) -> list[str]:
     conditions = []
     for workflow in rules.items:
@@ -162,6 +171,9 @@ class Engine:
 
         Scheduled workflows get their sweep armed too: a sweep cut short by a stop resumes.
         """
+        # Starting the wheel at the current tick spares its first poll moving every restored
+        # timer down from tick 0 (about a second with a million of them).
+        self.wheel = TimerWheel(max(0, int(now // self.tick_s) - 1))
         for run_id, due in await self.store.pending_timers():
             self.arm(run_id, due)
         intervals = {wf.name: wf.schedule_s for wf in self.rules.scheduled if wf.schedule_s}
@@ -176,22 +188,43 @@ class Engine:
         if not self.wheel.insert(run_id, self.tick(due)):
             self.wheel.insert(run_id, self.wheel.elapsed + 1)
 
-    async def decide(self, prepared: Prepared, fired: Sequence[str], now: float) -> Changes:
-        """The changes a group causes: its new events, in order, then its due timers."""
+    def plan(self, fired: Sequence[str], now: float) -> Plan:
+        """What the store runs, on its writer thread, between preparing a group and committing
+        it: the group's decisions, in one trip (the sweep states are copied for that thread)."""
+        sweeps = dict(self.sweeps)
+        return lambda prepared, source: self.decide(prepared, source, fired, now, sweeps)
+
+    def decide(
+        self,
+        prepared: Prepared,
+        source: Source,
+        fired: Sequence[str],
+        now: float,
+        sweeps: Mapping[str, tuple[float, str | None]],
+    ) -> Changes:
+        """The changes a group causes: its new events, in order, then its due timers.
+
+        Synchronous: it runs on the store's writer thread, reading facts through ``source``.
+        """
         changes = Changes()
-        sweeps = [key[len(SWEEP_PREFIX) :] for key in fired if key.startswith(SWEEP_PREFIX)]
+        due_sweeps = [key[len(SWEEP_PREFIX) :] for key in fired if key.startswith(SWEEP_PREFIX)]
         fired = [key for key in fired if not key.startswith(SWEEP_PREFIX)]
-        runs = await self.store.runs_by_id(fired) if fired else {}
+        runs = source.open_runs(fired) if fired else {}
         persons = set(prepared.people) | {run.person_id for run in runs.values()}
         since = now - HISTORY_WINDOW_S if self.needs_history else None
-        facts = await self.store.facts_for(persons, since) if persons else {}
+        facts = source.facts(persons, since) if persons else {}
         queue = list(zip(prepared.fresh, prepared.people, prepared.received_at, strict=True))
         depth = {e.message_id: 0 for e, _, _ in queue}
         while queue:
             event, person_id, at = queue.pop(0)
-            person = observe(facts[person_id].person, event, at)
-            changes.people[person_id] = person
+            before = facts[person_id].person
+            person = observe(before, event, at)
+            if _stored_facts(person) != _stored_facts(before):
+                changes.people[person_id] = person
             known = replace(facts[person_id], person=person)
+            if not self.rules.items:
+                facts[person_id] = known
+                continue
             actions = decide(self.rules, event, known, at)
             facts[person_id] = self._fold(known, actions, at, changes)
             for action in actions:
@@ -203,32 +236,45 @@ class Engine:
                     prepared.received_at.append(at)
                     queue.append((emitted, person_id, at))
         for run_id in fired:
-            run = runs.get(run_id)
-            if run is None or run.due is None or self.tick(run.due) > self.tick(now):
+            loaded = runs.get(run_id)
+            # The run as it stands after this group's events, which may have re-armed or ended it.
+            current = facts[loaded.person_id] if loaded is not None else None
+            run = next((r for r in current.runs if r.id == run_id), None) if current else None
+            if (
+                current is None
+                or run is None
+                or run.due is None
+                or self.tick(run.due) > self.tick(now)
+            ):
                 continue  # ended, or re-armed for later since the wheel fired it
-            known = facts[run.person_id]
-            actions = decide(self.rules, TimerFired(run_id, run.step), known, now)
-            facts[run.person_id] = self._fold(known, actions, now, changes)
+            actions = decide(self.rules, TimerFired(run_id, run.step), current, now)
+            facts[run.person_id] = self._fold(current, actions, now, changes)
             changes.timers.setdefault(run_id, None)  # fired: gone unless re-armed
-        for name in sweeps:
-            await self._sweep(name, facts, now, since, changes)
+        for name in due_sweeps:
+            self._sweep(name, sweeps.get(name), source, facts, now, since, changes)
         return changes
 
-    async def _sweep(
-        self, name: str, facts: dict[str, Facts], now: float, since: float | None, changes: Changes
+    def _sweep(
+        self,
+        name: str,
+        state: tuple[float, str | None] | None,
+        source: Source,
+        facts: dict[str, Facts],
+        now: float,
+        since: float | None,
+        changes: Changes,
     ) -> None:
         """One chunk of a scheduled workflow's sweep over the persons who can get mail."""
         workflow = self.rules.by_name.get(name)
-        state = self.sweeps.get(name)
         if workflow is None or workflow.schedule_s is None or state is None:
             return
         next_at, cursor = state
         if cursor is None and self.tick(next_at) > self.tick(now):
             return  # not due yet
-        persons = await self.store.mailable_after(cursor, SWEEP_CHUNK)
+        persons = source.mailable_after(cursor, SWEEP_CHUNK)
         missing = [p for p in persons if p not in facts]
         if missing:
-            facts.update(await self.store.facts_for(missing, since))
+            facts.update(source.facts(missing, since))
         for person_id in persons:
             known = facts[person_id]
             actions = decide(self.rules, Scheduled(name), known, now)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, cast
 
@@ -96,26 +96,62 @@ def _echo(value: Any) -> str:
     return text if len(text) <= MAX_ECHO_CHARS else text[: MAX_ECHO_CHARS - 1] + "…"
 
 
-def _check_shape(value: Any, limits: IngestConfig) -> None:
-    """Depth, keys per object and string length, walked without recursion."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, str):
-            if _too_long(item, limits.max_string_bytes):
-                raise InvalidEvent(f"string longer than {limits.max_string_bytes} bytes")
-            continue
-        if not isinstance(item, dict | list):
-            continue
-        if depth > limits.max_json_depth:
-            raise PolicyViolation(f"json nested deeper than {limits.max_json_depth}")
-        if isinstance(item, dict):
-            if len(item) > limits.max_keys:
-                raise InvalidEvent(f"object with more than {limits.max_keys} keys")
-            stack.extend((v, depth + 1) for v in item.values())
-            stack.extend((k, depth) for k in item)
-        else:
-            stack.extend((v, depth + 1) for v in item)
+def _check_shape(value: dict[str, Any], limits: IngestConfig, *, strings: bool = True) -> None:
+    """Depth, keys per object and (when ``strings``) string length, walked without recursion.
+
+    The walk goes one nesting level at a time and visits containers only; scalars are looked at
+    in their container's loop (strings only when ``strings``), and nothing is allocated per item.
+    """
+    max_depth = limits.max_json_depth
+    max_keys = limits.max_keys
+    max_bytes = limits.max_string_bytes
+    level: list[Any] = [value]
+    depth = 1
+    while level:
+        if depth > max_depth:
+            raise PolicyViolation(f"json nested deeper than {max_depth}")
+        below: list[Any] = []
+        for item in level:
+            if isinstance(item, dict):
+                if len(item) > max_keys:
+                    raise InvalidEvent(f"object with more than {max_keys} keys")
+                if strings:
+                    for key in item:
+                        if isinstance(key, str) and _too_long(key, max_bytes):
+                            raise InvalidEvent(f"string longer than {max_bytes} bytes")
+                children = item.values()
+            else:
+                children = item
+            for child in children:
+                if isinstance(child, dict | list):
+                    below.append(child)
+                elif strings and isinstance(child, str) and _too_long(child, max_bytes):
+                    raise InvalidEvent(f"string longer than {max_bytes} bytes")
+        level = below
+        depth += 1
+
+
+def _fits_at_a_glance(body: bytes, limits: IngestConfig) -> bool:
+    """Whether the compact JSON encoding ``body`` of a value proves it within every shape limit.
+
+    Each container of the value writes one ``{`` or ``[`` outside any string, so the nesting
+    depth is at most their count; each key writes one ``:``, so no object has more keys than
+    there are colons; and a string's UTF-8 bytes appear in the encoding (escapes only lengthen
+    them), so none is longer than the whole. Brackets and colons inside strings only make the
+    counts larger: the test errs on the side of the full walk.
+    """
+    return (
+        len(body) <= limits.max_string_bytes
+        and body.count(b"{") + body.count(b"[") <= limits.max_json_depth
+        and body.count(b":") <= limits.max_keys
+    )
+
+
+def _check_encoded(value: dict[str, Any], body: bytes, limits: IngestConfig) -> None:
+    """:func:`_check_shape` of ``value`` whose encoding is ``body``, skipped when it cannot fail."""
+    if not _fits_at_a_glance(body, limits):
+        # Strings need no look when the whole encoding is within the string limit.
+        _check_shape(value, limits, strings=len(body) > limits.max_string_bytes)
 
 
 def parse_batch(text: str, limits: IngestConfig) -> list[Any]:
@@ -201,12 +237,15 @@ def parse_event(
     if context:
         # Merged before the checks below, so the limits hold for the message as stored.
         raw = {**raw, "context": {**context, **_object(raw, "context")}}
-    _check_shape(raw, limits)
     try:
         body = orjson.dumps(raw)
     except orjson.JSONEncodeError:
-        # Only reachable from Python callers: decoded JSON always re-encodes.
+        # Only reachable from Python callers: decoded JSON always re-encodes. orjson stops at
+        # 255 levels, so a deeper value ends here: the limits are checked first all the same.
+        _check_shape(raw, limits)
         raise InvalidEvent("event is not representable as json") from None
+    # The encoding bounds the shape: the walk runs only for big or bracket-heavy events.
+    _check_encoded(raw, body, limits)
     if len(body) > limits.max_event_bytes:
         raise InvalidEvent(f"event larger than {limits.max_event_bytes} bytes")
     kind = raw.get("type", default_type)
@@ -292,4 +331,27 @@ def verify_identity(event: Event, identity_secret: str) -> Event:
     email_ok = event.email is not None and _hash_matches(
         identity_secret, event.email, event.context.get("emailHash")
     )
-    return replace(event, user_verified=user_ok, email_verified=email_ok)
+    if user_ok == event.user_verified and email_ok == event.email_verified:
+        return event  # the common case: parse_event left both False and neither hash matched
+    return _with_flags(event, user_ok, email_ok)
+
+
+def _with_flags(event: Event, user_verified: bool, email_verified: bool) -> Event:
+    """``dataclasses.replace(event, user_verified=..., email_verified=...)``, without its cost."""
+    return Event(
+        event.type,
+        event.message_id,
+        event.anonymous_id,
+        event.user_id,
+        event.name,
+        event.properties,
+        event.traits,
+        event.context,
+        event.timestamp,
+        event.previous_id,
+        event.body,
+        event.source,
+        user_verified,
+        event.email,
+        email_verified,
+    )

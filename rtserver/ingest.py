@@ -110,7 +110,31 @@ Reply = dict[str, Any] | tuple[asyncio.Future[None], list[str]] | Close
 
 
 class Session:
-    """One open WebSocket."""
+    """One open WebSocket.
+
+    Kept small, as thousands sit idle: the replies are a plain list with a future created only
+    while one half waits for the other (not an ``asyncio.Queue``, three deques), ``closed`` is
+    created only when asked for, and the idle timeout is one timer re-armed lazily (not an
+    ``asyncio.timeout`` around every receive).
+    """
+
+    __slots__ = (
+        "_closed",
+        "_getter",
+        "_putter",
+        "_timer",
+        "_waiting",
+        "bucket",
+        "ended",
+        "id",
+        "idle_since",
+        "peer",
+        "reader",
+        "replies",
+        "runtime",
+        "stopping",
+        "ws",
+    )
 
     def __init__(
         self, websocket: WebSocket, runtime: Runtime, peer: str, monotonic: Callable[[], float]
@@ -121,49 +145,144 @@ class Session:
         self.peer = peer
         limits = runtime.config.ingest
         self.bucket = TokenBucket(limits.events_per_s, limits.burst_events, monotonic)
-        self.replies: asyncio.Queue[Reply] = asyncio.Queue(maxsize=limits.max_in_flight)
+        self.replies: list[Reply] = []
+        """Replies not yet sent, at most ``max_in_flight`` (and one :class:`Close`), in order."""
+        self._getter: asyncio.Future[None] | None = None
+        """Set while the writer waits for a reply."""
+        self._putter: asyncio.Future[None] | None = None
+        """Set while the reader waits for room among the replies."""
         self.reader: asyncio.Task[None] | None = None
-        self.deadline: asyncio.Timeout | None = None
-        """The idle timeout of the receive in progress, if the reader is waiting for a frame."""
         self.stopping = False
-        self.closed = asyncio.Event()
+        self.idle_since = 0.0
+        """Loop time the reader began its receive in progress (or its last one)."""
+        self._waiting = False
+        """Whether the reader is waiting for a frame (so the idle timeout may stop it)."""
+        self._timer: asyncio.TimerHandle | None = None
+        self._closed: asyncio.Event | None = None
+        self.ended = False
+
+    @property
+    def closed(self) -> asyncio.Event:
+        """Set once the session has ended (its socket closed and it left the registry)."""
+        if self._closed is None:
+            self._closed = asyncio.Event()
+            if self.ended:
+                self._closed.set()
+        return self._closed
+
+    def end(self) -> None:
+        self.ended = True
+        if self._closed is not None:
+            self._closed.set()
+
+    async def put(self, reply: Reply) -> None:
+        """Queue a reply for the writer, waiting while ``max_in_flight`` are queued already."""
+        replies = self.replies
+        if len(replies) >= self.runtime.config.ingest.max_in_flight and not isinstance(
+            reply, Close
+        ):
+            self._putter = asyncio.get_running_loop().create_future()
+            try:
+                await self._putter
+            finally:
+                self._putter = None
+        replies.append(reply)
+        getter = self._getter
+        if getter is not None and not getter.done():
+            getter.set_result(None)
+
+    async def get(self) -> Reply:
+        """The next reply, in order, waiting for one if there is none."""
+        replies = self.replies
+        if not replies:
+            self._getter = asyncio.get_running_loop().create_future()
+            try:
+                await self._getter
+            finally:
+                self._getter = None
+        putter = self._putter
+        if putter is not None and not putter.done():
+            putter.set_result(None)
+        return replies.pop(0)
 
     def stop(self) -> None:
         """Stop reading (shutdown): frames already received are still read, committed and acked;
         then 1001.
 
-        The reader is not cancelled: a cancelled receive could leave a frame the server already
-        holds unread. Its idle timeout is moved to now instead, and once stopping it only reads
-        what is already there.
+        The reader is not cancelled in the middle of its work: a cancelled receive could leave a
+        frame the server already holds unread. A receive waiting for a frame is ended (as the idle
+        timeout does), and once stopping the reader only reads what is already there.
         """
         self.stopping = True
-        if self.deadline is not None:
-            self.deadline.reschedule(asyncio.get_running_loop().time())
+        if self._waiting:
+            self.interrupt()
+
+    def interrupt(self) -> None:
+        """Stop the reader: a receive it is waiting in ends with the close (idle or shutdown);
+        anywhere else it is cancelled.
+
+        Only its session cancels a reader (here), so a receive takes any cancellation as this.
+        """
+        assert self.reader is not None
+        self._waiting = False  # once: neither the timer nor stop() expires it again
+        self.reader.cancel()
+
+    def _on_idle_timer(self, when: float) -> None:
+        """The idle timer: expire a receive waiting since ``when - idle_timeout_s`` or before,
+        else look again when the current wait (or the next) could be over."""
+        timeout = self.runtime.config.ingest.idle_timeout_s
+        due = self.idle_since + timeout
+        if self._waiting and due <= when:
+            self.interrupt()
+            return
+        loop = asyncio.get_running_loop()
+        # While the reader is busy with a frame its next wait has not begun: it ends a full
+        # timeout after it begins, at the earliest.
+        when = due if self._waiting else loop.time() + timeout
+        self._timer = loop.call_at(when, self._on_idle_timer, when)
 
     async def read(self) -> None:
         """Read frames until the client leaves, breaks a rule, or the server stops."""
+        loop = asyncio.get_running_loop()
+        self.idle_since = loop.time()
+        when = self.idle_since + self.runtime.config.ingest.idle_timeout_s
+        self._timer = loop.call_at(when, self._on_idle_timer, when)
         try:
             close = await self._read_frames()
         except Exception:  # the task boundary: log, close this socket, keep the server up
             logger.exception("ws %d: reader failed", self.id)
             close = Close(status.WS_1011_INTERNAL_ERROR, "internal error")
-        await self.replies.put(close)
+        finally:
+            self._timer.cancel()  # (harmless on one that has fired)
+        await self.put(close)
 
     async def _read_frames(self) -> Close:
-        limits = self.runtime.config.ingest
+        loop = asyncio.get_running_loop()
         while True:
-            # A zero timeout still returns a frame that is already queued: the receive does not
-            # suspend, and the expiry only takes effect when it does.
-            delay = 0.0 if self.stopping else limits.idle_timeout_s
-            try:
-                async with asyncio.timeout(delay) as self.deadline:
-                    message = await self.ws.receive()
-            except TimeoutError:
-                if self.stopping:
+            # The receive is inline, not in a helper coroutine: a cancellation caught in a
+            # callee hides the caller's next lines from tracers (coverage) on Python 3.11.
+            if self.stopping:
+                # A zero timeout still returns a frame that is already queued: the receive does
+                # not suspend, and the expiry only takes effect when it does.
+                try:
+                    async with asyncio.timeout(0):
+                        message = await self.ws.receive()
+                except TimeoutError:
                     return Close(status.WS_1001_GOING_AWAY, "server shutting down")
-                return Close(status.WS_1000_NORMAL_CLOSURE, "idle timeout")
-            finally:
-                self.deadline = None
+            else:
+                self.idle_since = loop.time()  # the idle timer looks at it when it fires
+                self._waiting = True
+                try:
+                    message = await self.ws.receive()
+                except asyncio.CancelledError:  # interrupt(): idle, shutdown, or the writer ended
+                    task = asyncio.current_task()
+                    assert task is not None
+                    task.uncancel()
+                    if self.stopping:
+                        return Close(status.WS_1001_GOING_AWAY, "server shutting down")
+                    return Close(status.WS_1000_NORMAL_CLOSURE, "idle timeout")
+                finally:
+                    self._waiting = False
             if message["type"] == "websocket.disconnect":
                 return Close(-1, "client left")
             text = message.get("text")
@@ -193,24 +312,25 @@ class Session:
             self._spend(1)
             if nesting_of(text) > limits.max_json_depth + FRAME_DEPTH:
                 raise PolicyViolation(f"json nested deeper than {limits.max_json_depth}") from None
-            await self.replies.put({"reject": [{"messageId": None, "error": str(exc)}]})
+            await self.put({"reject": [{"messageId": None, "error": str(exc)}]})
             return
         self._spend(max(1, len(raw_events)))
         accepted: list[Event] = []
         rejected: list[dict[str, Any]] = []
+        secret = runtime.keys.identity_secret
         for raw in raw_events:
             try:
                 event = parse_event(raw, limits, source="browser")
-                accepted.append(verify_identity(event, runtime.keys.identity_secret))
+                accepted.append(verify_identity(event, secret))
             except PolicyViolation:
                 raise
             except InvalidEvent as exc:
                 rejected.append({"messageId": message_id_of(raw), "error": str(exc)})
         if rejected:
-            await self.replies.put({"reject": rejected})
+            await self.put({"reject": rejected})
         if accepted:
             done = await runtime.pipeline.submit(accepted, runtime.clock())
-            await self.replies.put((done, [e.message_id for e in accepted]))
+            await self.put((done, [e.message_id for e in accepted]))
 
     def _spend(self, events: int) -> None:
         if not self.bucket.take(events):
@@ -220,8 +340,9 @@ class Session:
     async def write(self) -> None:
         """Send replies in order until a :class:`Close` comes through."""
         retry_after_ms = self.runtime.config.ingest.retry_after_ms
+        send_text = self.ws.send_text
         while True:
-            reply = await self.replies.get()
+            reply = await self.get()
             if isinstance(reply, Close):
                 if reply.code > 0:
                     reason = reply.reason.encode()[:MAX_CLOSE_REASON_BYTES]
@@ -231,12 +352,13 @@ class Session:
                 done, ids = reply
                 try:
                     await done
-                    message: dict[str, Any] = {"ack": ids}
+                    text = '{"ack":' + orjson.dumps(ids).decode() + "}"
                 except (StorageUnavailable, StoreError):
                     message = {"nack": ids, "retry_after_ms": retry_after_ms}
+                    text = orjson.dumps(message).decode()
             else:
-                message = reply
-            await self.ws.send_text(orjson.dumps(message).decode())
+                text = orjson.dumps(reply).decode()
+            await send_text(text)
 
 
 class Ingest:
@@ -286,13 +408,13 @@ class Ingest:
             except (WebSocketDisconnect, RuntimeError, OSError):
                 pass  # the client is gone: what it sent is still committed, just not acked
             finally:
-                session.reader.cancel()
+                session.interrupt()
                 try:
                     await session.reader
                 except asyncio.CancelledError:
                     pass
         finally:
-            session.closed.set()
+            session.end()
             self.sessions.discard(session)
             self.per_ip[peer] -= 1
             if not self.per_ip[peer]:

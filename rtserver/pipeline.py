@@ -85,7 +85,7 @@ class Pipeline:
         self.store = store
         self.engine = engine
         self.clock = clock
-        self.listeners: list[Callable[[Prepared, Changes | None], None]] = []
+        self.listeners: list[Callable[[Prepared, Changes], None]] = []
         """Called after each commit with what it wrote (the dashboard hub, tests)."""
         self.fire_retry_s = fire_retry_s
         self.queue: asyncio.Queue[Submission] = asyncio.Queue(maxsize=max_queue)
@@ -185,12 +185,9 @@ class Pipeline:
         received = [s.received_at for s in group for _ in s.events]
         fired = [run_id for s in group for run_id in s.fired]
         try:
-            prepared = await self.store.prepare(events, received)
-            changes = None
+            plan = self.engine.plan(fired, self.clock()) if self.engine is not None else None
+            prepared, changes = await self.store.group_commit(events, received, plan)
             if self.engine is not None:
-                changes = await self.engine.decide(prepared, fired, self.clock())
-            await self.store.commit_batch(prepared, changes)
-            if self.engine is not None and changes is not None:
                 self.engine.committed(changes)
             for listener in self.listeners:
                 listener(prepared, changes)

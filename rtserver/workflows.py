@@ -242,7 +242,9 @@ class _Decider:
             return skip("no verified email")
         policy = self.rules.policy
         if not workflow.transactional:
-            if self.last_sent is not None and self.now - self.last_sent < policy.frequency_cap_s:
+            # A cap of 0 is off, even when the clock went back behind the last send.
+            cap = policy.frequency_cap_s
+            if cap > 0 and self.last_sent is not None and self.now - self.last_sent < cap:
                 return skip("frequency cap")
             zone = _zone(self.person.time_zone, policy.time_zone)
             resume = quiet_until(self.now, policy.quiet_hours, zone)
@@ -342,7 +344,9 @@ class _Decider:
         if any(r.workflow == workflow.name and r.key == key for r in self.runs.values()):
             return False  # already open: the trigger counted as activity
         ended = self.last_ended.get((workflow.name, key))
-        return ended is None or self.now - ended >= workflow.reentry_s
+        # "always" (0) allows a new run even when the clock went back behind the last end.
+        reentry = workflow.reentry_s
+        return ended is None or reentry == 0 or self.now - ended >= reentry
 
     def start(self, workflow: Workflow, key: str, seed: str, event: Event | None) -> None:
         person = self.person.id

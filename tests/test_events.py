@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 from collections.abc import Callable
@@ -378,6 +379,24 @@ def test_event_too_large_is_invalid() -> None:
     )
 
 
+def test_limits_hold_for_events_too_small_to_need_the_walk() -> None:
+    """The limits count what the value holds, not what its text looks like: brackets and colons
+    inside strings are fine (they only make the event take the full check); each limit still
+    holds just past it, with an encoding shorter than the string limit or not."""
+    tight = IngestConfig(max_json_depth=4, max_keys=6, max_string_bytes=200)  # raw_event: 6 keys
+    text = "[{:" * 20
+    event = parse_event(raw_event(properties={"a": text, "b": [text]}), tight)
+    assert event.properties == {"a": text, "b": [text]}
+    with pytest.raises(PolicyViolation):  # event > properties > list > list > list
+        parse_event(raw_event(properties={"b": [[[1]]]}), tight)
+    with pytest.raises(InvalidEvent) as caught:
+        parse_event(raw_event(properties={k: 1 for k in "abcdefg"}), tight)
+    assert reason_of(caught.value) == "object with more than 6 keys"
+    with pytest.raises(InvalidEvent) as caught:
+        parse_event(raw_event(properties={"a": "é" * 101}), tight)
+    assert reason_of(caught.value) == "string longer than 200 bytes"
+
+
 def test_values_json_cannot_carry_are_invalid() -> None:
     """Python-only values (a set, a 70-bit int, a lone surrogate) are refused, not TypeError."""
     reason = "event is not representable as json"
@@ -593,6 +612,19 @@ def test_hash_comparison_uses_compare_digest(monkeypatch: pytest.MonkeyPatch) ->
     ]
 
 
+def test_verified_event_keeps_every_other_field() -> None:
+    """Verifying copies the event with its two flags set, every other field unchanged; an event
+    whose flags do not change is returned as it is."""
+    context = {"userHash": sign_identity(SECRET, "u1")}
+    event = browser(userId="u1", traits={"email": "a@s.example"}, context=context)
+    checked = verify_identity(event, SECRET)
+    assert checked == dataclasses.replace(event, user_verified=True, email_verified=False)
+    unverified = browser(userId="u1")
+    assert verify_identity(unverified, SECRET) is unverified
+    trusted = dataclasses.replace(unverified, user_verified=True, email_verified=True)
+    assert verify_identity(trusted, SECRET) == unverified  # a browser's flags are recomputed
+
+
 # Properties: nothing but InvalidEvent, whatever arrives
 
 
@@ -681,3 +713,50 @@ def test_frames_of_arbitrary_events_raise_only_invalid_event(frame: bytes) -> No
             parse_event(raw, LIMITS, source="browser")
         except InvalidEvent as exc:
             assert str(exc)
+
+
+def shape_violations(value: Any, limits: IngestConfig) -> set[str]:
+    """Every limit ``value`` breaks, by a plain recursive walk (the specification)."""
+    found: set[str] = set()
+
+    def walk(item: Any, depth: int) -> None:
+        if isinstance(item, str):
+            if len(item.encode("utf-8", "surrogatepass")) > limits.max_string_bytes:
+                found.add(f"string longer than {limits.max_string_bytes} bytes")
+            return
+        if not isinstance(item, dict | list):
+            return
+        if depth > limits.max_json_depth:
+            found.add(f"json nested deeper than {limits.max_json_depth}")
+            return
+        if isinstance(item, dict):
+            if len(item) > limits.max_keys:
+                found.add(f"object with more than {limits.max_keys} keys")
+            for key, child in item.items():
+                walk(key, depth)
+                walk(child, depth + 1)
+        else:
+            for child in item:
+                walk(child, depth + 1)
+
+    walk(value, 1)
+    return found
+
+
+SMALL_LIMITS = IngestConfig(max_json_depth=4, max_keys=5, max_string_bytes=12)
+
+
+@given(st.dictionaries(st.text(max_size=14), encodable, max_size=5))
+def test_limits_are_exactly_the_specification(properties: dict[str, Any]) -> None:
+    """With small limits, an event is refused for its shape exactly when a plain walk finds a
+    limit broken, and with one of the reasons it finds."""
+    raw = {"type": "track", "messageId": "m", "anonymousId": "a", "event": "e", "properties": {}}
+    raw["properties"] = properties
+    expected = shape_violations(raw, SMALL_LIMITS)
+    if not expected:
+        assert parse_event(raw, SMALL_LIMITS).properties == properties
+        return
+    with pytest.raises(InvalidEvent) as caught:
+        parse_event(raw, SMALL_LIMITS)
+    assert str(caught.value) in expected
+    assert isinstance(caught.value, PolicyViolation) == str(caught.value).startswith("json nested")

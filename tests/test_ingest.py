@@ -433,6 +433,69 @@ async def test_idle_connection_is_closed(tmp_path: Path) -> None:
         await assert_serving(live)
 
 
+async def test_activity_keeps_a_connection_open_past_the_idle_timeout(tmp_path: Path) -> None:
+    """Frames sent more often than ingest.idle_timeout_s keep the socket open however long it
+    lives; once they stop, it is closed (1000), not before a full timeout after the last one."""
+    timeout = 0.2
+    async with run_server(make_config(tmp_path, ingest={"idle_timeout_s": timeout})) as live:
+        loop = asyncio.get_running_loop()
+        async with live.ws() as ws:
+            opened = loop.time()
+            while loop.time() < opened + 3 * timeout:  # activity, not a wait
+                raw = event()
+                last_sent = loop.time()
+                assert await send_batch(ws, [raw]) == {"ack": [raw["messageId"]]}
+            assert await close_code(ws) == 1000
+            # The server's idle wait began after it had read the last frame.
+            assert loop.time() - last_sent >= timeout
+        assert not ingest_of(live).sessions
+        await assert_serving(live)
+
+
+async def test_a_reader_held_up_by_backpressure_is_not_idle(tmp_path: Path) -> None:
+    """A reader waiting for room for its replies (acks held up by a slow commit) is not idle,
+    however long it waits: it is closed as idle only a full timeout after its acks go out."""
+    timeout = 0.1
+    config = make_config(tmp_path, ingest={"idle_timeout_s": timeout, "max_in_flight": 1})
+    async with run_server(config) as live:
+        batches = [[event()] for _ in range(3)]
+        async with live.ws() as ws:
+            session = session_of(live, ws)
+            assert session.reader is not None
+            async with live.runtime.store._write_lock:
+                for batch in batches:
+                    await ws.send(frame(batch))
+                # The 1st waits for its commit, the 2nd for the writer, the 3rd for room.
+                await read_barrier(ws)
+                # Several idle timeouts pass with the reader stuck: it must not end.
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(session.reader), 4 * timeout)
+            replies, code = await closed_after_replies(ws)
+        assert replies == [{"ack": ids(batch)} for batch in batches]
+        assert code == 1000
+        assert await ids_stored(live) == [i for batch in batches for i in ids(batch)]
+
+
+async def test_a_failed_send_ends_the_session(live: LiveServer) -> None:
+    """When replying fails (the socket was closed under the session), the session ends and
+    leaves the registry; the batch is still committed."""
+    raw = event()
+    async with live.ws() as ws:
+        session = session_of(live, ws)
+        assert session.closed is session.closed and not session.closed.is_set()
+        async with live.runtime.store._write_lock:
+            await ws.send(frame([raw]))
+            await read_barrier(ws)  # the reader has taken it and waits for the next frame
+            ws.transport.pause_reading()  # the client will not answer the close frame
+            await session.ws.close(1000)  # so the reader gets nothing; the ack's send fails
+        await asyncio.wait_for(session.closed.wait(), TIMEOUT_UNIT)
+        assert session.closed.is_set()
+        ws.transport.resume_reading()
+    assert not ingest_of(live).sessions
+    assert await ids_stored(live) == [raw["messageId"]]
+    await assert_serving(live)
+
+
 async def test_hostile_clients_do_not_disturb_a_well_behaved_one(live: LiveServer) -> None:
     """Oversize, deep and binary frames close their own sockets; a client beside them is acked."""
     depth = live.config.ingest.max_json_depth

@@ -19,6 +19,7 @@ LAYERS = {
     "workflows": 1,
     "timers": 1,
     "_schema": 1,
+    "_writer": 1,
     "store": 1,
     "mailer": 1,
     "recommend": 1,

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+import rtserver._writer
 import rtserver.store
 from rtserver.config import IngestConfig
 from rtserver.errors import StorageUnavailable, StoreError
@@ -222,7 +223,7 @@ async def test_dedup_spans_several_lookup_chunks(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Ids are looked up in chunks; duplicates are found in every chunk."""
-    monkeypatch.setattr(rtserver.store, "IN_CHUNK", 2)
+    monkeypatch.setattr(rtserver._writer, "IN_CHUNK", 2)
     raws = [event(anonymousId=f"anon-{i}") for i in range(5)]
     await store_group(store, [parse(r) for r in raws[::2]])
     prepared = await store_group(store, [parse(r) for r in raws])

@@ -1,0 +1,365 @@
+"""The writer's half of the store: what one group commit does, as plain synchronous functions.
+
+Each function takes the writer's ``sqlite3.Connection`` and runs entirely on aiosqlite's thread,
+called by :class:`~rtserver.store.Store` in a single hop: measured, a group commit made 11 to 18
+separate trips to that thread, and more than half of its time went to waiting for the busy event
+loop between them (bench/RESULTS.md). Only ``store.py`` imports this module; the SQL text itself
+is in ``_schema.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import orjson
+
+from rtserver._schema import (
+    DROP_ENDED_TIMERS,
+    END_CONFLICTING_RUNS,
+    FACT_COLUMNS,
+    INSERT_EVENT,
+    INSERT_STEP,
+    MERGE_PROFILE,
+    MERGE_PROFILE_FACTS,
+    RUN_COLUMNS,
+    UPDATE_PROFILE_FACTS,
+    UPSERT_IDENTITY,
+    UPSERT_PROFILE,
+    UPSERT_RUN,
+    UPSERT_SCHEDULE,
+    UPSERT_TIMER,
+)
+from rtserver.events import Event
+from rtserver.people import Link, ids_to_look_up, resolve_people
+from rtserver.workflows import HISTORY_LIMIT, NAMES_BY_TYPE, Facts, Person, Run
+
+__all__ = [
+    "Changes",
+    "Plan",
+    "Prepared",
+    "Source",
+    "commit",
+    "facts",
+    "group",
+    "open_runs",
+    "prepare",
+]
+
+logger = logging.getLogger("rtserver.store")
+
+IN_CHUNK = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A group of events checked against the store: the new ones, with their persons."""
+
+    fresh: list[Event]
+    received_at: list[float]
+    people: list[str]
+    links: list[Link]
+    duplicates: int
+
+
+@dataclass(slots=True)
+class Changes:
+    """What the decisions of one group change, committed with its events in one transaction."""
+
+    runs: dict[str, tuple[Run, str | None, float]] = field(default_factory=dict)
+    """Run id → (its last state, the end reason or None while open, when decided)."""
+    timers: dict[str, tuple[int, float, str] | None] = field(default_factory=dict)
+    """Run id → (step, due, person id) to arm, or None to drop."""
+    steps: list[tuple[str, int, str, str, str, str, bool, float]] = field(default_factory=list)
+    """(run id, step, person id, workflow, action, detail JSON, counts for the cap, when)."""
+    people: dict[str, Person] = field(default_factory=dict)
+    """The persons whose facts (orders, opens, clicks, time zone) changed."""
+    schedules: dict[str, tuple[float, str | None]] = field(default_factory=dict)
+    """Scheduled workflow → (next sweep, the last person swept so far or None when done)."""
+
+    def __bool__(self) -> bool:
+        return bool(self.runs or self.timers or self.steps or self.people or self.schedules)
+
+
+def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
+    for start in range(0, len(items), IN_CHUNK):
+        yield items[start : start + IN_CHUNK]
+
+
+def _marks(items: Sequence[str]) -> str:
+    return ",".join("?" * len(items))
+
+
+def _profile_row(event: Event, person: str, received_at: float) -> tuple[Any, ...]:
+    traits = dict(event.traits)
+    claimed = None
+    if event.email is not None and not event.email_verified:
+        claimed = event.email
+        traits.pop("email", None)  # a claimed address must not look like a mailable one
+    email = event.email if event.email_verified else None
+    user = event.known_user
+    return (person, user, email, claimed, traits, received_at, received_at)
+
+
+def _profile_rows(
+    events: Sequence[Event], people: Sequence[str], received_at: Sequence[float]
+) -> list[tuple[Any, ...]]:
+    """One profile upsert per person of the group (not per event), merged in event order."""
+    merged: dict[str, list[Any]] = {}
+    for event, person, at in zip(events, people, received_at, strict=True):
+        row = _profile_row(event, person, at)
+        seen = merged.get(person)
+        if seen is None:
+            merged[person] = [*row[:4], dict(row[4]), row[5], row[6]]
+            continue
+        for i in (1, 2, 3):  # user id, email, claimed email: the latest given wins
+            if row[i] is not None:
+                seen[i] = row[i]
+        seen[4].update(row[4])
+        seen[5] = min(seen[5], at)
+        seen[6] = max(seen[6], at)
+    return [(*r[:4], orjson.dumps(r[4]).decode(), r[5], r[6]) for r in merged.values()]
+
+
+def _run_row(run: Run) -> tuple[Any, ...]:
+    return (
+        run.id, run.workflow, run.person_id, run.key, run.started, run.step, run.step_kind,
+        run.variant, int(run.holdout), int(run.wait_met), run.sends, run.due,
+    )  # fmt: skip
+
+
+def _run_of(row: Sequence[Any]) -> Run:
+    values = dict(zip(RUN_COLUMNS, row, strict=True))
+    values["holdout"] = bool(values["holdout"])
+    values["wait_met"] = bool(values["wait_met"])
+    return Run(**values)
+
+
+def _facts_row(person: Person) -> tuple[Any, ...]:
+    return (
+        person.orders_count, person.total_spent, person.last_order_at,
+        orjson.dumps(person.order_times).decode(), person.opens, person.clicks,
+        person.time_zone, person.id,
+    )  # fmt: skip
+
+
+def _person_of(row: Sequence[Any]) -> Person:
+    values = dict(zip(FACT_COLUMNS, row, strict=True))
+    values["id"] = values.pop("person_id")
+    values["traits"] = orjson.loads(values["traits"])
+    values["order_times"] = tuple(orjson.loads(values["order_times"]))
+    return Person(**values)
+
+
+def _rows(conn: sqlite3.Connection, sql: str, parameters: Sequence[Any] = ()) -> list[Any]:
+    return conn.execute(sql, parameters).fetchall()
+
+
+def prepare(
+    conn: sqlite3.Connection, events: Sequence[Event], received_at: Sequence[float]
+) -> Prepared:
+    """Drop events already stored (or repeated in the group) and resolve their persons."""
+    stored: set[str] = set()
+    for chunk in _chunks([e.message_id for e in events]):
+        sql = f"SELECT message_id FROM events WHERE message_id IN ({_marks(chunk)})"
+        stored.update(r[0] for r in _rows(conn, sql, chunk))
+    fresh: list[Event] = []
+    times: list[float] = []
+    for event, at in zip(events, received_at, strict=True):
+        if event.message_id not in stored:
+            stored.add(event.message_id)
+            fresh.append(event)
+            times.append(at)
+    known: dict[str, str] = {}
+    for chunk in _chunks(sorted(ids_to_look_up(fresh))):
+        sql = (
+            "SELECT anonymous_id, person_id FROM identities "
+            f"WHERE anonymous_id IN ({_marks(chunk)})"
+        )
+        known.update((r[0], r[1]) for r in _rows(conn, sql, chunk))
+    resolution = resolve_people(fresh, known)
+    return Prepared(fresh, times, resolution.people, resolution.links, len(events) - len(fresh))
+
+
+def commit(conn: sqlite3.Connection, prepared: Prepared, changes: Changes) -> None:
+    """Write a prepared group and its decisions in one transaction (rolled back on any error)."""
+    events, received_at = prepared.fresh, prepared.received_at
+    people = prepared.people
+    event_rows = [
+        (e.message_id, e.type, e.name, person, e.anonymous_id, e.user_id, e.source, at,
+         e.timestamp, e.body)
+        for e, person, at in zip(events, people, received_at, strict=True)
+    ]  # fmt: skip
+    profile_rows = _profile_rows(events, people, received_at)
+    at = max(received_at, default=0.0)
+    if conn.in_transaction:
+        # Left over by an earlier failure: without this, every later BEGIN fails.
+        logger.warning("rolling back a transaction left open on the writer")
+        conn.execute("ROLLBACK")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.executemany(INSERT_EVENT, event_rows)
+        conn.executemany(UPSERT_PROFILE, profile_rows)
+        for link in prepared.links:
+            _apply_link(conn, link, at)
+        _write_changes(conn, changes)
+        conn.execute("COMMIT")
+    except BaseException:
+        # SQLite may already have rolled back by itself (disk full): the original error is
+        # what the caller must see.
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                logger.warning("rollback failed; the next commit rolls back first")
+        raise
+
+
+def _apply_link(conn: sqlite3.Connection, link: Link, at: float) -> None:
+    if link.anonymous_id is not None:
+        conn.execute(UPSERT_IDENTITY, (link.anonymous_id, link.person_id))
+    old = link.merge_from
+    if old is None or old == link.person_id:
+        return
+    conn.execute("UPDATE events SET person_id = ? WHERE person_id = ?", (link.person_id, old))
+    conn.execute(MERGE_PROFILE, (link.person_id, old))
+    conn.execute(MERGE_PROFILE_FACTS, (old, link.person_id))
+    conn.execute("DELETE FROM profiles WHERE person_id = ?", (old,))
+    conn.execute(END_CONFLICTING_RUNS, (at, old, link.person_id))
+    conn.execute(DROP_ENDED_TIMERS, (old, old))
+    for table in ("identities", "runs", "timers", "steps"):
+        conn.execute(f"UPDATE {table} SET person_id = ? WHERE person_id = ?", (link.person_id, old))
+
+
+def _write_changes(conn: sqlite3.Connection, changes: Changes) -> None:
+    if changes.runs:
+        conn.executemany(
+            UPSERT_RUN,
+            [
+                (*_run_row(run), "active" if reason is None else "ended",
+                 None if reason is None else at, reason, at)
+                for run, reason, at in changes.runs.values()
+            ],
+        )  # fmt: skip
+    armed = [(rid, *t) for rid, t in changes.timers.items() if t is not None]
+    dropped = [(rid,) for rid, t in changes.timers.items() if t is None]
+    if armed:
+        conn.executemany(UPSERT_TIMER, armed)
+    if dropped:
+        conn.executemany("DELETE FROM timers WHERE run_id = ?", dropped)
+    if changes.steps:
+        conn.executemany(INSERT_STEP, changes.steps)
+    if changes.schedules:
+        conn.executemany(UPSERT_SCHEDULE, [(wf, *st) for wf, st in changes.schedules.items()])
+    if changes.people:
+        conn.executemany(UPDATE_PROFILE_FACTS, [_facts_row(p) for p in changes.people.values()])
+
+
+def facts(
+    conn: sqlite3.Connection, person_ids: Iterable[str], history_since: float | None
+) -> dict[str, Facts]:
+    """Profile, open runs, last ends and sends (and recent events, with ``history_since``)."""
+    ids = sorted(set(person_ids))
+    people: dict[str, Person] = {p: Person(p) for p in ids}
+    runs: dict[str, list[Run]] = {p: [] for p in ids}
+    ended: dict[str, dict[tuple[str, str], float]] = {p: {} for p in ids}
+    sent: dict[str, float] = {}
+    history: dict[str, list[tuple[str, float]]] = {p: [] for p in ids}
+    for chunk in _chunks(ids):
+        marks = _marks(chunk)
+        sql = f"SELECT {', '.join(FACT_COLUMNS)} FROM profiles WHERE person_id IN ({marks})"
+        for row in _rows(conn, sql, chunk):
+            people[row[0]] = _person_of(row)
+        sql = (
+            f"SELECT {', '.join(RUN_COLUMNS)} FROM runs "
+            f"WHERE state = 'active' AND person_id IN ({marks})"
+        )
+        for row in _rows(conn, sql, chunk):
+            runs[row[2]].append(_run_of(row))
+        sql = (
+            "SELECT person_id, workflow, key, max(ended_at) FROM runs "
+            f"WHERE state = 'ended' AND person_id IN ({marks}) GROUP BY person_id, workflow, key"
+        )
+        for person, workflow, key, at in _rows(conn, sql, chunk):
+            ended[person][(workflow, key)] = at
+        sql = (
+            "SELECT person_id, max(decided_at) FROM steps "
+            f"WHERE capped = 1 AND person_id IN ({marks}) GROUP BY person_id"
+        )
+        for person, at in _rows(conn, sql, chunk):
+            sent[person] = at
+        if history_since is None:
+            continue
+        sql = (
+            "SELECT person_id, type, name, received_at FROM events "
+            f"WHERE person_id IN ({marks}) AND received_at >= ? ORDER BY seq"
+        )
+        for person, kind, name, at in _rows(conn, sql, (*chunk, history_since)):
+            label = name if kind == "track" and name else NAMES_BY_TYPE.get(kind, kind)
+            history[person].append((label, at))
+    for p, recent in history.items():
+        if recent:
+            people[p] = replace(people[p], history=tuple(recent[-HISTORY_LIMIT:]))
+    return {p: Facts(people[p], tuple(runs[p]), ended[p], sent.get(p)) for p in ids}
+
+
+def open_runs(conn: sqlite3.Connection, run_ids: Iterable[str]) -> dict[str, Run]:
+    """The open runs among ``run_ids``."""
+    found: dict[str, Run] = {}
+    for chunk in _chunks(sorted(set(run_ids))):
+        sql = (
+            f"SELECT {', '.join(RUN_COLUMNS)} FROM runs "
+            f"WHERE state = 'active' AND id IN ({_marks(chunk)})"
+        )
+        for row in _rows(conn, sql, chunk):
+            found[row[0]] = _run_of(row)
+    return found
+
+
+def mailable_after(conn: sqlite3.Connection, cursor: str | None, limit: int) -> list[str]:
+    """The next ``limit`` persons with a verified email, by id, after ``cursor``."""
+    sql = (
+        "SELECT person_id FROM profiles WHERE email IS NOT NULL AND person_id > ? "
+        "ORDER BY person_id LIMIT ?"
+    )
+    return [r[0] for r in _rows(conn, sql, (cursor or "", limit))]
+
+
+class Source:
+    """The facts a plan may read, on the writer's connection, inside the group's trip."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self._conn = conn
+
+    def facts(self, person_ids: Iterable[str], history_since: float | None) -> dict[str, Facts]:
+        """See :func:`facts`."""
+        return facts(self._conn, person_ids, history_since)
+
+    def open_runs(self, run_ids: Iterable[str]) -> dict[str, Run]:
+        """See :func:`open_runs`."""
+        return open_runs(self._conn, run_ids)
+
+    def mailable_after(self, cursor: str | None, limit: int) -> list[str]:
+        """See :func:`mailable_after`."""
+        return mailable_after(self._conn, cursor, limit)
+
+
+Plan = Callable[[Prepared, Source], Changes]
+"""Decides a prepared group, reading facts through the source (the engine's ``plan``)."""
+
+
+def group(
+    conn: sqlite3.Connection,
+    events: Sequence[Event],
+    received_at: Sequence[float],
+    plan: Plan | None,
+) -> tuple[Prepared, Changes]:
+    """A whole group commit in one trip: prepare, decide (``plan``), commit."""
+    prepared = prepare(conn, events, received_at)
+    changes = plan(prepared, Source(conn)) if plan is not None else Changes()
+    if prepared.fresh or changes:
+        commit(conn, prepared, changes)
+    return prepared, changes
