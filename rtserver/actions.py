@@ -249,7 +249,8 @@ class Engine:
                 continue  # ended, or re-armed for later since the wheel fired it
             actions = decide(self.rules, TimerFired(run_id, run.step), current, now)
             facts[run.person_id] = self._fold(current, actions, now, changes)
-            changes.timers.setdefault(run_id, None)  # fired: gone unless re-armed
+            if not any(isinstance(a, ScheduleTimer) and a.run_id == run_id for a in actions):
+                changes.timers[run_id] = None  # fired, and not armed again by this decision
         for name in due_sweeps:
             self._sweep(name, sweeps.get(name), source, facts, now, since, changes)
         return changes

@@ -697,12 +697,6 @@ async def test_activity_grouped_with_the_fire_re_arms(tmp_path: Path) -> None:
         assert await stack.store.pending_timers() == [(run["id"], START + 2 * WAIT_S - 0.5)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="actions.Engine.decide: changes.timers.setdefault(run_id, None) keeps a re-arm by "
-    "the group's events when the fire then ends the run: its timer row outlives it for good",
-)
 async def test_no_timer_outlives_its_run_when_activity_is_grouped_with_the_fire(
     tmp_path: Path,
 ) -> None:
