@@ -135,7 +135,7 @@ def create_app(
             engine = Engine(rules, store)
             restored = await engine.restore(clock())
             if restored:
-                logger.info("timers: %d pending restored from the store", restored)
+                logger.info("timer wheel: %d armed from the store (run timers, sweeps)", restored)
             pipeline = Pipeline(
                 store,
                 max_queue=config.ingest.max_queue,

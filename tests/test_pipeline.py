@@ -216,7 +216,9 @@ async def test_stopping_while_retrying_alone_fails_the_rest(store: Store) -> Non
     assert all(isinstance(r, StorageUnavailable) for r in results)
     async with asyncio.timeout(TIMEOUT_UNIT):
         await pipeline.drain()
-    assert await store.count_events() == 0
+    # The batch being retried may still commit on the writer's thread (a trip there cannot be
+    # interrupted): its client got a nack and resends, and the resend is deduplicated.
+    assert await store.count_events() <= 1
 
 
 async def test_submit_times_out_when_the_queue_stays_full(store: Store) -> None:
