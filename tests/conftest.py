@@ -22,6 +22,7 @@ from rtserver.app import Server, build_server, create_app
 from rtserver.config import Config, load_config
 from rtserver.ingest import Ingest
 from rtserver.pipeline import Runtime
+from rtserver.store import Store
 
 TIMEOUT_UNIT = float(os.environ.get("RTSERVER_TESTS_TIMEOUT_FACTOR", "1")) * 5.0
 """The one unit every unavoidable timeout in the tests is a multiple of."""
@@ -145,6 +146,21 @@ async def run_server(config: Config, **app_kw: Any) -> AsyncIterator[LiveServer]
         if not task.done():
             await live.stop()
         sock.close()
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "store.db"
+
+
+@pytest.fixture
+async def store(db_path: Path) -> AsyncIterator[Store]:
+    """A real store on a fresh SQLite file."""
+    store = await Store.open(db_path)
+    try:
+        yield store
+    finally:
+        await store.close()
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ clock, wakes the driver and waits for the commit that follows."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -212,13 +211,6 @@ class Harness:
     async def send(self, *raws: dict[str, Any]) -> None:
         events = [parse_event(raw, IngestConfig()) for raw in raws]
         await self.pipeline.commit_now(events, self.clock())
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    store = await Store.open(tmp_path / "engine.db")
-    yield store
-    await store.close()
 
 
 def server_event(name: str, **properties: Any) -> dict[str, Any]:

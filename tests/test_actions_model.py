@@ -644,7 +644,7 @@ async def test_duplicate_product_added_after_a_restart(tmp_path: Path) -> None:
         await stack.close()
 
 
-# --- found by the machine: fixed, and kept as regressions; one known bug ------------------
+# --- found by the machine, fixed since: kept as regressions ------------------------------
 
 
 async def test_reentry_always_survives_a_backward_clock_jump(tmp_path: Path) -> None:

@@ -55,20 +55,6 @@ async def running(pipeline: Pipeline) -> AsyncIterator[asyncio.Task[None]]:
             await task
 
 
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "pipeline.db"
-
-
-@pytest.fixture
-async def store(db_path: Path) -> AsyncIterator[Store]:
-    store = await Store.open(db_path)
-    try:
-        yield store
-    finally:
-        await store.close()
-
-
 def make_pipeline(
     store: Store, *, max_queue: int = 64, max_group_events: int = 1000, timeout_s: float = 5.0
 ) -> Pipeline:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,20 +55,6 @@ def join_worker_threads(before: set[threading.Thread]) -> None:
 
 async def page_count(store: Store) -> int:
     return int((await writer_rows(store, "PRAGMA page_count"))[0][0])
-
-
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "store.db"
-
-
-@pytest.fixture
-async def store(db_path: Path) -> AsyncIterator[Store]:
-    store = await Store.open(db_path)
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 # Opening and migrations
