@@ -79,6 +79,8 @@ class Changes:
     """The persons whose facts (orders, opens, clicks, time zone) changed."""
     schedules: dict[str, tuple[float, str | None]] = field(default_factory=dict)
     """Scheduled workflow → (next sweep, the last person swept so far or None when done)."""
+    history: dict[str, tuple[tuple[str, float], ...]] = field(default_factory=dict)
+    """Person → recent events after the group (kept in memory by the engine, never written)."""
 
     def __bool__(self) -> bool:
         return bool(self.runs or self.timers or self.steps or self.people or self.schedules)

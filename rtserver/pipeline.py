@@ -188,7 +188,8 @@ class Pipeline:
             plan = self.engine.plan(fired, self.clock()) if self.engine is not None else None
             prepared, changes = await self.store.group_commit(events, received, plan)
             if self.engine is not None:
-                self.engine.committed(changes)
+                merged = [link.person_id for link in prepared.links if link.merge_from]
+                self.engine.committed(changes, merged)
             for listener in self.listeners:
                 listener(prepared, changes)
         except StoreError as exc:

@@ -372,3 +372,48 @@ async def test_sweep_goes_in_chunks_and_resumes_after_restart(
     await sweep(restarted)
     assert len(await store.steps()) == 5
     assert restarted.engine.sweeps["win_back"] == (first + 86400, None)
+
+
+BROWSE: dict[str, Any] = {
+    "name": "browse",
+    "trigger": "Product Viewed",
+    "where": "person.events_since('Product Viewed', now - 86400) >= 2",
+    "step": [{"send": "browse_reminder"}],
+}
+
+
+async def test_recent_events_carry_over_between_groups(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """events_since sees earlier groups' events, from the store or the engine's memory."""
+    import rtserver.actions
+
+    monkeypatch.setattr(rtserver.actions, "HISTORY_CACHE_PERSONS", 1)
+    clock = FakeClock()
+    harness = Harness(store, [BROWSE], clock)
+    await harness.send(identify_server("u1"), identify_server("u2"))
+    await harness.send(server_event("Product Viewed"))  # u1, first view
+    assert await store.steps() == []
+    await harness.send(server_event("Product Viewed"))  # u1 again: from memory
+    assert [s["person_id"] for s in await store.steps()] == ["u:u1"]
+    assert list(harness.engine.history) == ["u:u1"]
+    other = event("track", event="Product Viewed", userId="u2", anonymousId=None)
+    await harness.send(other)  # u2 evicts u1 (one person kept)
+    assert list(harness.engine.history) == ["u:u2"]
+    restarted = Harness(store, [BROWSE], clock)  # empty memory: read from the store
+    await restarted.send(other | {"messageId": "again"})
+    assert sorted(s["person_id"] for s in await store.steps()) == ["u:u1", "u:u2"]
+
+
+async def test_merged_persons_are_read_again(store: Store) -> None:
+    """After an anonymous history is merged into a user, the user's events are re-read."""
+    clock = FakeClock()
+    harness = Harness(store, [BROWSE], clock)
+    await harness.send(event("track", event="Product Viewed", userId="u1", anonymousId=None))
+    assert "u:u1" in harness.engine.history
+    await harness.send(event("track", event="Product Viewed", anonymousId="anon-9"))
+    await harness.send(event("identify", userId="u1", anonymousId="anon-9"))
+    assert "u:u1" not in harness.engine.history
+    await harness.send(event("track", event="Cart Viewed", userId="u1", anonymousId=None))
+    names = [name for name, _ in harness.engine.history["u:u1"]]
+    assert names.count("Product Viewed") == 2
