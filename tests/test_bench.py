@@ -77,3 +77,18 @@ def test_bench_measures_every_event() -> None:
     assert [(r["events"], r["complete"]) for r in report["results"]] == [(200, True)] * 2
     report = json.loads(run_bench("http_batch", *TINY["http_batch"], "--batch", "4", "--json"))
     assert [(r["events"], r["complete"]) for r in report["results"]] == [(200, True)] * 2
+
+
+@pytest.mark.slow
+def test_timer_restart_bench_runs() -> None:
+    """bench.timer_restart builds a store, restores its timers and starts a server on it."""
+    report = json.loads(run_bench("timer_restart", "--timers", "500", "--json"))
+    assert report["timers"] == 500 and report["armed"] >= 500
+    assert report["ready_s"] > 0 and isinstance(report["goal_met"], bool)
+
+
+@pytest.mark.slow
+def test_timer_wheel_bench_runs() -> None:
+    """bench.timers measures the wheel against call_at at a tiny size and reports ratios."""
+    out = run_bench("timers", "--n", "2000", "--repeat", "1", "--json")
+    assert json.loads(out)
