@@ -72,7 +72,9 @@ def free_port() -> int:
         return port
 
 
-def write_rtserver_config(path: Path, port: int, write_key: str, *, deflate: bool) -> Path:
+def write_rtserver_config(
+    path: Path, port: int, write_key: str, *, deflate: bool, extra: str = ""
+) -> Path:
     """A config for benchmarking: fresh store next to it, our Origin allowed, limits out of the
     way (per-connection rate, connections per address, idle timeout)."""
     store = path.with_suffix(".db")
@@ -99,19 +101,22 @@ burst_events = 10000000
 max_connections_per_ip = 1000000
 idle_timeout_s = 3600.0
 permessage_deflate = {"true" if deflate else "false"}
-""",
+{extra}""",
         encoding="utf-8",
     )
     return path
 
 
-def server_spec(name: str, workdir: Path, *, deflate: bool = False) -> ServerSpec:
-    """The spec of ``rtserver``, ``bare-websockets`` or ``bare-starlette`` on a free port."""
+def server_spec(
+    name: str, workdir: Path, *, deflate: bool = False, extra_config: str = ""
+) -> ServerSpec:
+    """The spec of ``rtserver``, ``bare-websockets`` or ``bare-starlette`` on a free port;
+    ``extra_config`` is TOML appended to rtserver's config (``[[workflow]]`` tables)."""
     port = free_port()
     if name == "rtserver":
         write_key = "wk_bench_" + secrets.token_urlsafe(24)
         config = write_rtserver_config(
-            workdir / f"rtserver-{port}.toml", port, write_key, deflate=deflate
+            workdir / f"rtserver-{port}.toml", port, write_key, deflate=deflate, extra=extra_config
         )
         args = ("serve", "--config", str(config), "--port", str(port))
         return ServerSpec(name, port, "rtserver", args, write_key)
@@ -120,6 +125,15 @@ def server_spec(name: str, workdir: Path, *, deflate: bool = False) -> ServerSpe
     kind = name.removeprefix("bare-")
     flags = ("--deflate",) if deflate else ()
     return ServerSpec(name, port, "bench.baseline", (kind, "--port", str(port), *flags))
+
+
+def workflows_of(path: str | None) -> str:
+    """The ``[[workflow]]`` tables of a config file (for ``--workflows``), or nothing."""
+    if not path:
+        return ""
+    text = Path(path).read_text(encoding="utf-8")
+    start = text.find("[[workflow]]")
+    return "" if start < 0 else text[start:]
 
 
 def rss_kib(pid: int) -> int:

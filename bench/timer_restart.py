@@ -21,10 +21,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from bench._common import free_port, rss_kib
+from bench._common import free_port, machine, rss_kib
 from rtserver.actions import Engine, load_rules
 from rtserver.config import load_config
 from rtserver.store import Store
+from rtserver.timers import TimerWheel
 
 GOAL_S = 3.0
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,20 +51,30 @@ async def build(path: Path, timers: int) -> None:
 
 
 async def restore(path: Path) -> dict[str, float]:
-    """Seconds to read the timers and to rebuild the wheel, in this process."""
+    """Seconds to read the timers, to insert them in a wheel, and for the whole
+    ``Engine.restore`` (which reads them again), in this process."""
     config = load_config(ROOT / "config.toml", env={}, overrides={"store": {"path": str(path)}})
     rules, _ = load_rules(config)
     store = await Store.open(path)
     try:
         started = time.perf_counter()
         rows = await store.pending_timers()
+        timers = len(rows)
         read = time.perf_counter() - started
+        engine = Engine(rules, store)
+        engine.wheel = TimerWheel(int(NOW // engine.tick_s) - 1)  # as restore starts it
+        started = time.perf_counter()
+        for run_id, due in rows:
+            engine.arm(run_id, due)
+        wheel = time.perf_counter() - started
+        del engine  # and its wheel: the restore below builds its own
+        rows.clear()
         started = time.perf_counter()
         armed = await Engine(rules, store).restore(NOW)
         total = time.perf_counter() - started
     finally:
         await store.close()
-    return {"timers": len(rows), "armed": armed, "read_s": read, "restore_s": total}
+    return {"timers": timers, "armed": armed, "read_s": read, "wheel_s": wheel, "restore_s": total}
 
 
 def serve_ready(path: Path, folder: Path) -> dict[str, float]:
@@ -110,13 +121,15 @@ def main() -> int:
         result: dict[str, Any] = {"timers": args.timers, **asyncio.run(restore(path))}
         result.update(serve_ready(path, folder))
     result["goal_met"] = result["ready_s"] < GOAL_S
+    result["machine"] = machine()
     if args.json:
         print(json.dumps(result))
         return 0
     print(f"restart with {args.timers:,} pending timers")
-    print(f"  read the timers       {result['read_s']:.2f} s")
-    print(f"  rebuild the wheel     {result['restore_s']:.2f} s (reads them again)")
-    print(f"  spawn -> /healthz 200 {result['ready_s']:.2f} s, RSS {result['rss_mib']:.0f} MiB")
+    print(f"  read the timers        {result['read_s']:.2f} s (Store.pending_timers)")
+    print(f"  insert them in a wheel {result['wheel_s']:.2f} s (Engine.arm each)")
+    print(f"  Engine.restore         {result['restore_s']:.2f} s (both, reading them again)")
+    print(f"  spawn -> /healthz 200  {result['ready_s']:.2f} s, RSS {result['rss_mib']:.0f} MiB")
     verdict = "met" if result["goal_met"] else "MISSED"
     print(f"goal: ready in < {GOAL_S:g} s: {verdict}")
     return 0

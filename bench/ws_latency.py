@@ -7,13 +7,22 @@ ack's arrival; how late the sender itself was against its schedule is printed as
 large, the client was the bottleneck). The first ``--warmup-s`` seconds are not counted.
 The goal (DESIGN.md) is p99 < 10 ms at 5,000 events/s over 1,000 connections.
 
+With ``--workflows CONFIG`` rtserver decides every event against that config's workflows before
+it acks it (the decisions are committed with the event, in the same transaction), so send → ack
+bounds event → decision from above (goal: p99 < 50 ms at 5,000 events/s). ``--mix shop`` sends
+what a shopper does (page views, product views, add to cart, orders) so that runs start, re-arm
+and end, instead of product views only; the rtserver row then counts the runs and timers left.
+
     python -m bench.ws_latency --connections 1000 --rate 5000 --events 50000
+    python -m bench.ws_latency --workflows config.toml --mix shop
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable
@@ -37,10 +46,12 @@ from bench._common import (
     running,
     server_spec,
     workdir,
+    workflows_of,
 )
 from bench._wire import WsConn, client_frame, close_all, open_ws_many
 
 GOAL_P99_MS = 10.0
+GOAL_DECISION_P99_MS = 50.0
 BASELINE = "bare-websockets"
 DRAIN_S = 10.0
 TICK_S = 0.001
@@ -57,6 +68,68 @@ COLUMNS = [
     Column("server_cpu_pct", "server CPU %", "{:.0f}"),
     Column("client_cpu_pct", "client CPU %", "{:.0f}"),
 ]
+
+
+MIXES = ("viewed", "shop")
+SHOP_CYCLE = (
+    "landing", "viewed", "viewed", "added", "viewed", "added", "checkout", "viewed", "order",
+    "viewed",
+)  # fmt: skip
+"""What one shopper (one connection, one anonymousId) sends, over and over: each round is a new
+cart and a new order, so every round starts runs, re-arms their timers and ends them."""
+BROWSER = '"userAgent":"Mozilla/5.0 (X11; Linux x86_64) bench","library":{"name":"rt.js"}'
+ON_PRODUCT = '"context":{"page":{"path":"/p/1","url":"http://bench.local/p/1"},' + BROWSER + "}"
+ON_CHECKOUT = (
+    '"context":{"page":{"path":"/checkout","url":"http://bench.local/checkout"},' + BROWSER + "}"
+)
+FROM_GOOGLE = (
+    '"context":{"page":{"path":"/pricing","url":"http://bench.local/pricing",'
+    '"referrer":"https://www.google.com/"},' + BROWSER + "}"
+)
+SHOP_EVENTS = {
+    "landing": '{"type":"page","name":"Pricing",' + FROM_GOOGLE,
+    "checkout": '{"type":"page","name":"Checkout",' + ON_CHECKOUT,
+    "viewed": '{"type":"track","event":"Product Viewed","properties":{"product_id":"sku-%(n)d",'
+    '"name":"Bench product","price":12.5,"currency":"EUR","category":"bench"},' + ON_PRODUCT,
+    "added": '{"type":"track","event":"Product Added","properties":{"cart_id":"%(cart)s",'
+    '"product_id":"sku-%(n)d","price":12.5,"quantity":1,"currency":"EUR"},' + ON_PRODUCT,
+    "order": '{"type":"track","event":"Order Completed","properties":{"order_id":"o-%(cart)s",'
+    '"cart_id":"%(cart)s","revenue":25.0,"currency":"EUR"},' + ON_CHECKOUT,
+}
+SHOP_TAIL = (
+    ',"messageId":"%(mid)s","anonymousId":"%(anon)s","timestamp":"2026-11-25T10:00:00.000Z"}'
+)
+
+
+def shop_frames(run: str, connections: int, events: int) -> list[tuple[bytes, str]]:
+    """Event i goes to connection ``i % connections``, the shopper's next event in SHOP_CYCLE."""
+    frames = []
+    for i in range(events):
+        client, seq = i % connections, i // connections
+        kind = SHOP_CYCLE[seq % len(SHOP_CYCLE)]
+        values = {
+            "n": i,
+            "cart": f"{run}-{client}-{seq // len(SHOP_CYCLE)}",
+            "mid": f"{run}-{client}-{i}",
+            "anon": f"anon-{run}-{client}",
+        }
+        event = (SHOP_EVENTS[kind] + SHOP_TAIL) % values
+        frames.append((client_frame(b'{"batch":[' + event.encode() + b"]}"), values["mid"]))
+    return frames
+
+
+def decisions_in(store: str) -> dict[str, Any]:
+    """What the engine decided, read from the stopped server's store: runs by workflow and
+    state, timers pending, steps decided."""
+    with contextlib.closing(sqlite3.connect(store)) as conn:
+        runs = conn.execute("SELECT workflow, state, count(*) FROM runs GROUP BY 1, 2").fetchall()
+        (timers,) = conn.execute("SELECT count(*) FROM timers").fetchone()
+        (steps,) = conn.execute("SELECT count(*) FROM steps").fetchone()
+    return {
+        "runs": {f"{workflow} {state}": n for workflow, state, n in sorted(runs)},
+        "timers_pending": timers,
+        "steps": steps,
+    }
 
 
 class Timings:
@@ -143,11 +216,15 @@ async def wait_for_acks(timings: Timings, sent: int) -> None:
 
 async def measure(name: str, args: argparse.Namespace) -> dict[str, Any]:
     run = run_id()
-    batches = [make_batch(run, i % args.connections, i, 1) for i in range(args.events)]
-    frames = [(client_frame(b.body), b.ids[0]) for b in batches]
+    if args.mix == "shop":
+        frames = shop_frames(run, args.connections, args.events)
+    else:
+        batches = [make_batch(run, i % args.connections, i, 1) for i in range(args.events)]
+        frames = [(client_frame(b.body), b.ids[0]) for b in batches]
     warmup = min(int(args.rate * args.warmup_s), args.events // 10)
     with workdir() as tmp:
-        async with running(server_spec(name, tmp), args.loop, tmp) as server:
+        spec = server_spec(name, tmp, extra_config=workflows_of(args.workflows))
+        async with running(spec, args.loop, tmp) as server:
             conns = await open_ws_many(args.connections, server.port)
             timings = Timings(conns, warmup)
             meter = CpuMeter(server.process.pid)
@@ -158,6 +235,9 @@ async def measure(name: str, args: argparse.Namespace) -> dict[str, Any]:
             await wait_for_acks(timings, sent)
             timings.finished = True
             await close_all(conns)
+        extra: dict[str, Any] = {}
+        if name == "rtserver" and args.workflows:  # the server has stopped: its store is whole
+            extra["decisions"] = decisions_in(spec.args[2].removesuffix(".toml") + ".db")
     latencies = sorted(timings.latencies)
     lags = sorted(timings.lags)
 
@@ -177,22 +257,33 @@ async def measure(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "max_ms": ms(latencies, 100),
         "send_lag_p99_ms": ms(lags, 99),
         **usage,
+        **extra,
     }
 
 
 def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
     by_name = {r["server"]: r for r in results}
+    deciding = f", rtserver deciding the workflows of {args.workflows}" if args.workflows else ""
     lines = [
         f"WebSocket ack latency: {args.connections} connections, {args.rate:g} events/s "
-        f"(1 event/frame), servers on {args.loop}",
+        f"(1 event/frame, mix {args.mix}), servers on {args.loop}{deciding}",
         format_table(results, COLUMNS),
     ]
+    if "decisions" in by_name.get("rtserver", {}):
+        decided = by_name["rtserver"]["decisions"]
+        runs = ", ".join(f"{key} {n:,}" for key, n in decided["runs"].items()) or "none"
+        lines.append(
+            f"rtserver decided: runs {runs}; {decided['timers_pending']:,} timers pending, "
+            f"{decided['steps']:,} steps"
+        )
     summary: dict[str, Any] = {}
     if "rtserver" in by_name:
         p99 = by_name["rtserver"]["p99_ms"]
-        summary["goal_met"] = p99 < GOAL_P99_MS
+        goal = GOAL_DECISION_P99_MS if args.workflows else GOAL_P99_MS
+        summary["goal_met"] = p99 < goal
         verdict = "met" if summary["goal_met"] else "MISSED"
-        line = f"rtserver p99 {p99:.2f} ms (goal < {GOAL_P99_MS:g} ms: {verdict})"
+        what = "event -> decision (send -> ack) " if args.workflows else ""
+        line = f"rtserver {what}p99 {p99:.2f} ms (goal < {goal:g} ms: {verdict})"
         if BASELINE in by_name:
             summary["ratio"] = ratio(p99, by_name[BASELINE]["p99_ms"])
             line += f"; ratio rtserver / {BASELINE}: {summary['ratio']:.2f} (of p99)"
@@ -207,6 +298,20 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--events", type=int, default=50_000, help="events in all (bound)")
     parser.add_argument("--duration", type=float, default=60.0, help="seconds at most (bound)")
     parser.add_argument("--warmup-s", type=float, default=1.0, help="first seconds not counted")
+    parser.add_argument(
+        "--workflows",
+        metavar="CONFIG",
+        help="run rtserver with the [[workflow]] tables of this config (the ack comes after the "
+        "event's decisions are committed, so this measures event -> decision; goal p99 < "
+        f"{GOAL_DECISION_P99_MS:g} ms)",
+    )
+    parser.add_argument(
+        "--mix",
+        choices=MIXES,
+        default="viewed",
+        help="events sent: Product Viewed only, or a shopper's page views, product views, adds "
+        "to cart and orders (runs start, re-arm and end)",
+    )
     return parser.parse_args()
 
 

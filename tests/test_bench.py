@@ -85,6 +85,7 @@ def test_timer_restart_bench_runs() -> None:
     report = json.loads(run_bench("timer_restart", "--timers", "500", "--json"))
     assert report["timers"] == 500 and report["armed"] >= 500
     assert report["ready_s"] > 0 and isinstance(report["goal_met"], bool)
+    assert report["read_s"] >= 0 and report["wheel_s"] >= 0 and report["rss_mib"] > 0
 
 
 @pytest.mark.slow
@@ -92,3 +93,33 @@ def test_timer_wheel_bench_runs() -> None:
     """bench.timers measures the wheel against call_at at a tiny size and reports ratios."""
     out = run_bench("timers", "--n", "2000", "--repeat", "1", "--json")
     assert json.loads(out)
+
+
+@pytest.mark.slow
+def test_latency_bench_with_the_shipped_workflows_runs() -> None:
+    """bench.ws_latency --workflows runs rtserver with the shipped workflows deciding."""
+    out = run_bench(
+        "ws_latency", *TINY["ws_latency"], "--workflows", str(ROOT / "config.toml"), "--json"
+    )
+    assert json.loads(out)
+
+
+@pytest.mark.slow
+def test_latency_bench_with_a_shop_mix_starts_and_ends_runs() -> None:
+    """With --mix shop the shipped workflows start runs, arm their timers and end them (the
+    report counts them from the store), and the goal is the event -> decision one."""
+    out = run_bench(
+        "ws_latency",
+        *TINY["ws_latency"],
+        "--workflows",
+        str(ROOT / "config.toml"),
+        "--mix",
+        "shop",
+        "--json",
+    )
+    report: dict[str, Any] = json.loads(out)
+    decided = report["results"][0]["decisions"]
+    assert decided["runs"]["cart_abandonment ended"] > 0  # started by adds, ended by orders
+    assert decided["runs"]["post_purchase active"] > 0 and decided["timers_pending"] > 0
+    assert [r["acked"] for r in report["results"]] == [200, 200]
+    assert isinstance(report["goal_met"], bool)
