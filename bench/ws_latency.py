@@ -107,14 +107,15 @@ def shop_frames(run: str, connections: int, events: int) -> list[tuple[bytes, st
     for i in range(events):
         client, seq = i % connections, i // connections
         kind = SHOP_CYCLE[seq % len(SHOP_CYCLE)]
+        message_id = f"{run}-{client}-{i}"
         values = {
             "n": i,
             "cart": f"{run}-{client}-{seq // len(SHOP_CYCLE)}",
-            "mid": f"{run}-{client}-{i}",
+            "mid": message_id,
             "anon": f"anon-{run}-{client}",
         }
         event = (SHOP_EVENTS[kind] + SHOP_TAIL) % values
-        frames.append((client_frame(b'{"batch":[' + event.encode() + b"]}"), values["mid"]))
+        frames.append((client_frame(b'{"batch":[' + event.encode() + b"]}"), message_id))
     return frames
 
 
