@@ -111,6 +111,61 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         );
         """,
     ),
+    (
+        "0004_outbox_suppressions_sink",
+        """
+        CREATE TABLE outbox (
+            id TEXT PRIMARY KEY,
+            run_id TEXT,
+            step INTEGER,
+            person_id TEXT NOT NULL,
+            workflow TEXT NOT NULL,
+            template TEXT NOT NULL,
+            variant TEXT NOT NULL,
+            marketing INTEGER NOT NULL,
+            recipient TEXT,
+            state TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            ambiguous INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at REAL NOT NULL,
+            lease_until REAL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            sent_at REAL,
+            last_code INTEGER,
+            last_error TEXT,
+            extra TEXT NOT NULL DEFAULT '{}'
+        );
+        CREATE UNIQUE INDEX outbox_run_step ON outbox (run_id, step) WHERE run_id IS NOT NULL;
+        CREATE INDEX outbox_due ON outbox (next_attempt_at)
+            WHERE state IN ('queued', 'retry_wait', 'ambiguous');
+        CREATE INDEX outbox_sending ON outbox (lease_until) WHERE state = 'sending';
+        CREATE INDEX outbox_person ON outbox (person_id);
+        CREATE INDEX outbox_sent ON outbox (sent_at) WHERE sent_at IS NOT NULL;
+        CREATE TABLE suppressions (
+            email_hash TEXT PRIMARY KEY,
+            reason TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            detail TEXT NOT NULL DEFAULT ''
+        );
+        CREATE TABLE confirmations (
+            email_hash TEXT NOT NULL,
+            client_ip TEXT NOT NULL,
+            sent_at REAL NOT NULL
+        );
+        CREATE INDEX confirmations_email ON confirmations (email_hash, sent_at);
+        CREATE INDEX confirmations_ip ON confirmations (client_ip, sent_at);
+        CREATE TABLE sink_messages (
+            id INTEGER PRIMARY KEY,
+            message_id TEXT,
+            mail_from TEXT NOT NULL,
+            recipients TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            received_at REAL NOT NULL,
+            body BLOB NOT NULL
+        );
+        """,
+    ),
 )
 
 INSERT_EVENT = """
@@ -149,7 +204,10 @@ MERGE_PROFILE_FACTS = """
         last_order_at = max(coalesce(p.last_order_at, 0), coalesce(old.last_order_at, 0)),
         opens = p.opens + old.opens,
         clicks = p.clicks + old.clicks,
-        time_zone = coalesce(p.time_zone, old.time_zone)
+        time_zone = coalesce(p.time_zone, old.time_zone),
+        consent = CASE
+            WHEN 'unsubscribed' IN (p.consent, old.consent) THEN 'unsubscribed'
+            WHEN p.consent = 'none' THEN old.consent ELSE p.consent END
     FROM (SELECT * FROM profiles WHERE person_id = ?) AS old
     WHERE p.person_id = ?
 """
@@ -194,7 +252,7 @@ UPSERT_SCHEDULE = """
 """
 UPDATE_PROFILE_FACTS = """
     UPDATE profiles SET orders_count = ?, total_spent = ?, last_order_at = ?, order_times = ?,
-        opens = ?, clicks = ?, time_zone = ?
+        opens = ?, clicks = ?, time_zone = ?, consent = ?
     WHERE person_id = ?
 """
 FACT_COLUMNS = (
@@ -214,3 +272,15 @@ UPSERT_IDENTITY = """
     INSERT INTO identities (anonymous_id, person_id) VALUES (?, ?)
     ON CONFLICT (anonymous_id) DO UPDATE SET person_id = excluded.person_id
 """
+
+INSERT_OUTBOX = """
+    INSERT INTO outbox (id, run_id, step, person_id, workflow, template, variant, marketing,
+                        recipient, state, next_attempt_at, created_at, updated_at, extra)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)
+    ON CONFLICT DO NOTHING
+"""
+OUTBOX_COLUMNS = (
+    "id", "run_id", "step", "person_id", "workflow", "template", "variant", "marketing",
+    "recipient", "state", "attempts", "ambiguous", "next_attempt_at", "lease_until",
+    "created_at", "updated_at", "sent_at", "last_code", "last_error",
+)  # fmt: skip

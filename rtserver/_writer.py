@@ -22,6 +22,7 @@ from rtserver._schema import (
     END_CONFLICTING_RUNS,
     FACT_COLUMNS,
     INSERT_EVENT,
+    INSERT_OUTBOX,
     INSERT_STEP,
     MERGE_PROFILE,
     MERGE_PROFILE_FACTS,
@@ -81,9 +82,17 @@ class Changes:
     """Scheduled workflow → (next sweep, the last person swept so far or None when done)."""
     history: dict[str, tuple[tuple[str, float], ...]] = field(default_factory=dict)
     """Person → recent events after the group (kept in memory by the engine, never written)."""
+    confirmations: list[tuple[str, str, float]] = field(default_factory=list)
+    """Double opt-in mails queued: (email hash, client address, when), for the caps."""
+    outbox: list[tuple[Any, ...]] = field(default_factory=list)
+    """Mails to send, as ``INSERT_OUTBOX`` rows: (id, run id, step, person id, workflow,
+    template, variant, marketing, recipient or None for the person's email, due, created,
+    updated, extra JSON)."""
 
     def __bool__(self) -> bool:
-        return bool(self.runs or self.timers or self.steps or self.people or self.schedules)
+        return bool(
+            self.runs or self.timers or self.steps or self.people or self.schedules or self.outbox
+        )
 
 
 def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
@@ -144,7 +153,7 @@ def _facts_row(person: Person) -> tuple[Any, ...]:
     return (
         person.orders_count, person.total_spent, person.last_order_at,
         orjson.dumps(person.order_times).decode(), person.opens, person.clicks,
-        person.time_zone, person.id,
+        person.time_zone, person.consent, person.id,
     )  # fmt: skip
 
 
@@ -254,6 +263,10 @@ def _write_changes(conn: sqlite3.Connection, changes: Changes) -> None:
         conn.executemany("DELETE FROM timers WHERE run_id = ?", dropped)
     if changes.steps:
         conn.executemany(INSERT_STEP, changes.steps)
+    if changes.outbox:
+        conn.executemany(INSERT_OUTBOX, changes.outbox)
+    if changes.confirmations:
+        conn.executemany("INSERT INTO confirmations VALUES (?, ?, ?)", changes.confirmations)
     if changes.schedules:
         conn.executemany(UPSERT_SCHEDULE, [(wf, *st) for wf, st in changes.schedules.items()])
     if changes.people:
@@ -347,6 +360,13 @@ class Source:
     def mailable_after(self, cursor: str | None, limit: int) -> list[str]:
         """See :func:`mailable_after`."""
         return mailable_after(self._conn, cursor, limit)
+
+    def confirmations(self, email_hash: str, client_ip: str, since: float) -> tuple[int, int]:
+        """Double opt-in mails since ``since`` to the address, and caused by the client."""
+        sql = "SELECT count(*) FROM confirmations WHERE {} = ? AND sent_at >= ?"
+        by_address = _rows(self._conn, sql.format("email_hash"), (email_hash, since))[0][0]
+        by_client = _rows(self._conn, sql.format("client_ip"), (client_ip, since))[0][0]
+        return int(by_address), int(by_client)
 
 
 Plan = Callable[[Prepared, Source], Changes]

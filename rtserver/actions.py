@@ -11,11 +11,16 @@ never runs ahead of the store, which stays the source of truth (R11).
 from __future__ import annotations
 
 import asyncio
+import functools
+import hashlib
+import logging
 import math
 import re
+import secrets
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -25,9 +30,11 @@ from rtserver.conditions import parse_duration
 from rtserver.config import Config, MailConfig
 from rtserver.definitions import Policy, Workflows, compile_workflows
 from rtserver.errors import ConfigError
-from rtserver.events import Event
+from rtserver.events import Event, person_event
+from rtserver.mailer import Mailer
 from rtserver.store import Changes, Plan, Prepared, Source, Store
 from rtserver.timers import TimerWheel
+from rtserver.tokens import Tokens, email_hash
 from rtserver.workflows import (
     Action,
     CallWebhook,
@@ -47,7 +54,19 @@ from rtserver.workflows import (
     observe,
 )
 
-__all__ = ["Engine", "emitted_event", "load_rules", "policy_from"]
+__all__ = [
+    "SYSTEM_TEMPLATES",
+    "Engine",
+    "emitted_event",
+    "load_rules",
+    "mail_id",
+    "make_mailer",
+    "outbox_row",
+    "policy_from",
+    "sent_templates",
+]
+
+logger = logging.getLogger(__name__)
 
 HISTORY_WINDOW_S = 7 * 86400.0
 """How far back ``person.events_since`` sees (and at most ``HISTORY_LIMIT`` events)."""
@@ -57,6 +76,10 @@ SWEEP_CHUNK = 500
 """Persons a scheduled sweep decides per commit, so ingest never waits long behind it."""
 HISTORY_CACHE_PERSONS = 50_000
 """Persons whose recent events the engine keeps in memory (about 10 KiB each at most)."""
+CONFIRM_WINDOW_S = 86400.0
+"""Double opt-in caps count the mails of the last day."""
+CONFIRM_WORKFLOW = "double_opt_in"
+"""The outbox's workflow name for confirmation mails (no run)."""
 MAX_EMIT_DEPTH = 4
 """Emitted events may trigger workflows that emit again, this many generations deep."""
 
@@ -95,40 +118,79 @@ def policy_from(mail: MailConfig) -> Policy:
     return Policy(frequency_cap_s=cap, quiet_hours=quiet, time_zone=mail.time_zone)
 
 
-def load_rules(
-    config: Config, templates: frozenset[str] | None = None
-) -> tuple[Workflows, list[str]]:
+SYSTEM_TEMPLATES = ("confirm", "test")
+"""Templates rtserver sends by itself: the double opt-in confirmation and the test mail."""
+
+
+def make_mailer(config: Config, tokens: Tokens) -> Mailer:
+    """The mailer for ``config``: the shipped templates, overridden by ``mail.templates``."""
+    folder = Path(config.mail.templates) if config.mail.templates else None
+    return Mailer(config.mail, config.server.public_url, tokens, template_dir=folder)
+
+
+@functools.lru_cache(maxsize=32)
+def _template_check(mail: MailConfig, public_url: str) -> dict[str, tuple[str, ...]]:
+    """Each template there is, with the problems of rendering it against sample data
+    (cached: tests and the simulator load the same rules many times)."""
+    folder = Path(mail.templates) if mail.templates else None
+    mailer = Mailer(mail, public_url, Tokens(secrets.token_urlsafe(32)), template_dir=folder)
+    return {name: tuple(mailer.check([name])) for name in mailer.names()}
+
+
+def sent_templates(rules: Workflows) -> set[str]:
+    """Every template a workflow step may send (all variants)."""
+    return {
+        variant.value
+        for workflow in rules.items
+        for step in workflow.steps
+        if step.kind == "send"
+        for variant in step.variants
+    }
+
+
+def load_rules(config: Config) -> tuple[Workflows, list[str]]:
     """Compile the config's workflows under its mail policy; returns them and the warnings.
 
+    Every template is compiled and rendered against sample data here, at start and by
+    ``check-config``, never first at send time.
+
     Raises:
-        ConfigError: the workflow, the step and the problem.
+        ConfigError: the workflow, the step and the problem; or a template's problem.
     """
-    return compile_workflows(config.workflow, templates=templates, policy=policy_from(config.mail))
+    checked = _template_check(config.mail, config.server.public_url)
+    rules, warnings = compile_workflows(
+        config.workflow, templates=frozenset(checked), policy=policy_from(config.mail)
+    )
+    used = sent_templates(rules) | set(SYSTEM_TEMPLATES)
+    bad = [p for name in sorted(used) for p in checked.get(name, (f"email/{name}: missing",))]
+    if bad:
+        raise ConfigError("mail templates: " + "; ".join(bad))
+    for name in sorted(set(checked) - used):
+        warnings.extend(f"{p} (template not sent by any workflow)" for p in checked[name])
+    return rules, warnings
+
+
+def mail_id(run_id: str, step: int) -> str:
+    """The outbox id of a run's send step: stable, so its Message-ID is the same on every try."""
+    return f"{run_id}-{step}"
+
+
+def outbox_row(action: SendMail, marketing: bool, at: float) -> tuple[Any, ...]:
+    """The outbox row of a decided send, written in the transaction that decided it."""
+    return (
+        mail_id(action.run_id, action.step), action.run_id, action.step, action.person_id,
+        action.workflow, action.template, action.variant, marketing, None, at, at, at, "{}",
+    )  # fmt: skip
 
 
 def emitted_event(action: EmitEvent) -> Event:
     """The internal event an ``emit`` step adds, with a messageId unique to its (run, step)."""
-    kind, _, ident = action.person_id.partition(":")
-    raw: dict[str, Any] = {
-        "type": "track",
-        "event": action.name,
-        "messageId": f"rt-emit-{action.run_id}-{action.step}",
-        "properties": dict(action.properties),
-        "context": {"library": {"name": "rtserver"}, "run": action.run_id},
-        "userId" if kind == "u" else "anonymousId": ident,
-    }
-    return Event(
-        type="track",
-        message_id=raw["messageId"],
-        anonymous_id=None if kind == "u" else ident,
-        user_id=ident if kind == "u" else None,
-        name=action.name,
-        properties=raw["properties"],
-        traits={},
-        context=raw["context"],
-        timestamp=None,
-        previous_id=None,
-        body=orjson.dumps(raw),
+    return person_event(
+        action.person_id,
+        f"rt-emit-{action.run_id}-{action.step}",
+        action.name,
+        dict(action.properties),
+        context={"run": action.run_id},
     )
 
 
@@ -136,7 +198,7 @@ def _stored_facts(person: Person) -> tuple[Any, ...]:
     """The facts the profile row keeps (the rest, like recent history, is loaded or derived)."""
     return (
         person.orders_count, person.total_spent, person.last_order_at, person.order_times,
-        person.opens, person.clicks, person.time_zone,
+        person.opens, person.clicks, person.time_zone, person.consent,
     )  # fmt: skip
 
 
@@ -152,10 +214,18 @@ def _condition_sources(rules: Workflows) -> list[str]:
 class Engine:
     """The workflows of one server: decides groups, owns the timer wheel."""
 
-    def __init__(self, rules: Workflows, store: Store, *, tick_s: float = 1.0):
+    def __init__(
+        self,
+        rules: Workflows,
+        store: Store,
+        *,
+        tick_s: float = 1.0,
+        confirmations_per_ip: int = MailConfig().confirmations_per_ip,
+    ):
         self.rules = rules
         self.store = store
         self.tick_s = tick_s
+        self.confirmations_per_ip = confirmations_per_ip
         self.wheel: TimerWheel[str] = TimerWheel()
         self.history: OrderedDict[str, tuple[tuple[str, float], ...]] = OrderedDict()
         """Recent events of the persons decided lately (least recently used dropped first)."""
@@ -228,6 +298,8 @@ class Engine:
                 changes.people[person_id] = person
             if since is not None:
                 changes.history[person_id] = person.history
+            if event.type == "identify" and event.email and not event.email_verified:
+                self._confirm(event, person, at, source, changes)
             known = replace(facts[person_id], person=person)
             if not self.rules.items:
                 facts[person_id] = known
@@ -295,6 +367,36 @@ class Engine:
             following += workflow.schedule_s
         changes.schedules[name] = (following, None)
 
+    def _confirm(
+        self, event: Event, person: Person, at: float, source: Source, changes: Changes
+    ) -> None:
+        """Queue one double opt-in mail to a claimed address (RELIABILITY.md G11, G12).
+
+        At most one per address a day and ``mail.confirmations_per_ip`` per client address, so
+        a browser cannot make rtserver mail anybody: nothing else goes to a claimed address
+        until its link is followed (sends need a verified email).
+        """
+        address = event.email
+        if address is None or address == person.email:
+            return
+        hashed, client = email_hash(address), event.client_ip or "unknown"
+        by_address, by_client = source.confirmations(hashed, client, at - CONFIRM_WINDOW_S)
+        by_address += sum(1 for h, _, _ in changes.confirmations if h == hashed)
+        by_client += sum(1 for _, c, _ in changes.confirmations if c == client)
+        if by_address or by_client >= self.confirmations_per_ip:
+            logger.info(
+                "double opt-in for %s not sent: %s", person.id,
+                "one was sent to that address today" if by_address else
+                f"{by_client} caused by {client} today",
+            )  # fmt: skip
+            return
+        changes.confirmations.append((hashed, client, at))
+        mail = "confirm-" + hashlib.sha256(event.message_id.encode()).hexdigest()[:24]
+        changes.outbox.append(
+            (mail, None, None, person.id, CONFIRM_WORKFLOW, "confirm", "", False, address,
+             at, at, at, "{}")
+        )  # fmt: skip
+
     def _fold(self, facts: Facts, actions: list[Action], at: float, changes: Changes) -> Facts:
         """Record ``actions`` in ``changes`` and return the facts as they now stand."""
         runs = {run.id: run for run in facts.runs}
@@ -317,6 +419,8 @@ class Engine:
                 # The run is open while it acts: started or known before this action.
                 step = self._step_row(action, runs[action.run_id].workflow, at)
                 changes.steps.append(step)
+                if isinstance(action, SendMail):
+                    changes.outbox.append(outbox_row(action, bool(step[6]), at))
                 if step[6]:
                     last_sent = at
         return replace(facts, runs=tuple(runs.values()), last_ended=ended, last_sent=last_sent)

@@ -18,6 +18,7 @@ import signal
 import socket
 import threading
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -30,13 +31,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route, WebSocketRoute
 
-from rtserver import __version__
-from rtserver.actions import Engine, load_rules
+from rtserver import __version__, links, snippet
+from rtserver.actions import Engine, load_rules, make_mailer
 from rtserver.config import Config
 from rtserver.ingest import Ingest
+from rtserver.mailer import Relay
 from rtserver.pipeline import Clock, Keys, Pipeline, Runtime
+from rtserver.sender import Sender
+from rtserver.sink import Sink, start_sink
 from rtserver.store import Store
 from rtserver.timers import run_timer_driver
+from rtserver.tokens import Tokens
 from rtserver.tracking import receive
 
 __all__ = [
@@ -64,7 +69,46 @@ async def resolve_keys(config: Config, store: Store, now: float) -> Keys:
         or await store.secret("write_key", lambda: "wk_" + secrets.token_urlsafe(32), now),
         identity_secret=identity
         or await store.secret("identity_secret", lambda: secrets.token_urlsafe(32), now),
+        link_secret=await store.secret("link_secret", lambda: secrets.token_urlsafe(32), now),
     )
+
+
+def check_public_url(config: Config) -> str | None:
+    """A warning when mail links would go out over plain http to a non-loopback host."""
+    url = urllib.parse.urlsplit(config.server.public_url)
+    if url.scheme == "https" or url.hostname in ("localhost", "127.0.0.1", "::1"):
+        return None
+    return (
+        f"server.public_url = {config.server.public_url!r} is not https: mail links "
+        "(clicks, one-click unsubscribe, RFC 8058) should use https outside loopback"
+    )
+
+
+@contextlib.asynccontextmanager
+async def mail_transport(config: Config, store: Store, clock: Clock) -> AsyncIterator[Relay]:
+    """The SMTP client mail goes out through: the embedded sink's, or ``mail.smtp``'s."""
+    sink: Sink | None = None
+    if config.mail.transport == "sink":
+        sink = await start_sink(store, clock)
+        logger.info("mail: the dev sink keeps every mail in the store (SMTP %s:%d)",
+                    sink.host, sink.port)  # fmt: skip
+        relay = Relay(sink.host, sink.port, timeout_s=config.mail.smtp.timeout_s)
+    else:
+        smtp = config.mail.smtp
+        relay = Relay(
+            smtp.host,
+            smtp.port,
+            username=smtp.username,
+            password=smtp.password.reveal() if smtp.password else None,
+            starttls=smtp.starttls,
+            timeout_s=smtp.timeout_s,
+        )
+    try:
+        yield relay
+    finally:
+        await relay.close()
+        if sink is not None:
+            await sink.close()
 
 
 async def purge_old_events(store: Store, clock: Clock, retention_days: int) -> int:
@@ -122,7 +166,7 @@ def create_app(
     """
     ingest = Ingest(config, monotonic)
     rules, warnings = load_rules(config)
-    for warning in warnings:
+    for warning in filter(None, (*warnings, check_public_url(config))):
         logger.warning("config: %s", warning)
 
     @asynccontextmanager
@@ -130,9 +174,10 @@ def create_app(
         store = await Store.open(config.store.path)
         stop = asyncio.Event()
         tasks: list[asyncio.Task[None]] = []
+        stack = contextlib.AsyncExitStack()
         try:
             keys = await resolve_keys(config, store, clock())
-            engine = Engine(rules, store)
+            engine = Engine(rules, store, confirmations_per_ip=config.mail.confirmations_per_ip)
             restored = await engine.restore(clock())
             if restored:
                 logger.info("timer wheel: %d armed from the store (run timers, sweeps)", restored)
@@ -144,6 +189,10 @@ def create_app(
                 engine=engine,
                 clock=clock,
             )
+            tokens = Tokens(keys.link_secret, clock)
+            relay = await stack.enter_async_context(mail_transport(config, store, clock))
+            sender = Sender(store, make_mailer(config, tokens), relay, config.mail, clock)
+            pipeline.listeners.append(lambda _, changes: sender.wake() if changes.outbox else None)
             runtime = Runtime(
                 config=config,
                 store=store,
@@ -151,6 +200,8 @@ def create_app(
                 keys=keys,
                 clock=clock,
                 engine=engine,
+                tokens=tokens,
+                sender=sender,
             )
             # One purge before serving: a server that restarts often still enforces retention,
             # and the hourly task below never has to race the first requests.
@@ -168,6 +219,7 @@ def create_app(
                     name="retention",
                 )
             )
+            tasks.append(asyncio.create_task(sender.run(stop), name="sender"))
             yield {"runtime": runtime}
             try:
                 async with asyncio.timeout(config.server.shutdown_timeout_s):
@@ -184,7 +236,10 @@ def create_app(
             for task in tasks:
                 task.cancel(msg="rtserver shutting down")
             await asyncio.gather(*tasks, return_exceptions=True)
-            await store.close()
+            try:
+                await stack.aclose()
+            finally:
+                await store.close()
 
     cors = Middleware(
         CORSMiddleware,
@@ -195,6 +250,8 @@ def create_app(
     )
     routes = [
         Route("/healthz", healthz),
+        Route("/rt.js", snippet.script),
+        *links.routes,
         Mount(
             "/v1",
             routes=[
@@ -206,6 +263,9 @@ def create_app(
         ),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
+    # No "add or strip the slash" redirects: a link path never answers with a 3xx that its
+    # signed token did not ask for (RELIABILITY.md G15).
+    app.router.redirect_slashes = False
     app.state.ingest = ingest
     return app
 

@@ -1,4 +1,5 @@
-"""The ``rtserver`` command: ``serve``, ``check-config``, ``keys``.
+"""The ``rtserver`` command: ``serve``, ``check-config``, ``simulate``, ``keys``, ``settings``;
+the mail commands (``render``, ``send-test-mail``, ``forget``) are in ``mailcli.py``.
 
 Logging is configured here, once; library modules only get their loggers.
 """
@@ -32,6 +33,8 @@ def _configure_logging(level: str) -> None:
     # keep its handlers and only set the level.
     logging.basicConfig(format=LOG_FORMAT, datefmt="%H:%M:%S")
     logging.getLogger().setLevel(level.upper())
+    # aiosmtpd (the dev sink) logs every SMTP line, addresses included, at INFO.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
 
 
 def _load(path: str | None) -> Config:
@@ -184,6 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     settings = sub.add_parser("settings", help="print the config reference as a Markdown table")
     settings.set_defaults(func=_cmd_settings)
+
+    from rtserver.mailcli import add_commands
+
+    add_commands(sub, _load)
     return parser
 
 

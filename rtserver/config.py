@@ -219,6 +219,38 @@ class SmtpConfig:
     timeout_s: float = setting(30.0, "Per-command SMTP timeout.", check=_positive)
 
 
+def _duration(value: str) -> str | None:
+    return (
+        None
+        if re.fullmatch(r"[0-9]+(\.[0-9]+)?(s|m|h|d)", value)
+        else "expected like '90s', '30m', '2h', '7d'"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class BrandConfig:
+    """What every mail shows of the shop (the base layout of the shipped templates)."""
+
+    name: str = setting("Demo Shop", "Shop name in mail headers, footers and subjects.")
+    url: str = setting("http://localhost:8000", "The shop's home page (logo link).", check=_url)
+    logo_url: str = setting("", "Logo image URL ('': the shop name as text).")
+    color: str = setting("#4f46e5", "Accent colour of buttons and links (CSS colour).")
+    address: str = setting(
+        "Demo Shop, 1 Example Street, 12345 Example City",
+        "Postal address in every marketing mail's footer (CAN-SPAM).",
+    )
+    currency: str = setting("EUR", "Currency of prices that carry none (ISO 4217).")
+
+
+@dataclass(frozen=True, slots=True)
+class DkimConfig:
+    """DKIM signing of outgoing mail (off while ``key_path`` is empty)."""
+
+    domain: str = setting("", "Signing domain (d=).")
+    selector: str = setting("rtserver", "DNS selector (s=).")
+    key_path: str = setting("", "PEM private key file ('': no signing).")
+
+
 @dataclass(frozen=True, slots=True)
 class MailConfig:
     """Outgoing mail."""
@@ -237,6 +269,37 @@ class MailConfig:
     time_zone: str = setting(
         "UTC", "The shop's time zone, for quiet hours of people whose zone is unknown."
     )
+    templates: str = setting(
+        "", "Folder whose email/<name>.html|.txt override or add to the shipped templates."
+    )
+    rate_per_s: float = setting(10.0, "Most mails handed to SMTP per second.", check=_positive)
+    daily_limit: int = setting(
+        10000, "Most mails sent per UTC day (then they wait).", check=_positive
+    )
+    retry: tuple[str, ...] = setting(
+        ("1m", "5m", "15m", "1h", "4h"),
+        "Waits before each retry after a 4xx or a lost connection (the last repeats).",
+        check=_duration,
+    )
+    max_age: str = setting(
+        "24h", "A marketing mail not delivered this long after its decision fails.", check=_duration
+    )
+    ambiguous: Literal["resend", "drop"] = setting(
+        "resend",
+        "A mail whose delivery is in doubt (connection lost after DATA): 'resend' (at least "
+        "once) or 'drop' (at most once).",
+    )
+    lease_s: float = setting(
+        300.0, "A mail left 'sending' this long (crash) counts as ambiguous.", check=_positive
+    )
+    scanner_window_s: float = setting(
+        10.0, "Clicks this soon after delivery are flagged as link scanners.", check=_positive
+    )
+    confirmations_per_ip: int = setting(
+        5, "Double opt-in mails one client address may cause per day.", check=_positive
+    )
+    brand: BrandConfig = field(default_factory=BrandConfig, metadata={"help": "Branding."})
+    dkim: DkimConfig = field(default_factory=DkimConfig, metadata={"help": "DKIM signing."})
     smtp: SmtpConfig = field(default_factory=SmtpConfig, metadata={"help": "SMTP relay."})
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "message_id_of",
     "parse_batch",
     "parse_event",
+    "person_event",
     "sign_identity",
     "verify_identity",
 ]
@@ -65,6 +66,8 @@ class Event:
     """``traits.email``, lowercased."""
     email_verified: bool = True
     """False for a browser email until :func:`verify_identity` checks ``context.emailHash``."""
+    client_ip: str | None = None
+    """The sender's address, for per-address caps (double opt-in); never stored."""
 
     @property
     def known_user(self) -> str | None:
@@ -223,6 +226,7 @@ def parse_event(
     source: Source = "server",
     default_type: str | None = None,
     context: dict[str, Any] | None = None,
+    client_ip: str | None = None,
 ) -> Event:
     """Check one raw Segment message and build its :class:`Event`.
 
@@ -295,6 +299,50 @@ def parse_event(
         user_verified=trusted,
         email=_email(traits),
         email_verified=trusted,
+        client_ip=client_ip,
+    )
+
+
+def person_event(
+    person_id: str,
+    message_id: str,
+    name: str | None,
+    properties: dict[str, Any] | None = None,
+    *,
+    kind: EventType = "track",
+    traits: dict[str, Any] | None = None,
+    context: dict[str, Any] | None = None,
+) -> Event:
+    """A trusted event rtserver makes itself for a person id (``u:<userId>`` or ``a:<anonId>``):
+    emitted by a workflow, or an open, click, unsubscribe or confirmation of a mail."""
+    prefix, _, ident = person_id.partition(":")
+    user = prefix == "u"
+    raw: dict[str, Any] = {
+        "type": kind,
+        "messageId": message_id,
+        "userId" if user else "anonymousId": ident,
+        "context": {"library": {"name": "rtserver"}, **(context or {})},
+    }
+    if name is not None:
+        raw["event"] = name
+    if properties is not None:
+        raw["properties"] = properties
+    if traits is not None:
+        raw["traits"] = traits
+    email = (traits or {}).get("email")
+    return Event(
+        type=kind,
+        message_id=message_id,
+        anonymous_id=None if user else ident,
+        user_id=ident if user else None,
+        name=name,
+        properties=properties or {},
+        traits=traits or {},
+        context=raw["context"],
+        timestamp=None,
+        previous_id=None,
+        body=orjson.dumps(raw),
+        email=email.lower() if isinstance(email, str) else None,
     )
 
 
@@ -354,4 +402,5 @@ def _with_flags(event: Event, user_verified: bool, email_verified: bool) -> Even
         user_verified,
         event.email,
         email_verified,
+        event.client_ip,
     )

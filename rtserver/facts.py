@@ -242,6 +242,34 @@ def known_zone(*candidates: Any) -> str | None:
     return None
 
 
+CONSENT_STATES = ("none", "confirmed_opt_in", "soft_opt_in_customer", "unsubscribed")
+"""A profile's marketing status (RELIABILITY.md G11); marketing mail needs one of the middle two."""
+MARKETING_CONSENT = ("confirmed_opt_in", "soft_opt_in_customer")
+
+
+def _consent(current: str, event: Event, name: str) -> str:
+    """The marketing status after ``event``.
+
+    Trusted sources (write key, rtserver's own mail events) set it; a browser only through an
+    identify whose email the shop's backend verified (``emailHash``): a shopper may opt in their
+    own address, never anybody else's (RELIABILITY.md G12).
+    """
+    trusted = event.source == "server"
+    if event.type == "identify" and (trusted or (event.email and event.email_verified)):
+        declared = event.traits.get("consent")
+        if declared in CONSENT_STATES:
+            return str(declared)
+    if not trusted:
+        return current
+    if name == "Email Unsubscribed":
+        return "unsubscribed"
+    if name == "Email Confirmed":
+        return "confirmed_opt_in"
+    if name == ORDER_EVENT and current == "none":
+        return "soft_opt_in_customer"  # a customer may get mail about similar products
+    return current
+
+
 def observe(person: Person, event: Event, now: float) -> Person:
     """The person after ``event``: last seen, traits, email, orders, opens, clicks, history."""
     name = event_name(event)
@@ -265,7 +293,10 @@ def observe(person: Person, event: Event, now: float) -> Person:
             last_order_at=now,
             order_times=(*person.order_times, now)[-ORDER_TIMES_LIMIT:],
         )
-    elif name == "Email Opened" and not event.properties.get("machine"):
+    consent = _consent(person.consent, event, name)
+    if consent != person.consent:
+        changes["consent"] = consent
+    if name == "Email Opened" and not event.properties.get("machine"):
         changes["opens"] = person.opens + 1
     elif name == "Email Clicked" and not event.properties.get("machine"):
         changes["clicks"] = person.clicks + 1

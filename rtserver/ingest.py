@@ -320,7 +320,7 @@ class Session:
         secret = runtime.keys.identity_secret
         for raw in raw_events:
             try:
-                event = parse_event(raw, limits, source="browser")
+                event = parse_event(raw, limits, source="browser", client_ip=self.peer)
                 accepted.append(verify_identity(event, secret))
             except PolicyViolation:
                 raise

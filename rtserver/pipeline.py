@@ -13,15 +13,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from rtserver.actions import Engine
 from rtserver.config import Config
 from rtserver.errors import StorageUnavailable, StoreError
 from rtserver.events import Event
 from rtserver.store import Changes, Prepared, Store
+from rtserver.tokens import Tokens
+
+if TYPE_CHECKING:  # the sender is started by the app; only its type is named here
+    from rtserver.sender import Sender
 
 __all__ = ["Clock", "Keys", "Pipeline", "Runtime", "Submission"]
 
@@ -38,6 +44,8 @@ class Keys:
     public: str
     write: str
     identity_secret: str
+    link_secret: str = ""
+    """Signs mail links; generated once and kept in the store, like the others."""
 
 
 def _new_future() -> asyncio.Future[None]:
@@ -230,3 +238,6 @@ class Runtime:
     keys: Keys
     clock: Clock
     engine: Engine | None = None
+    tokens: Tokens = field(default_factory=lambda: Tokens(secrets.token_urlsafe(32)))
+    """Signs the links in mail (open, click, unsubscribe, confirm)."""
+    sender: Sender | None = None

@@ -20,6 +20,7 @@ import aiosqlite
 import orjson
 
 from rtserver import _writer
+from rtserver._outbox import MailStore
 from rtserver._schema import MIGRATIONS, PROFILE_COLUMNS, RUN_COLUMNS
 from rtserver._writer import Changes, Plan, Prepared, Source
 from rtserver.errors import StorageUnavailable, StoreError
@@ -74,6 +75,8 @@ class Store:
         # Every write goes through this lock: the pipeline's transaction spans several awaits,
         # and a statement from another task on the same connection would join it.
         self._write_lock = asyncio.Lock()
+        self.mail = MailStore(self._in_writer, self._read)
+        """The outbox, suppressions and the dev sink's mails."""
 
     @classmethod
     async def open(cls, path: str | Path) -> Store:

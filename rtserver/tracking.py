@@ -121,7 +121,12 @@ def _authenticate(request: Request, runtime: Runtime, body_key: Any) -> Source:
 
 
 def _parse_all(
-    raws: list[Any], runtime: Runtime, source: Source, kind: str | None, context: Any
+    raws: list[Any],
+    runtime: Runtime,
+    source: Source,
+    kind: str | None,
+    context: Any,
+    client_ip: str | None,
 ) -> tuple[list[Event], list[dict[str, Any]]]:
     limits = runtime.config.ingest
     batch_context = context if isinstance(context, dict) else None
@@ -132,7 +137,12 @@ def _parse_all(
             raw = {k: v for k, v in raw.items() if k != "writeKey"}  # never store the key
         try:
             event = parse_event(
-                raw, limits, source=source, default_type=kind, context=batch_context
+                raw,
+                limits,
+                source=source,
+                default_type=kind,
+                context=batch_context,
+                client_ip=client_ip,
             )
             accepted.append(verify_identity(event, runtime.keys.identity_secret))
         except InvalidEvent as exc:
@@ -158,7 +168,8 @@ async def _ingest(request: Request, kind: str | None) -> JSONResponse:
         context = payload.get("context")
     else:
         raws = [payload]
-    accepted, rejected = _parse_all(raws, runtime, source, kind, context)
+    client_ip = request.client.host if request.client else None
+    accepted, rejected = _parse_all(raws, runtime, source, kind, context, client_ip)
     if not accepted:
         error = rejected[0]["error"] if rejected else "empty batch"
         raise HTTPFailure(status.HTTP_400_BAD_REQUEST, error, rejected=rejected)

@@ -28,6 +28,7 @@ from rtserver.definitions import WAIT_KINDS, Step, Workflow, Workflows, step_val
 from rtserver.events import Event
 from rtserver.facts import (
     HISTORY_LIMIT,
+    MARKETING_CONSENT,
     NAMES_BY_TYPE,
     Action,
     CallWebhook,
@@ -242,6 +243,8 @@ class _Decider:
             return skip("no verified email")
         policy = self.rules.policy
         if not workflow.transactional:
+            if self.person.consent not in MARKETING_CONSENT:
+                return skip("no marketing consent")
             # A cap of 0 is off, even when the clock went back behind the last send.
             cap = policy.frequency_cap_s
             if cap > 0 and self.last_sent is not None and self.now - self.last_sent < cap:

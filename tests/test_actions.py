@@ -38,7 +38,10 @@ CART_WORKFLOW: dict[str, Any] = {
         {"wait_inactive": "30m"},
         {"send": "cart_reminder"},
         {"wait_until": "Email Clicked", "timeout": "24h"},
-        {"if": "not run.wait_met and person.orders_since(run.started) == 0", "send": "cart_2"},
+        {
+            "if": "not run.wait_met and person.orders_since(run.started) == 0",
+            "send": "cart_reminder_2",
+        },
     ],
 }
 
@@ -69,7 +72,7 @@ def identify(user: str, email: str) -> dict[str, Any]:
     return event(
         "identify",
         userId=user,
-        traits={"email": email},
+        traits={"email": email, "consent": "confirmed_opt_in"},
         context={
             "userHash": sign_identity(IDENTITY_SECRET, user),
             "emailHash": sign_identity(IDENTITY_SECRET, email),
@@ -221,7 +224,7 @@ async def test_emit_feeds_other_workflows_in_the_same_commit(store: Store) -> No
     """An emitted event is stored and triggers the workflows waiting for it, in one commit."""
     flows = [
         {"name": "a", "trigger": "Product Added", "step": [{"emit": "Cart Started"}]},
-        {"name": "b", "trigger": "Cart Started", "step": [{"send": "hello"}]},
+        {"name": "b", "trigger": "Cart Started", "step": [{"send": "welcome"}]},
     ]
     harness = Harness(store, flows, FakeClock())
     await harness.send(identify_server("u1"), server_event("Product Added", cart_id="c1"))
@@ -291,7 +294,8 @@ async def test_failed_fire_is_armed_again(store: Store) -> None:
 
 
 def identify_server(user: str) -> dict[str, Any]:
-    return event("identify", userId=user, anonymousId=None, traits={"email": f"{user}@shop.test"})
+    traits = {"email": f"{user}@shop.test", "consent": "confirmed_opt_in"}
+    return event("identify", userId=user, anonymousId=None, traits=traits)
 
 
 async def test_arming_a_deadline_already_passed_fires_at_the_next_tick(store: Store) -> None:
@@ -309,7 +313,7 @@ def test_config_warnings_are_logged_at_start(
     """Names outside the documented condition names are logged as warnings by create_app."""
     from rtserver.app import create_app
 
-    flow = {"name": "w", "trigger": "X", "where": "person.orderz > 1", "step": [{"send": "t"}]}
+    flow = {"name": "w", "trigger": "X", "where": "person.orderz > 1", "step": [{"send": "test"}]}
     create_app(make_config(tmp_path, workflow=[flow]))
     assert "person.orderz" in caplog.text
 
@@ -319,7 +323,7 @@ WIN_BACK: dict[str, Any] = {
     "schedule": "1d",
     "where": "person.orders_count > 0",
     "reentry": "30d",
-    "step": [{"send": "we_miss_you"}],
+    "step": [{"send": "win_back"}],
 }
 
 
@@ -417,3 +421,24 @@ async def test_merged_persons_are_read_again(store: Store) -> None:
     await harness.send(event("track", event="Cart Viewed", userId="u1", anonymousId=None))
     names = [name for name, _ in harness.engine.history["u:u1"]]
     assert names.count("Product Viewed") == 2
+
+
+def test_load_rules_renders_every_template_at_start(tmp_path: Path) -> None:
+    """A broken template a workflow sends stops the start with its name and line; a broken one
+    nobody sends is a warning; an unknown one is named with the step."""
+    folder = tmp_path / "templates"
+    (folder / "email").mkdir(parents=True)
+    (folder / "email" / "broken.html").write_text("<p>{% if %}</p>")
+    (folder / "email" / "broken.txt").write_text("hi")
+    flow = {"name": "w", "trigger": "X", "step": [{"send": "broken"}]}
+    config = make_config(tmp_path, mail={"templates": str(folder)}, workflow=[flow])
+    with pytest.raises(ConfigError, match=r"mail templates: .*broken\.html"):
+        load_rules(config)
+    fine = make_config(
+        tmp_path, mail={"templates": str(folder)}, workflow=[{**flow, "step": [{"send": "test"}]}]
+    )
+    _, warnings = load_rules(fine)
+    assert any("broken" in w and "not sent by any workflow" in w for w in warnings)
+    unknown = make_config(tmp_path, workflow=[{**flow, "step": [{"send": "nope"}]}])
+    with pytest.raises(ConfigError, match="workflow 'w' step 1: unknown template 'nope'"):
+        load_rules(unknown)

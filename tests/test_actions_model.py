@@ -155,7 +155,9 @@ class Events:
         return raw
 
     def identify(self, user: str) -> dict[str, Any]:
-        return self.raw("identify", user, traits={"email": f"{user}@shop.test"})
+        return self.raw(
+            "identify", user, traits={"email": f"{user}@shop.test", "consent": "confirmed_opt_in"}
+        )
 
     def added(self, user: str, cart: str) -> dict[str, Any]:
         properties = {"cart_id": cart, "product_id": "p1", "price": 20}

@@ -22,6 +22,7 @@ from rtserver.app import (
     _purge_forever,
     _sigterm_absorbed,
     build_server,
+    check_public_url,
     create_app,
     purge_old_events,
     resolve_keys,
@@ -156,7 +157,13 @@ async def test_resolve_keys_generates_once_and_prefers_configured_secrets(
         keys = await resolve_keys(configured, store, NOW)
     finally:
         await store.close()
-    assert keys == Keys(public="pk_dev", write=WRITE_KEY, identity_secret=IDENTITY_SECRET)
+    assert keys == Keys(
+        public="pk_dev",
+        write=WRITE_KEY,
+        identity_secret=IDENTITY_SECRET,
+        link_secret=generated.link_secret,  # always generated: nobody needs to know it
+    )
+    assert len(generated.link_secret) >= 32
 
 
 def test_server_config_trusts_forwarded_headers_only_from_configured_proxies(
@@ -295,3 +302,12 @@ async def test_shutdown_gives_up_on_a_stuck_store_after_the_timeout(
             finally:
                 store._write_lock.release()
     assert "still uncommitted" in caplog.text
+
+
+def test_public_url_over_plain_http_outside_loopback_is_warned(tmp_path: Path) -> None:
+    """RFC 8058 and link tracking want https; loopback (the demo) is fine."""
+    assert check_public_url(make_config(tmp_path)) is None
+    https = make_config(tmp_path, server={"public_url": "https://mail.shop.example"})
+    assert check_public_url(https) is None
+    plain = make_config(tmp_path, server={"public_url": "http://shop.example"})
+    assert "is not https" in (check_public_url(plain) or "")

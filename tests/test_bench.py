@@ -123,3 +123,18 @@ def test_latency_bench_with_a_shop_mix_starts_and_ends_runs() -> None:
     assert decided["runs"]["post_purchase active"] > 0 and decided["timers_pending"] > 0
     assert [r["acked"] for r in report["results"]] == [200, 200]
     assert isinstance(report["goal_met"], bool)
+
+
+@pytest.mark.slow
+def test_mail_bench_runs() -> None:
+    """bench.mail --quick sends every mail through the Sender and through a bare aiosmtplib
+    loop to one sink, and reports both rates and their ratio."""
+    report: dict[str, Any] = json.loads(run_bench("mail", "--quick", "--json"))
+    assert report["bench"] == "mail"
+    assert [(r["server"], r["mails"]) for r in report["results"]] == [
+        ("rtserver", 100),
+        ("bare-aiosmtplib", 100),
+    ]
+    assert all(r["mails_per_s"] > 0 for r in report["results"])
+    assert math.isfinite(report["ratio"]) and isinstance(report["goal_met"], bool)
+    assert report["message_bytes"] > 1000

@@ -97,7 +97,7 @@ def test_check_config_compiles_workflows_and_warns(
     """Workflows are compiled; undocumented condition names are warnings, bad ones errors."""
     path = tmp_path / "wf.toml"
     flow = '[[workflow]]\nname = "w"\ntrigger = "X"\nwhere = "person.orderz > 1"\n'
-    path.write_text(flow + '[[workflow.step]]\nsend = "t"\n')
+    path.write_text(flow + '[[workflow.step]]\nsend = "test"\n')
     assert main(["check-config", str(path)]) == 0
     captured = capsys.readouterr()
     assert captured.out.strip() == f"{path}: ok (1 workflows)"

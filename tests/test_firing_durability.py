@@ -55,7 +55,7 @@ ADD_WINDOW_S = 12.0  # carts are added over this long
 PURCHASE_DELAY_S = (0.0, 8.0)  # after the cart's ack: before, between or after the sends
 LONG_OUTAGE_S = 3.0  # one outage spans three due ticks
 WAIT_S = 1.0
-SENDS = {1: "first", 3: "second", 5: "third"}  # step index -> template
+SENDS = {1: "cart_reminder", 3: "cart_reminder_2", 5: "re_engagement"}  # step index -> template
 EXIT_REASON = "exit on Order Completed"
 POLL_S = 0.01  # the monitor's poll interval
 MAX_FAILED_POSTS = 500  # in a row, per batch: the harness gives up instead of spinning
@@ -72,15 +72,15 @@ exit_on = ["Order Completed"]
   [[workflow.step]]
   wait = "1s"
   [[workflow.step]]
-  send = "first"
+  send = "cart_reminder"
   [[workflow.step]]
   wait = "1s"
   [[workflow.step]]
-  send = "second"
+  send = "cart_reminder_2"
   [[workflow.step]]
   wait = "1s"
   [[workflow.step]]
-  send = "third"
+  send = "re_engagement"
 """
 
 
@@ -171,7 +171,7 @@ def identify(user: str) -> dict[str, Any]:
         "messageId": str(uuid.uuid4()),
         "userId": user,
         "timestamp": "2026-11-26T10:00:00Z",
-        "traits": {"email": f"{user}@shop.test"},
+        "traits": {"email": f"{user}@shop.example", "consent": "confirmed_opt_in"},
     }
 
 
@@ -613,7 +613,11 @@ async def test_overdue_timers_fire_at_the_first_poll_after_a_restart(tmp_path: P
     config = make_config(
         tmp_path,
         workflow=[
-            {"name": "w", "trigger": "Product Added", "step": [{"wait": "1s"}, {"send": "first"}]}
+            {
+                "name": "w",
+                "trigger": "Product Added",
+                "step": [{"wait": "1s"}, {"send": "cart_reminder"}],
+            }
         ],
     )
     async with run_server(config, clock=clock) as live, live.http() as http:

@@ -15,7 +15,7 @@ from hypothesis import given, settings, strategies as st
 
 from rtserver.config import IngestConfig
 from rtserver.definitions import Policy, Workflows, compile_workflows
-from rtserver.events import Event, parse_event
+from rtserver.events import Event, parse_event, sign_identity, verify_identity
 from rtserver.workflows import (
     HISTORY_LIMIT,
     Action,
@@ -98,7 +98,9 @@ class Sim:
 
     def __init__(self, workflows: Workflows, person: Person | None = None, now: float = START):
         self.rules = workflows
-        self.facts = Facts(person or Person("u:u1", email="ann@example.com"))
+        self.facts = Facts(
+            person or Person("u:u1", email="ann@example.com", consent="confirmed_opt_in")
+        )
         self.now = now
         self.timers: dict[str, tuple[int, float]] = {}
         self.log: list[tuple[float, Action]] = []
@@ -496,7 +498,9 @@ def test_emit_and_webhook_actions() -> None:
 
 def started(workflows: Workflows, person: str, at: float = 0) -> Sim:
     """A Sim of ``person`` after a Signed Up at ``at``."""
-    sim = Sim(workflows, Person(f"u:{person}", email=f"{person}@example.com"))
+    sim = Sim(
+        workflows, Person(f"u:{person}", email=f"{person}@example.com", consent="confirmed_opt_in")
+    )
     sim.at(at, ev("Signed Up", user=person))
     return sim
 
@@ -940,7 +944,7 @@ def test_scheduled_sweep_starts_runs_only_in_the_segment() -> None:
         "step": [{"send": "we_miss_you"}],
     }
     compiled = rules(sweep, {**sweep, "name": "paused", "paused": True})
-    buyer = Facts(Person("u:u1", email="a@b.example", orders_count=1))
+    buyer = Facts(Person("u:u1", email="a@b.example", orders_count=1, consent="confirmed_opt_in"))
     actions = decide(compiled, Scheduled("win_back"), buyer, START)
     assert [type(a).__name__ for a in actions] == ["StartRun", "SendMail", "EndRun"]
     ended = Facts(buyer.person, last_ended={("win_back", ""): START})
@@ -949,3 +953,42 @@ def test_scheduled_sweep_starts_runs_only_in_the_segment() -> None:
     assert decide(compiled, Scheduled("win_back"), stranger, START) == []
     assert decide(compiled, Scheduled("paused"), buyer, START) == []
     assert decide(compiled, Scheduled("unknown"), buyer, START) == []
+
+
+def test_consent_comes_only_from_trusted_sources_or_the_persons_own_verified_email() -> None:
+    """G11/G12: the backend, rtserver's own mail events and a verified identify set consent;
+    an order makes a customer (soft opt-in); a browser cannot opt anybody in."""
+    person = Person("u:u1")
+    assert observe(person, ev("Order Completed"), 1.0).consent == "soft_opt_in_customer"
+    opted = observe(person, identify(consent="confirmed_opt_in"), 1.0)
+    assert opted.consent == "confirmed_opt_in"
+    assert observe(opted, ev("Order Completed"), 2.0).consent == "confirmed_opt_in"
+    assert observe(opted, ev("Email Unsubscribed"), 2.0).consent == "unsubscribed"
+    assert observe(person, ev("Email Confirmed"), 2.0).consent == "confirmed_opt_in"
+    assert observe(person, identify(consent="whatever"), 2.0).consent == "none"
+    raw = {"type": "identify", "messageId": "b1", "userId": "u1", "anonymousId": "a1"}
+    claimed = {**raw, "traits": {"email": "eve@example.com", "consent": "confirmed_opt_in"}}
+    browser = parse_event(claimed, IngestConfig(), source="browser")
+    assert observe(person, browser, 3.0).consent == "none"  # email not verified
+    verified = verify_identity(
+        parse_event(
+            {**claimed, "context": {"emailHash": sign_identity("s" * 32, "eve@example.com")}},
+            IngestConfig(),
+            source="browser",
+        ),
+        "s" * 32,
+    )
+    assert observe(person, verified, 3.0).consent == "confirmed_opt_in"
+    tracked = parse_event({**raw, "type": "track", "event": "Email Confirmed"}, IngestConfig(),
+                          source="browser")  # fmt: skip
+    assert observe(person, tracked, 3.0).consent == "none"
+
+
+def test_marketing_mail_needs_consent_but_transactional_does_not() -> None:
+    """Without marketing consent a send is skipped with the reason; a transactional one goes."""
+    flow = {"name": "w", "trigger": "Signed Up", "step": [{"send": "welcome"}]}
+    plain = Facts(Person("u:u1", email="ann@example.com"))
+    actions = decide(rules(flow), ev("Signed Up"), plain, START)
+    assert [a.reason for a in actions if isinstance(a, SkipStep)] == ["no marketing consent"]
+    actions = decide(rules({**flow, "transactional": True}), ev("Signed Up"), plain, START)
+    assert any(isinstance(a, SendMail) for a in actions)

@@ -1,0 +1,371 @@
+"""Mail throughput to a local SMTP sink: rtserver's Sender against a bare aiosmtplib send loop.
+
+    python -m bench.mail                          # 2,000 mails each, median of 3 runs
+    python -m bench.mail --mails 500 --repeat 1 --json
+    python -m bench.mail --quick                  # the smoke run of tests/test_bench.py
+
+Both clients run in this process, on uvloop, one after the other (the order alternates between
+repeats), and send to the same sink: a bare aiosmtpd server whose handler only counts, in its
+own process started through ``bench/_launch.py`` on uvloop, so the sink's CPU is not the
+client's.
+
+- ``rtserver``: ``--mails`` outbox rows queued in a fresh store (``synchronous=FULL``) for a
+  person with a verified email, marketing consent, product views and a cart, so each mail reads
+  the cart, the co-viewed and the (cached) popular products. ``Sender.run`` claims them in
+  batches, renders each with the shipped template (Jinja2 sandbox, signed links, pixel,
+  List-Unsubscribe), hands it to ``Relay`` (one long-lived aiosmtplib connection) and records
+  each outcome. Timed from the task's start until the last outcome is committed.
+- ``bare-aiosmtplib``: one long-lived ``aiosmtplib.SMTP``, ``send_message`` of one prebuilt
+  message (the same template rendered once, same size) ``--mails`` times.
+
+Reported: mails/s of each (median over ``--repeat``), client CPU per mail, and their ratio.
+Goal (DESIGN.md): rtserver ≥ 0.8× the bare loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import math
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiosmtplib
+
+from bench._common import (
+    HOST,
+    ROOT,
+    BenchError,
+    Column,
+    bench_main,
+    document,
+    emit,
+    format_table,
+    free_port,
+    ratio,
+)
+
+GOAL = 0.8
+READY_TIMEOUT_S = 30.0
+SEND_TIMEOUT_S = 300.0
+PUBLIC_URL = "http://bench.local"
+PRODUCTS = 40
+OTHER_VIEWERS = 50
+COLUMNS = [
+    Column("server", "client"),
+    Column("mails", "mails", "{:,}"),
+    Column("mails_per_s", "mails/s", "{:,.0f}"),
+    Column("mails_per_s_range", "range", "{}"),
+    Column("client_cpu_us_per_mail", "client CPU µs/mail", "{:,.0f}"),
+    Column("client_cpu_pct", "client CPU %", "{:.0f}"),
+]
+
+
+# --- the sink (its own process) ------------------------------------------------------------
+
+
+class _Counter:
+    """aiosmtpd handler: accept and count, nothing else."""
+
+    def __init__(self) -> None:
+        self.mails = 0
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.mails += 1
+        return "250 2.0.0 OK"
+
+
+async def serve_sink(port: int) -> None:
+    """A bare aiosmtpd server on ``port`` until SIGTERM or SIGINT."""
+    from aiosmtpd.smtp import SMTP
+
+    loop = asyncio.get_running_loop()
+    handler = _Counter()
+    server = await loop.create_server(
+        lambda: SMTP(handler, hostname="bench-sink", loop=loop), HOST, port
+    )
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    server.close()
+    print(f"sink received {handler.mails} mails", flush=True)
+
+
+@contextlib.asynccontextmanager
+async def sink_process(loop_name: str, workdir: Path) -> AsyncIterator[int]:
+    """Start the sink in its own process; its port once it greets."""
+    port = free_port()
+    log = (workdir / "sink.log").open("wb")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench._launch", loop_name, "bench.mail",
+        "--serve-sink", "--port", str(port),
+        cwd=ROOT, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            if process.returncode is not None:
+                raise BenchError(f"sink exited with {process.returncode}")
+            with contextlib.suppress(OSError):
+                reader, writer = await asyncio.open_connection(HOST, port)
+                greeting = await reader.readline()
+                writer.close()
+                await writer.wait_closed()
+                if greeting.startswith(b"220"):
+                    break
+            if time.monotonic() > deadline:
+                raise BenchError(f"sink not ready after {READY_TIMEOUT_S:g}s")
+            await asyncio.sleep(0.05)
+        yield port
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), 10.0)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+        log.close()
+
+
+# --- the clients ---------------------------------------------------------------------------
+
+
+def product(n: int) -> dict[str, Any]:
+    return {
+        "product_id": f"sku-{n}",
+        "name": f"Bench product {n}",
+        "price": 10.0 + n,
+        "currency": "EUR",
+        "category": f"cat-{n % 5}",
+        "image_url": f"https://bench.local/i/{n}.jpg",
+        "url": f"https://bench.local/p/{n}",
+    }
+
+
+async def shop_store(path: Path, mails: int, template: str, now: float) -> Any:
+    """A store holding a consenting person with views and a cart, and ``mails`` queued mails."""
+    from rtserver.actions import Engine
+    from rtserver.config import IngestConfig
+    from rtserver.definitions import compile_workflows
+    from rtserver.events import parse_event
+    from rtserver.store import Store
+
+    store = await Store.open(path)
+    engine = Engine(compile_workflows(())[0], store)
+    raws: list[dict[str, Any]] = [
+        {"type": "identify", "userId": "ann", "messageId": "id-ann",
+         "traits": {"email": "ann@bench.example", "consent": "confirmed_opt_in",
+                    "first_name": "Ann"}},
+    ]  # fmt: skip
+    for n in range(20):
+        raws.append(track("ann", "Product Viewed", product(n), f"v-ann-{n}"))
+    for n in (3, 7):
+        raws.append(track("ann", "Product Added", {**product(n), "cart_id": "c1"}, f"a-{n}"))
+    for viewer in range(OTHER_VIEWERS):
+        for n in range(viewer % PRODUCTS, viewer % PRODUCTS + 6):
+            raws.append(track(f"u{viewer}", "Product Viewed", product(n), f"v{viewer}-{n}"))
+    events = [parse_event(raw, IngestConfig(), source="server") for raw in raws]
+    await store.group_commit(events, [now] * len(events), engine.plan([], now))
+    await store.mail.queue(
+        [(f"mail-{n:06d}", None, None, "u:ann", "bench", template, "", True, None, now, now,
+          now, "{}") for n in range(mails)]
+    )  # fmt: skip
+    return store
+
+
+def track(user: str, name: str, properties: dict[str, Any], message_id: str) -> dict[str, Any]:
+    return {
+        "type": "track",
+        "event": name,
+        "userId": user,
+        "messageId": message_id,
+        "properties": properties,
+    }
+
+
+def mail_config(template: str) -> Any:
+    from rtserver.config import load_config
+
+    config = load_config(
+        None,
+        env={},
+        overrides={"mail": {"rate_per_s": 1e9, "daily_limit": 10**9, "frequency_cap": "off"}},
+    )
+    return config.mail
+
+
+def mailer(config: Any, clock: Any) -> Any:
+    from rtserver.mailer import Mailer
+    from rtserver.tokens import Tokens
+
+    return Mailer(config, PUBLIC_URL, Tokens("bench-secret-" + "x" * 32, clock))
+
+
+async def measure_rtserver(
+    port: int, mails: int, template: str, workdir: Path, run: int
+) -> dict[str, Any]:
+    """Mails/s through Sender → Relay, from the task's start to the last recorded outcome."""
+    from rtserver.mailer import Relay
+    from rtserver.sender import Sender
+
+    config = mail_config(template)
+    store = await shop_store(workdir / f"mail-{run}.db", mails, template, time.time())
+    relay = Relay(HOST, port, timeout_s=30.0)
+    sender = Sender(store, mailer(config, time.time), relay, config, time.time)
+    stop = asyncio.Event()
+
+    def done() -> bool:
+        stats = sender.stats
+        return stats.sent + stats.failed + stats.retried + stats.ambiguous + stats.dropped >= mails
+
+    try:
+        started, cpu = time.perf_counter(), time.process_time()
+        task = asyncio.create_task(sender.run(stop))
+        async with sender.progress:
+            await asyncio.wait_for(sender.progress.wait_for(done), SEND_TIMEOUT_S)
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+        stop.set()
+        await task
+        counts = await store.mail.counts()
+    finally:
+        await relay.close()
+        await store.close()
+    if counts != {"sent": mails}:
+        raise BenchError(f"rtserver: outbox not all sent: {counts}")
+    return {"mails": mails, "elapsed_s": elapsed, "cpu_s": cpu}
+
+
+def prebuilt(template: str) -> Any:
+    """The template rendered once, for a context like the rtserver run's (cart, picks)."""
+    from rtserver.mailer import MailContext
+    from rtserver.recommend import product_of
+
+    config = mail_config(template)
+    now = time.time()
+    products = [product_of(product(n)) for n in (3, 7, 21, 22, 23)]
+    context = MailContext(
+        mail_id="mail-prebuilt",
+        to="ann@bench.example",
+        now=now,
+        person={"id": "u:ann", "email": "ann@bench.example", "traits": {"first_name": "Ann"}},
+        run={},
+        cart=tuple(p for p in products[:2] if p is not None),
+        recommendations=tuple(p for p in products[2:] if p is not None),
+        marketing=True,
+    )
+    return mailer(config, time.time).render_mail(template, context)
+
+
+async def measure_bare(port: int, mails: int, message: Any) -> dict[str, Any]:
+    """Mails/s of ``send_message`` of one prebuilt message on one long-lived connection."""
+    smtp = aiosmtplib.SMTP(hostname=HOST, port=port, timeout=30.0)
+    await smtp.connect()
+    try:
+        started, cpu = time.perf_counter(), time.process_time()
+        for _ in range(mails):
+            errors, _ = await smtp.send_message(message)
+            if errors:
+                raise BenchError(f"bare: refused {errors}")
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    finally:
+        await smtp.quit()
+    return {"mails": mails, "elapsed_s": elapsed, "cpu_s": cpu}
+
+
+# --- the run and the report ----------------------------------------------------------------
+
+
+def summarize(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    rates = [r["mails"] / r["elapsed_s"] for r in runs]
+    mails = runs[0]["mails"]
+    cpu = statistics.median(r["cpu_s"] for r in runs)
+    elapsed = statistics.median(r["elapsed_s"] for r in runs)
+    return {
+        "server": name,
+        "mails": mails,
+        "mails_per_s": statistics.median(rates),
+        "mails_per_s_range": f"{min(rates):,.0f}-{max(rates):,.0f}",
+        "client_cpu_us_per_mail": 1e6 * cpu / mails,
+        "client_cpu_pct": 100.0 * cpu / elapsed,
+        "runs": runs,
+    }
+
+
+async def run(args: argparse.Namespace) -> int:
+    message = prebuilt(args.template)
+    size = len(bytes(message))
+    runs: dict[str, list[dict[str, Any]]] = {"rtserver": [], "bare-aiosmtplib": []}
+    with tempfile.TemporaryDirectory(prefix="rtserver-bench-mail-") as folder:
+        workdir = Path(folder)
+        async with sink_process(args.loop, workdir) as port:
+            await measure_bare(port, min(50, args.mails), message)  # warm the sink up
+            for repeat in range(args.repeat):
+                order = ["rtserver", "bare-aiosmtplib"]
+                for name in order if repeat % 2 == 0 else order[::-1]:
+                    print(f"# run {repeat + 1}/{args.repeat}: {name}", file=sys.stderr, flush=True)
+                    if name == "rtserver":
+                        result = await measure_rtserver(
+                            port, args.mails, args.template, workdir, repeat
+                        )
+                    else:
+                        result = await measure_bare(port, args.mails, message)
+                    runs[name].append(result)
+    results = [summarize(name, items) for name, items in runs.items()]
+    rt, bare = results
+    summary: dict[str, Any] = {
+        "message_bytes": size,
+        "ratio": ratio(rt["mails_per_s"], bare["mails_per_s"]),
+        "cpu_ratio": ratio(bare["client_cpu_us_per_mail"], rt["client_cpu_us_per_mail"]),
+    }
+    summary["goal_met"] = bool(math.isfinite(summary["ratio"]) and summary["ratio"] >= GOAL)
+    verdict = "met" if summary["goal_met"] else "MISSED"
+    text = "\n".join(
+        [
+            f"{args.mails:,} mails of {size:,} bytes ({args.template}) each, median of "
+            f"{args.repeat}; sink: bare aiosmtpd on {args.loop}, own process",
+            "",
+            format_table(results, COLUMNS),
+            "",
+            f"ratio rtserver / bare-aiosmtplib: {summary['ratio']:.2f} mails/s "
+            f"(goal >= {GOAL:g}: {verdict}); client CPU per mail: {summary['cpu_ratio']:.2f}",
+        ]
+    )
+    emit(document("mail", args, results, summary), text, args.json)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=(__doc__ or "").split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--mails", type=int, default=2000, help="mails per run and client")
+    parser.add_argument("--repeat", type=int, default=3, help="runs; the median is reported")
+    parser.add_argument("--template", default="cart_reminder", help="shipped template to send")
+    parser.add_argument(
+        "--loop", choices=("asyncio", "uvloop"), default="uvloop", help="sink's loop"
+    )
+    parser.add_argument("--quick", action="store_true", help="100 mails, one run (smoke test)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--serve-sink", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve_sink:
+        asyncio.run(serve_sink(args.port))
+        return
+    if args.quick:
+        args.mails, args.repeat = 100, 1
+    bench_main(lambda: run(args))
+
+
+if __name__ == "__main__":
+    main()

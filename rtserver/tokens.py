@@ -1,0 +1,147 @@
+"""Signed, URL-safe, expiring tokens for the links in mail. Pure.
+
+One salt per kind, so a token of one kind never reads as another::
+
+    kind          carries                  valid     used by
+    open          mail id                  400 days  the pixel   /o/{token}
+    click         mail id, target url      400 days  each link   /c/{token}
+    unsubscribe   mail id, person id       400 days  one click   /u/{token}   (G8: >= 30 days)
+    confirm       person id, email hash     7 days   double opt-in
+
+A token holds ids, urls and hashes only, never an email address (G15). Its timestamp comes from
+the injected clock (a :class:`itsdangerous.TimestampSigner` subclass), so tests move time by
+hand. Reading never raises: a bad, tampered or expired token reads as ``None``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+from itsdangerous import BadData, TimestampSigner, URLSafeTimedSerializer
+
+from rtserver.errors import MailError
+
+__all__ = ["Clock", "Tokens", "email_hash"]
+
+Clock = Callable[[], float]
+
+DAY_S = 86400
+CLICK_MAX_AGE_S = 400 * DAY_S
+OPEN_MAX_AGE_S = 400 * DAY_S
+UNSUBSCRIBE_MAX_AGE_S = 400 * DAY_S
+CONFIRM_MAX_AGE_S = 7 * DAY_S
+MAX_TOKEN_CHARS = 8192
+"""Longer input is not even looked at (a click token carries its url, so it may be long)."""
+
+
+_UNSAFE = re.compile(r"[\x00-\x20\x7f]")
+
+
+def email_hash(email: str) -> str:
+    """The hex SHA-256 of the lowercased, stripped address: stable, for tokens and suppressions."""
+    return hashlib.sha256(email.strip().lower().encode("utf-8")).hexdigest()
+
+
+class _ClockSigner(TimestampSigner):
+    """A timestamp signer whose time is the injected clock, for signing and for expiry."""
+
+    def __init__(self, *args: Any, clock: Clock, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._clock = clock
+
+    def get_timestamp(self) -> int:
+        return int(self._clock())
+
+
+def _web_url(url: str) -> bool:
+    """An absolute http(s) url without whitespace or control characters (it ends up in a
+    ``Location`` header)."""
+    if _UNSAFE.search(url):
+        return False
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+class Tokens:
+    """Makes and reads the tokens of every kind with one secret (``previous`` ones still read)."""
+
+    def __init__(
+        self, secret: str, clock: Clock = time.time, *, previous: Sequence[str] = ()
+    ) -> None:
+        if not secret:
+            raise MailError("empty token secret")
+        # itsdangerous signs with the last key and accepts any of them: rotation without
+        # breaking the links in mail already sent.
+        self._serializer = URLSafeTimedSerializer(
+            [*previous, secret],
+            signer=_ClockSigner,
+            signer_kwargs={"clock": clock, "digest_method": hashlib.sha256},
+        )
+
+    def _dump(self, kind: str, *fields: str) -> str:
+        token: str = self._serializer.dumps(list(fields), salt=f"rtserver.{kind}")
+        return token
+
+    def _load(self, kind: str, token: object, max_age_s: int, size: int) -> list[str] | None:
+        if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS:
+            return None
+        try:
+            fields = self._serializer.loads(token, max_age=max_age_s, salt=f"rtserver.{kind}")
+        except (BadData, ValueError, TypeError):
+            return None
+        if (
+            not isinstance(fields, list)
+            or len(fields) != size
+            or not all(isinstance(f, str) for f in fields)
+        ):
+            return None
+        return fields
+
+    def open(self, mail_id: str) -> str:
+        """The token of the open pixel of one mail."""
+        return self._dump("open", mail_id)
+
+    def click(self, mail_id: str, url: str) -> str:
+        """The token of one link of a mail; only http and https targets."""
+        if not _web_url(url):
+            raise MailError(f"link target is not an http(s) url: {url!r}")
+        return self._dump("click", mail_id, url)
+
+    def unsubscribe(self, mail_id: str) -> str:
+        """The one-click unsubscribe token of a mail; the person is looked up from the mail, so
+        no user id (which may be an email address) is ever in a URL (RELIABILITY.md G15)."""
+        return self._dump("unsubscribe", mail_id)
+
+    def confirm(self, person_id: str, email: str) -> str:
+        """The double opt-in token; it carries the hash of ``email``, not the address."""
+        return self._dump("confirm", person_id, email_hash(email))
+
+    def read_open(self, token: str) -> str | None:
+        """The mail id, or None."""
+        fields = self._load("open", token, OPEN_MAX_AGE_S, 1)
+        return fields[0] if fields else None
+
+    def read_click(self, token: str) -> tuple[str, str] | None:
+        """``(mail_id, url)``, or None; the url is always http or https."""
+        fields = self._load("click", token, CLICK_MAX_AGE_S, 2)
+        if fields is None or not _web_url(fields[1]):
+            return None
+        return fields[0], fields[1]
+
+    def read_unsubscribe(self, token: str) -> str | None:
+        """The mail id, or None."""
+        fields = self._load("unsubscribe", token, UNSUBSCRIBE_MAX_AGE_S, 1)
+        return fields[0] if fields else None
+
+    def read_confirm(self, token: str) -> tuple[str, str] | None:
+        """``(person_id, email_hash)``, or None; valid for 7 days."""
+        fields = self._load("confirm", token, CONFIRM_MAX_AGE_S, 2)
+        return (fields[0], fields[1]) if fields else None
