@@ -288,6 +288,8 @@ class _Decider:
 
     def event(self, event: Event) -> None:
         name = event_name(event)
+        if name.startswith(EMAIL_EVENT_PREFIX) and event.properties.get("machine") is True:
+            return  # a link scanner's click or a proxy's open: recorded, but no engagement
         rules = self.rules
         for run in list(self.runs.values()):  # exits
             workflow = rules.by_name.get(run.workflow)

@@ -138,3 +138,13 @@ def test_mail_bench_runs() -> None:
     assert all(r["mails_per_s"] > 0 for r in report["results"])
     assert math.isfinite(report["ratio"]) and isinstance(report["goal_met"], bool)
     assert report["message_bytes"] > 1000
+
+
+@pytest.mark.slow
+def test_mail_latency_bench_runs() -> None:
+    """bench.mail_latency --quick: every sign-up's welcome mail reaches the SMTP server, and the
+    report has its percentiles and verdict."""
+    report: dict[str, Any] = json.loads(run_bench("mail_latency", "--quick", "--json"))
+    (result,) = report["results"]
+    assert result["mails"] == 20 and 0 < result["p50_ms"] <= result["p99_ms"] <= result["max_ms"]
+    assert isinstance(report["goal_met"], bool)

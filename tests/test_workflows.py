@@ -992,3 +992,21 @@ def test_marketing_mail_needs_consent_but_transactional_does_not() -> None:
     assert [a.reason for a in actions if isinstance(a, SkipStep)] == ["no marketing consent"]
     actions = decide(rules({**flow, "transactional": True}), ev("Signed Up"), plain, START)
     assert any(isinstance(a, SendMail) for a in actions)
+
+
+def test_machine_email_events_are_no_engagement() -> None:
+    """A link scanner's click (flagged ``machine``) neither meets a wait_until nor triggers."""
+    flow = {
+        "name": "w",
+        "trigger": "Email Opened",
+        "step": [{"wait_until": "Email Clicked", "timeout": "1h"}, {"send": "test"}],
+    }
+    sim = Sim(rules(flow))
+    sim.at(0, ev("Email Opened", properties={"machine": True}))
+    assert sim.runs() == []
+    sim.at(1, ev("Email Opened", properties={"machine": False}))
+    assert len(sim.runs()) == 1
+    sim.at(2, ev("Email Clicked", properties={"machine": True}))
+    assert sim.sent() == [] and not sim.runs()[0].wait_met
+    sim.at(3, ev("Email Clicked"))
+    assert sim.sent() == [(3, "test")]
