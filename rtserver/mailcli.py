@@ -1,4 +1,4 @@
-"""The mail commands of ``rtserver``: ``render``, ``send-test-mail`` and ``forget``.
+"""The mail commands of ``rtserver``: ``render``, ``send-test-mail``, ``suppress``, ``forget``.
 
 Each opens the store of the config, does one thing, and closes it; they may run while the
 server runs (SQLite's WAL lets both in; the writer waits its turn).
@@ -91,6 +91,12 @@ async def send_test_mail(config: Config, to: str, now: float) -> str:
     return outcome.state + detail
 
 
+async def suppress(config: Config, address: str, reason: str, now: float) -> None:
+    """Put ``address`` on the suppression list (hashed): no mail goes to it any more."""
+    async with _opened(config) as (store, _):
+        await store.mail.suppress(check_address(address), reason, now, "rtserver suppress")
+
+
 async def forget(config: Config, address: str, now: float) -> int:
     """Erase every person with ``address``; how many (see ``MailStore.forget``)."""
     async with _opened(config) as (store, _):
@@ -124,6 +130,17 @@ def _cmd_send_test_mail(args: argparse.Namespace, load: Callable[[str | None], C
     return 0 if outcome.startswith("sent") else 1
 
 
+def _cmd_suppress(args: argparse.Namespace, load: Callable[[str | None], Config]) -> int:
+    config = load(args.config)
+    try:
+        asyncio.run(suppress(config, args.email, args.reason, time.time()))
+    except MailError as exc:
+        print(f"rtserver: {exc}", file=sys.stderr)
+        return 2
+    print(f"suppressed {args.email} ({args.reason}): no mail goes to it any more")
+    return 0
+
+
 def _cmd_forget(args: argparse.Namespace, load: Callable[[str | None], Config]) -> int:
     config = load(args.config)
     erased = asyncio.run(forget(config, args.email, time.time()))
@@ -152,6 +169,16 @@ def add_commands(
     test.add_argument("to", help="recipient address")
     test.add_argument("--config", metavar="PATH")
     test.set_defaults(func=lambda args: _cmd_send_test_mail(args, load))
+
+    suppress_ = sub.add_parser(
+        "suppress", help="stop every mail to an address (a manual suppression, kept hashed)"
+    )
+    suppress_.add_argument("email")
+    suppress_.add_argument(
+        "--reason", choices=["manual", "complaint", "hard_bounce"], default="manual"
+    )
+    suppress_.add_argument("--config", metavar="PATH")
+    suppress_.set_defaults(func=lambda args: _cmd_suppress(args, load))
 
     forget_ = sub.add_parser(
         "forget",

@@ -117,3 +117,23 @@ def test_forget_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     path = str(write_config(tmp_path, config))
     assert main(["forget", "ann@example.com", "--config", path]) == 0
     assert "erased 0 profile(s) of ann@example.com" in capsys.readouterr().out
+
+
+def test_suppress_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A manual suppression stops every mail to the address; a bad address is refused."""
+    import asyncio
+
+    config = make_config(tmp_path)
+    path = str(write_config(tmp_path, config))
+    assert main(["suppress", "Ann@Example.com", "--config", path]) == 0
+    assert "suppressed Ann@Example.com (manual)" in capsys.readouterr().out
+    assert main(["suppress", "nope", "--config", path]) == 2
+
+    async def reason() -> str | None:
+        store = await Store.open(config.store.path)
+        try:
+            return await store.mail.suppressed("ann@example.com")
+        finally:
+            await store.close()
+
+    assert asyncio.run(reason()) == "manual"
