@@ -31,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route, WebSocketRoute
 
-from rtserver import __version__, links, snippet
+from rtserver import __version__, demo, links, snippet
 from rtserver.actions import Engine, load_rules, make_mailer
 from rtserver.config import Config
 from rtserver.ingest import Ingest
@@ -251,6 +251,7 @@ def create_app(
     routes = [
         Route("/healthz", healthz),
         Route("/rt.js", snippet.script),
+        Route("/demo", demo.shop),
         *links.routes,
         Mount(
             "/v1",

@@ -20,6 +20,7 @@ import hmac
 import itertools
 import logging
 import re
+import urllib.parse
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -58,14 +59,17 @@ def nesting_of(text: str) -> int:
     return max(itertools.accumulate(map(_DEPTH_STEP.__getitem__, brackets)), default=0)
 
 
-def origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:
-    """Whether a browser ``Origin`` may use the public key.
+def origin_allowed(origin: str | None, allowed: tuple[str, ...], host: str | None = None) -> bool:
+    """Whether a browser ``Origin`` may use the public key: a listed origin, or rtserver's own
+    (``host`` is the request's Host: pages rtserver serves itself, like ``/demo``).
 
     A missing Origin never may, nor ``null`` (sandboxed frames, ``file:``), even with ``"*"``.
     """
     if origin is None or origin == "null":
         return False
-    return "*" in allowed or origin.rstrip("/") in allowed
+    if "*" in allowed or origin.rstrip("/") in allowed:
+        return True
+    return host is not None and urllib.parse.urlsplit(origin).netloc == host
 
 
 def key_matches(given: str | None, expected: str) -> bool:
@@ -388,7 +392,8 @@ class Ingest:
         peer = websocket.client.host if websocket.client else "unknown"
         if not key_matches(websocket.query_params.get("key"), runtime.keys.public):
             return await self._refuse(websocket, "invalid key")
-        if not origin_allowed(websocket.headers.get("origin"), config.server.allowed_origins):
+        origin, host = websocket.headers.get("origin"), websocket.headers.get("host")
+        if not origin_allowed(origin, config.server.allowed_origins, host):
             return await self._refuse(websocket, "origin not allowed")
         if self.draining:
             return await self._turn_away(websocket, status.WS_1001_GOING_AWAY, "shutting down")

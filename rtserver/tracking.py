@@ -114,7 +114,8 @@ def _authenticate(request: Request, runtime: Runtime, body_key: Any) -> Source:
         return "server"
     if key_matches(key or request.query_params.get("key"), runtime.keys.public):
         origin = request.headers.get("origin")
-        if not origin_allowed(origin, runtime.config.server.allowed_origins):
+        host = request.headers.get("host")
+        if not origin_allowed(origin, runtime.config.server.allowed_origins, host):
             raise HTTPFailure(status.HTTP_403_FORBIDDEN, "origin not allowed for the public key")
         return "browser"
     raise HTTPFailure(status.HTTP_401_UNAUTHORIZED, "invalid write key")

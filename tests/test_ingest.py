@@ -312,6 +312,19 @@ async def test_origin_with_a_trailing_slash_is_allowed(live: LiveServer) -> None
         assert await send_batch(ws, [raw]) == {"ack": [raw["messageId"]]}
 
 
+async def test_pages_rtserver_serves_itself_are_same_origin(live: LiveServer) -> None:
+    """rtserver's own origin (the request's Host, as for /demo) needs no allowed_origins entry;
+    a foreign one whose Host is rtserver's is still refused."""
+    own = f"http://127.0.0.1:{live.port}"
+    async with live.ws(origin=own) as ws:
+        raw = event()
+        assert await send_batch(ws, [raw]) == {"ack": [raw["messageId"]]}
+    with pytest.raises(InvalidStatus) as refused:
+        async with live.ws(origin=f"http://127.0.0.1:{live.port + 1}"):
+            pass  # pragma: no cover - the handshake must fail
+    assert refused.value.response.status_code == 403
+
+
 # Limits: each closes the offender and leaves everyone else alone
 
 

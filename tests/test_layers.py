@@ -34,6 +34,7 @@ LAYERS = {
     "tracking": 3,
     "dashboard": 3,
     "links": 3,
+    "demo": 3,
     "snippet": 3,
     "app": 4,
     "simulation": 4,
