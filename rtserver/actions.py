@@ -1,7 +1,8 @@
 """Where decisions meet I/O: facts in, :func:`decide` for each input, store changes and timers out.
 
 The :class:`Engine` is called by the pipeline, the single writer, for every group: it loads the
-facts of the group's persons, folds each new event into its person (:func:`observe`), runs
+facts of the group's persons (those it decided lately from memory, as committed: see
+:meth:`Engine._facts`), folds each new event into its person (:func:`observe`), runs
 :func:`decide` on the events in order and on the timers that came due, and turns the actions into
 :class:`~rtserver.store.Changes` that the pipeline commits with the events in one transaction.
 Only after that commit does the engine arm or cancel timers in its in-memory wheel, so the wheel
@@ -15,22 +16,20 @@ import functools
 import hashlib
 import logging
 import math
-import re
+import operator
 import secrets
-from collections import OrderedDict
-from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 
-from rtserver.conditions import parse_duration
 from rtserver.config import Config, MailConfig
-from rtserver.definitions import Policy, Workflows, compile_workflows
+from rtserver.definitions import Workflows, compile_workflows, policy_from, sent_templates
 from rtserver.errors import ConfigError
 from rtserver.events import Event, person_event
+from rtserver.facts import Memory
 from rtserver.mailer import Mailer
 from rtserver.store import Changes, Plan, Prepared, Source, Store
 from rtserver.timers import TimerWheel
@@ -75,47 +74,14 @@ SWEEP_PREFIX = "schedule:"
 SWEEP_CHUNK = 500
 """Persons a scheduled sweep decides per commit, so ingest never waits long behind it."""
 HISTORY_CACHE_PERSONS = 50_000
-"""Persons whose recent events the engine keeps in memory (about 10 KiB each at most)."""
+"""Persons whose facts (and recent events) the engine keeps in memory (about 10 KiB each at
+most)."""
 CONFIRM_WINDOW_S = 86400.0
 """Double opt-in caps count the mails of the last day."""
 CONFIRM_WORKFLOW = "double_opt_in"
 """The outbox's workflow name for confirmation mails (no run)."""
 MAX_EMIT_DEPTH = 4
 """Emitted events may trigger workflows that emit again, this many generations deep."""
-
-
-QUIET_HOURS_RE = re.compile(r"([01]\d|2[0-3]):([0-5]\d)\s*-\s*([01]\d|2[0-3]):([0-5]\d)")
-
-
-def policy_from(mail: MailConfig) -> Policy:
-    """The mail policy of ``[mail]``: frequency cap, quiet hours, the shop's time zone.
-
-    Raises:
-        ConfigError: naming the key and the value.
-    """
-    cap = 0.0
-    if mail.frequency_cap != "off":
-        try:
-            cap = parse_duration(mail.frequency_cap)
-        except ValueError as exc:
-            raise ConfigError(f"mail.frequency_cap: {exc} (or 'off')") from None
-    quiet = None
-    if mail.quiet_hours:
-        match = QUIET_HOURS_RE.fullmatch(mail.quiet_hours.strip())
-        if match is None:
-            raise ConfigError(
-                f"mail.quiet_hours: expected 'HH:MM-HH:MM' like '21:00-08:00', "
-                f"got {mail.quiet_hours!r}"
-            )
-        h1, m1, h2, m2 = (int(g) for g in match.groups())
-        quiet = (h1 * 60 + m1, h2 * 60 + m2)
-        if quiet[0] == quiet[1]:
-            raise ConfigError(f"mail.quiet_hours: empty window, got {mail.quiet_hours!r}")
-    try:
-        ZoneInfo(mail.time_zone)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ConfigError(f"mail.time_zone: unknown time zone, got {mail.time_zone!r}") from None
-    return Policy(frequency_cap_s=cap, quiet_hours=quiet, time_zone=mail.time_zone)
 
 
 SYSTEM_TEMPLATES = ("confirm", "test")
@@ -135,17 +101,6 @@ def _template_check(mail: MailConfig, public_url: str) -> dict[str, tuple[str, .
     folder = Path(mail.templates) if mail.templates else None
     mailer = Mailer(mail, public_url, Tokens(secrets.token_urlsafe(32)), template_dir=folder)
     return {name: tuple(mailer.check([name])) for name in mailer.names()}
-
-
-def sent_templates(rules: Workflows) -> set[str]:
-    """Every template a workflow step may send (all variants)."""
-    return {
-        variant.value
-        for workflow in rules.items
-        for step in workflow.steps
-        if step.kind == "send"
-        for variant in step.variants
-    }
 
 
 def load_rules(config: Config) -> tuple[Workflows, list[str]]:
@@ -194,12 +149,11 @@ def emitted_event(action: EmitEvent) -> Event:
     )
 
 
-def _stored_facts(person: Person) -> tuple[Any, ...]:
-    """The facts the profile row keeps (the rest, like recent history, is loaded or derived)."""
-    return (
-        person.orders_count, person.total_spent, person.last_order_at, person.order_times,
-        person.opens, person.clicks, person.time_zone, person.consent,
-    )  # fmt: skip
+_stored_facts: Callable[[Person], tuple[Any, ...]] = operator.attrgetter(
+    "orders_count", "total_spent", "last_order_at", "order_times", "opens", "clicks",
+    "time_zone", "consent",
+)  # fmt: skip
+"""The facts the profile row keeps (the rest, like recent history, is loaded or derived)."""
 
 
 def _condition_sources(rules: Workflows) -> list[str]:
@@ -227,8 +181,10 @@ class Engine:
         self.tick_s = tick_s
         self.confirmations_per_ip = confirmations_per_ip
         self.wheel: TimerWheel[str] = TimerWheel()
-        self.history: OrderedDict[str, tuple[tuple[str, float], ...]] = OrderedDict()
-        """Recent events of the persons decided lately (least recently used dropped first)."""
+        self.memory = Memory(HISTORY_CACHE_PERSONS)
+        """The facts of the persons decided lately, as committed (see :meth:`_facts`)."""
+        self.generation: tuple[int, int] | None = None
+        """The store's write generation after the last commit (None: trust no memory)."""
         self.sweeps: dict[str, tuple[float, str | None]] = {}
         """Scheduled workflow → (next sweep, last person swept or None), as committed."""
         self.wake = asyncio.Event()
@@ -282,30 +238,37 @@ class Engine:
         Synchronous: it runs on the store's writer thread, reading facts through ``source``.
         """
         changes = Changes()
+        # The memory holds what the group commits wrote; anything else written since (another
+        # process, an erasure) makes it unreliable: read everything from the store this time.
+        trusted = source.generation is not None and source.generation == self.generation
+        changes.reset = not trusted
         due_sweeps = [key[len(SWEEP_PREFIX) :] for key in fired if key.startswith(SWEEP_PREFIX)]
         fired = [key for key in fired if not key.startswith(SWEEP_PREFIX)]
         runs = source.open_runs(fired) if fired else {}
         persons = set(prepared.people) | {run.person_id for run in runs.values()}
         since = now - HISTORY_WINDOW_S if self.needs_history else None
-        facts = self._facts(source, persons, since)
-        queue = list(zip(prepared.fresh, prepared.people, prepared.received_at, strict=True))
+        oldest: dict[str, float] = {}
+        facts = self._facts(source, persons, since, trusted, oldest)
+        changes.profiled = {p for p, known in facts.items() if known.person.first_seen}
+        queue = deque(zip(prepared.fresh, prepared.people, prepared.received_at, strict=True))
         depth = {e.message_id: 0 for e, _, _ in queue}
+        rules, history = self.rules, since is not None
         while queue:
-            event, person_id, at = queue.pop(0)
-            before = facts[person_id].person
-            person = observe(before, event, at)
-            if _stored_facts(person) != _stored_facts(before):
+            event, person_id, at = queue.popleft()
+            known = facts[person_id]
+            person = observe(known.person, event, at, history=history)
+            if _stored_facts(person) != _stored_facts(known.person):
                 changes.people[person_id] = person
-            if since is not None:
-                changes.history[person_id] = person.history
+            if event.traits:  # the profile's traits and email are merged by SQL, not here
+                changes.stale.add(person_id)
             if event.type == "identify" and event.email and not event.email_verified:
                 self._confirm(event, person, at, source, changes)
-            known = replace(facts[person_id], person=person)
-            if not self.rules.items:
+            known = Facts(person, known.runs, known.last_ended, known.last_sent)
+            if not rules.items:
                 facts[person_id] = known
                 continue
-            actions = decide(self.rules, event, known, at)
-            facts[person_id] = self._fold(known, actions, at, changes)
+            actions = decide(rules, event, known, at)
+            facts[person_id] = self._fold(known, actions, at, changes) if actions else known
             for action in actions:
                 if isinstance(action, EmitEvent) and depth[event.message_id] < MAX_EMIT_DEPTH:
                     emitted = emitted_event(action)
@@ -331,7 +294,17 @@ class Engine:
             if not any(isinstance(a, ScheduleTimer) and a.run_id == run_id for a in actions):
                 changes.timers[run_id] = None  # fired, and not armed again by this decision
         for name in due_sweeps:
-            self._sweep(name, sweeps.get(name), source, facts, now, since, changes)
+            self._sweep(name, sweeps.get(name), source, facts, now, since, changes, oldest)
+        for link in prepared.links:  # merged (or re-linked) by the commit: read them again
+            changes.stale.add(link.person_id)
+            if link.merge_from is not None:
+                changes.stale.add(link.merge_from)
+        floor = min(now, min(prepared.received_at, default=now))  # no event here is older
+        changes.known = {
+            p: (f, min(oldest.get(p, floor), floor))
+            for p, f in facts.items()
+            if p not in changes.stale
+        }
         return changes
 
     def _sweep(
@@ -343,6 +316,7 @@ class Engine:
         now: float,
         since: float | None,
         changes: Changes,
+        oldest: dict[str, float],
     ) -> None:
         """One chunk of a scheduled workflow's sweep over the persons who can get mail."""
         workflow = self.rules.by_name.get(name)
@@ -352,9 +326,8 @@ class Engine:
         if cursor is None and self.tick(next_at) > self.tick(now):
             return  # not due yet
         persons = source.mailable_after(cursor, SWEEP_CHUNK)
-        missing = [p for p in persons if p not in facts]
-        if missing:
-            facts.update(source.facts(missing, since))
+        missing = {p for p in persons if p not in facts}
+        facts.update(self._facts(source, missing, since, not changes.reset, oldest))
         for person_id in persons:
             known = facts[person_id]
             actions = decide(self.rules, Scheduled(name), known, now)
@@ -398,21 +371,30 @@ class Engine:
         )  # fmt: skip
 
     def _fold(self, facts: Facts, actions: list[Action], at: float, changes: Changes) -> Facts:
-        """Record ``actions`` in ``changes`` and return the facts as they now stand."""
+        """Record ``actions`` in ``changes`` and return the facts as they now stand.
+
+        They are what the store returns once this commits (new runs after the open ones, the
+        latest end per workflow and key, the latest capped step), or the person is stale.
+        """
         runs = {run.id: run for run in facts.runs}
-        ended = dict(facts.last_ended)
-        last_sent = facts.last_sent
+        ended: dict[tuple[str, str], float] | None = None  # copied on the first end
+        last_sent, person_id = facts.last_sent, facts.person.id
         for action in actions:
-            if isinstance(action, StartRun | UpdateRun):
+            if isinstance(action, UpdateRun | StartRun):
                 runs[action.run.id] = action.run
                 changes.runs[action.run.id] = (action.run, None, at)
+                if type(action) is StartRun:
+                    changes.started.add(action.run.id)
+            elif isinstance(action, ScheduleTimer):
+                changes.timers[action.run_id] = (action.step, action.due, action.person_id)
             elif isinstance(action, EndRun):
                 run = action.run
                 runs.pop(run.id, None)
+                ended = dict(facts.last_ended) if ended is None else ended
+                if ended.get((run.workflow, run.key), at) > at:
+                    changes.stale.add(person_id)  # the clock went back: the store keeps the max
                 ended[(run.workflow, run.key)] = at
                 changes.runs[run.id] = (run, action.reason, at)
-            elif isinstance(action, ScheduleTimer):
-                changes.timers[action.run_id] = (action.step, action.due, action.person_id)
             elif isinstance(action, CancelTimer):
                 changes.timers[action.run_id] = None
             else:
@@ -422,8 +404,11 @@ class Engine:
                 if isinstance(action, SendMail):
                     changes.outbox.append(outbox_row(action, bool(step[6]), at))
                 if step[6]:
+                    if last_sent is not None and last_sent > at:
+                        changes.stale.add(person_id)  # as above
                     last_sent = at
-        return replace(facts, runs=tuple(runs.values()), last_ended=ended, last_sent=last_sent)
+        last_ended = facts.last_ended if ended is None else ended
+        return Facts(facts.person, tuple(runs.values()), last_ended, last_sent)
 
     def _step_row(
         self, action: SendMail | SkipStep | EmitEvent | CallWebhook, workflow: str, at: float
@@ -444,38 +429,56 @@ class Engine:
         row = (action.run_id, action.step, action.person_id, workflow, kind)
         return (*row, orjson.dumps(detail).decode(), capped, at)
 
-    def _facts(self, source: Source, persons: set[str], since: float | None) -> dict[str, Facts]:
-        """Facts of ``persons``; recent events from the engine's cache where it has them.
+    def _facts(
+        self,
+        source: Source,
+        persons: set[str],
+        since: float | None,
+        trusted: bool,
+        oldest: dict[str, float],
+    ) -> dict[str, Facts]:
+        """Facts of ``persons``: from memory where the engine has them, else from the store.
 
-        Reading every person's recent events from SQLite for each group was the cost that
-        dominated decisions once a condition used ``events_since`` (ack p99 ~1 s at 5,000
-        events/s): the pipeline is the only writer, so what it committed is known here.
+        Reading each group's persons from SQLite (profile, open runs, last ends and sends,
+        recent events) was the largest part of deciding (bench/RESULTS.md, ``bench.decide``).
+        The pipeline is the only writer of facts, so what it committed is known here: the
+        engine remembers the facts each group ends with, except where the commit changes
+        them beyond the fold (traits, merges), and trusts that memory only while the store's
+        :func:`~rtserver.store.Source` generation shows no other write (another process, an
+        erasure). ``oldest`` receives a lower bound of each person's history times.
         """
-        if not persons:
-            return {}
-        if since is None:
-            return source.facts(persons, None)
-        cached = {p for p in persons if p in self.history}
-        facts = source.facts(persons - cached, since)
-        if cached:
-            for person_id, known in source.facts(cached, None).items():
-                recent = tuple(h for h in self.history[person_id] if h[1] >= since)
-                facts[person_id] = replace(known, person=replace(known.person, history=recent))
+        facts: dict[str, Facts] = {}
+        missing: Iterable[str] = persons
+        if trusted:
+            found, missing = self.memory.recall(persons, since)
+            for person_id, (known, low) in found.items():
+                facts[person_id] = known
+                oldest[person_id] = low
+        if missing:
+            facts.update(source.facts(missing, since))
+            if since is not None:  # the store gave only events at or after ``since``
+                oldest.update(dict.fromkeys(missing, since))
         return facts
+
+    @property
+    def history(self) -> dict[str, tuple[tuple[str, float], ...]]:
+        """Recent events of the persons in memory, least recently decided first."""
+        return {p: known.person.history for p, (known, _) in self.memory.entries.items()}
 
     def committed(self, changes: Changes, merged: Sequence[str] = ()) -> None:
         """Mirror committed timer changes in the wheel; wake the driver for an earlier one.
 
-        Also keeps the recent events of the persons just decided (``merged``: persons whose
-        history was just merged with another's, forgotten so they are read again).
+        Also remembers the facts of the persons just decided, as committed, and forgets those
+        the commit changed otherwise (``changes.stale``; ``merged``: persons whose history was
+        just merged with another's).
         """
-        for person_id, recent in changes.history.items():
-            self.history[person_id] = recent
-            self.history.move_to_end(person_id)
-        while len(self.history) > HISTORY_CACHE_PERSONS:
-            self.history.popitem(last=False)
-        for person_id in merged:
-            self.history.pop(person_id, None)
+        memory = self.memory
+        if changes.reset:
+            memory.clear()
+        memory.forget(merged)
+        memory.forget(changes.stale)
+        memory.keep(changes.known)
+        self.generation = changes.generation
         before = self.wheel.next_deadline()
         for run_id, timer in changes.timers.items():
             if timer is None:

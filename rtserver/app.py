@@ -31,15 +31,21 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route, WebSocketRoute
 
-from rtserver import __version__, demo, links, snippet
+from rtserver import __version__, dashboard, demo, links, metrics, snippet
 from rtserver.actions import Engine, load_rules, make_mailer
+from rtserver.alerts import Alerts
+from rtserver.auth import RequireLogin, resolve_auth
+from rtserver.board import Board
 from rtserver.config import Config
+from rtserver.errors import StoreError
+from rtserver.hub import Changed, Hub
 from rtserver.ingest import Ingest
+from rtserver.latency import Histogram
 from rtserver.mailer import Relay
 from rtserver.pipeline import Clock, Keys, Pipeline, Runtime
 from rtserver.sender import Sender
 from rtserver.sink import Sink, start_sink
-from rtserver.store import Store
+from rtserver.store import Changes, Prepared, Store
 from rtserver.timers import run_timer_driver
 from rtserver.tokens import Tokens
 from rtserver.tracking import receive
@@ -142,6 +148,29 @@ async def _purge_forever(
         await purge_old_events(store, clock, retention_days)
 
 
+def _record_latency(latency: Histogram, clock: Clock) -> Callable[[Prepared, Changes], None]:
+    """A pipeline listener: event received → its decision committed, for every new event."""
+
+    def listener(prepared: Prepared, changes: Changes) -> None:
+        if prepared.received_at:
+            now = clock()
+            latency.observe_all(now - at for at in prepared.received_at)
+
+    return listener
+
+
+async def _watch_sender(sender: Sender, hub: Hub) -> None:
+    """Tell the hub whenever the sender made progress (outcomes change the outbox)."""
+    while True:
+        async with sender.progress:
+            await sender.progress.wait()
+        hub.touch(mail=True)
+
+
+async def _not_started(changed: Changed | None) -> dict[str, Any]:
+    raise RuntimeError("the dashboard starts with the lifespan")
+
+
 async def healthz(request: Request) -> JSONResponse:
     """``GET /healthz``: 200 while serving, 503 once draining."""
     runtime: Runtime = request.state.runtime
@@ -156,6 +185,21 @@ async def healthz(request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=200 if ok else 503)
 
 
+async def readyz(request: Request) -> JSONResponse:
+    """``GET /readyz``: 200 once the lifespan has started and the store answers, else 503."""
+    runtime: Runtime | None = getattr(request.state, "runtime", None)
+    ingest: Ingest = request.app.state.ingest
+    if runtime is None:
+        return JSONResponse({"status": "starting"}, status_code=503)
+    if ingest.draining:
+        return JSONResponse({"status": "draining"}, status_code=503)
+    try:
+        await runtime.store.ping()
+    except StoreError as exc:
+        return JSONResponse({"status": "store unavailable", "error": str(exc)}, status_code=503)
+    return JSONResponse({"status": "ready", "version": __version__})
+
+
 def create_app(
     config: Config, *, clock: Clock = time.time, monotonic: Callable[[], float] = time.monotonic
 ) -> Starlette:
@@ -165,6 +209,15 @@ def create_app(
         ConfigError: a workflow is invalid (checked here, before anything starts).
     """
     ingest = Ingest(config, monotonic)
+    viewing = config.dashboard
+    hub = Hub(
+        _not_started,
+        interval_s=1.0 / viewing.updates_per_s,
+        max_queue=viewing.viewer_queue,
+        history=viewing.replay,
+        max_subscribers=viewing.max_viewers,
+        monotonic=monotonic,
+    )
     rules, warnings = load_rules(config)
     for warning in filter(None, (*warnings, check_public_url(config))):
         logger.warning("config: %s", warning)
@@ -193,6 +246,9 @@ def create_app(
             relay = await stack.enter_async_context(mail_transport(config, store, clock))
             sender = Sender(store, make_mailer(config, tokens), relay, config.mail, clock)
             pipeline.listeners.append(lambda _, changes: sender.wake() if changes.outbox else None)
+            latency = Histogram()
+            pipeline.listeners.append(_record_latency(latency, clock))
+            pipeline.listeners.append(hub.on_commit)
             runtime = Runtime(
                 config=config,
                 store=store,
@@ -202,6 +258,20 @@ def create_app(
                 engine=engine,
                 tokens=tokens,
                 sender=sender,
+                hub=hub,
+            )
+            alerts = Alerts(config.dashboard)
+            board = Board(
+                runtime,
+                websockets=lambda: len(ingest.sessions),
+                latency=latency,
+                alerts=alerts,
+                monotonic=monotonic,
+            )
+            hub.compose = board.compose
+            auth = await resolve_auth(config, store, clock(), clock)
+            collector = metrics.Metrics(
+                runtime, websockets=board.websockets, latency=latency, alerts=alerts
             )
             # One purge before serving: a server that restarts often still enforces retention,
             # and the hourly task below never has to race the first requests.
@@ -220,7 +290,10 @@ def create_app(
                 )
             )
             tasks.append(asyncio.create_task(sender.run(stop), name="sender"))
-            yield {"runtime": runtime}
+            tasks.append(asyncio.create_task(hub.run(stop), name="dashboard-hub"))
+            tasks.append(asyncio.create_task(_watch_sender(sender, hub), name="dashboard-mail"))
+            tasks.append(asyncio.create_task(board.watch(stop), name="alerts"))
+            yield {"runtime": runtime, "board": board, "auth": auth, "metrics": collector}
             try:
                 async with asyncio.timeout(config.server.shutdown_timeout_s):
                     await ingest.drain()  # a no-op when the Server already drained
@@ -232,6 +305,7 @@ def create_app(
                     config.server.shutdown_timeout_s,
                 )
         finally:
+            hub.close()
             stop.set()
             for task in tasks:
                 task.cancel(msg="rtserver shutting down")
@@ -250,9 +324,12 @@ def create_app(
     )
     routes = [
         Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/metrics", metrics.endpoint),
         Route("/rt.js", snippet.script),
         Route("/demo", demo.shop),
         *links.routes,
+        *dashboard.routes,
         Mount(
             "/v1",
             routes=[
@@ -263,11 +340,12 @@ def create_app(
             middleware=[cors],
         ),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(RequireLogin)])
     # No "add or strip the slash" redirects: a link path never answers with a 3xx that its
     # signed token did not ask for (RELIABILITY.md G15).
     app.router.redirect_slashes = False
     app.state.ingest = ingest
+    app.state.hub = hub
     return app
 
 
@@ -370,11 +448,18 @@ def build_server(
     on_ready: Callable[[str, int], None] | None = None,
     **overrides: Any,
 ) -> Server:
-    """The uvicorn server for ``app``, wired to drain its ingest first."""
+    """The uvicorn server for ``app``, wired to end its dashboard streams and drain its ingest
+    first (uvicorn waits for open responses, and a stream never ends by itself)."""
     ingest: Ingest = app.state.ingest
+    hub: Hub = app.state.hub
+
+    async def drain() -> None:
+        hub.close()
+        await ingest.drain()
+
     return Server(
         server_config(app, config, **overrides),
-        ingest.drain,
+        drain,
         config.server.shutdown_timeout_s,
         on_ready,
     )

@@ -24,6 +24,7 @@ from rtserver.errors import ConfigError
 
 __all__ = [
     "Config",
+    "DashboardConfig",
     "IngestConfig",
     "KeysConfig",
     "MailConfig",
@@ -303,6 +304,70 @@ class MailConfig:
     smtp: SmtpConfig = field(default_factory=SmtpConfig, metadata={"help": "SMTP relay."})
 
 
+def _password(value: Secret) -> str | None:
+    return None if len(value.reveal()) >= 12 else "password too short: use at least 12 characters"
+
+
+@dataclass(frozen=True, slots=True)
+class DashboardConfig:
+    """The live dashboard (``/dashboard``), its login, its alerts and revenue attribution."""
+
+    password: Secret | None = setting(
+        None,
+        "Dashboard login password (secret; unset: generated once, shown once in the log).",
+        check=_password,
+        env="RTSERVER_DASHBOARD_PASSWORD",
+    )
+    session: str = setting("12h", "How long a dashboard login lasts.", check=_duration)
+    login_attempts: int = setting(
+        5, "Failed logins one client address may make per 15 minutes.", check=_positive
+    )
+    updates_per_s: float = setting(
+        4.0, "Batched live updates sent to each viewer per second (at most).", check=_positive
+    )
+    max_viewers: int = setting(200, "Most dashboard streams open at once.", check=_positive)
+    viewer_queue: int = setting(
+        64, "Updates a slow viewer may fall behind before its stream is dropped.", check=_positive
+    )
+    replay: int = setting(
+        240, "Recent updates kept for viewers resuming with Last-Event-ID.", check=_positive
+    )
+    click_window: str = setting(
+        "5d", "Revenue: an order this soon after a click counts for the mail.", check=_duration
+    )
+    open_window: str = setting(
+        "1d", "Revenue: an order this soon after an open counts for the mail.", check=_duration
+    )
+    alert_webhook: str = setting(
+        "",
+        "URL that alerts are POSTed to as JSON when raised and resolved ('': none).",
+        check=lambda value: _url(value) if value else None,
+    )
+    alert_window: str = setting(
+        "15m", "The recent span the alert rates are measured over.", check=_duration
+    )
+    alert_trigger_failures: int = setting(
+        1, "Alert: failed group commits (events not decided) within the window.", check=_positive
+    )
+    alert_smtp_failure_rate: float = setting(
+        0.2,
+        "Alert: share of SMTP attempts that failed or were deferred.",
+        check=lambda value: None if 0 < value <= 1 else "expected a share between 0 and 1",
+    )
+    alert_smtp_min_attempts: int = setting(
+        10, "SMTP attempts within the window before the failure rate counts.", check=_positive
+    )
+    alert_latency_ms: float = setting(
+        1000.0, "Alert: p99 of event -> decision committed over this.", check=_positive
+    )
+    alert_queue_depth: int = setting(
+        512, "Alert: batches waiting for the writer (ingest queue) over this.", check=_positive
+    )
+    alert_outbox_backlog: int = setting(
+        1000, "Alert: mails queued or waiting to retry over this.", check=_positive
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration."""
@@ -312,6 +377,7 @@ class Config:
     keys: KeysConfig = field(default_factory=KeysConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     mail: MailConfig = field(default_factory=MailConfig)
+    dashboard: DashboardConfig = field(default_factory=DashboardConfig)
     workflow: tuple[Mapping[str, Any], ...] = field(
         default=(), metadata={"help": "Workflows ([[workflow]] tables)."}
     )

@@ -10,9 +10,11 @@ by :func:`rtserver.workflows.decide`.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from rtserver.conditions import (
     NAMES,
@@ -21,6 +23,7 @@ from rtserver.conditions import (
     documented_names,
     parse_duration,
 )
+from rtserver.config import MailConfig
 from rtserver.errors import ConfigError
 
 __all__ = [
@@ -31,6 +34,8 @@ __all__ = [
     "Workflow",
     "Workflows",
     "compile_workflows",
+    "policy_from",
+    "sent_templates",
 ]
 
 StepKind = Literal["wait", "wait_inactive", "wait_until", "send", "webhook", "emit"]
@@ -366,3 +371,48 @@ def step_value(step: Step, variant: str) -> Any:
         if v.name == variant:
             return v.value
     return step.variants[0].value
+
+
+QUIET_HOURS_RE = re.compile(r"([01]\d|2[0-3]):([0-5]\d)\s*-\s*([01]\d|2[0-3]):([0-5]\d)")
+
+
+def policy_from(mail: MailConfig) -> Policy:
+    """The mail policy of ``[mail]``: frequency cap, quiet hours, the shop's time zone.
+
+    Raises:
+        ConfigError: naming the key and the value.
+    """
+    cap = 0.0
+    if mail.frequency_cap != "off":
+        try:
+            cap = parse_duration(mail.frequency_cap)
+        except ValueError as exc:
+            raise ConfigError(f"mail.frequency_cap: {exc} (or 'off')") from None
+    quiet = None
+    if mail.quiet_hours:
+        match = QUIET_HOURS_RE.fullmatch(mail.quiet_hours.strip())
+        if match is None:
+            raise ConfigError(
+                f"mail.quiet_hours: expected 'HH:MM-HH:MM' like '21:00-08:00', "
+                f"got {mail.quiet_hours!r}"
+            )
+        h1, m1, h2, m2 = (int(g) for g in match.groups())
+        quiet = (h1 * 60 + m1, h2 * 60 + m2)
+        if quiet[0] == quiet[1]:
+            raise ConfigError(f"mail.quiet_hours: empty window, got {mail.quiet_hours!r}")
+    try:
+        ZoneInfo(mail.time_zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"mail.time_zone: unknown time zone, got {mail.time_zone!r}") from None
+    return Policy(frequency_cap_s=cap, quiet_hours=quiet, time_zone=mail.time_zone)
+
+
+def sent_templates(rules: Workflows) -> set[str]:
+    """Every template a workflow step may send (all variants)."""
+    return {
+        variant.value
+        for workflow in rules.items
+        for step in workflow.steps
+        if step.kind == "send"
+        for variant in step.variants
+    }

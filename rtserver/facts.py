@@ -4,13 +4,16 @@
 of their last runs, their last marketing mail) and answers with a list of :data:`Action`; the
 caller commits those and folds them back into the facts. :func:`observe` folds one event into
 the profile (orders, opens and clicks, time zone, verified email, recent history) before the
-decision, so conditions see the event that is being decided.
+decision, so conditions see the event that is being decided. :class:`Memory` keeps the facts
+of the persons decided lately, so the engine reads only the others from the store.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Mapping
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -26,6 +29,7 @@ __all__ = [
     "EmitEvent",
     "EndRun",
     "Facts",
+    "Memory",
     "Person",
     "Run",
     "ScheduleTimer",
@@ -230,14 +234,21 @@ def _amount(properties: Mapping[str, Any]) -> float:
     return 0.0
 
 
+@functools.lru_cache(maxsize=1024)
+def _is_zone(name: str) -> bool:
+    # Cached: browsers send their zone with every event, and an unknown name is looked up on
+    # disk each time (ZoneInfo caches only the zones it found).
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: unreadable file
+        return False
+    return True
+
+
 def known_zone(*candidates: Any) -> str | None:
     """The first candidate that names a time zone the system knows."""
     for name in candidates:
-        if isinstance(name, str) and name:
-            try:
-                ZoneInfo(name)
-            except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: unreadable file
-                continue
+        if isinstance(name, str) and name and _is_zone(name):
             return name
     return None
 
@@ -270,34 +281,99 @@ def _consent(current: str, event: Event, name: str) -> str:
     return current
 
 
-def observe(person: Person, event: Event, now: float) -> Person:
-    """The person after ``event``: last seen, traits, email, orders, opens, clicks, history."""
+def observe(person: Person, event: Event, now: float, *, history: bool = True) -> Person:
+    """The person after ``event``: last seen, traits, email, orders, opens, clicks, history.
+
+    ``history=False`` leaves the recent events alone (nothing reads them: no condition uses
+    ``events_since``). Built in one call, not a chain of ``replace``: it runs for every event.
+    """
     name = event_name(event)
-    changes: dict[str, Any] = {
-        "last_seen": max(person.last_seen, now),
-        "first_seen": min(person.first_seen, now) if person.first_seen else now,
-        "history": (*person.history, (name, now))[-HISTORY_LIMIT:],
-    }
+    traits = person.traits
     if event.type == "identify" and event.traits:
-        traits = {k: v for k, v in event.traits.items() if k != "email"}
-        changes["traits"] = {**person.traits, **traits}
-    if event.email is not None and event.email_verified:
-        changes["email"] = event.email
+        traits = {**traits, **{k: v for k, v in event.traits.items() if k != "email"}}
     zone = known_zone(event.context.get("timezone"), event.traits.get("timezone"))
-    if zone is not None:
-        changes["time_zone"] = zone
+    orders, spent, last_order, order_times = (
+        person.orders_count, person.total_spent, person.last_order_at, person.order_times
+    )  # fmt: skip
     if name == ORDER_EVENT:
-        changes.update(
-            orders_count=person.orders_count + 1,
-            total_spent=person.total_spent + _amount(event.properties),
-            last_order_at=now,
-            order_times=(*person.order_times, now)[-ORDER_TIMES_LIMIT:],
-        )
-    consent = _consent(person.consent, event, name)
-    if consent != person.consent:
-        changes["consent"] = consent
+        orders, spent, last_order = orders + 1, spent + _amount(event.properties), now
+        order_times = (*order_times, now)[-ORDER_TIMES_LIMIT:]
+    opens, clicks = person.opens, person.clicks
     if name == "Email Opened" and not event.properties.get("machine"):
-        changes["opens"] = person.opens + 1
+        opens += 1
     elif name == "Email Clicked" and not event.properties.get("machine"):
-        changes["clicks"] = person.clicks + 1
-    return replace(person, **changes)
+        clicks += 1
+    return Person(
+        id=person.id,
+        email=event.email if event.email is not None and event.email_verified else person.email,
+        traits=traits,
+        consent=_consent(person.consent, event, name),
+        first_seen=min(person.first_seen, now) if person.first_seen else now,
+        last_seen=max(person.last_seen, now),
+        orders_count=orders,
+        total_spent=spent,
+        last_order_at=last_order,
+        opens=opens,
+        clicks=clicks,
+        time_zone=person.time_zone if zone is None else zone,
+        order_times=order_times,
+        history=(*person.history, (name, now))[-HISTORY_LIMIT:] if history else person.history,
+    )
+
+
+class Memory:
+    """The facts of the persons decided lately, exactly as the store holds them after the last
+    commit, so that a group reads from the store only the persons it has not seen lately.
+
+    Each entry is ``(facts, oldest)``: ``oldest`` is a lower bound of the times in the person's
+    recent history, so that trimming it to a window costs nothing until something is older.
+    Least recently kept entries are dropped first, past ``limit`` persons. What goes in, and
+    when an entry no longer matches the store, is the engine's business (:mod:`rtserver.actions`).
+    """
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.entries: OrderedDict[str, tuple[Facts, float]] = OrderedDict()
+
+    def recall(
+        self, person_ids: Iterable[str], since: float | None
+    ) -> tuple[dict[str, tuple[Facts, float]], list[str]]:
+        """The entries there are (history trimmed to events at or after ``since``), and the
+        persons missing."""
+        found: dict[str, tuple[Facts, float]] = {}
+        missing: list[str] = []
+        entries = self.entries
+        for person_id in person_ids:
+            entry = entries.get(person_id)
+            if entry is None:
+                missing.append(person_id)
+            elif since is not None and entry[1] < since:
+                found[person_id] = _trimmed(entry[0], since)
+            else:
+                found[person_id] = entry
+        return found, missing
+
+    def keep(self, known: Mapping[str, tuple[Facts, float]]) -> None:
+        """Remember (or refresh) these entries; drop the least recent past the limit."""
+        entries = self.entries
+        for person_id, entry in known.items():
+            entries[person_id] = entry
+            entries.move_to_end(person_id)
+        while len(entries) > self.limit:
+            entries.popitem(last=False)
+
+    def forget(self, person_ids: Iterable[str]) -> None:
+        """Drop these persons: read them from the store next time."""
+        for person_id in person_ids:
+            self.entries.pop(person_id, None)
+
+    def clear(self) -> None:
+        """Drop everything (the store was written behind the engine's back)."""
+        self.entries.clear()
+
+
+def _trimmed(facts: Facts, since: float) -> tuple[Facts, float]:
+    person = facts.person
+    recent = tuple(h for h in person.history if h[1] >= since)
+    oldest = min((at for _, at in recent), default=since)
+    return replace(facts, person=replace(person, history=recent)), oldest

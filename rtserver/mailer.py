@@ -1,11 +1,15 @@
-"""Mail: templates in, ``EmailMessage`` out (pure); sending is :mod:`rtserver.relay` (R15).
+"""Mail: templates in, the mail's wire bytes out (pure); sending is :mod:`rtserver.relay` (R15).
+
+:meth:`Mailer.render_bytes` gives a :class:`~rtserver.mime.RawMail` (the bytes built directly,
+:mod:`rtserver.mime`); :meth:`Mailer.render_mail` the same mail as an ``EmailMessage``.
 
 Templates
     ``email/<name>.html`` and ``email/<name>.txt``, from ``mail.templates`` (when set) and then
     the shipped ones, rendered in one :class:`~jinja2.sandbox.SandboxedEnvironment` (operators
     edit them, event data is attacker data): HTML autoescaped, text not. A missing name renders
     empty at run time; :meth:`Mailer.check` renders every template against sample data with
-    ``StrictUndefined`` to catch typos. Names starting with ``_`` are layouts and macros.
+    ``StrictUndefined`` to catch typos. Names starting with ``_`` are layouts and macros. An
+    edited template is used from the next mail on, at most ``RELOAD_CHECK_S`` later.
 
 Subject
     The ``subject`` block of the ``.html`` template (``{% block subject %}...{% endblock %}``;
@@ -24,9 +28,10 @@ Links
     ``{public_url}/c/{token}``, whose signed target carries ``utm_source=rtserver``,
     ``utm_medium=email``, ``utm_campaign=<workflow>``, ``utm_content=<template>`` and
     ``rt_run=<run id>`` (parameters the link already has are kept). rtserver's own ``/u/``,
-    ``/o/`` and ``/c/`` links and ``extra.confirm_url`` stay as they are. The HTML ends with the
-    open pixel ``{public_url}/o/{token}``. Marketing mail carries ``List-Unsubscribe`` (one
-    click, RFC 8058), a footer link and the postal address (G8).
+    ``/o/`` and ``/c/`` links and ``extra.confirm_url`` stay as they are
+    (:mod:`rtserver.clicks`). The HTML ends with the open pixel ``{public_url}/o/{token}``.
+    Marketing mail carries ``List-Unsubscribe`` (one click, RFC 8058), a footer link and the
+    postal address (G8).
 
 Delivery
     :class:`~rtserver.relay.Relay` and :class:`~rtserver.relay.Outcome` live in
@@ -36,22 +41,22 @@ Delivery
 
 from __future__ import annotations
 
-import html
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
-from email.utils import formatdate, parseaddr
+from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import dkim  # type: ignore[import-untyped]
 from email_validator import EmailNotValidError, validate_email
 from jinja2 import (
     BaseLoader,
     ChoiceLoader,
+    Environment,
     FileSystemLoader,
     PackageLoader,
     StrictUndefined,
@@ -63,10 +68,12 @@ from jinja2 import (
 from jinja2.sandbox import SandboxedEnvironment
 from markupsafe import Markup
 
+from rtserver.clicks import track_links
 from rtserver.config import MailConfig
 from rtserver.errors import MailError
+from rtserver.mime import POLICY, RawMail, compose, date_value, header, recipients_of, sign
 from rtserver.recommend import Product
-from rtserver.relay import POLICY, Outcome, Relay, classify, wire_bytes
+from rtserver.relay import Outcome, Relay, classify, wire_bytes
 from rtserver.tokens import Tokens
 
 __all__ = [
@@ -74,6 +81,7 @@ __all__ = [
     "MailContext",
     "Mailer",
     "Outcome",
+    "RawMail",
     "Relay",
     "check_address",
     "classify",
@@ -90,12 +98,11 @@ DKIM_HEADERS = (
     b"list-unsubscribe-post",
 )
 MAX_SUBJECT_CHARS = 200
+MAX_VERDICTS = 4096
+RELOAD_CHECK_S = 1.0
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 _DNS_NAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9])?(\.[A-Za-z0-9_-]+)*\.?")
 _MAIL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-_HREF = re.compile(r"""(<(?:a|area)\b[^>]*?\shref\s*=\s*)(["'])(.*?)\2""", re.I | re.S)
-_TEXT_URL = re.compile(r"""https?://[^\s<>"'`]+""", re.I)
-_UNSAFE_URL_CHAR = re.compile(r"[\x00-\x20\x7f]")
 _BLANK_LINES = re.compile(r"\n\s*\n(\s*\n)+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _TEMPLATE_ERRORS = (
@@ -166,11 +173,6 @@ def _first_name(person: Mapping[str, Any]) -> str:
     return name.split()[0][:60] if isinstance(name, str) and name.strip() else ""
 
 
-def _safe_url(url: str) -> str:
-    """The url with whitespace and control characters percent-encoded."""
-    return _UNSAFE_URL_CHAR.sub(lambda m: f"%{ord(m.group()):02X}", url.strip())
-
-
 def _where(exc: BaseException) -> str:
     """``email/x.html line 3`` from the template frames Jinja puts in tracebacks."""
     if isinstance(exc, TemplateSyntaxError):
@@ -185,58 +187,52 @@ def _where(exc: BaseException) -> str:
     return found
 
 
-class _Links:
-    """Rewrites the links of one mail to signed click urls (one token per target)."""
+class _Loader(BaseLoader):
+    """The template loaders, asking whether a loaded template's file changed at most once in
+    ``RELOAD_CHECK_S`` (Jinja asks for each template at each render: a dozen ``stat`` calls a
+    mail, each letting go of the GIL)."""
 
-    def __init__(self, mailer: Mailer, context: MailContext, template: str) -> None:
-        self._mailer = mailer
-        self._context = context
-        self._own = tuple(f"{mailer.public_url}/{p}/" for p in ("u", "o", "c"))
-        confirm = context.extra.get("confirm_url")
-        self._keep = {confirm} if isinstance(confirm, str) else set()
-        run = context.run
-        self._tags = {
-            "utm_source": "rtserver",
-            "utm_medium": "email",
-            "utm_campaign": str(run.get("workflow") or template),
-            "utm_content": template,
-        }
-        if run.get("id"):
-            self._tags["rt_run"] = str(run["id"])
-        self._done: dict[str, str] = {}
+    def __init__(self, inner: BaseLoader) -> None:
+        self._inner = inner
 
-    def track(self, url: str) -> str:
-        """The click url for ``url``, or ``url`` itself when it is not to be tracked."""
-        url = url.strip()
-        if url.startswith(self._own) or url in self._keep:
-            return url
-        if url not in self._done:
-            base, hash_, fragment = _safe_url(url).partition("#")
-            base, _, query = base.partition("?")
-            have = {pair.split("=", 1)[0] for pair in query.split("&") if pair}
-            add = "&".join(
-                f"{k}={quote(v, safe='')}" for k, v in self._tags.items() if k not in have
-            )
-            query = f"{query}&{add}" if query and add else query or add
-            target = f"{base}?{query}{hash_}{fragment}"
-            try:
-                token = self._mailer.tokens.click(self._context.mail_id, target)
-            except MailError:  # no host, say: a broken link stays as the template has it
-                return url
-            self._done[url] = f"{self._mailer.public_url}/c/{token}"
-        return self._done[url]
+    def get_source(
+        self, environment: Environment, template: str
+    ) -> tuple[str, str | None, Callable[[], bool] | None]:
+        source, filename, uptodate = self._inner.get_source(environment, template)
+        if uptodate is None:
+            return source, filename, None
+        check = uptodate
+        last = [time.monotonic(), True]
 
-    def html(self, match: re.Match[str]) -> str:
-        url = html.unescape(match.group(3))
-        if not url.lower().startswith(("http://", "https://")):
-            return match.group(0)
-        mark = match.group(2)
-        return f"{match.group(1)}{mark}{html.escape(self.track(url))}{mark}"
+        def throttled() -> bool:
+            now = time.monotonic()
+            if now - last[0] >= RELOAD_CHECK_S:
+                last[:] = [now, check()]
+            return bool(last[1])
 
-    def text(self, match: re.Match[str]) -> str:
-        url = match.group(0)
-        stripped = url.rstrip(".,;:!?)]}")
-        return self.track(stripped) + url[len(stripped) :]
+        return source, filename, throttled
+
+    def list_templates(self) -> list[str]:
+        return self._inner.list_templates()
+
+
+class _Sandbox(SandboxedEnvironment):
+    """The sandbox, remembering its verdict on each attribute per (type, name): the verdict
+    depends on nothing else (``jinja2.sandbox.is_internal_attribute`` looks at the type), and
+    a shop mail asks it about a hundred times."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._verdicts: dict[tuple[type, str], bool] = {}
+
+    def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
+        key = (type(obj), attr)
+        verdict = self._verdicts.get(key)
+        if verdict is None:
+            verdict = super().is_safe_attribute(obj, attr, value)
+            if len(self._verdicts) < MAX_VERDICTS:  # names can come from data (|attr)
+                self._verdicts[key] = verdict
+        return verdict
 
 
 class Mailer:
@@ -258,8 +254,8 @@ class Mailer:
         loaders: list[BaseLoader] = [PackageLoader("rtserver", "templates")]
         if template_dir is not None:
             loaders.insert(0, FileSystemLoader(template_dir))
-        self._env = SandboxedEnvironment(
-            loader=ChoiceLoader(loaders),
+        self._env = _Sandbox(
+            loader=_Loader(ChoiceLoader(loaders)),
             autoescape=select_autoescape(["html"]),
             trim_blocks=True,
             lstrip_blocks=True,
@@ -271,6 +267,8 @@ class Mailer:
         self._domain = sender.rpartition("@")[2]
         if "@" not in sender or not self._domain:
             raise MailError(f"mail.from has no domain: {config.from_!r}")
+        self._from_lines: dict[bool, bytes] = {}
+        self._envelope_from: str | None = None
         self._dkim_key: bytes | None = None
         if config.dkim.key_path:
             for key, value in (("domain", config.dkim.domain), ("selector", config.dkim.selector)):
@@ -323,9 +321,14 @@ class Mailer:
                     break
         return problems
 
-    def render_mail(self, template: str, context: MailContext) -> EmailMessage:
-        """The complete message, signed when DKIM is configured; MailError if it can't be."""
+    def render_bytes(self, template: str, context: MailContext) -> RawMail:
+        """The complete mail as it is sent, signed when DKIM is configured; MailError if it
+        can't be made."""
         return self._render(self._env, template, context)
+
+    def render_mail(self, template: str, context: MailContext) -> EmailMessage:
+        """:meth:`render_bytes` as an ``EmailMessage`` (parsed back from the same bytes)."""
+        return self._render(self._env, template, context).message()
 
     def _variables(self, template: str, context: MailContext) -> dict[str, Any]:
         brand = self.config.brand
@@ -350,7 +353,10 @@ class Mailer:
             "now": context.now,
         }
 
-    def _render(self, env: SandboxedEnvironment, name: str, context: MailContext) -> EmailMessage:
+    def _content(
+        self, env: SandboxedEnvironment, name: str, context: MailContext
+    ) -> tuple[str, str, str, str]:
+        """The subject, text and HTML (links tracked, pixel in) and the unsubscribe url."""
         if not _NAME.fullmatch(name):
             raise MailError(f"not a template name: {name!r}")
         if not _MAIL_ID.fullmatch(context.mail_id):
@@ -371,9 +377,17 @@ class Mailer:
             where = _where(exc) or f"email/{name}"
             raise MailError(f"{where}: {type(exc).__name__}: {exc}") from exc
         subject = _CONTROL.sub("", Markup(subject_html).striptags())[:MAX_SUBJECT_CHARS]
-        links = _Links(self, context, name)
-        html_body = _HREF.sub(links.html, html_body)
-        text_body = _TEXT_URL.sub(links.text, _BLANK_LINES.sub("\n\n", text_body).strip() + "\n")
+        confirm = context.extra.get("confirm_url")
+        html_body, text_body = track_links(
+            html_body,
+            _BLANK_LINES.sub("\n\n", text_body).strip() + "\n",
+            tokens=self.tokens,
+            public_url=self.public_url,
+            mail_id=context.mail_id,
+            run=context.run,
+            template=name,
+            keep={confirm} if isinstance(confirm, str) else set(),
+        )
         pixel = (
             f'<img src="{self.public_url}/o/{self.tokens.open(context.mail_id)}" '
             'width="1" height="1" alt="" style="display:block;border:0;">'
@@ -381,54 +395,48 @@ class Mailer:
         at = html_body.lower().rfind("</body>")
         html_body = html_body[:at] + pixel + html_body[at:] if at >= 0 else html_body + pixel
         subject = subject or self.config.brand.name
-        message = self._message(context, subject, variables["unsubscribe_url"])
-        message.set_content(text_body, cte="quoted-printable")
-        message.add_alternative(html_body, subtype="html", cte="quoted-printable")
-        if self._dkim_key is not None:
-            self._sign(message)
-        return message
+        return subject, text_body, html_body, variables["unsubscribe_url"]
 
-    def _message(self, context: MailContext, subject: str, unsubscribe: str) -> EmailMessage:
-        message = EmailMessage(policy=POLICY)
-        try:
-            message["From"] = self.config.from_
-            message["To"] = context.to
-            message["Subject"] = subject
-            message["Date"] = formatdate(context.now, usegmt=True)
-            message["Message-ID"] = f"<{context.mail_id}@{self._domain}>"
-            message["X-RT-Mail-ID"] = context.mail_id
-            if context.marketing:
-                # Raw, so no policy folds the long url into encoded words (see POLICY).
-                message.set_raw("List-Unsubscribe", f"<{unsubscribe}>")
-                message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-            recipients = message["To"].addresses
-        except (ValueError, TypeError, IndexError) as exc:
-            raise MailError(f"bad header: {exc}") from exc
+    def _render(self, env: SandboxedEnvironment, name: str, context: MailContext) -> RawMail:
+        subject, text_body, html_body, unsubscribe = self._content(env, name, context)
+        recipients = recipients_of(context.to)
         if not recipients:
             raise MailError(f"no recipient in {context.to!r}")
         for address in recipients:
-            check_address(address.addr_spec)
-        return message
+            check_address(address)
+        utf8 = not all(a.isascii() for a in (self._sender(), *recipients))
+        message_id = f"<{context.mail_id}@{self._domain}>"
+        head = [
+            self._from_line(utf8),
+            header("To", context.to, utf8),
+            header("Subject", subject, utf8),
+            header("Date", date_value(context.now)),
+            header("Message-ID", message_id),
+            header("X-RT-Mail-ID", context.mail_id),
+        ]
+        if context.marketing:
+            # Written raw: folding the long url would make RFC 2047 encoded words of it.
+            head.append(f"List-Unsubscribe: <{unsubscribe}>\r\n".encode("ascii"))
+            head.append(b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n")
+        data = compose(b"".join(head), text_body, html_body)
+        if self._dkim_key is not None:
+            dkim_config = self.config.dkim
+            domain = dkim_config.domain or self._domain
+            data = sign(data, dkim_config.selector, domain, self._dkim_key, DKIM_HEADERS)
+        return RawMail(self._sender(), recipients, data, message_id)
 
-    def _sign(self, message: EmailMessage) -> None:
-        dkim_config = self.config.dkim
-        try:
-            signature = dkim.sign(
-                wire_bytes(message),
-                dkim_config.selector.encode(),
-                (dkim_config.domain or self._domain).encode(),
-                self._dkim_key,
-                include_headers=list(DKIM_HEADERS),
-                canonicalize=(b"relaxed", b"relaxed"),
-                linesep=b"\r\n",
-            )
-        # dkimpy refuses only bad keys and names, both checked in __init__.
-        except dkim.DKIMException as exc:  # pragma: no cover
-            raise MailError(f"dkim signing failed: {exc}") from exc
-        # t= is dkimpy's own clock (the time of signing); everything else is the mail's.
-        name, _, value = signature.decode("ascii").partition(":")
-        # Stored raw with dkimpy's own folding, which POLICY writes as it is.
-        message.set_raw(name, value.lstrip(" ").rstrip("\r\n"))
+    def _from_line(self, utf8: bool) -> bytes:
+        """The From header (the same for every mail; MailError while mail.from is bad)."""
+        line = self._from_lines.get(utf8)
+        if line is None:
+            line = self._from_lines[utf8] = header("From", self.config.from_, utf8)
+        return line
+
+    def _sender(self) -> str:
+        """The envelope sender: the address of mail.from."""
+        if self._envelope_from is None:
+            self._envelope_from = recipients_of(self.config.from_)[0]
+        return self._envelope_from
 
 
 _SAMPLE_PRODUCTS = (
@@ -463,7 +471,14 @@ SAMPLE = MailContext(
         "clicks": 2,
         "time_zone": "Europe/Berlin",
     },
-    run={"id": "run-1", "workflow": "sample", "step": 1, "variant": "a"},
+    run={
+        "id": "run-1",
+        "workflow": "sample",
+        "step": 1,
+        "variant": "a",
+        "key": "cart-1",
+        "started": 1_799_996_400.0,
+    },
     cart=_SAMPLE_PRODUCTS[:2],
     recommendations=_SAMPLE_PRODUCTS,
     extra={

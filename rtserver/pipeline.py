@@ -26,7 +26,8 @@ from rtserver.events import Event
 from rtserver.store import Changes, Prepared, Store
 from rtserver.tokens import Tokens
 
-if TYPE_CHECKING:  # the sender is started by the app; only its type is named here
+if TYPE_CHECKING:  # the sender and the hub are started by the app; only their types are named
+    from rtserver.hub import Hub
     from rtserver.sender import Sender
 
 __all__ = ["Clock", "Keys", "Pipeline", "Runtime", "Submission"]
@@ -241,3 +242,5 @@ class Runtime:
     tokens: Tokens = field(default_factory=lambda: Tokens(secrets.token_urlsafe(32)))
     """Signs the links in mail (open, click, unsubscribe, confirm)."""
     sender: Sender | None = None
+    hub: Hub | None = None
+    """The dashboard's hub: batched live updates for its viewers."""

@@ -13,7 +13,9 @@ one already bought or in the cart, never one twice.
 
 from __future__ import annotations
 
+import functools
 import math
+import re
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -26,6 +28,7 @@ MAX_TEXT_CHARS = 300
 MAX_URL_CHARS = 2048
 MAX_QUANTITY = 9999
 MAX_CART_PRODUCTS = 100
+URL_CACHE = 4096
 TOP_CATEGORIES = 2
 """How many of the person's most browsed categories lead the recommendations."""
 
@@ -33,6 +36,7 @@ _ADD = "Product Added"
 _REMOVE = "Product Removed"
 _CART_LISTS = ("Cart Viewed", "Checkout Started")
 _ORDER = "Order Completed"
+_UNSAFE_URL_CHAR = re.compile(r"[\x00-\x20\x7f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,14 +63,21 @@ def _text(value: Any, limit: int = MAX_TEXT_CHARS) -> str | None:
 def _url(value: Any) -> str | None:
     if not isinstance(value, str) or len(value) > MAX_URL_CHARS:
         return None
+    return _web_url(value)
+
+
+@functools.lru_cache(maxsize=URL_CACHE)
+def _web_url(value: str) -> str | None:
+    """``value`` stripped if it is an http(s) url with a host and no whitespace inside, else
+    None (remembered: a mail reads the same few product urls from many events)."""
     url = value.strip()
+    if _UNSAFE_URL_CHAR.search(url):
+        return None
     try:
         parts = urlsplit(url)
     except ValueError:
         return None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        return None
-    if any(c <= " " or c == "\x7f" for c in url):
         return None
     return url
 

@@ -10,15 +10,17 @@ RCPT, DATA, the content) so each failure is classified (G6) into an :class:`Outc
     connection lost or timeout after the content went    ambiguous (G5: the relay may
     out, before the final reply                          have taken it)
 
-It never raises for SMTP or network errors. Exported through :mod:`rtserver.mailer`.
+It sends a :class:`~rtserver.mime.RawMail` as it is (its bytes are what DKIM signed), or an
+``EmailMessage`` flattened by :func:`wire_bytes`. It never raises for SMTP or network errors.
+Exported through :mod:`rtserver.mailer`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
-import email.policy
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import Literal
@@ -26,14 +28,14 @@ from typing import Literal
 import aiosmtplib
 from aiosmtplib.email import extract_recipients, extract_sender
 
-__all__ = ["POLICY", "Outcome", "Relay", "classify", "wire_bytes"]
+from rtserver.mime import POLICY, RawMail
+
+__all__ = ["POLICY", "Outcome", "Relay", "classify", "raw_mail", "wire_bytes"]
 
 _ENHANCED_5_1 = re.compile(r"\s*5\.1\.\d{1,3}\b")
 
-POLICY = email.policy.SMTP.clone(refold_source="none")
-"""The policy of rendered mail: SMTP's (CRLF, lines folded at 78), except that headers set
-raw (List-Unsubscribe, DKIM-Signature) are written as they are: refolding a long url would
-turn it into RFC 2047 encoded words, and a refolded signature would no longer verify."""
+
+_LINE_END = re.compile(rb"\r\n|\r|\n")
 
 
 def _needs_utf8(message: EmailMessage) -> bool:
@@ -48,6 +50,18 @@ def wire_bytes(message: EmailMessage) -> bytes:
         message = copy.copy(message)
         del message["Bcc"]
     return message.as_bytes(policy=POLICY.clone(utf8=_needs_utf8(message)))
+
+
+def raw_mail(message: EmailMessage) -> RawMail:
+    """``message`` ready for the relay: its envelope (From; To, Cc and Bcc) and wire bytes,
+    line ends made CRLF."""
+    data = _LINE_END.sub(b"\r\n", wire_bytes(message))
+    return RawMail(
+        extract_sender(message) or "",
+        tuple(extract_recipients(message)),
+        data,
+        str(message.get("Message-ID", "")),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,10 +83,6 @@ def classify(code: int, message: str) -> Outcome:
     if 500 <= code < 600 and _ENHANCED_5_1.match(message):
         return Outcome("suppress", code, reason)
     return Outcome("failed", code, reason)
-
-
-_LINE_END = re.compile(rb"\r\n|\r|\n")
-_LEADING_DOT = re.compile(rb"^\.", re.M)
 
 
 class Relay:
@@ -101,23 +111,28 @@ class Relay:
         )
         self._lock = asyncio.Lock()
 
-    async def send(self, message: EmailMessage) -> Outcome:
-        """Hand ``message`` to the relay; never raises for SMTP or network errors."""
-        sender = extract_sender(message)
-        recipients = extract_recipients(message)
-        if not sender or not recipients:
+    async def send(
+        self, message: RawMail | EmailMessage, *, handed: Callable[[], object] | None = None
+    ) -> Outcome:
+        """Hand ``message`` to the relay; never raises for SMTP or network errors.
+
+        ``handed`` is called once the content is written, while the relay digests it: the
+        sender renders its next mail then (the longest wait of a transaction).
+        """
+        mail = message if isinstance(message, RawMail) else raw_mail(message)
+        if not mail.sender or not mail.recipients:
             return Outcome("failed", None, "message without sender or recipient")
         async with self._lock:
             reused = self._client.is_connected
             outcome = await self._connect()
             if outcome is None:
-                outcome, phase = await self._transaction(sender, recipients, message)
+                outcome, phase = await self._transaction(mail, handed)
                 # A connection the server closed while idle fails before anything was
                 # accepted: one fresh connection, then the outcome stands.
                 if reused and phase == "mail" and outcome.state == "retry" and not outcome.code:
                     outcome = await self._connect()
                     if outcome is None:
-                        outcome, _ = await self._transaction(sender, recipients, message)
+                        outcome, _ = await self._transaction(mail, handed)
             return outcome
 
     async def close(self) -> None:
@@ -152,21 +167,22 @@ class Relay:
         return None
 
     async def _transaction(
-        self, sender: str, recipients: list[str], message: EmailMessage
+        self, mail: RawMail, handed: Callable[[], object] | None
     ) -> tuple[Outcome, str]:
         client = self._client
-        utf8 = _needs_utf8(message)
+        utf8 = mail.utf8
         if utf8 and not client.supports_extension("smtputf8"):
             return Outcome("failed", None, "the relay does not support SMTPUTF8"), "mail"
         options = ["SMTPUTF8", "BODY=8BITMIME"] if utf8 else []
         encoding = "utf-8" if utf8 else "ascii"
-        data = wire_bytes(message)
-        data = _LEADING_DOT.sub(b"..", _LINE_END.sub(b"\r\n", data)) + b".\r\n"
+        # Dot-stuffing (RFC 5321 4.5.2); lines are CRLF and the last one ends (RawMail's
+        # contract), so one replace does what a regex over every line end did.
+        data = (b"\r\n" + mail.data).replace(b"\r\n.", b"\r\n..")[2:] + b".\r\n"
         phase = "mail"
         try:
-            await client.mail(sender, options=options, encoding=encoding)
+            await client.mail(mail.sender, options=options, encoding=encoding)
             phase = "rcpt"
-            for recipient in recipients:
+            for recipient in mail.recipients:
                 await client.rcpt(recipient, encoding=encoding)
             phase = "data"
             reply = await client.execute_command(b"DATA")
@@ -176,6 +192,8 @@ class Relay:
                 assert client.protocol is not None
                 client.protocol.write(data)
                 phase = "content"
+                if handed is not None:
+                    handed()
                 reply = await client.protocol.read_response(timeout=self._timeout_s)
         except aiosmtplib.SMTPResponseException as exc:
             await self._reset()

@@ -40,14 +40,14 @@ import random
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from email.message import EmailMessage
+from functools import partial
 from typing import Any
 
 from rtserver._outbox import NEVER, Claim, Dropped
 from rtserver.conditions import parse_duration
 from rtserver.config import MailConfig
 from rtserver.errors import MailError, StoreError
-from rtserver.mailer import MailContext, Mailer, Outcome, Relay
+from rtserver.mailer import MailContext, Mailer, Outcome, RawMail, Relay
 from rtserver.recommend import Product, cart_of, product_of, recommend
 from rtserver.store import Store
 
@@ -156,6 +156,7 @@ class Sender:
         self._sent_today = 0
         self._next_recover = -math.inf
         self._popular: tuple[float, list[Product]] | None = None
+        self._popular_lock = asyncio.Lock()
         self._outcomes: list[tuple[Any, ...]] = []
 
     def wake(self) -> None:
@@ -245,21 +246,35 @@ class Sender:
             logger.info("mail %s not sent: %s (%s)", mail.id, mail.state, mail.reason)
 
     async def _deliver(self, claims: Sequence[Claim], stop: asyncio.Event) -> None:
-        """Send ``claims`` in order, preparing each next one while the current is on the wire."""
-        ahead = asyncio.ensure_future(self._prepare(claims[0]))
+        """Send ``claims`` in order, rendering each next one while the relay digests the
+        current one."""
+        # Every mail's products are read at once: the store's reader thread then works
+        # through the batch's queries in one go, instead of being woken (and waiting to be
+        # scheduled, on a box whose other core runs the relay) twice for each mail.
+        now = self.clock()
+        contexts = [asyncio.ensure_future(self.context(claim, now)) for claim in claims]
+        rendered: dict[int, RawMail | Outcome] = {}
+
+        def render_ahead(index: int) -> None:
+            # Called by the relay once a mail's content is written: the relay (and so this
+            # task) waits for the final reply, which is the longest wait of a transaction.
+            if index < len(claims) and index not in rendered and contexts[index].done():
+                rendered[index] = self._render(claims[index], contexts[index])
+
         try:
             for index, claim in enumerate(claims):
                 if stop.is_set():
                     self._give_back(claims[index:], "queued", self.clock(), "")
                     break
-                prepared = await ahead
-                if index + 1 < len(claims):
-                    ahead = asyncio.ensure_future(self._prepare(claims[index + 1]))
-                if not isinstance(prepared, EmailMessage):
-                    self._record(claim, prepared, self.clock())
+                mail = rendered.pop(index, None)
+                if mail is None:
+                    await asyncio.wait([contexts[index]])
+                    mail = self._render(claim, contexts[index])
+                if not isinstance(mail, RawMail):
+                    self._record(claim, mail, self.clock())
                     self.in_flight -= 1
                     continue
-                outcome = await self._send(claim, prepared)
+                outcome = await self._send(claim, mail, partial(render_ahead, index + 1))
                 now = self.clock()
                 self._record(claim, outcome, now)
                 self.in_flight -= 1
@@ -274,17 +289,24 @@ class Sender:
                     self._give_back(rest, "retry_wait", later, f"not tried: {outcome.reason}")
                     break
         finally:
-            ahead.cancel()  # a mail still being prepared when the batch stops short
-            await asyncio.wait([ahead])
+            # Reads the batch did not get to (it stopped short) are cancelled; one that failed
+            # meanwhile was for a mail given back, so its error is let go.
+            for future in contexts:
+                future.cancel()
+            await asyncio.wait(contexts)
+            for future in contexts:
+                if not future.cancelled():
+                    future.exception()
             self.in_flight = 0
         await self._flush()
 
-    async def _prepare(self, claim: Claim) -> EmailMessage | Outcome:
+    def _render(self, claim: Claim, context: asyncio.Future[MailContext]) -> RawMail | Outcome:
         """The rendered mail (to ``mail.test_recipients`` when set, the real recipient kept in
         ``X-RT-Original-To``), or the outcome that stands for it when it cannot be made."""
         try:
-            context = await self.context(claim, self.clock())
-            message = self.mailer.render_mail(claim.template, context)
+            mail = self.mailer.render_bytes(claim.template, context.result())
+            if self.config.test_recipients:
+                mail = mail.with_header(ORIGINAL_TO, claim.recipient)
         except StoreError as exc:
             return Outcome("retry", None, f"reading the mail's products failed: {exc}")
         except MailError as exc:
@@ -292,13 +314,11 @@ class Sender:
         except Exception as exc:  # a bug in one mail must not stop the others (R13)
             logger.exception("mail %s could not be prepared", claim.id)
             return Outcome("failed", None, f"render failed: {exc!r}")
-        if self.config.test_recipients:
-            message[ORIGINAL_TO] = claim.recipient
-        return message
+        return mail
 
-    async def _send(self, claim: Claim, message: EmailMessage) -> Outcome:
+    async def _send(self, claim: Claim, mail: RawMail, handed: Callable[[], None]) -> Outcome:
         try:
-            return await self.relay.send(message)
+            return await self.relay.send(mail, handed=handed)
         except Exception as exc:  # the relay should not raise; whether it left is unknown
             logger.exception("relay failed on mail %s", claim.id)
             return Outcome("ambiguous", None, f"relay error: {exc!r}")
@@ -345,11 +365,12 @@ class Sender:
         return {**claim.extra, "confirm_url": f"{self.mailer.public_url}/confirm/{token}"}
 
     async def _popular_products(self, now: float) -> list[Product]:
-        cached = self._popular
-        if cached is None or not cached[0] <= now < cached[0] + POPULAR_TTL_S:
-            rows = await self.store.mail.popular(now - PRODUCTS_WINDOW_S, POOL)
-            cached = self._popular = (now, _products(rows))
-        return cached[1]
+        async with self._popular_lock:  # a batch's mails ask at once: one of them reads
+            cached = self._popular
+            if cached is None or not cached[0] <= now < cached[0] + POPULAR_TTL_S:
+                rows = await self.store.mail.popular(now - PRODUCTS_WINDOW_S, POOL)
+                cached = self._popular = (now, _products(rows))
+            return cached[1]
 
     def _record(self, claim: Claim, outcome: Outcome, now: float) -> None:
         """Count and log an attempt's outcome; queue its row update for the batch's write."""

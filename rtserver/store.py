@@ -309,3 +309,94 @@ class Store:
         profile = dict(zip(PROFILE_COLUMNS, rows[0], strict=True))
         profile["traits"] = orjson.loads(profile["traits"])
         return profile
+
+    # Reads for the dashboard: the read-only connection, bounded by a limit or a time window.
+
+    async def ping(self) -> None:
+        """Answer one trivial query (readiness: the store is open and answers)."""
+        await self._read("SELECT 1")
+
+    async def recent_events(
+        self, limit: int = 50, person_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The newest events, newest first (of one person if given): ``seq``, ``received_at``,
+        ``person_id``, ``type``, ``name``, ``source`` and the stored ``message``."""
+        where = "WHERE person_id = ?" if person_id else ""
+        rows = await self._read(
+            "SELECT seq, received_at, person_id, type, name, source, body FROM events "
+            f"{where} ORDER BY seq DESC LIMIT ?",
+            (person_id, limit) if person_id else (limit,),
+        )
+        names = ("seq", "received_at", "person_id", "type", "name", "source")
+        return [
+            {**dict(zip(names, r[:6], strict=True)), "message": orjson.loads(r[6])} for r in rows
+        ]
+
+    async def active_runs(self) -> dict[str, int]:
+        """How many runs are open, per workflow."""
+        rows = await self._read(
+            "SELECT workflow, count(*) FROM runs WHERE state = 'active' GROUP BY workflow"
+        )
+        return {r[0]: int(r[1]) for r in rows}
+
+    async def runs_of(self, person_id: str, limit: int = 100) -> list[dict[str, Any]]:
+        """A person's runs, newest first."""
+        rows = await self._read(
+            f"SELECT {', '.join(RUN_COLUMNS)}, state, ended_at, end_reason, updated_at FROM runs "
+            "WHERE person_id = ? ORDER BY started DESC, id LIMIT ?",
+            (person_id, limit),
+        )
+        names = (*RUN_COLUMNS, "state", "ended_at", "end_reason", "updated_at")
+        return [dict(zip(names, r, strict=True)) for r in rows]
+
+    async def sunk_mail(self, sunk_id: int) -> dict[str, Any] | None:
+        """One mail the dev sink received (its raw ``body``), or None."""
+        rows = await self._read(
+            "SELECT id, message_id, mail_from, recipients, subject, received_at, body "
+            "FROM sink_messages WHERE id = ?",
+            (sunk_id,),
+        )
+        if not rows:
+            return None
+        names = ("id", "message_id", "mail_from", "recipients", "subject", "received_at", "body")
+        mail = dict(zip(names, rows[0], strict=True))
+        mail["recipients"] = orjson.loads(mail["recipients"])
+        return mail
+
+    async def funnel_rows(
+        self, since: float
+    ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        """What the funnel is computed from, for runs started and events received since
+        ``since``: runs (id, workflow, variant, holdout, person, started, first sent), first
+        human opens and clicks per run (name, run id, when), and orders (person, when, source,
+        properties JSON)."""
+        runs = await self._read(
+            "SELECT r.id, r.workflow, r.variant, r.holdout, r.person_id, r.started, "
+            "(SELECT min(o.sent_at) FROM outbox AS o WHERE o.run_id = r.id) "
+            "FROM runs AS r WHERE r.started >= ?",
+            (since,),
+        )
+        touches = await self._read(
+            "SELECT name, json_extract(CAST(body AS TEXT), '$.properties.run_id') AS run, "
+            "min(received_at) FROM events WHERE received_at >= ? "
+            "AND name IN ('Email Opened', 'Email Clicked') "
+            "AND coalesce(json_extract(CAST(body AS TEXT), '$.properties.machine'), 0) = 0 "
+            "AND run IS NOT NULL GROUP BY name, run",
+            (since,),
+        )
+        orders = await self._read(
+            "SELECT person_id, received_at, source, "
+            "json_extract(CAST(body AS TEXT), '$.properties') FROM events "
+            "WHERE received_at >= ? AND name = 'Order Completed' ORDER BY seq",
+            (since,),
+        )
+        return [tuple(r) for r in runs], [tuple(r) for r in touches], [tuple(r) for r in orders]
+
+    async def delivery_delays(self, limit: int = 1000) -> list[float]:
+        """Due → sent, in seconds, of the newest mails sent at their first attempt."""
+        rows = await self._read(
+            "SELECT sent_at - next_attempt_at FROM outbox WHERE sent_at IS NOT NULL "
+            "AND attempts = 1 ORDER BY sent_at DESC LIMIT ?",
+            (limit,),
+        )
+        return [float(r[0]) for r in rows]

@@ -11,12 +11,24 @@ One salt per kind, so a token of one kind never reads as another::
 A token holds ids, urls and hashes only, never an email address (G15). Its timestamp comes from
 the injected clock (a :class:`itsdangerous.TimestampSigner` subclass), so tests move time by
 hand. Reading never raises: a bad, tampered or expired token reads as ``None``.
+
+Tokens are itsdangerous ``URLSafeTimedSerializer`` tokens (read by it), but made here: a mail
+signs about ten of them, and itsdangerous builds a signer, derives its key and zlib-compresses
+the payload for each (~14 µs a token, and zlib lets go of the GIL twice, which costs far more
+while the store's threads are busy). Here the HMAC-SHA256 of each kind is keyed once (the same
+``django-concat`` key derivation and salt) and copied per token, and the payload is never
+compressed (a form itsdangerous reads as well; click tokens come out about a quarter longer):
+~3 µs, the same key and MAC.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
+import json
 import re
+import struct
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -40,6 +52,12 @@ MAX_TOKEN_CHARS = 8192
 
 
 _UNSAFE = re.compile(r"[\x00-\x20\x7f]")
+KINDS = ("open", "click", "unsubscribe", "confirm")
+_TIMESTAMP = struct.Struct(">Q")
+
+
+def _b64(data: bytes) -> bytes:
+    return base64.urlsafe_b64encode(data).rstrip(b"=")
 
 
 def email_hash(email: str) -> str:
@@ -85,10 +103,23 @@ class Tokens:
             signer=_ClockSigner,
             signer_kwargs={"clock": clock, "digest_method": hashlib.sha256},
         )
+        self._clock = clock
+        # itsdangerous's key for a salt: sha256(salt + b"signer" + secret) ("django-concat").
+        self._macs = {
+            kind: hmac.new(
+                hashlib.sha256(f"rtserver.{kind}signer{secret}".encode()).digest(),
+                digestmod=hashlib.sha256,
+            )
+            for kind in KINDS
+        }
 
     def _dump(self, kind: str, *fields: str) -> str:
-        token: str = self._serializer.dumps(list(fields), salt=f"rtserver.{kind}")
-        return token
+        """What ``self._serializer.dumps(list(fields), salt=...)`` makes, never compressed."""
+        payload = json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode()
+        value = _b64(payload) + b"." + _b64(_TIMESTAMP.pack(int(self._clock())).lstrip(b"\x00"))
+        mac = self._macs[kind].copy()
+        mac.update(value)
+        return (value + b"." + _b64(mac.digest())).decode("ascii")
 
     def _load(self, kind: str, token: object, max_age_s: int, size: int) -> list[str] | None:
         if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS:

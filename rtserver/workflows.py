@@ -17,6 +17,7 @@ starts no run and holds its runs' due steps, looking again every ``PAUSED_RECHEC
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 import itertools
 from dataclasses import replace
@@ -75,12 +76,15 @@ __all__ = [
 ]
 
 EMAIL_EVENT_PREFIX = "Email "
+EVENT_WAITS = frozenset({"wait_until", "wait_inactive"})
+"""The steps an event can move (the others wait for their timer)."""
 IMPLICIT_SIGNALS = frozenset({"Time On Page", "Scroll Depth Reached"})
 """Engagement signals of the snippet: not activity for ``wait_inactive`` (DESIGN.md)."""
 PAUSED_RECHECK_S = 3600.0
 """A due step of a paused workflow waits this long, then looks again."""
 
 
+@functools.lru_cache(maxsize=4096)  # each event of a person in an A/B step asks again
 def _bucket(*parts: str, size: int) -> int:
     """A deterministic number in ``range(size)`` for these parts (same person, same answer)."""
     digest = hashlib.sha256("\x00".join(parts).encode()).digest()
@@ -103,10 +107,26 @@ def _event_names(event: Event) -> dict[str, Any]:
     }
 
 
+EVENT_FIELDS = {
+    "type": "type", "event": "name", "name": "name", "properties": "properties",
+    "traits": "traits", "context": "context", "messageId": "message_id",
+    "anonymousId": "anonymous_id", "userId": "user_id", "timestamp": "timestamp",
+    "previousId": "previous_id",
+}  # fmt: skip
+"""The names of :func:`_event_names`, as attributes of the event."""
+
+
+@functools.lru_cache(maxsize=256)
+def _parts(path: str) -> tuple[str | None, tuple[str, ...]]:
+    first, *rest = path.split(".")
+    return EVENT_FIELDS.get(first), tuple(rest)
+
+
 def _lookup(event: Event, path: str) -> str:
     """The run key of ``event`` at ``path`` (``properties.cart_id``); "" when absent."""
-    value: Any = _event_names(event)
-    for part in path.split("."):
+    attribute, rest = _parts(path)  # as _event_names(event) would give, without building it
+    value: Any = None if attribute is None else getattr(event, attribute)
+    for part in rest:
         value = value.get(part) if isinstance(value, dict) else None
     return "" if value is None or isinstance(value, dict | list) else str(value)
 
@@ -144,16 +164,21 @@ class _Decider:
         self.person = facts.person
         self.now = now
         self.runs = {run.id: run for run in facts.runs}
-        self.last_ended = dict(facts.last_ended)
+        self.last_ended = facts.last_ended
+        """Copied on the first end (most decisions end nothing)."""
         self.last_sent = facts.last_sent
         self.actions: list[Action] = []
+        self._event: dict[str, Any] | None = None
+        """The names of the one event decided, built for its first condition."""
 
     def names(self, run: Run | None, event: Event | None) -> dict[str, Any]:
         names: dict[str, Any] = {"person": self.person, "now": self.now}
         if run is not None:
             names["run"] = run
         if event is not None:
-            names["event"] = _event_names(event)
+            if self._event is None:
+                self._event = _event_names(event)
+            names["event"] = self._event
         return names
 
     def update(self, run: Run) -> Run:
@@ -166,10 +191,15 @@ class _Decider:
             self.actions.append(CancelTimer(run.id))
         self.actions.append(EndRun(replace(run, due=None), reason))
         self.runs.pop(run.id, None)
-        self.last_ended[(run.workflow, run.key)] = self.now
+        self.last_ended = {**self.last_ended, (run.workflow, run.key): self.now}
 
-    def wait(self, run: Run, step: Step, due: float, **changes: Any) -> None:
-        run = self.update(replace(run, step=step.index, step_kind=step.kind, due=due, **changes))
+    def wait(self, run: Run, step: Step, due: float, wait_met: bool | None = None) -> None:
+        moved = Run(
+            run.id, run.workflow, run.person_id, run.key, run.started, step.index, step.kind,
+            run.variant, run.holdout, run.wait_met if wait_met is None else wait_met, run.sends,
+            due,
+        )  # fmt: skip
+        run = self.update(moved)  # built, not replace()d: it runs on every re-arm
         self.actions.append(ScheduleTimer(run.id, step.index, due, run.person_id))
 
     def current(self, workflow: Workflow | None, run: Run) -> Step | None:
@@ -302,8 +332,8 @@ class _Decider:
                 self.end(run, f"exit on {name}")
         for run in list(self.runs.values()):  # waits
             step = self.current(rules.by_name.get(run.workflow), run)
-            if step is None:
-                continue
+            if step is None or step.kind not in EVENT_WAITS:
+                continue  # ended, or waits for time only
             workflow = rules.by_name[run.workflow]
             run, variant = self.variant(workflow, run, step)
             if step.kind == "wait_until" and name == step_value(step, variant):
@@ -346,8 +376,9 @@ class _Decider:
 
     def may_start(self, workflow: Workflow, key: str) -> bool:
         """No open run for this person and key, and re-entry allows a new one."""
-        if any(r.workflow == workflow.name and r.key == key for r in self.runs.values()):
-            return False  # already open: the trigger counted as activity
+        for r in self.runs.values():
+            if r.workflow == workflow.name and r.key == key:
+                return False  # already open: the trigger counted as activity
         ended = self.last_ended.get((workflow.name, key))
         # "always" (0) allows a new run even when the clock went back behind the last end.
         reentry = workflow.reentry_s
@@ -373,6 +404,8 @@ def decide(
     rules: Workflows, input: Event | TimerFired | Scheduled, facts: Facts, now: float
 ) -> list[Action]:
     """The actions ``input`` causes for the person of ``facts`` at ``now``."""
+    if isinstance(input, Event) and not facts.runs and event_name(input) not in rules.by_trigger:
+        return []  # no run to exit, wait or re-arm, and no trigger: nothing can happen
     decider = _Decider(rules, facts, now)
     if isinstance(input, TimerFired):
         decider.fire(input)

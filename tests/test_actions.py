@@ -5,13 +5,27 @@ clock, wakes the driver and waits for the commit that follows."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import random
+import re
+import sqlite3
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from rtserver.actions import MAX_EMIT_DEPTH, Engine, emitted_event, load_rules, policy_from
-from rtserver.config import IngestConfig, MailConfig
+from rtserver import _writer
+from rtserver.actions import (
+    HISTORY_WINDOW_S,
+    MAX_EMIT_DEPTH,
+    Engine,
+    emitted_event,
+    load_rules,
+    policy_from,
+)
+from rtserver.config import IngestConfig, MailConfig, load_config
 from rtserver.errors import ConfigError
 from rtserver.events import parse_event, sign_identity
 from rtserver.pipeline import Pipeline
@@ -442,3 +456,214 @@ def test_load_rules_renders_every_template_at_start(tmp_path: Path) -> None:
     unknown = make_config(tmp_path, workflow=[{**flow, "step": [{"send": "nope"}]}])
     with pytest.raises(ConfigError, match="workflow 'w' step 1: unknown template 'nope'"):
         load_rules(unknown)
+
+
+# --- the engine's memory of facts --------------------------------------------------------------
+
+SHIPPED_CONFIG = Path(__file__).resolve().parent.parent / "config.toml"
+MEMORY_SCRATCH = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+"""Memory-backed where there is one: the comparison below makes hundreds of commits."""
+
+
+class Twin:
+    """A store, an engine and a pipeline on the shipped workflows; what each commit decided."""
+
+    def __init__(self, store: Store, clock: FakeClock, *, remember: bool):
+        config = load_config(SHIPPED_CONFIG, env={}, overrides={"store": {"path": store.path}})
+        self.engine = Engine(load_rules(config)[0], store)
+        if not remember:
+            self.engine.memory.limit = 0  # every group reads every person from the store
+        self.pipeline = Pipeline(
+            store, max_queue=4, max_group_events=100, queue_timeout_s=1, engine=self.engine,
+            clock=clock,
+        )  # fmt: skip
+        self.store = store
+        self.decided: list[tuple[Any, ...]] = []
+        self.pipeline.listeners.append(self.record)
+
+    def record(self, prepared: Prepared, changes: Changes) -> None:
+        self.decided.append(
+            (
+                [e.message_id for e in prepared.fresh], list(changes.runs.items()),
+                list(changes.timers.items()), changes.steps, changes.outbox,
+                list(changes.people.items()), changes.schedules, changes.confirmations,
+            )
+        )  # fmt: skip
+
+    def remembered_as_stored(self, now: float) -> int:
+        """Every person the engine remembers has the facts the store holds; how many."""
+        since = now - HISTORY_WINDOW_S if self.engine.needs_history else None
+        entries = self.engine.memory.entries
+        found, _ = self.engine.memory.recall(list(entries), since)
+        with contextlib.closing(sqlite3.connect(self.store.path)) as conn:
+            stored = _writer.facts(conn, list(entries), since)
+        for person_id, (known, oldest) in found.items():
+            assert known == stored[person_id], person_id
+            assert all(at >= oldest for _, at in known.person.history)
+        return len(found)
+
+
+def shop_script(seed: int, steps: int) -> list[tuple[str, Any]]:
+    """A random but repeatable mix: shoppers browsing, buying, signing in (merges), mail
+    engagement, traits, duplicates, time passing (backwards too), erasures and another
+    process writing the store."""
+    rnd = random.Random(seed)
+    sent: list[dict[str, Any]] = []
+    script: list[tuple[str, Any]] = []
+    for _ in range(steps):
+        batch = []
+        for _ in range(rnd.choice((1, 1, 2, 5))):
+            anon, user = f"anon-{rnd.randrange(6)}", f"u{rnd.randrange(3)}"
+            cart = f"cart-{anon}-{rnd.randrange(2)}"
+            page = {"url": "https://shop.test/pricing", "referrer": "https://www.google.com/"}
+            who: dict[str, Any] = rnd.choice(
+                ({"anonymousId": anon}, {"userId": user, "anonymousId": None})
+            )
+            raw = rnd.choice(
+                (
+                    event("page", name="Pricing", context={"page": page}, **who),
+                    event("track", event="Product Viewed", **who),
+                    event("track", event="Product Viewed", context={"timezone": "Asia/Tokyo"}),
+                    event("track", event="Product Added", properties={"cart_id": cart}, **who),
+                    event(
+                        "track",
+                        event="Order Completed",
+                        **who,
+                        properties={
+                            "cart_id": cart,
+                            "order_id": f"o{rnd.randrange(9)}",
+                            "revenue": rnd.choice((20, 250)),
+                        },
+                    ),  # fmt: skip
+                    event("track", event="Signed Up", userId=user, anonymousId=None),
+                    event("track", event="Email Opened", userId=user, anonymousId=None),
+                    event("track", event="Email Clicked", userId=user, anonymousId=None),
+                    event("track", event="Product Viewed", traits={"plan": "pro"}, **who),
+                    event(
+                        "identify",
+                        userId=user,
+                        anonymousId=anon,
+                        traits={
+                            "email": f"{user}@shop.test",
+                            "consent": "confirmed_opt_in",
+                        },
+                    ),  # fmt: skip
+                    event("alias", userId=user, anonymousId=None, previousId=anon),
+                )
+            )
+            batch.append(rnd.choice(sent) if sent and rnd.random() < 0.05 else raw)
+            sent.append(raw)
+        script.append(("send", batch))
+        roll = rnd.random()
+        if roll < 0.3:
+            script.append(("advance", rnd.choice((1, 60, 1801, 3 * 3600, 86400, 3 * 86400, -90))))
+        elif roll < 0.33:
+            script.append(("forget", f"u{rnd.randrange(3)}@shop.test"))
+        elif roll < 0.36:
+            script.append(("outside", f"u:u{rnd.randrange(3)}"))
+    return script
+
+
+async def play(twin: Twin, clock: FakeClock, step: tuple[str, Any]) -> None:
+    kind, value = step
+    if kind == "send":
+        events = [parse_event(raw, IngestConfig()) for raw in value]
+        await twin.pipeline.commit_now(events, clock())
+    elif kind == "forget":
+        await twin.store.mail.forget(value, clock())
+    elif kind == "outside":  # another process writes a profile
+        with contextlib.closing(sqlite3.connect(twin.store.path)) as conn, conn:
+            conn.execute("UPDATE profiles SET opens = opens + 1 WHERE person_id = ?", (value,))
+    wheel = twin.engine.wheel
+    while (deadline := wheel.next_deadline()) is not None and deadline <= twin.engine.tick(clock()):
+        due = wheel.poll(deadline)
+        if due:
+            await twin.pipeline.commit_now(received_at=clock(), fired=due)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_remembered_facts_decide_as_the_store_would(seed: int) -> None:
+    """The engine's memory of facts changes no decision: the same script through an engine that
+    reads every person from the store decides the same, commit by commit, and every remembered
+    person's facts equal what the store holds."""
+    script = shop_script(seed, 160)
+    with tempfile.TemporaryDirectory(dir=MEMORY_SCRATCH) as folder:
+        clocks = FakeClock(), FakeClock()
+        stores = [await Store.open(Path(folder) / f"{n}.db") for n in ("memory", "store")]
+        try:
+            twins = [
+                Twin(stores[0], clocks[0], remember=True),
+                Twin(stores[1], clocks[1], remember=False),
+            ]
+            remembered = 0
+            for step in script:
+                for twin, clock in zip(twins, clocks, strict=True):
+                    if step[0] == "advance":
+                        clock.advance(step[1])
+                    await play(twin, clock, step)
+                assert twins[0].decided == twins[1].decided
+                if step[0] == "send":  # a group was just decided: the memory is trusted again
+                    remembered = max(remembered, twins[0].remembered_as_stored(clocks[0]()))
+            assert len(twins[0].decided) > len(script) // 2 and remembered > 3
+            assert not twins[1].engine.memory.entries
+        finally:
+            for store in stores:
+                await store.close()
+
+
+PING: dict[str, Any] = {
+    "name": "ping",
+    "trigger": "Product Added",
+    "reentry": "always",
+    "step": [{"send": "cart_reminder"}],
+}
+HOLD: dict[str, Any] = {
+    "name": "hold",
+    "trigger": "Cart Viewed",
+    "run_key": "properties.cart_id",
+    "step": [{"send": "cart_reminder"}, {"wait": "1d"}],
+}
+
+
+async def test_a_clock_gone_back_makes_the_person_read_again(store: Store) -> None:
+    """An end or a send decided at a time before the person's last one is not remembered: the
+    store keeps the latest of each, so the person is read from it next time."""
+    clock = FakeClock()
+    harness = Harness(store, [PING, HOLD], clock)
+    anonymous = event("track", event="Product Added", anonymousId="anon-7")
+    await harness.send(anonymous)  # starts, skips the send (no email), ends
+    ended = clock()
+    assert harness.engine.memory.entries["a:anon-7"][0].last_ended == {("ping", ""): ended}
+    await harness.send(identify_server("u1"))
+    await harness.send(server_event("Cart Viewed", cart_id="c1"))  # sends, then waits
+    sent = clock()
+    assert harness.engine.memory.entries["u:u1"][0].last_sent == sent
+    clock.advance(-100)
+    await harness.send(anonymous | {"messageId": "again"})  # ends before the last end
+    await harness.send(server_event("Cart Viewed", cart_id="c2"))  # sends before the last send
+    assert len(await store.steps()) == 4 and not harness.engine.memory.entries
+    viewed = event("track", event="Product Viewed", anonymousId="anon-7")
+    await harness.send(viewed, server_event("Product Viewed"))
+    assert harness.engine.memory.entries["a:anon-7"][0].last_ended == {("ping", ""): ended}
+    assert harness.engine.memory.entries["u:u1"][0].last_sent == sent
+
+
+FACT_WRITES = re.compile(
+    r"\b(?:INSERT(?:\s+OR\s+\w+)?\s+INTO|REPLACE\s+INTO|UPDATE)\s+(?:main\.)?"
+    r"(?:profiles|runs|steps)\b|\b(?:UPSERT_RUN|UPSERT_PROFILE|UPDATE_PROFILE_FACTS|"
+    r"MERGE_PROFILE\w*|INSERT_STEP|END_CONFLICTING_RUNS)\b",
+    re.IGNORECASE,
+)
+
+
+def test_only_the_group_commit_writes_facts() -> None:
+    """Profiles, runs and steps are inserted and updated by the group commit alone (rtserver/
+    _writer.py): the engine remembers what it wrote. Deletes elsewhere (forget, retention) are
+    counted by the writer's triggers; another writer would need the same (see generation)."""
+    package = Path(__file__).resolve().parent.parent / "rtserver"
+    writers = sorted(
+        path.name
+        for path in package.glob("*.py")
+        if path.name not in ("_writer.py", "_schema.py") and FACT_WRITES.search(path.read_text())
+    )
+    assert writers == []

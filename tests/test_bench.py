@@ -148,3 +148,33 @@ def test_mail_latency_bench_runs() -> None:
     (result,) = report["results"]
     assert result["mails"] == 20 and 0 < result["p50_ms"] <= result["p99_ms"] <= result["max_ms"]
     assert isinstance(report["goal_met"], bool)
+
+
+@pytest.mark.slow
+def test_dashboard_bench_runs() -> None:
+    """bench.dashboard --quick measures ingest with no viewer and with viewers following the
+    SSE stream (each got its snapshot and updates), and reports the ratio of the two."""
+    report: dict[str, Any] = json.loads(run_bench("dashboard", "--quick", "--json"))
+    assert report["bench"] == "dashboard"
+    assert [(r["viewers"], r["events"], r["complete"]) for r in report["results"]] == [
+        (0, 500, True),
+        (10, 500, True),
+    ]
+    assert report["results"][1]["viewers_seen"] == 10
+    assert report["results"][1]["viewers_dropped"] == 0
+    assert math.isfinite(report["ratio"]) and isinstance(report["goal_met"], bool)
+
+
+@pytest.mark.slow
+def test_decide_bench_runs() -> None:
+    """bench.decide --quick decides the shop mix in process with no workflow and with the
+    shipped ones, and reports the writer's CPU per event, split by phase."""
+    report: dict[str, Any] = json.loads(run_bench("decide", "--quick", "--json"))
+    assert report["bench"] == "decide"
+    none, shipped = report["results"]
+    assert (none["workflows"], shipped["workflows"]) == ("none", "config.toml")
+    assert none["runs"] == 0 and shipped["runs"] > 0 and shipped["timers"] > 0
+    for result in report["results"]:
+        assert result["events"] == 2000 and 0 < result["writer_us"] <= result["process_us"]
+        assert set(result["phases_us"]) == {"prepare", "facts", "decide", "fold", "write"}
+    assert math.isfinite(report["decide_us_per_event"])

@@ -132,7 +132,8 @@ def test_string_path_is_accepted(tmp_path: Path) -> None:
 def test_unknown_top_level_key_fails() -> None:
     """An unknown section is named, with the valid ones listed."""
     fails(
-        "bogus: unknown key (expected one of server, store, keys, ingest, mail, workflow)",
+        "bogus: unknown key (expected one of server, store, keys, ingest, mail, dashboard, "
+        "workflow)",
         bogus={},
     )
 
@@ -552,6 +553,7 @@ def test_iter_settings_names_secret_variables() -> None:
         "keys.write": "RTSERVER_WRITE_KEY",
         "keys.identity_secret": "RTSERVER_IDENTITY_SECRET",
         "mail.smtp.password": "RTSERVER_SMTP_PASSWORD",
+        "dashboard.password": "RTSERVER_DASHBOARD_PASSWORD",
     }
 
 

@@ -7,6 +7,7 @@ import base64
 import dataclasses
 import email
 import email.policy
+import os
 import re
 import tomllib
 from collections.abc import Iterator
@@ -685,3 +686,56 @@ def test_non_ascii_survives_the_wire() -> None:
     assert parsed["Subject"] == "We miss you, Zoë 😀"
     assert isinstance(parsed, EmailMessage)
     assert "Hi Zoë 😀," in text_of(parsed)
+
+
+def test_sample_run_has_what_claims_carry(tmp_path: Path) -> None:
+    """The sample run has the key and start time a claimed mail's run has, so a template
+    using them passes the strict check."""
+    src = SUBJECT + "{{ run.key }} {{ run.started }} {{ run.variant }}"
+    mailer = make_mailer(template_dir=write(tmp_path, "keyed", src, "{{ run.key }}"))
+    assert mailer.check(["keyed"]) == []
+    assert "cart-1 1799996400.0 a" in html_of(mailer.render_mail("keyed", SAMPLE))
+
+
+def test_sandbox_remembers_a_bounded_number_of_verdicts(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Attribute verdicts are kept per (type, name), up to MAX_VERDICTS (names may come from
+    data through |attr); past that they are worked out each time, the same way."""
+    import rtserver.mailer
+
+    src = SUBJECT + "{{ person|attr(extra.name) }}|{{ brand.name }}|{{ ''|attr(extra.name) }}"
+    mailer = make_mailer(template_dir=write(tmp_path, "attrs", src))
+    monkeypatch.setattr(rtserver.mailer, "MAX_VERDICTS", 1)
+    for name in ("__class__", "items", "__class__"):
+        html = html_of(mailer.render_mail("attrs", context(extra={"name": name})))
+        assert "class" not in html and "Acme &amp; Co" in html
+    assert len(mailer._env._verdicts) == 1  # type: ignore[attr-defined]
+
+
+def test_edited_templates_are_used_within_the_reload_check(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A template edited on disk is used once RELOAD_CHECK_S has passed since it was last
+    checked, not before (the file is not looked at for every mail)."""
+    import rtserver.mailer
+
+    write(tmp_path, "edit", SUBJECT + "<p>first</p>")
+    mailer = make_mailer(template_dir=tmp_path)
+    assert "first" in html_of(mailer.render_mail("edit", SAMPLE))
+    (tmp_path / "email" / "edit.html").write_text(SUBJECT + "<p>second</p>")
+    os.utime(tmp_path / "email" / "edit.html", (1, 1))  # a different mtime, surely
+    assert "first" in html_of(mailer.render_mail("edit", SAMPLE))  # checked < 1 s ago
+    monkeypatch.setattr(rtserver.mailer, "RELOAD_CHECK_S", 0.0)
+    assert "second" in html_of(mailer.render_mail("edit", SAMPLE))
+
+
+def test_loaders_without_a_freshness_check_are_passed_through() -> None:
+    """A loader that cannot tell whether a template changed (a function, a zip) is passed
+    through."""
+    from jinja2 import Environment, FunctionLoader
+
+    from rtserver.mailer import _Loader
+
+    source = _Loader(FunctionLoader(lambda name: "hi")).get_source(Environment(), "email/x.txt")
+    assert source == ("hi", None, None)

@@ -216,3 +216,46 @@ async def test_confirmation_counts(store: Store) -> None:
 
 def test_rows_are_json() -> None:
     assert orjson.loads(row("m")[-1]) == {}
+
+
+async def test_product_reads_use_the_view_index(store: Store, monkeypatch: Any) -> None:
+    """popular and co_viewed count views from the product-view index (migration 0005), never
+    by scanning events or computing each body's product."""
+    plans: list[str] = []
+    read = store.mail._read
+
+    async def explained(sql: str, parameters: Any) -> list[Any]:
+        plan = await read("EXPLAIN QUERY PLAN " + sql, parameters)
+        plans.append(" | ".join(str(row[-1]) for row in plan))
+        return await read(sql, parameters)
+
+    monkeypatch.setattr(store.mail, "_read", explained)
+    views = [viewed("ann", "lamp"), viewed("bob", "lamp"), viewed("bob", "rug")]
+    await store_group(store, views, at=NOW)
+    assert [p["product_id"] for p in await store.mail.popular(NOW - 60, 5)] == ["lamp", "rug"]
+    assert [p["product_id"] for p in await store.mail.co_viewed(["lamp"], NOW - 60, 5)] == ["rug"]
+    popular, co_viewed = plans
+    # popular: grouped in product order straight off the index (no GROUP BY b-tree).
+    assert "SEARCH events USING INDEX events_product_viewers (product_id>?)" in popular
+    assert "GROUP BY" not in popular and "SCAN events" not in popular
+    # co_viewed: the viewers from the index, then each viewer's views by person.
+    assert "SEARCH events USING INDEX events_product_viewers (product_id=? AND received_at>?)" in (
+        co_viewed
+    )
+    assert "SCAN events" not in co_viewed
+    assert "USING INDEX events_person (person_id=? AND received_at>?)" in co_viewed
+
+
+async def test_numeric_product_ids_read_as_text(store: Store) -> None:
+    """A product id sent as a number (or as a sku) counts as its text, as recommend.py reads
+    it: co-viewed of "7" finds the viewers of 7."""
+    sku = parse(
+        event("track", event="Product Viewed", userId="bob", properties={"sku": 7, "name": "S"})
+    )
+    views = [viewed("ann", "lamp"), sku, viewed("bob", "lamp"), viewed("cy", "7")]
+    await store_group(store, views, at=NOW)
+    assert [p.get("product_id", p.get("sku")) for p in await store.mail.popular(NOW - 60, 5)] == [
+        "7", "lamp",
+    ]  # fmt: skip
+    co = await store.mail.co_viewed(["7"], NOW - 60, 5)
+    assert [p["product_id"] for p in co] == ["lamp"]

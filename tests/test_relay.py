@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from rtserver.relay import Outcome, Relay, classify, wire_bytes
+from rtserver.mime import RawMail
+from rtserver.relay import Outcome, Relay, classify, raw_mail, wire_bytes
 from tests.conftest import TIMEOUT_UNIT
 from tests.smtp_server import DROP, Script, SMTPServer
 
@@ -255,3 +256,30 @@ def test_classify() -> None:
     assert classify(554, "5.7.1 spam").state == "failed"
     assert classify(354, "go ahead").state == "failed"
     assert classify(550, "5.1.1 x") == Outcome("suppress", 550, "550 5.1.1 x")
+
+
+async def test_relay_sends_raw_mail_as_it_is() -> None:
+    """A RawMail goes out byte for byte (dot-stuffed on the wire, unstuffed on arrival), to
+    its envelope, not to its headers."""
+    data = (
+        b"From: shop@acme.example\r\nTo: bob@example.com\r\nSubject: hi\r\n"
+        b"Message-ID: <m2@acme.example>\r\n\r\n.one\r\n..two\r\n.\r\nend\r\n"
+    )
+    mail = RawMail("bounce@acme.example", ("carol@example.com",), data, "<m2@acme.example>")
+    async with SMTPServer() as server:
+        relay = relay_for(server)
+        assert (await relay.send(mail)).state == "sent"
+        [received] = await server.wait_for(1)
+        await relay.close()
+    assert (received.mail_from, received.rcpt_tos) == ("bounce@acme.example", ["carol@example.com"])
+    assert received.content.replace(b"\r\n", b"\n") == data.replace(b"\r\n", b"\n")
+
+
+def test_raw_mail_of_a_message() -> None:
+    """An EmailMessage becomes its envelope and CRLF wire bytes (Bcc in the envelope only)."""
+    message = mail()
+    message["Bcc"] = "hidden@example.com"
+    raw = raw_mail(message)
+    assert raw.sender == "shop@acme.example"
+    assert raw.recipients == ("bob@example.com", "hidden@example.com")
+    assert raw.data == wire_bytes(message) and raw.message_id == "<m1@acme.example>"

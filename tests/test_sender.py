@@ -24,7 +24,7 @@ from rtserver.actions import Engine, load_rules
 from rtserver.config import Config, IngestConfig
 from rtserver.errors import StorageUnavailable
 from rtserver.events import parse_event
-from rtserver.mailer import MailContext, Mailer, Outcome, Relay
+from rtserver.mailer import MailContext, Mailer, Outcome, RawMail, Relay
 from rtserver.sender import VIEWED, Sender, SenderStats, _viewed, retry_delay
 from rtserver.sink import Sink, start_sink
 from rtserver.store import Store
@@ -675,8 +675,8 @@ class StoppingRelay(Relay):
         super().__init__("127.0.0.1", port, timeout_s=TIMEOUT_UNIT)
         self.stop = stop
 
-    async def send(self, message: EmailMessage) -> Outcome:
-        outcome = await super().send(message)
+    async def send(self, message: RawMail | EmailMessage, **kw: Any) -> Outcome:
+        outcome = await super().send(message, **kw)
         self.stop.set()
         return outcome
 
@@ -738,8 +738,8 @@ class LockingRelay(Relay):
         self.db_path = db_path
         self.lock: contextlib.ExitStack = contextlib.ExitStack()
 
-    async def send(self, message: EmailMessage) -> Outcome:
-        outcome = await super().send(message)
+    async def send(self, message: RawMail | EmailMessage, **kw: Any) -> Outcome:
+        outcome = await super().send(message, **kw)
         self.lock.enter_context(write_locked(self.db_path))
         return outcome
 
@@ -819,7 +819,7 @@ async def test_an_unexpected_error_in_a_round_is_logged_and_the_sender_goes_on(
 class BrokenRelay(Relay):
     """A relay with a bug: it raises instead of returning an outcome."""
 
-    async def send(self, message: EmailMessage) -> Outcome:
+    async def send(self, message: RawMail | EmailMessage, **kw: Any) -> Outcome:
         raise RuntimeError("relay bug")
 
 
@@ -844,10 +844,10 @@ async def test_a_relay_that_raises_leaves_the_mail_in_doubt(
 class BuggyMailer(Mailer):
     """A mailer with a bug for one template (not a template error: a crash)."""
 
-    def render_mail(self, template: str, context: MailContext) -> EmailMessage:
+    def render_bytes(self, template: str, context: MailContext) -> RawMail:
         if template == "boom":
             raise RuntimeError("mailer bug")
-        return super().render_mail(template, context)
+        return super().render_bytes(template, context)
 
 
 async def test_a_crash_preparing_one_mail_fails_that_mail_only(
@@ -966,3 +966,32 @@ def test_viewed_products_are_newest_first_each_once_and_bounded() -> None:
     assert ids[:2] == ["p3", "7"]
     assert len(ids) == VIEWED and len(set(ids)) == VIEWED
     assert ids[2:] == [f"p{n}" for n in range(VIEWED + 4, 6, -1)]  # the oldest dropped
+
+
+async def test_a_stop_cancels_reads_still_running(
+    shop: Shop, smtpd: SMTPServer, templates: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch's products are read for all its mails at once; a mail whose read has not
+    finished does not hold back the ones before it, and a stop cancels that read and gives
+    the mail back."""
+    reads = shop.store.mail.product_events
+
+    async def slow_for_bob(person_id: str, since: float, limit: int = 500) -> Any:
+        if person_id == "u:bob":
+            await asyncio.Event().wait()  # never: the read is still running at the stop
+        return await reads(person_id, since, limit)
+
+    monkeypatch.setattr(shop.store.mail, "product_events", slow_for_bob)
+    ann = await shop.person("ann", "ann@example.com")
+    bob = await shop.person("bob", "bob@example.com")
+    await shop.queue("m1", ann)
+    await shop.queue("m2", bob, due=NOW + 0.5)  # claimed in the same batch, after m1
+    shop.clock.advance(1)
+    sender = make_sender(shop, smtpd.port, templates, tmp_path)
+    stop = asyncio.Event()
+    sender.relay = StoppingRelay(smtpd.port, stop)
+    await asyncio.wait_for(sender.run(stop), TIMEOUT_UNIT)
+    await sender.relay.close()
+    assert (await shop.row("m1"))["state"] == "sent"
+    assert (await shop.row("m2"))["state"] == "queued"
+    assert len(smtpd.received) == 1

@@ -16,6 +16,7 @@ from hypothesis import given, settings, strategies as st
 from rtserver.config import IngestConfig
 from rtserver.definitions import Policy, Workflows, compile_workflows
 from rtserver.events import Event, parse_event, sign_identity, verify_identity
+from rtserver.facts import Memory
 from rtserver.workflows import (
     HISTORY_LIMIT,
     Action,
@@ -865,6 +866,34 @@ def test_observe_traits_email_seen_and_history() -> None:
         len(person.history) == HISTORY_LIMIT and person.history[-1][1] == 10.0 + HISTORY_LIMIT + 4
     )
     assert person.events_since("Product Viewed", 10.0 + HISTORY_LIMIT) == 5
+
+
+def test_observe_can_leave_the_history_alone() -> None:
+    """Without history (no condition reads it), observe keeps the recent events as they were."""
+    person = observe(
+        Person("u:u1", history=(("X", 1.0),)), ev("Product Viewed"), 5.0, history=False
+    )
+    assert person.history == (("X", 1.0),) and person.last_seen == 5.0
+
+
+def test_memory_recalls_trims_and_drops_the_least_recent() -> None:
+    """The memory gives back what it kept (history trimmed to the window once something in it
+    is older), reports the persons it lacks, and keeps at most ``limit`` persons."""
+    memory = Memory(limit=2)
+    old = Facts(Person("a", history=(("X", 5.0), ("Y", 20.0), ("Z", 30.0))))
+    memory.keep({"a": (old, 5.0), "b": (Facts(Person("b")), 0.0)})
+    found, missing = memory.recall(["a", "c"], None)
+    assert found == {"a": (old, 5.0)} and missing == ["c"]
+    found, _ = memory.recall(["a"], 10.0)
+    assert found["a"] == (Facts(Person("a", history=(("Y", 20.0), ("Z", 30.0)))), 20.0)
+    assert memory.recall(["a"], 40.0)[0]["a"] == (Facts(Person("a")), 40.0)
+    memory.keep({"a": (old, 5.0)})  # refreshed: "b" is now the least recent
+    memory.keep({"c": (Facts(Person("c")), 0.0)})
+    assert list(memory.entries) == ["a", "c"]
+    memory.forget(["a", "nobody"])
+    assert list(memory.entries) == ["c"]
+    memory.clear()
+    assert not memory.entries
 
 
 def test_event_name_per_type() -> None:

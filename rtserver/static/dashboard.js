@@ -1,0 +1,275 @@
+// The rtserver dashboard: applies the page's snapshot, then the batched updates of
+// GET /dashboard/stream (Server-Sent Events). Event data comes from shoppers' browsers, so it is
+// only ever put in the page as text (textContent), never as HTML.
+(function () {
+  'use strict';
+
+  var FEED_MAX = 200;
+  var RATE_MAX = 240;
+  var CHART_SPAN_S = 120;
+  var STATES = ['queued', 'sending', 'sent', 'retry_wait', 'ambiguous', 'failed', 'suppressed'];
+
+  var state = { feed: [], seen: new Set(), rates: [[], []], lastId: document.body.dataset.since,
+                updates: 0, chart: null };
+  window.rtDashboard = state;  // for tests and curious operators
+
+  function $(id) { return document.getElementById(id); }
+
+  function clock(at) {
+    if (at === null || at === undefined) return '';
+    return new Date(at * 1000).toISOString().replace('T', ' ').slice(5, 19);  // as the page
+  }
+
+  function ms(value) { return value === null || value === undefined ? '–' : value + ' ms'; }
+
+  function cell(text, className) {
+    var td = document.createElement('td');
+    td.textContent = text === null || text === undefined ? '' : String(text);
+    if (className) td.className = className;
+    return td;
+  }
+
+  function personCell(person) {
+    var td = document.createElement('td');
+    var a = document.createElement('a');
+    a.href = '/dashboard/person/' + encodeURIComponent(person);
+    a.textContent = person;
+    td.appendChild(a);
+    return td;
+  }
+
+  function fill(id, rows, columns, empty) {
+    var body = $(id);
+    if (!body) return;
+    var fragment = document.createDocumentFragment();
+    rows.forEach(function (row) {
+      var tr = document.createElement('tr');
+      columns(row).forEach(function (td) { tr.appendChild(td); });
+      fragment.appendChild(tr);
+    });
+    if (!rows.length) {
+      var tr = document.createElement('tr');
+      var td = cell(empty, 'empty');
+      td.colSpan = 12;
+      tr.appendChild(td);
+      fragment.appendChild(tr);
+    }
+    body.replaceChildren(fragment);
+  }
+
+  function list(id, items, text, empty) {
+    var ul = $(id);
+    if (!ul) return;
+    var fragment = document.createDocumentFragment();
+    items.forEach(function (item) {
+      var li = document.createElement('li');
+      li.textContent = text(item);
+      fragment.appendChild(li);
+    });
+    if (!items.length) {
+      var li = document.createElement('li');
+      li.className = 'empty';
+      li.textContent = empty;
+      fragment.appendChild(li);
+    }
+    ul.replaceChildren(fragment);
+  }
+
+  // --- the live event feed --------------------------------------------------------------------
+
+  function addEvents(events, reset) {
+    if (reset) { state.feed = []; state.seen = new Set(); }
+    for (var i = events.length - 1; i >= 0; i--) {  // oldest first, so the newest ends on top
+      var e = events[i];
+      if (e.id && state.seen.has(e.id)) continue;
+      if (e.id) state.seen.add(e.id);
+      state.feed.unshift(e);
+    }
+    while (state.feed.length > FEED_MAX) state.seen.delete(state.feed.pop().id);
+    renderFeed();
+  }
+
+  function renderFeed() {
+    var name = ($('filter-name').value || '').toLowerCase();
+    var person = ($('filter-person').value || '').toLowerCase();
+    var shown = state.feed.filter(function (e) {
+      return (!name || (e.name + ' ' + e.type).toLowerCase().indexOf(name) >= 0) &&
+             (!person || String(e.person).toLowerCase().indexOf(person) >= 0);
+    });
+    fill('events-body', shown, function (e) {
+      return [cell(clock(e.at)), cell(e.name), personCell(e.person), cell(e.source),
+              cell(e.props, 'props')];
+    }, name || person ? 'no matching events' : 'no events yet');
+  }
+
+  // --- the chart ------------------------------------------------------------------------------
+
+  function addRates(points, reset) {
+    if (reset) state.rates = [[], []];
+    points.forEach(function (p) { state.rates[0].push(p[0]); state.rates[1].push(p[1]); });
+    while (state.rates[0].length > RATE_MAX) { state.rates[0].shift(); state.rates[1].shift(); }
+    if (points.length) $('c-rate').textContent = points[points.length - 1][1];
+    if (!window.uPlot) return;
+    if (!state.chart) {
+      var target = $('chart');
+      state.chart = new window.uPlot({
+        width: Math.max(300, target.clientWidth - 10), height: 200,
+        series: [{}, { label: 'events/s', stroke: '#4f46e5', fill: 'rgba(79,70,229,0.12)',
+                       width: 2 }],
+        axes: [{}, { label: 'events/s' }],
+        scales: { x: { time: true, range: function (u, min, max) {
+          return [Math.max(min, max - CHART_SPAN_S), max];  // the last minutes, live
+        } } },
+      }, state.rates, target);
+    } else {
+      state.chart.setData(state.rates);
+    }
+  }
+
+  // --- panels ---------------------------------------------------------------------------------
+
+  function applyCounters(c) {
+    ['stored', 'duplicates', 'websockets', 'viewers', 'queue', 'timers_armed', 'failed_commits',
+     'sender'].forEach(function (key) {
+      var el = $('c-' + key);
+      if (el && c[key] !== undefined) el.textContent = c[key];
+    });
+  }
+
+  function applyTimers(timers) {
+    fill('timers-body', timers, function (t) {
+      return [cell(clock(t.due)), cell(t.due_in_s + ' s'), cell(t.workflow),
+              personCell(t.person_id), cell(t.key), cell(t.step)];
+    }, 'no timers pending');
+  }
+
+  function applyRuns(runs) {
+    var active = Object.keys(runs.active).sort().map(function (wf) {
+      return wf + ': ' + runs.active[wf];
+    });
+    $('runs-active').textContent = active.length ? active.join(' ') : 'no open runs';
+    fill('runs-body', runs.rows, function (r) {
+      return [cell(r.workflow), personCell(r.person_id), cell(r.key),
+              cell(r.step + ' ' + r.step_kind), cell(r.holdout ? 'holdout' : r.variant),
+              cell(clock(r.started))];
+    }, 'no open runs');
+  }
+
+  function applyMail(mail) {
+    STATES.forEach(function (s) {
+      var el = $('mail-' + s);
+      if (el) el.textContent = mail.counts[s] || 0;
+    });
+    fill('mail-body', mail.recent, function (m) {
+      return [cell(clock(m.created_at)), cell(m.workflow), cell(m.template),
+              personCell(m.person_id), cell(m.recipient), cell(m.state), cell(m.attempts),
+              cell(m.last_error)];
+    }, 'no mail yet');
+    fill('sink-body', mail.sink, function (s) {
+      var td = document.createElement('td');
+      var a = document.createElement('a');
+      a.href = '/dashboard/mail/' + encodeURIComponent(s.id);
+      a.target = 'mailview';
+      a.textContent = s.subject;
+      td.appendChild(a);
+      return [cell(clock(s.received_at)), cell(s.recipients.join(', ')), td];
+    }, 'no mail received');
+    list('errors', mail.failed, function (m) {
+      return clock(m.created_at) + ' ' + m.template + ' to ' + (m.recipient || m.person_id) +
+             ': ' + (m.last_error || 'failed');
+    }, 'no failed mail');
+  }
+
+  function fixed(value, digits) {
+    return value === null || value === undefined ? '–' : Number(value).toFixed(digits);
+  }
+
+  function applyFunnel(rows) {
+    fill('funnel-body', rows, function (f) {
+      if (f.arm === 'lift') {
+        var text = 'conversion ' + fixed(f.rate, 4) + ' vs ' + fixed(f.holdout_rate, 4) +
+                   ' · z ' + fixed(f.z, 3) + ' · p ' + fixed(f.p, 4) + ' · ' + f.verdict;
+        var td = cell(text, 'sig ' + f.verdict.replace(/ /g, '-'));
+        td.colSpan = 9;
+        return [cell(f.workflow), cell('vs holdout'), td];
+      }
+      return [cell(f.workflow), cell(f.arm), cell(f.entered), cell(f.mailed), cell(f.opened),
+              cell(f.clicked), cell(f.purchased),
+              cell(f.revenue + ' (' + f.verified_revenue + ')'), cell(f.converted),
+              cell(f.median_click_s === null ? '–' : f.median_click_s),
+              cell(f.median_order_s === null ? '–' : f.median_order_s)];
+    }, 'no runs yet');
+  }
+
+  function applyLatency(latency) {
+    var labels = [['decision', 'event → decision (ack), since start'],
+                  ['decision_recent', 'event → decision (ack), recent'],
+                  ['due_to_sent', 'due → sent']];
+    fill('latency-body', labels, function (pair) {
+      var l = latency[pair[0]];
+      return [cell(pair[1]), cell(l.count), cell(ms(l.p50_ms)), cell(ms(l.p90_ms)),
+              cell(ms(l.p99_ms))];
+    }, '');
+  }
+
+  function applyAlerts(alerts) {
+    list('alerts', alerts.active, function (a) { return a.alert + ': ' + a.message; }, 'none');
+    var items = $('alerts').children;
+    for (var i = 0; i < items.length && alerts.active.length; i++) items[i].className = 'alert';
+    list('alert-history', alerts.history, function (h) {
+      return clock(h.at) + ' ' + h.alert + ' ' + h.state + ': ' + h.message;
+    }, 'none');
+  }
+
+  function apply(data, reset) {
+    state.updates += 1;
+    if (data.counters) applyCounters(data.counters);
+    if (data.rates) addRates(data.rates, reset);
+    if (data.events) addEvents(data.events, reset);
+    if (data.timers) applyTimers(data.timers);
+    if (data.runs) applyRuns(data.runs);
+    if (data.mail) applyMail(data.mail);
+    if (data.funnel) applyFunnel(data.funnel);
+    if (data.latency) applyLatency(data.latency);
+    if (data.alerts) applyAlerts(data.alerts);
+  }
+
+  // --- the stream -----------------------------------------------------------------------------
+
+  function live(on, text) {
+    var el = $('live');
+    el.className = on ? 'on' : 'off';
+    el.textContent = text;
+  }
+
+  function connect() {
+    var source = new EventSource('/dashboard/stream?since=' + encodeURIComponent(state.lastId));
+    source.onopen = function () { live(true, 'live'); };
+    source.addEventListener('snapshot', function (e) {
+      state.lastId = e.lastEventId;
+      apply(JSON.parse(e.data), true);
+    });
+    source.addEventListener('update', function (e) {
+      state.lastId = e.lastEventId;
+      apply(JSON.parse(e.data), false);
+    });
+    source.onerror = function () {
+      if (source.readyState !== EventSource.CLOSED) {
+        live(false, 'reconnecting');  // the browser reconnects by itself, with Last-Event-ID
+        return;
+      }
+      live(false, 'disconnected');
+      fetch('/dashboard/stream', { method: 'HEAD', credentials: 'same-origin' })
+        .then(function (r) {
+          if (r.status === 401) window.location.assign('/dashboard/login');
+          else setTimeout(connect, 5000);
+        })
+        .catch(function () { setTimeout(connect, 5000); });
+    };
+  }
+
+  apply(JSON.parse($('snapshot').textContent), true);
+  $('filter-name').addEventListener('input', renderFeed);
+  $('filter-person').addEventListener('input', renderFeed);
+  connect();
+})();

@@ -1,0 +1,153 @@
+"""What the dashboard tests share: a config with a known password and a cart workflow, a logged-in
+HTTP client, a Server-Sent Events reader, shoppers' events, and moving a fake clock."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from sse_starlette.sse import AppStatus
+
+from rtserver.config import Config
+from rtserver.events import sign_identity
+from tests.conftest import IDENTITY_SECRET, TIMEOUT_UNIT, FakeClock, LiveServer, event, make_config
+
+PASSWORD = "correct horse battery staple"
+CART = {
+    "name": "cart",
+    "trigger": "Product Added",
+    "run_key": "properties.cart_id",
+    "exit_on": ["Order Completed"],
+    "step": [{"wait_inactive": "30m"}, {"send": "cart_reminder"}],
+}
+WELCOME = {"name": "welcome", "trigger": "Signed Up", "step": [{"send": "welcome"}]}
+XSS = "<script>alert(1)</script>"
+
+
+@pytest.fixture(autouse=True)
+def sse_exit_flag_reset() -> Iterator[None]:
+    """sse-starlette keeps a process-global "should exit" flag that uvicorn's exit handler
+    sets and nothing resets: after any test that stopped a server by signal, every stream
+    would end at once. Modules with streams import this fixture (it is autouse)."""
+    AppStatus.should_exit = False
+    yield
+    AppStatus.should_exit = False
+
+
+def dashboard_config(tmp_path: Path, **sections: Any) -> Config:
+    """A config with the dashboard password set, the cart and welcome workflows, no cap."""
+    dashboard = {"password": PASSWORD, **sections.pop("dashboard", {})}
+    mail = {"frequency_cap": "off", **sections.pop("mail", {})}
+    workflows = sections.pop("workflow", [CART, WELCOME])
+    return make_config(tmp_path, dashboard=dashboard, mail=mail, workflow=workflows, **sections)
+
+
+def shopper(user: str, email: str) -> dict[str, Any]:
+    """A browser identify verified by the shop's hashes, with marketing consent."""
+    return event(
+        "identify",
+        userId=user,
+        traits={"email": email, "first_name": "Ann", "consent": "confirmed_opt_in"},
+        context={
+            "userHash": sign_identity(IDENTITY_SECRET, user),
+            "emailHash": sign_identity(IDENTITY_SECRET, email),
+        },
+    )
+
+
+def tracked(user: str, event_name: str, **properties: Any) -> dict[str, Any]:
+    """A verified shopper's track event."""
+    hashes = {"userHash": sign_identity(IDENTITY_SECRET, user)}
+    return event("track", event=event_name, userId=user, context=hashes, properties=properties)
+
+
+async def login(client: httpx.AsyncClient, password: str = PASSWORD) -> str:
+    """Log ``client`` in; return the session's CSRF token (from the page's logout form)."""
+    response = await client.post("/dashboard/login", data={"password": password})
+    assert response.status_code == 303, response.text
+    page = await client.get("/dashboard")
+    assert page.status_code == 200
+    marker = 'name="csrf" value="'
+    start = page.text.index(marker) + len(marker)
+    return page.text[start : page.text.index('"', start)]
+
+
+@dataclass
+class Frame:
+    """One Server-Sent Event."""
+
+    id: str
+    event: str
+    raw: str
+    data: dict[str, Any]
+
+
+class SSE:
+    """Reads the frames of an open ``text/event-stream`` response."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self.lines = response.aiter_lines()
+
+    async def next(self) -> Frame | None:
+        """The next frame with data (comments and retry lines skipped); None at the end."""
+        fields: dict[str, str] = {}
+        async with asyncio.timeout(2 * TIMEOUT_UNIT):
+            async for line in self.lines:
+                if line:
+                    name, _, value = line.partition(": ")
+                    fields[name] = value
+                    continue
+                if "data" in fields:
+                    return Frame(
+                        fields["id"], fields["event"], fields["data"], orjson.loads(fields["data"])
+                    )
+                fields = {}
+        return None
+
+    async def until(self, check: Any) -> Frame:
+        """Frames until one for which ``check(frame)`` holds."""
+        while True:
+            frame = await self.next()
+            assert frame is not None, "the stream ended"
+            if check(frame):
+                return frame
+
+
+@contextlib.asynccontextmanager
+async def stream(
+    client: httpx.AsyncClient, last_id: str | None = None, since: str | None = None
+) -> AsyncIterator[SSE]:
+    """Open ``/dashboard/stream`` (resuming from ``last_id`` as a browser would)."""
+    headers = {"Last-Event-ID": last_id} if last_id else {}
+    params = {"since": since} if since else {}
+    async with client.stream(
+        "GET", "/dashboard/stream", headers=headers, params=params
+    ) as response:
+        assert response.status_code == 200, response.status_code
+        yield SSE(response)
+
+
+async def advance(live: LiveServer, clock: FakeClock, seconds: float) -> None:
+    """Move the fake clock and wake the timer driver and the sender."""
+    clock.advance(seconds)
+    assert live.runtime.engine is not None and live.runtime.sender is not None
+    live.runtime.engine.wake.set()
+    live.runtime.sender.wake()
+
+
+async def sent(live: LiveServer, count: int = 1) -> list[dict[str, Any]]:
+    """Wait until ``count`` mails are recorded as sent (the sender notifies its progress)."""
+    sender = live.runtime.sender
+    assert sender is not None
+    async with asyncio.timeout(TIMEOUT_UNIT), sender.progress:
+        while len(rows := await live.runtime.store.mail.outbox("sent")) < count:
+            await sender.progress.wait()
+    return rows

@@ -1,0 +1,202 @@
+"""What the dashboard shows, composed from a real store and server: snapshots with every panel,
+updates with only what changed, the events/s points, the funnel from real runs, mails, opens,
+clicks and orders, and the alert sampling task."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rtserver.alerts import Alerts
+from rtserver.board import OUTBOX_STATES, Board, _amount
+from rtserver.errors import StoreError
+from rtserver.events import person_event
+from rtserver.hub import Changed
+from rtserver.latency import Histogram
+from rtserver.pipeline import Runtime
+from tests.conftest import ORIGIN, FakeClock, LiveServer, run_server, send_batch
+from tests.dashboard_support import CART, advance, dashboard_config, sent, shopper, tracked
+from tests.test_hub import StopAfter
+
+
+class Ticks:
+    """A monotonic clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def board_of(runtime: Runtime, ticks: Ticks | None = None, **alerts: Any) -> Board:
+    config = dataclasses.replace(runtime.config.dashboard, **alerts)
+    return Board(
+        runtime,
+        websockets=lambda: 7,
+        latency=Histogram(),
+        alerts=Alerts(config),
+        monotonic=ticks or Ticks(),
+    )
+
+
+async def record(live: LiveServer, person: str, name: str, **properties: Any) -> None:
+    """Commit a trusted event for ``person`` (as the link routes and the Segment API do)."""
+    event = person_event(person, f"t-{name}-{len(properties)}-{id(properties)}", name, properties)
+    await (await live.runtime.pipeline.submit([event], live.runtime.clock()))
+
+
+async def cart_mailed(live: LiveServer, clock: FakeClock, user: str = "u1") -> dict[str, Any]:
+    """A shopper's cart left 30 minutes: its reminder sent through the sink; the outbox row."""
+    async with live.ws(origin=ORIGIN) as ws:
+        await send_batch(ws, [shopper(user, f"{user}@example.com")])
+        await send_batch(ws, [tracked(user, "Product Added", cart_id=f"c-{user}", price=20)])
+    await advance(live, clock, 1800)
+    (row,) = [r for r in await sent(live) if r["person_id"] == f"u:{user}"]
+    return row
+
+
+async def test_snapshot_has_every_panel(tmp_path: Path) -> None:
+    """A snapshot holds counters, the chart, events, timers (with person and cart), runs,
+    mail by every state, the sink, latency, funnel and alerts."""
+    clock = FakeClock()
+    async with run_server(dashboard_config(tmp_path), clock=clock) as live:
+        async with live.ws(origin=ORIGIN) as ws:
+            await send_batch(ws, [shopper("u1", "ann@example.com")])
+            await send_batch(ws, [tracked("u1", "Product Added", cart_id="c1", note="<b>")])
+        board = board_of(live.runtime)
+        data = await board.compose(None)
+    counters = data["counters"]
+    assert counters["stored"] == 2 and counters["websockets"] == 7
+    assert counters["timers_armed"] == 1 and counters["sender"] == "nothing queued"
+    assert [e["name"] for e in data["events"]] == ["Product Added", "Identify"]
+    assert data["events"][0]["props"] == '{"cart_id":"c1","note":"<b>"}'
+    assert data["events"][1]["props"].startswith('{"consent"')  # an identify shows its traits
+    (timer,) = data["timers"]
+    assert (timer["workflow"], timer["person_id"], timer["key"]) == ("cart", "u:u1", "c1")
+    assert timer["due_in_s"] == 1800.0
+    assert data["runs"]["active"] == {"cart": 1} and data["runs"]["rows"][0]["key"] == "c1"
+    assert list(data["mail"]["counts"]) == list(OUTBOX_STATES)
+    assert data["mail"]["sink"] == [] and data["rates"] == []
+    assert data["latency"]["decision"]["count"] == 0
+    assert data["latency"]["due_to_sent"] == {
+        "count": 0, "p50_ms": None, "p90_ms": None, "p99_ms": None
+    }  # fmt: skip
+    assert [(f["workflow"], f["arm"], f["entered"]) for f in data["funnel"]] == [("cart", "all", 1)]
+    assert data["alerts"] == {"active": [], "history": []}
+
+
+async def test_update_reads_only_what_changed(tmp_path: Path) -> None:
+    """An update carries the counters, one chart point and the noted events always; timers,
+    runs and mail only when flagged; latency and funnel only after a change, at most every
+    few seconds (the funnel every half minute)."""
+    async with run_server(dashboard_config(tmp_path)) as live:
+        ticks = Ticks()
+        board = board_of(live.runtime, ticks)
+        first = await board.compose(Changed())
+        assert {"latency", "funnel"} <= set(first)
+        quiet = await board.compose(Changed())
+        assert set(quiet) == {"at", "counters", "alerts", "rates", "events"}
+        assert quiet["events"] == [] and len(quiet["rates"]) == 1
+        flagged = await board.compose(Changed(timers=True, runs=True, mail=True))
+        assert {"timers", "runs", "mail"} <= set(flagged)
+        assert "latency" not in flagged  # changed, but composed a moment ago
+        ticks.now += 5.0
+        later = await board.compose(Changed())
+        assert "latency" in later and "funnel" not in later
+        ticks.now += 30.0
+        assert "funnel" in await board.compose(Changed())
+        assert "funnel" not in await board.compose(Changed())  # nothing changed since
+        assert "funnel" in await board.compose(None)  # a snapshot has everything
+
+
+async def test_chart_points_are_events_per_second(tmp_path: Path) -> None:
+    """Each update adds a point: events stored since the last one over the time between."""
+    async with run_server(dashboard_config(tmp_path)) as live:
+        ticks = Ticks()
+        board = board_of(live.runtime, ticks)
+        live.runtime.pipeline.stats.stored += 30
+        ticks.now += 2.0
+        data = await board.compose(Changed())
+        assert data["rates"][0][1] == 15.0
+        snapshot = await board.compose(None)
+    assert snapshot["rates"] == [tuple(data["rates"][0])] or snapshot["rates"] == data["rates"]
+
+
+async def test_funnel_follows_a_mail_to_a_purchase(tmp_path: Path) -> None:
+    """A cart's mail, opened, clicked, then an order within the click window: one purchase,
+    its verified revenue, and the times to click and to order."""
+    clock = FakeClock()
+    async with run_server(dashboard_config(tmp_path), clock=clock) as live:
+        mail = await cart_mailed(live, clock)
+        await record(live, "u:u1", "Email Opened", run_id=mail["run_id"], machine=True)
+        clock.advance(60)
+        await record(live, "u:u1", "Email Opened", run_id=mail["run_id"], machine=False)
+        clock.advance(60)
+        await record(live, "u:u1", "Email Clicked", run_id=mail["run_id"], machine=False)
+        clock.advance(3600)
+        await record(live, "u:u1", "Order Completed", order_id="o1", revenue=49.5)
+        rows = await board_of(live.runtime).funnel()
+        data = await board_of(live.runtime).latencies()
+    (row,) = rows
+    assert [row[k] for k in ("entered", "mailed", "opened", "clicked", "purchased")] == [1] * 5
+    assert row["revenue"] == 49.5 and row["verified_revenue"] == 49.5
+    assert row["median_click_s"] == 120.0 and row["median_order_s"] == 3720.0
+    assert data["due_to_sent"]["count"] == 1 and data["due_to_sent"]["p50_ms"] == 0.0
+
+
+def test_order_amounts() -> None:
+    """The first number of revenue, total, value; 0 otherwise."""
+    assert _amount('{"revenue": 12.5, "total": 99}') == 12.5
+    assert _amount('{"revenue": "12", "total": 8}') == 8.0
+    assert _amount('{"value": true}') == 0.0
+    assert _amount("[1, 2]") == 0.0
+    assert _amount(None) == 0.0
+
+
+async def test_person_view_of_an_unknown_person_is_none(tmp_path: Path) -> None:
+    """No profile and no events: nothing to show."""
+    async with run_server(dashboard_config(tmp_path)) as live:
+        assert await board_of(live.runtime).person("u:nobody", 10) is None
+
+
+async def test_without_sender_hub_or_engine(tmp_path: Path) -> None:
+    """Counters and samples still work for a runtime without its optional parts, and an SMTP
+    transport shows no sink inbox."""
+    config = dashboard_config(tmp_path, mail={"transport": "smtp"}, workflow=[CART])
+    async with run_server(config) as live:
+        runtime = dataclasses.replace(live.runtime, sender=None, hub=None, engine=None)
+        board = board_of(runtime)
+        counters = board.counters()
+        assert counters["viewers"] == 0 and counters["timers_armed"] == 0
+        assert counters["sender"] == "off" and counters["mails"] == {}
+        sample = await board.sample()
+        assert sample.smtp_attempts == 0
+        assert (await board.mail())["sink"] == []
+
+
+async def test_alerts_are_checked_by_the_watch_task(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The watch task samples and raises alerts; a store failure is logged and it goes on."""
+    async with run_server(dashboard_config(tmp_path)) as live:
+        board = board_of(live.runtime, alert_trigger_failures=1)
+        await board.check_alerts()
+        live.runtime.pipeline.stats.failed_commits += 1
+        await board.check_alerts()
+        assert list(board.alerts.active) == ["trigger_failures"]
+        data = await board.compose(Changed())
+        assert data["alerts"]["active"][0]["alert"] == "trigger_failures"
+
+        async def broken() -> dict[str, int]:
+            raise StoreError("store failed: disk I/O error")
+
+        live.runtime.store.mail.counts = broken  # type: ignore[method-assign]
+        caplog.set_level(logging.WARNING, "rtserver.board")
+        await asyncio.wait_for(board.watch(StopAfter(3), every_s=0.001), 5)
+    assert "alerts: the store failed" in caplog.text

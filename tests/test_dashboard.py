@@ -1,0 +1,311 @@
+"""The dashboard's routes against a real server: login, logout and CSRF, every route guarded,
+output escaped, the SSE stream (snapshot, batched updates, Last-Event-ID resume, viewer limit,
+shutdown), the person view and the dev sink's mails."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import urllib.parse
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from starlette.routing import Mount, Route
+
+from rtserver.dashboard import CSP, _clock_time, _next_path
+from rtserver.hub import HubClosed, Subscription
+from tests.conftest import ORIGIN, TIMEOUT_UNIT, FakeClock, event, run_server, send_batch
+from tests.dashboard_support import (
+    PASSWORD,
+    XSS,
+    advance,
+    dashboard_config,
+    login,
+    sent,
+    shopper,
+    sse_exit_flag_reset,  # noqa: F401 (autouse)
+    stream,
+    tracked,
+)
+
+
+async def test_every_dashboard_route_needs_a_login(tmp_path: Path) -> None:
+    """Each route under /dashboard (taken from the app's router, so a new one cannot slip
+    through) answers 401 without a session, or 303 to the login for a browser's page."""
+    async with run_server(dashboard_config(tmp_path)) as live, live.http() as client:
+        app = live.server.config.app
+        guarded = [
+            r
+            for r in app.routes
+            if r.path.startswith("/dashboard")  # type: ignore[attr-defined]
+        ]
+        assert {r.path for r in guarded} >= {"/dashboard", "/dashboard/stream"}  # type: ignore[attr-defined]
+        for route in guarded:
+            if isinstance(route, Mount) or route.path == "/dashboard/login":
+                continue  # static files (public code) and the login page itself
+            assert isinstance(route, Route)
+            path = route.path.replace("{person_id:path}", "u:1").replace("{sunk_id:int}", "1")
+            for method in sorted(route.methods or ()):
+                response = await client.request(method, path)
+                assert response.status_code == 401, (method, path, response.status_code)
+        page = await client.get("/dashboard/person/u:1?x=1", headers={"accept": "text/html"})
+        assert page.status_code == 303
+        assert page.headers["location"] == "/dashboard/login?next=/dashboard/person/u%3A1%3Fx%3D1"
+        events = await client.get("/dashboard/stream", headers={"accept": "text/html"})
+        assert events.status_code == 401  # a stream is never redirected
+        assert (await client.get("/dashboard/static/dashboard.js")).status_code == 200
+
+
+async def test_login_sets_a_strict_cookie_and_serves_the_page(tmp_path: Path) -> None:
+    """A wrong password is refused; the right one sets an HttpOnly, SameSite=Strict cookie
+    and the page comes with a strict CSP."""
+    async with run_server(dashboard_config(tmp_path)) as live, live.http() as client:
+        form = await client.get("/dashboard/login")
+        assert form.status_code == 200 and 'type="password"' in form.text
+        wrong = await client.post("/dashboard/login", data={"password": "nope"})
+        assert wrong.status_code == 401 and "Wrong password" in wrong.text
+        right = await client.post("/dashboard/login", data={"password": PASSWORD})
+        assert right.status_code == 303 and right.headers["location"] == "/dashboard"
+        cookie = right.headers["set-cookie"]
+        assert "HttpOnly" in cookie and "SameSite=strict" in cookie
+        assert "Path=/dashboard" in cookie and "Secure" not in cookie
+        page = await client.get("/dashboard")
+        assert page.status_code == 200 and page.headers["content-security-policy"] == CSP
+        assert page.headers["cache-control"] == "no-store"
+        assert 'id="chart"' in page.text and "uPlot.iife.min.js" in page.text
+
+
+async def test_login_is_throttled_per_address(tmp_path: Path) -> None:
+    """After ``login_attempts`` failures even the right password waits (429, Retry-After)."""
+    config = dashboard_config(tmp_path, dashboard={"login_attempts": 2})
+    async with run_server(config) as live, live.http() as client:
+        for _ in range(2):
+            response = await client.post("/dashboard/login", data={"password": "guess"})
+            assert response.status_code == 401
+        throttled = await client.post("/dashboard/login", data={"password": PASSWORD})
+        assert throttled.status_code == 429 and int(throttled.headers["retry-after"]) > 800
+        assert "Too many failed logins" in throttled.text
+
+
+async def test_cross_site_posts_are_refused(tmp_path: Path) -> None:
+    """A login or logout POSTed from another origin is refused (login CSRF)."""
+    async with run_server(dashboard_config(tmp_path)) as live, live.http() as client:
+        evil = {"Origin": "http://evil.test"}
+        response = await client.post("/dashboard/login", data={"password": PASSWORD}, headers=evil)
+        assert response.status_code == 403
+        csrf = await login(client)
+        response = await client.post("/dashboard/logout", data={"csrf": csrf}, headers=evil)
+        assert response.status_code == 403
+        own = {"Origin": live.http_url}
+        response = await client.post("/dashboard/logout", data={"csrf": csrf}, headers=own)
+        assert response.status_code == 303
+
+
+async def test_logout_needs_the_csrf_token_and_ends_the_session(tmp_path: Path) -> None:
+    """Logout without (or with a wrong) token is refused; with it the cookie is cleared and
+    the old session no longer works."""
+    async with run_server(dashboard_config(tmp_path)) as live, live.http() as client:
+        csrf = await login(client)
+        old_cookie = client.cookies.get("rt_dashboard")
+        assert (await client.post("/dashboard/logout")).status_code == 403
+        assert (await client.post("/dashboard/logout", data={"csrf": "x" * 32})).status_code == 403
+        too_big = await client.post("/dashboard/logout", data={"csrf": csrf, "pad": "x" * 5000})
+        assert too_big.status_code == 403
+        done = await client.post("/dashboard/logout", data={"csrf": csrf})
+        assert done.status_code == 303 and done.headers["location"] == "/dashboard/login"
+        assert 'rt_dashboard=""' in done.headers["set-cookie"]
+        client.cookies.set("rt_dashboard", str(old_cookie), path="/dashboard")
+        assert (await client.get("/dashboard")).status_code == 401
+
+
+async def test_login_goes_back_to_a_dashboard_page_only(tmp_path: Path) -> None:
+    """``next`` leads back to a dashboard path; anything else goes to /dashboard."""
+    async with run_server(dashboard_config(tmp_path)) as live, live.http() as client:
+        target = "/dashboard/person/u%3A1"
+        form = await client.get("/dashboard/login", params={"next": target})
+        assert f'value="{target}"' in form.text
+        response = await client.post(
+            "/dashboard/login", data={"password": PASSWORD, "next": target}
+        )
+        assert response.headers["location"] == target
+    for bad in ("https://evil.test", "//evil.test", "/dashboard//evil", "/dashboard\\x", None,
+                "/dashboard/login?next=x"):  # fmt: skip
+        assert _next_path(bad) == "/dashboard"
+
+
+async def test_event_data_renders_as_text(tmp_path: Path) -> None:
+    """A property and an event name carrying HTML are shown escaped in the page, and the
+    embedded snapshot cannot close its script element."""
+    async with run_server(dashboard_config(tmp_path)) as live, live.http() as client:
+        name = '<img src=x onerror="alert(2)">'
+        async with live.ws() as ws:
+            await send_batch(ws, [event(event=name, properties={"note": XSS})])
+        await login(client)
+        page = (await client.get("/dashboard")).text
+    assert XSS not in page and "<img src=x" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "&lt;img src=x onerror=" in page
+    snapshot = page[page.index('id="snapshot">') :]
+    assert snapshot.index("</script>") > snapshot.index("\\u003cscript\\u003e")
+
+
+async def test_stream_starts_with_a_snapshot_and_batches_updates(tmp_path: Path) -> None:
+    """The first frame is a snapshot; 40 events in 40 batches reach the viewer in far fewer
+    updates, with every event counted and the newest listed, escaped in the payload."""
+    async with run_server(dashboard_config(tmp_path)) as live, live.http() as client:
+        await login(client)
+        async with stream(client) as sse:
+            first = await sse.next()
+            assert first is not None and first.event == "snapshot"
+            assert first.id.startswith(live.runtime.hub.epoch)  # type: ignore[union-attr]
+            async with live.ws() as ws:
+                for i in range(40):
+                    await send_batch(ws, [event(properties={"i": i, "note": XSS})])
+            updates = []
+            while not updates or updates[-1].data["counters"]["stored"] < 40:
+                frame = await sse.next()
+                assert frame is not None and frame.event == "update"
+                updates.append(frame)
+    listed = [e for u in updates for e in u.data["events"]]
+    assert len(listed) == 40 and len(updates) < 40
+    assert all(
+        XSS not in u.raw and "\\u003cscript\\u003e" in u.raw for u in updates if u.data["events"]
+    )
+    assert [int(u.id.split("-")[1]) for u in updates] == sorted(
+        int(u.id.split("-")[1]) for u in updates
+    )
+
+
+async def test_stream_resumes_from_last_event_id(tmp_path: Path) -> None:
+    """A viewer reconnecting with Last-Event-ID gets what it missed as updates, not a
+    snapshot; a first connection resumes from the page's ``since``."""
+    async with run_server(dashboard_config(tmp_path)) as live, live.http() as client:
+        await login(client)
+        async with stream(client) as sse:
+            snapshot = await sse.next()
+            assert snapshot is not None
+        async with live.ws() as ws:
+            await send_batch(ws, [event(event="While Away")])
+        async with stream(client, last_id=snapshot.id) as sse:
+            frame = await sse.until(lambda f: f.data["events"])
+            assert frame.event == "update"
+            assert [e["name"] for e in frame.data["events"]] == ["While Away"]
+        async with stream(client, since=frame.id) as sse:
+            nxt = await sse.next()
+            assert nxt is not None and nxt.event == "update" and not nxt.data["events"]
+        async with stream(client, last_id="garbage") as sse:
+            again = await sse.next()
+            assert again is not None and again.event == "snapshot"
+            assert [e["name"] for e in again.data["events"]][:1] == ["While Away"]
+
+
+async def test_viewer_limit_and_shutdown_end_streams(tmp_path: Path) -> None:
+    """Past ``max_viewers`` a stream is refused with 503; at shutdown open streams end and the
+    server stops (uvicorn would otherwise wait for them)."""
+    config = dashboard_config(tmp_path, dashboard={"max_viewers": 1})
+    async with run_server(config) as live, live.http() as client:
+        await login(client)
+        async with stream(client) as sse:
+            assert await sse.next() is not None
+            refused = await client.get("/dashboard/stream")
+            assert refused.status_code == 503
+            stopping = asyncio.create_task(live.stop())
+            while await sse.next() is not None:
+                pass  # the stream ends
+            await asyncio.wait_for(stopping, 4 * TIMEOUT_UNIT)
+
+
+async def test_person_view_shows_one_timeline(tmp_path: Path) -> None:
+    """A person's page lists their events, runs and mails, newest first, escaped; an unknown
+    person is a 404."""
+    clock = FakeClock()
+    config = dashboard_config(tmp_path)
+    async with run_server(config, clock=clock) as live, live.http() as client:
+        async with live.ws(origin=ORIGIN) as ws:
+            await send_batch(ws, [shopper("u1", "ann@example.com")])
+            await send_batch(ws, [tracked("u1", "Product Added", cart_id="c-9", note=XSS)])
+        await advance(live, clock, 1800)
+        await sent(live)
+        await login(client)
+        page = await client.get("/dashboard/person/" + urllib.parse.quote("u:u1"))
+        assert page.status_code == 200
+        text = page.text
+        assert XSS not in text and "&lt;script&gt;" in text
+        for part in ("Product Added", "cart started", "key c-9", "mail cart_reminder sent",
+                     "ann@example.com"):  # fmt: skip
+            assert part in text, part
+        assert text.index("mail cart_reminder sent") < text.index("Product Added")
+        missing = await client.get("/dashboard/person/u:nobody")
+        assert missing.status_code == 404 and "Unknown person" in missing.text
+
+
+async def test_sink_mail_is_served_for_a_sandboxed_frame(tmp_path: Path) -> None:
+    """The dev sink's mail is served with a CSP sandbox (no scripts, no same origin), listed
+    on the page with a link into the sandboxed iframe; an unknown id is a 404."""
+    async with run_server(dashboard_config(tmp_path)) as live, live.http() as client:
+        async with live.ws(origin=ORIGIN) as ws:
+            await send_batch(ws, [shopper("u2", "bo@example.com")])
+            await send_batch(ws, [tracked("u2", "Signed Up")])
+        await sent(live)
+        (mail,) = await live.runtime.store.mail.sunk()
+        await login(client)
+        page = (await client.get("/dashboard")).text
+        assert f'href="/dashboard/mail/{mail["id"]}" target="mailview"' in page
+        assert '<iframe class="mail" name="mailview" title="mail preview" sandbox>' in page
+        shown = await client.get(f"/dashboard/mail/{mail['id']}")
+        assert shown.status_code == 200 and "<html" in shown.text.lower()
+        csp = shown.headers["content-security-policy"]
+        assert csp.startswith("sandbox;") and "script-src" not in csp
+        assert shown.headers["x-frame-options"] == "SAMEORIGIN"
+        assert (await client.get("/dashboard/mail/999")).status_code == 404
+
+
+async def test_text_only_sink_mail_is_escaped(tmp_path: Path) -> None:
+    """A sink mail without an HTML part is shown as escaped text."""
+    async with run_server(dashboard_config(tmp_path)) as live, live.http() as client:
+        body = b"Subject: hi\r\nContent-Type: text/plain\r\n\r\n<b>bold</b> & more\r\n"
+        sunk = await live.runtime.store.mail.save_sunk(None, "a@x", ["b@x"], "hi", body, 0.0)
+        await login(client)
+        shown = await client.get(f"/dashboard/mail/{sunk}")
+    assert "<pre>&lt;b&gt;bold&lt;/b&gt; &amp; more" in shown.text
+
+
+@pytest.mark.parametrize("path", ["dashboard.js", "dashboard.css", "vendor/uPlot.iife.min.js",
+                                  "vendor/uPlot.min.css", "vendor/uPlot.LICENSE"])  # fmt: skip
+async def test_static_files_are_served(tmp_path: Path, path: str) -> None:
+    """The dashboard's script and style and the vendored uPlot (with its license)."""
+    async with run_server(dashboard_config(tmp_path)) as live, live.http() as client:
+        response = await client.get(f"/dashboard/static/{path}")
+    assert response.status_code == 200 and response.content
+
+
+def test_page_script_never_writes_html() -> None:
+    """The page script sets text only (no innerHTML), and sends a viewer whose stream gets a
+    401 (never a redirect) to the login."""
+    script = (Path(__file__).parent.parent / "rtserver/static/dashboard.js").read_text()
+    assert "r.status === 401" in script and "innerHTML" not in script
+
+
+async def test_stream_that_loses_the_race_for_a_place_ends(tmp_path: Path) -> None:
+    """A viewer admitted by the check but refused by the hub (it filled up or closed in
+    between) gets a stream that ends at once, without data."""
+    async with run_server(dashboard_config(tmp_path)) as live, live.http() as client:
+        await login(client)
+        hub = live.runtime.hub
+        assert hub is not None
+
+        @contextlib.asynccontextmanager
+        async def refuse(last_id: str | None = None) -> AsyncIterator[Subscription]:
+            raise HubClosed("the server is shutting down")
+            yield  # pragma: no cover
+
+        hub.subscribe = refuse  # type: ignore[method-assign]
+        async with stream(client) as sse:
+            assert await sse.next() is None
+
+
+def test_times_are_shown_in_utc() -> None:
+    """The page's time format (the script uses the same), empty for no time."""
+    assert _clock_time(1_800_000_000.0) == "01-15 08:00:00"
+    assert _clock_time(None) == ""

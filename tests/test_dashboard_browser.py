@@ -1,0 +1,137 @@
+"""The dashboard in a real browser: headless Chromium (Debian's package) driven by Playwright,
+against a real rtserver on a fake clock.
+
+It logs in, watches an event sent over a WebSocket appear in the live feed, sees the cart's
+timer pending and then its mail sent and in the sink's inbox (the clock moved by the test),
+checks that event data carrying HTML is shown as text (no element made, no alert), opens a
+person's timeline, saves a screenshot under demo traffic, and logs out. Every wait is on the
+page (Playwright's ``expect``), never on time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from playwright.async_api import Browser, Dialog, Page, async_playwright, expect
+
+from tests.browser_support import CHROMIUM, CHROMIUM_ARGS
+from tests.conftest import ORIGIN, TIMEOUT_UNIT, FakeClock, event, run_server, send_batch
+from tests.dashboard_support import (  # noqa: F401 (sse_exit_flag_reset is autouse)
+    PASSWORD,
+    XSS,
+    advance,
+    dashboard_config,
+    shopper,
+    sse_exit_flag_reset,
+    tracked,
+)
+
+WAIT_MS = 4 * TIMEOUT_UNIT * 1000
+ARTIFACTS = Path(__file__).parent / "artifacts"
+SCREENSHOT = ARTIFACTS / "dashboard.png"
+IMG_XSS = '<img src=x onerror="alert(2)">'
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+async def logged_in(browser: Browser, base: str, dialogs: list[str]) -> Page:
+    """A page that went to /dashboard, was sent to the login, and logged in."""
+    page = await browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(WAIT_MS)
+    expect.set_options(timeout=WAIT_MS)
+
+    async def on_dialog(dialog: Dialog) -> None:
+        dialogs.append(dialog.message)
+        await dialog.dismiss()
+
+    page.on("dialog", on_dialog)
+    await page.goto(f"{base}/dashboard")
+    await expect(page).to_have_url(f"{base}/dashboard/login?next=/dashboard")
+    await page.fill("#password", "not it")
+    await page.click("#login")
+    await expect(page.locator("#login-error")).to_have_text("Wrong password.")
+    await page.fill("#password", PASSWORD)
+    await page.click("#login")
+    await expect(page).to_have_url(f"{base}/dashboard")
+    await expect(page.locator("#live")).to_have_text("live")
+    return page
+
+
+async def test_dashboard_live_in_chromium(browser: Browser, tmp_path: Path) -> None:
+    """Login, a live event, a pending timer then its mail, escaped event data, a person's
+    timeline, a screenshot under demo traffic, logout."""
+    clock = FakeClock()
+    dialogs: list[str] = []
+    async with run_server(dashboard_config(tmp_path), clock=clock) as live:
+        page = await logged_in(browser, live.http_url, dialogs)
+        feed = page.locator("#events-body")
+
+        async with live.ws(origin=ORIGIN) as ws:
+            await send_batch(ws, [shopper("ann", "ann@example.com")])
+            added = tracked("ann", "Product Added", cart_id="cart-7", name="Lamp", note=XSS)
+            await send_batch(ws, [added, event(event=IMG_XSS, anonymousId="anon-x")])
+        await expect(feed).to_contain_text("Product Added")
+        await expect(feed).to_contain_text(XSS)  # shown as text...
+        await expect(feed).to_contain_text(IMG_XSS)
+        assert await page.locator("#events-body script, #events-body img").count() == 0
+        await expect(page.locator("#timers-body")).to_contain_text("cart-7")
+        await expect(page.locator("#runs-body")).to_contain_text("wait_inactive")
+
+        await advance(live, clock, 1800)
+        await expect(page.locator("#mail-sent")).to_have_text("1")
+        await expect(page.locator("#timers-body")).to_contain_text("no timers pending")
+        sink = page.locator("#sink-body a")
+        await expect(sink).to_have_count(1)
+        await sink.click()
+        frame = page.frame_locator("iframe[name=mailview]")
+        await expect(frame.locator("body")).to_contain_text("Hi Ann")
+
+        await page.fill("#filter-person", "anon-x")
+        await expect(feed.locator("tr")).to_have_count(1)
+        await page.fill("#filter-person", "")
+
+        # Demo traffic for the screenshot: a few shoppers over a few (fake) seconds.
+        for second in range(12):
+            async with live.ws(origin=ORIGIN) as ws:
+                user = f"shopper{second % 4}"
+                batch = [
+                    tracked(user, "Product Viewed", product_id=f"sku-{i}", price=9.5 + i)
+                    for i in range(second % 5 + 1)
+                ]
+                if second % 3 == 0:
+                    batch.append(tracked(user, "Product Added", cart_id=f"c-{second}", price=20))
+                await send_batch(ws, batch)
+            clock.advance(1)
+            seen = await page.evaluate("window.rtDashboard.updates")
+            await page.wait_for_function("(seen) => window.rtDashboard.updates > seen", arg=seen)
+        await expect(page.locator("#c-stored")).not_to_have_text("0")
+        await page.reload()  # a fresh snapshot: the funnel and latency as they are now
+        await expect(page.locator("#funnel-body")).to_contain_text("cart")
+        await expect(page.locator("#live")).to_have_text("live")
+        await page.locator("#sink-body a").click()
+        await expect(frame.locator("body")).to_contain_text("Hi Ann")
+        ARTIFACTS.mkdir(exist_ok=True)
+        await page.screenshot(path=str(SCREENSHOT), full_page=True)
+        print(f"dashboard screenshot: {SCREENSHOT}")
+
+        await page.click("#events-body a >> text=u:ann")
+        await expect(page.locator("#person-id")).to_have_text("u:ann")
+        timeline = page.locator("#timeline")
+        await expect(timeline).to_contain_text("mail cart_reminder sent")
+        await expect(timeline).to_contain_text(XSS)
+        assert await page.locator("#timeline script").count() == 0
+
+        await page.click("#logout")
+        await expect(page).to_have_url(f"{live.http_url}/dashboard/login")
+    assert dialogs == []
+    assert SCREENSHOT.stat().st_size > 10_000
