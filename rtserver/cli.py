@@ -55,8 +55,15 @@ def _announce(config: Config, host: str, port: int) -> None:
         f"  browser ws    ws://{netloc}/v1/ws?key={config.keys.public}",
         f"  segment api   {base}/v1/batch  (write key: `rtserver keys`)",
         f"  dashboard     {base}/dashboard",
+        f"  demo shop     {base}/demo  (events, runs and mails show up on the dashboard)",
+        f"  snippet       {base}/rt.js",
         f"  health        {base}/healthz  (ready: /readyz, metrics: /metrics)",
-        f"  mail          {config.mail.transport}",
+        f"  mail          {config.mail.transport}"
+        + (
+            "  (kept in the store: the dashboard's inbox)"
+            if config.mail.transport == "sink"
+            else ""
+        ),
     ]
     for line in lines:
         logger.info("%s", line)
