@@ -3,6 +3,7 @@
     python -m bench.mail                          # 2,000 mails each, median of 3 runs
     python -m bench.mail --mails 500 --repeat 1 --json
     python -m bench.mail --quick                  # the smoke run of tests/test_bench.py
+    python -m bench.mail --cold                   # co-viewed products read for every mail
 
 Both clients run in this process, on uvloop, one after the other (the order alternates between
 repeats), and send to the same sink: a bare aiosmtpd server whose handler only counts, in its
@@ -213,12 +214,18 @@ def mailer(config: Any, clock: Any) -> Any:
 
 
 async def measure_rtserver(
-    port: int, mails: int, template: str, workdir: Path, run: int
+    port: int, mails: int, template: str, workdir: Path, run: int, cold: bool = False
 ) -> dict[str, Any]:
-    """Mails/s through Sender → Relay, from the task's start to the last recorded outcome."""
+    """Mails/s through Sender → Relay, from the task's start to the last recorded outcome;
+    ``cold``: co-viewed products read for every mail (none kept), as if each mail were for
+    a different shopper."""
+    import rtserver.sender
     from rtserver.mailer import Relay
     from rtserver.sender import Sender
 
+    kept = rtserver.sender.CO_VIEWED_SETS
+    if cold:  # the bench's own process: set back below
+        rtserver.sender.CO_VIEWED_SETS = 0
     config = mail_config(template)
     store = await shop_store(workdir / f"mail-{run}.db", mails, template, time.time())
     relay = Relay(HOST, port, timeout_s=30.0)
@@ -241,6 +248,7 @@ async def measure_rtserver(
     finally:
         await relay.close()
         await store.close()
+        rtserver.sender.CO_VIEWED_SETS = kept
     if counts != {"sent": mails}:
         raise BenchError(f"rtserver: outbox not all sent: {counts}")
     return {"mails": mails, "elapsed_s": elapsed, "cpu_s": cpu}
@@ -334,7 +342,7 @@ async def run(args: argparse.Namespace) -> int:
                     print(f"# run {repeat + 1}/{args.repeat}: {name}", file=sys.stderr, flush=True)
                     if name == "rtserver":
                         result = await measure_rtserver(
-                            port, args.mails, args.template, workdir, repeat
+                            port, args.mails, args.template, workdir, repeat, args.cold
                         )
                     else:
                         result = await measure_bare(port, args.mails, message)
@@ -351,7 +359,8 @@ async def run(args: argparse.Namespace) -> int:
     text = "\n".join(
         [
             f"{args.mails:,} mails of {size:,} bytes ({args.template}) each, median of "
-            f"{args.repeat}; sink: bare aiosmtpd on {args.loop}, own process",
+            f"{args.repeat}; sink: bare aiosmtpd on {args.loop}, own process"
+            + ("; co-viewed read for every mail (--cold)" if args.cold else ""),
             "",
             format_table(results, COLUMNS),
             "",
@@ -375,6 +384,11 @@ def main(argv: list[str] | None = None) -> None:
         "--loop", choices=("asyncio", "uvloop"), default="uvloop", help="sink's loop"
     )
     parser.add_argument("--quick", action="store_true", help="100 mails, one run (smoke test)")
+    parser.add_argument(
+        "--cold",
+        action="store_true",
+        help="read the co-viewed products for every mail (no cache), as for distinct shoppers",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--serve-sink", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)

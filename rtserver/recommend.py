@@ -22,7 +22,16 @@ from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["Product", "cart_of", "product_of", "recommend"]
+__all__ = [
+    "Product",
+    "bought_of",
+    "cart_of",
+    "events_of_cart",
+    "product_of",
+    "products_of",
+    "recommend",
+    "viewed_of",
+]
 
 MAX_TEXT_CHARS = 300
 MAX_URL_CHARS = 2048
@@ -31,6 +40,8 @@ MAX_CART_PRODUCTS = 100
 URL_CACHE = 4096
 TOP_CATEGORIES = 2
 """How many of the person's most browsed categories lead the recommendations."""
+VIEWED = 20
+"""A person's most recent distinct product views that rank the recommendations."""
 
 _ADD = "Product Added"
 _REMOVE = "Product Removed"
@@ -133,6 +144,52 @@ def product_of(properties: Mapping[str, Any]) -> Product | None:
         category=_text(properties.get("category")),
         quantity=_quantity(properties.get("quantity")),
     )
+
+
+def products_of(rows: Iterable[Mapping[str, Any]]) -> list[Product]:
+    """The products ``rows`` (properties each) describe, those without an id left out."""
+    found = (product_of(row) for row in rows)
+    return [p for p in found if p is not None]
+
+
+def viewed_of(events: Sequence[tuple[str, Mapping[str, Any]]]) -> list[Product]:
+    """The products viewed most recently, newest first, each once (``VIEWED`` at most)."""
+    seen: dict[str, Product] = {}
+    looked: set[Any] = set()  # raw ids already read: each product is parsed once
+    for name, properties in reversed(events):
+        if name != "Product Viewed":
+            continue
+        raw = properties.get("product_id") or properties.get("sku")
+        if isinstance(raw, str | int):
+            if raw in looked:
+                continue
+            looked.add(raw)
+        product = product_of(properties)
+        if product is not None and product.id not in seen:
+            seen[product.id] = product
+            if len(seen) == VIEWED:
+                break
+    return list(seen.values())
+
+
+def bought_of(events: Iterable[tuple[str, Mapping[str, Any]]]) -> set[str]:
+    """Ids of the products in the person's orders (never recommended again)."""
+    bought: set[str] = set()
+    for name, properties in events:
+        if name == "Order Completed":
+            listed = properties.get("products")
+            entries = listed if isinstance(listed, list) else []
+            bought.update(p.id for p in products_of([properties, *entries]) if p is not None)
+    return bought
+
+
+def events_of_cart(
+    events: Sequence[tuple[str, Mapping[str, Any]]], key: str
+) -> Sequence[tuple[str, Mapping[str, Any]]]:
+    """The events of the run's cart when the run is keyed by a cart id, else all of them."""
+    if key and any(str(p.get("cart_id")) == key for _, p in events if "cart_id" in p):
+        return [(n, p) for n, p in events if "cart_id" in p and str(p.get("cart_id")) == key]
+    return events
 
 
 def _products(listed: list[Any]) -> list[Product]:

@@ -3,10 +3,12 @@
 One task, :meth:`Sender.run`. Each round it recovers leases left ``sending`` by a crash (at
 start, then every ``RECOVER_EVERY_S``), claims up to ``BATCH`` due mails within the rate and
 daily budgets (the claim itself ends suppressed, unconsented and expired ones), and sends them
-one after the other on the one long-lived :class:`~rtserver.mailer.Relay` connection. The next
-mail's context (cart, recommendations) is read and rendered while the current one is on the
-wire, and the outcomes of a batch are written in one transaction at its end. So a crash can
-leave at most one batch delivered but still ``sending``; those turn ``ambiguous`` (G5).
+one after the other on the one long-lived :class:`~rtserver.mailer.Relay` connection. The
+batch's contexts (cart, recommendations) are read at once when it is claimed; each next mail
+is rendered while the relay digests the current one's content (the longest wait of an SMTP
+transaction), and the outcomes of a batch are written in one transaction at its end. So a
+crash can leave at most one batch delivered but still ``sending``; those turn ``ambiguous``
+(G5).
 
 Outcomes (the relay classifies SMTP replies, RELIABILITY.md G6)::
 
@@ -38,7 +40,7 @@ import logging
 import math
 import random
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -48,7 +50,15 @@ from rtserver.conditions import parse_duration
 from rtserver.config import MailConfig
 from rtserver.errors import MailError, StoreError
 from rtserver.mailer import MailContext, Mailer, Outcome, RawMail, Relay
-from rtserver.recommend import Product, cart_of, product_of, recommend
+from rtserver.recommend import (
+    Product,
+    bought_of,
+    cart_of,
+    events_of_cart,
+    products_of,
+    recommend,
+    viewed_of,
+)
 from rtserver.store import Store
 
 __all__ = ["Sender", "SenderStats", "retry_delay"]
@@ -72,10 +82,11 @@ PRODUCTS_WINDOW_S = 30 * DAY_S
 """How far back a person's views, cart and orders are read for a mail."""
 POPULAR_TTL_S = 300.0
 """How long the shop's popular products are reused before being read again."""
+CO_VIEWED_SETS = 1024
+"""Sets of viewed products whose co-viewed products are kept (``POPULAR_TTL_S`` each): people
+who viewed the same few products (often one popular product) share one read."""
 POOL = 8
 """Candidates read from co-views and popularity for the recommendations."""
-VIEWED = 20
-"""A person's most recent distinct product views that rank the recommendations."""
 RECOMMENDATIONS = 3
 ORIGINAL_TO = "X-RT-Original-To"
 """Header keeping the real recipient of a mail rerouted to ``mail.test_recipients``."""
@@ -157,6 +168,7 @@ class Sender:
         self._next_recover = -math.inf
         self._popular: tuple[float, list[Product]] | None = None
         self._popular_lock = asyncio.Lock()
+        self._co_viewed: dict[tuple[str, ...], tuple[float, list[Product]]] = {}
         self._outcomes: list[tuple[Any, ...]] = []
 
     def wake(self) -> None:
@@ -333,13 +345,12 @@ class Sender:
         """
         since = now - PRODUCTS_WINDOW_S
         events = await self.store.mail.product_events(claim.person_id, since)
-        viewed = _viewed(events)
-        bought = _bought(events)
-        cart = cart_of(_of_cart(events, str(claim.run.get("key") or "")))
+        viewed = viewed_of(events)
+        bought = bought_of(events)
+        cart = cart_of(events_of_cart(events, str(claim.run.get("key") or "")))
         co_viewed: list[Product] = []
         if viewed:
-            rows = await self.store.mail.co_viewed([p.id for p in viewed[:POOL]], since, POOL)
-            co_viewed = _products(rows)
+            co_viewed = await self._co_viewed_products(tuple(p.id for p in viewed[:POOL]), now)
         popular = await self._popular_products(now)
         recommendations = recommend(
             viewed, co_viewed, popular, bought | {p.id for p in cart}, RECOMMENDATIONS
@@ -364,12 +375,22 @@ class Sender:
         token = self.mailer.tokens.confirm(claim.person_id, claim.recipient)
         return {**claim.extra, "confirm_url": f"{self.mailer.public_url}/confirm/{token}"}
 
+    async def _co_viewed_products(self, ids: tuple[str, ...], now: float) -> list[Product]:
+        """Products viewed by the viewers of ``ids``, read again after ``POPULAR_TTL_S``."""
+        cached = self._co_viewed.get(ids)
+        if cached is None or not cached[0] <= now < cached[0] + POPULAR_TTL_S:
+            rows = await self.store.mail.co_viewed(list(ids), now - PRODUCTS_WINDOW_S, POOL)
+            cached = self._co_viewed[ids] = (now, products_of(rows))
+            while len(self._co_viewed) > CO_VIEWED_SETS:
+                del self._co_viewed[next(iter(self._co_viewed))]  # the oldest read
+        return cached[1]
+
     async def _popular_products(self, now: float) -> list[Product]:
         async with self._popular_lock:  # a batch's mails ask at once: one of them reads
             cached = self._popular
             if cached is None or not cached[0] <= now < cached[0] + POPULAR_TTL_S:
                 rows = await self.store.mail.popular(now - PRODUCTS_WINDOW_S, POOL)
-                cached = self._popular = (now, _products(rows))
+                cached = self._popular = (now, products_of(rows))
             return cached[1]
 
     def _record(self, claim: Claim, outcome: Outcome, now: float) -> None:
@@ -440,51 +461,6 @@ class Sender:
     async def _notify(self) -> None:
         async with self.progress:
             self.progress.notify_all()
-
-
-def _products(rows: Iterable[Mapping[str, Any]]) -> list[Product]:
-    found = (product_of(row) for row in rows)
-    return [p for p in found if p is not None]
-
-
-def _viewed(events: Sequence[tuple[str, Mapping[str, Any]]]) -> list[Product]:
-    """The products viewed most recently, newest first, each once (``VIEWED`` at most)."""
-    seen: dict[str, Product] = {}
-    looked: set[Any] = set()  # raw ids already read: each product is parsed once
-    for name, properties in reversed(events):
-        if name != "Product Viewed":
-            continue
-        raw = properties.get("product_id") or properties.get("sku")
-        if isinstance(raw, str | int):
-            if raw in looked:
-                continue
-            looked.add(raw)
-        product = product_of(properties)
-        if product is not None and product.id not in seen:
-            seen[product.id] = product
-            if len(seen) == VIEWED:
-                break
-    return list(seen.values())
-
-
-def _bought(events: Iterable[tuple[str, Mapping[str, Any]]]) -> set[str]:
-    """Ids of the products in the person's orders (never recommended again)."""
-    bought: set[str] = set()
-    for name, properties in events:
-        if name == "Order Completed":
-            listed = properties.get("products")
-            entries = listed if isinstance(listed, list) else []
-            bought.update(p.id for p in _products([properties, *entries]) if p is not None)
-    return bought
-
-
-def _of_cart(
-    events: Sequence[tuple[str, Mapping[str, Any]]], key: str
-) -> Sequence[tuple[str, Mapping[str, Any]]]:
-    """The events of the run's cart when the run is keyed by a cart id, else all of them."""
-    if key and any(str(p.get("cart_id")) == key for _, p in events if "cart_id" in p):
-        return [(n, p) for n, p in events if "cart_id" in p and str(p.get("cart_id")) == key]
-    return events
 
 
 async def _wake_on(stop: asyncio.Event, wake: asyncio.Event) -> None:

@@ -3,12 +3,14 @@ outcomes, crash recovery into ``ambiguous``, erasure, the sink, product reads.""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
-from rtserver._outbox import NEVER
+from rtserver._outbox import NEVER, _in_transaction
 from rtserver.store import Store
 from rtserver.tokens import email_hash
 from tests.conftest import event
@@ -259,3 +261,22 @@ async def test_numeric_product_ids_read_as_text(store: Store) -> None:
     ]  # fmt: skip
     co = await store.mail.co_viewed(["7"], NOW - 60, 5)
     assert [p["product_id"] for p in co] == ["lamp"]
+
+
+def test_transactions_roll_back_what_came_before_and_what_failed() -> None:
+    """A write starts from a clean slate (a transaction left open is rolled back) and undoes
+    itself when its work raises."""
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    conn.execute("CREATE TABLE t (x INTEGER)")
+    conn.execute("BEGIN")
+    conn.execute("INSERT INTO t VALUES (1)")  # left open by someone: not committed
+    assert _in_transaction(conn, lambda: conn.execute("INSERT INTO t VALUES (2)").rowcount) == 1
+    with pytest.raises(sqlite3.OperationalError):
+        _in_transaction(conn, lambda: conn.execute("INSERT INTO nope VALUES (3)"))
+    assert conn.execute("SELECT x FROM t").fetchall() == [(2,)] and not conn.in_transaction
+
+
+async def test_suppressing_an_unknown_mail_does_nothing(store: Store) -> None:
+    """An outcome for a row that is not there suppresses no one."""
+    await store.mail.finish("nope", "failed", NOW, code=550, suppress="hard_bounce")
+    assert await store._read("SELECT count(*) FROM suppressions", ()) == [(0,)]

@@ -8,7 +8,7 @@ from typing import Any
 
 from hypothesis import given, strategies as st
 
-from rtserver.recommend import Product, cart_of, product_of, recommend
+from rtserver.recommend import VIEWED, Product, cart_of, product_of, recommend, viewed_of
 
 
 def p(pid: str, category: str | None = None, **kw: Any) -> Product:
@@ -257,3 +257,21 @@ def test_recommend_ties_go_to_the_most_recent_category() -> None:
     viewed = [p("new", "hats"), p("nocat"), p("old", "shoes"), p("older", "bags")]
     ranked = recommend(viewed, [], [p("s", "shoes"), p("b", "bags")], (), limit=5)
     assert ids(ranked) == ["new", "old", "s", "b"]
+
+
+def test_viewed_products_are_newest_first_each_once_and_bounded() -> None:
+    """Views rank recommendations newest first; a product viewed again counts once, a view
+    without a product id is skipped, and only the ``VIEWED`` most recent products count."""
+    views = [("Product Viewed", {"product_id": f"p{n}"}) for n in range(VIEWED + 5)]
+    views += [
+        ("Product Added", {"product_id": "added"}),
+        ("Product Viewed", {"sku": 7}),
+        ("Product Viewed", {"name": "no id"}),
+        ("Product Viewed", {"product_id": ["not", "an", "id"]}),
+        ("Product Viewed", {"product_id": "p3"}),
+        ("Product Viewed", {"product_id": "p3"}),
+    ]
+    ids = [p.id for p in viewed_of(views)]
+    assert ids[:2] == ["p3", "7"]
+    assert len(ids) == VIEWED and len(set(ids)) == VIEWED
+    assert ids[2:] == [f"p{n}" for n in range(VIEWED + 4, 6, -1)]  # the oldest dropped

@@ -25,7 +25,7 @@ from rtserver.config import Config, IngestConfig
 from rtserver.errors import StorageUnavailable
 from rtserver.events import parse_event
 from rtserver.mailer import MailContext, Mailer, Outcome, RawMail, Relay
-from rtserver.sender import VIEWED, Sender, SenderStats, _viewed, retry_delay
+from rtserver.sender import Sender, SenderStats, retry_delay
 from rtserver.sink import Sink, start_sink
 from rtserver.store import Store
 from rtserver.tokens import Tokens
@@ -950,24 +950,6 @@ async def test_lost_acks_and_4xx_over_many_mails(
         assert sender.stats.ambiguous == len(lost)
 
 
-def test_viewed_products_are_newest_first_each_once_and_bounded() -> None:
-    """Views rank recommendations newest first; a product viewed again counts once, a view
-    without a product id is skipped, and only the ``VIEWED`` most recent products count."""
-    views = [("Product Viewed", {"product_id": f"p{n}"}) for n in range(VIEWED + 5)]
-    views += [
-        ("Product Added", {"product_id": "added"}),
-        ("Product Viewed", {"sku": 7}),
-        ("Product Viewed", {"name": "no id"}),
-        ("Product Viewed", {"product_id": ["not", "an", "id"]}),
-        ("Product Viewed", {"product_id": "p3"}),
-        ("Product Viewed", {"product_id": "p3"}),
-    ]
-    ids = [p.id for p in _viewed(views)]
-    assert ids[:2] == ["p3", "7"]
-    assert len(ids) == VIEWED and len(set(ids)) == VIEWED
-    assert ids[2:] == [f"p{n}" for n in range(VIEWED + 4, 6, -1)]  # the oldest dropped
-
-
 async def test_a_stop_cancels_reads_still_running(
     shop: Shop, smtpd: SMTPServer, templates: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -995,3 +977,43 @@ async def test_a_stop_cancels_reads_still_running(
     assert (await shop.row("m1"))["state"] == "sent"
     assert (await shop.row("m2"))["state"] == "queued"
     assert len(smtpd.received) == 1
+
+
+async def test_co_viewed_products_are_read_once_per_set_for_a_while(
+    shop: Shop, templates: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """People who viewed the same products share one read of their co-viewed products, for
+    POPULAR_TTL_S of the clock; at most CO_VIEWED_SETS sets are kept, the oldest dropped."""
+    import rtserver.sender
+
+    reads: list[list[str]] = []
+    co_viewed = shop.store.mail.co_viewed
+
+    async def counted(ids: Sequence[str], since: float, limit: int) -> Any:
+        reads.append(list(ids))
+        return await co_viewed(ids, since, limit)
+
+    monkeypatch.setattr(shop.store.mail, "co_viewed", counted)
+    for user, product in (("ann", "p1"), ("bob", "p1"), ("cy", "p2"), ("dan", "p2")):
+        await shop.person(user, f"{user}@example.com")
+        await shop.track(user, "Product Viewed", product_id=product, category="shoes")
+    await shop.track("dan", "Product Viewed", product_id="p1", category="shoes")
+    sender = make_sender(shop, 9, templates, tmp_path)
+    for user in ("ann", "bob", "cy"):
+        await shop.queue(f"m-{user}", f"u:{user}")
+    claims, _ = await shop.store.mail.claim(shop.clock(), 10, 300.0, 86400.0)
+    by_person = {c.person_id: c for c in claims}
+
+    async def recommended(user: str) -> list[str]:
+        context = await sender.context(by_person[f"u:{user}"], shop.clock())
+        return [p.id for p in context.recommendations]
+
+    assert await recommended("ann") == await recommended("bob") == ["p1", "p2"]
+    assert reads == [["p1"]]
+    shop.clock.advance(rtserver.sender.POPULAR_TTL_S)
+    assert await recommended("bob") == ["p1", "p2"]
+    assert reads == [["p1"], ["p1"]]
+    monkeypatch.setattr(rtserver.sender, "CO_VIEWED_SETS", 1)
+    await recommended("cy")  # p2's set replaces p1's
+    await recommended("ann")
+    assert reads == [["p1"], ["p1"], ["p2"], ["p1"]]
