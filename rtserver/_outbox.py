@@ -192,22 +192,6 @@ def claim(
     return result
 
 
-def finish(
-    conn: sqlite3.Connection,
-    mail: str,
-    state: str,
-    now: float,
-    code: int | None,
-    reason: str,
-    next_attempt_at: float | None,
-    suppress: str | None,
-) -> None:
-    """Record the outcome of one attempt (and suppress the recipient when told)."""
-    _in_transaction(
-        conn, lambda: _finish(conn, mail, state, now, code, reason, next_attempt_at, suppress)
-    )
-
-
 def _finish(
     conn: sqlite3.Connection,
     mail: str,
@@ -232,7 +216,8 @@ def _finish(
 
 
 def finish_many(conn: sqlite3.Connection, outcomes: Sequence[Sequence[Any]]) -> None:
-    """Record several attempts' outcomes (``finish``'s arguments each) in one transaction."""
+    """Record several attempts' outcomes in one transaction, each ``_finish``'s arguments:
+    (mail, state, now, code, reason, next_attempt_at, suppress)."""
 
     def work() -> None:
         for outcome in outcomes:
@@ -332,7 +317,8 @@ class MailStore:
         suppress: str | None = None,
     ) -> None:
         """Record an attempt's outcome: ``sent``, ``retry_wait``, ``failed`` or ``ambiguous``."""
-        await self._in_writer(finish, mail, state, now, code, reason, next_attempt_at, suppress)
+        outcome = (mail, state, now, code, reason, next_attempt_at, suppress)
+        await self._in_writer(finish_many, [outcome])
 
     async def recover(self, now: float, resend: bool) -> int:
         """Turn rows whose sending lease ran out into ``ambiguous``; return how many."""
