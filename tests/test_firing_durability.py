@@ -300,7 +300,7 @@ class Nemesis:
     progress, so that timers are pending at every kill."""
 
     MODES = ("catch-up", "tick", "progress")
-    SHARES = (0.35, 0.45, 0.2)
+    SHARES = (0.45, 0.35, 0.2)
 
     def __init__(self, server: ServerProcess, monitor: Monitor, rng: random.Random):
         self.server = server
@@ -395,7 +395,7 @@ class Nemesis:
             self.modes.append(mode)
             if mode == "catch-up":
                 await self.restored()
-                await asyncio.sleep(self.rng.uniform(0, 0.04))
+                await asyncio.sleep(self.rng.uniform(0, 0.01))
             else:
                 await self.ready()
                 while progress() < points[k]:
@@ -409,9 +409,12 @@ class Nemesis:
             await self.kill()
             if k == long_outage:
                 await asyncio.sleep(LONG_OUTAGE_S)
-            elif k + 1 < kills and modes[k + 1] == "catch-up" and not self.owed():
-                # Spawned just after a due tick, the next life has overdue timers to fire.
-                await asyncio.sleep(self.next_due_tick() + 0.02 - time.time())
+            elif k + 1 < kills and modes[k + 1] == "catch-up":
+                # Spawned once a pending timer's tick has come, the next life has overdue
+                # timers to fire (bounded: the shop may have nothing pending just now).
+                limit = time.time() + 3.0
+                while not self.owed() and time.time() < limit:
+                    await asyncio.sleep(POLL_S)
             self.spawn()
         await self.ready()
         limit = time.time() + 2 * TIMEOUT_UNIT
