@@ -184,6 +184,19 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
             WHERE name = 'Product Viewed';
         """,
     ),
+    # The ids of signed inbound webhooks processed (G17): a replay within the retention
+    # answers 200 without doing anything twice.
+    (
+        "0006_webhooks",
+        """
+        CREATE TABLE webhooks (
+            id TEXT PRIMARY KEY,
+            source TEXT NOT NULL,
+            received_at REAL NOT NULL
+        ) WITHOUT ROWID;
+        CREATE INDEX webhooks_received ON webhooks (received_at);
+        """,
+    ),
 )
 
 INSERT_EVENT = """

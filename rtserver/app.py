@@ -31,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route, WebSocketRoute
 
-from rtserver import __version__, dashboard, demo, links, metrics, snippet
+from rtserver import __version__, dashboard, demo, links, metrics, snippet, webhooks
 from rtserver.actions import Engine, load_rules, make_mailer
 from rtserver.alerts import Alerts
 from rtserver.auth import RequireLogin, resolve_auth
@@ -44,6 +44,7 @@ from rtserver.latency import Histogram
 from rtserver.mailer import Relay
 from rtserver.pipeline import Clock, Keys, Pipeline, Runtime
 from rtserver.sender import Sender
+from rtserver.signatures import new_secret
 from rtserver.sink import Sink, start_sink
 from rtserver.store import Changes, Prepared, Store
 from rtserver.timers import run_timer_driver
@@ -64,11 +65,17 @@ logger = logging.getLogger(__name__)
 RETENTION_INTERVAL_S = 3600.0
 
 
+def _new_webhook_secret() -> str:
+    return new_secret(secrets.token_bytes(32))
+
+
 async def resolve_keys(config: Config, store: Store, now: float) -> Keys:
     """The keys in force: configured ones, else generated once and kept in the store."""
     keys = config.keys
     write = keys.write.reveal() if keys.write else None
     identity = keys.identity_secret.reveal() if keys.identity_secret else None
+    webhook = keys.webhook_secret.reveal() if keys.webhook_secret else None
+    previous = keys.webhook_secret_previous
     return Keys(
         public=keys.public,
         write=write
@@ -76,6 +83,13 @@ async def resolve_keys(config: Config, store: Store, now: float) -> Keys:
         identity_secret=identity
         or await store.secret("identity_secret", lambda: secrets.token_urlsafe(32), now),
         link_secret=await store.secret("link_secret", lambda: secrets.token_urlsafe(32), now),
+        webhook_secrets=(
+            webhook
+            or await store.secret(
+                "webhook_secret", lambda: new_secret(secrets.token_bytes(32)), now
+            ),
+            *([previous.reveal()] if previous else []),
+        ),
     )
 
 
@@ -335,6 +349,7 @@ def create_app(
             routes=[
                 WebSocketRoute("/ws", ingest.endpoint),
                 Route("/batch", receive, methods=["POST"]),
+                Route("/webhooks/{source}", webhooks.receive, methods=["POST"]),
                 Route("/{kind}", receive, methods=["POST"]),
             ],
             middleware=[cors],

@@ -150,6 +150,7 @@ async def _keys(config: Config) -> None:
     print(f"public key       {keys.public}")
     print(f"write key        {keys.write}")
     print(f"identity secret  {keys.identity_secret}")
+    print(f"webhook secret   {keys.webhook_secrets[0]}")
 
 
 def _cmd_keys(args: argparse.Namespace) -> int:

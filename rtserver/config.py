@@ -8,6 +8,8 @@ Precedence is environment > file > default, and the environment is consulted onl
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import math
 import os
@@ -110,6 +112,18 @@ def _strong(value: Secret) -> str | None:
     return None
 
 
+def _webhook_secret(value: Secret) -> str | None:
+    raw = value.reveal()
+    encoded = raw.removeprefix("whsec_")
+    try:
+        key = base64.b64decode(encoded, validate=True)
+    except binascii.Error:
+        key = b""
+    if not raw.startswith("whsec_") or len(key) < 24:
+        return "a webhook secret is 'whsec_' and at least 24 base64-encoded random bytes"
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
     """Where rtserver listens and who may talk to it."""
@@ -162,6 +176,18 @@ class KeysConfig:
         check=_strong,
         env="RTSERVER_IDENTITY_SECRET",
     )
+    webhook_secret: Secret | None = setting(
+        None,
+        "Standard Webhooks secret of POST /v1/webhooks/<source> ('whsec_...').",
+        check=_webhook_secret,
+        env="RTSERVER_WEBHOOK_SECRET",
+    )
+    webhook_secret_previous: Secret | None = setting(
+        None,
+        "The webhook secret being rotated out, still accepted.",
+        check=_webhook_secret,
+        env="RTSERVER_WEBHOOK_SECRET_PREVIOUS",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +232,12 @@ class IngestConfig:
     )
     permessage_deflate: bool = setting(False, "Offer permessage-deflate (costs ~29 KiB a socket).")
     retry_after_ms: int = setting(1000, "Suggested client wait after a nack.", check=_positive)
+    max_webhook_bytes: int = setting(
+        1048576, "Largest signed webhook body (bigger: 413).", check=_positive
+    )
+    webhook_tolerance_s: int = setting(
+        300, "How far a webhook's timestamp may be from now (G17).", check=_positive
+    )
 
 
 @dataclass(frozen=True, slots=True)

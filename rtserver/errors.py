@@ -8,7 +8,8 @@ The hierarchy::
      │    └── PolicyViolation      the input breaks a limit: the connection is closed
      ├── StoreError
      │    └── StorageUnavailable   transient: disk full, database locked; retry later
-     └── MailError
+     ├── MailError
+     └── InvalidSignature          a webhook that is not authentic or not fresh: 401
 
 Library errors (``sqlite3.Error``, ``aiosmtplib.SMTPException``) surface as the ``__cause__``
 of the matching rtserver error.
@@ -19,6 +20,7 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "InvalidEvent",
+    "InvalidSignature",
     "MailError",
     "PolicyViolation",
     "RtServerError",
@@ -53,3 +55,7 @@ class StorageUnavailable(StoreError):
 
 class MailError(RtServerError):
     """A mail could not be rendered or delivered."""
+
+
+class InvalidSignature(RtServerError):
+    """A signed webhook failed verification; the message is the reason sent with the 401."""

@@ -47,6 +47,8 @@ class Keys:
     identity_secret: str
     link_secret: str = ""
     """Signs mail links; generated once and kept in the store, like the others."""
+    webhook_secrets: tuple[str, ...] = ()
+    """Verify signed inbound webhooks: the current secret, then the one rotated out."""
 
 
 def _new_future() -> asyncio.Future[None]:

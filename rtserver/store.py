@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 PURGE_CHUNK = 5000
+WEBHOOK_IDS_KEPT_S = 7 * 86400.0
+"""How long a processed webhook's id is kept to refuse its replays (G17: at least 24 h)."""
 TRANSIENT_CODES = frozenset(
     (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR)
 )
@@ -231,6 +233,24 @@ class Store:
             total += cursor.rowcount
             if cursor.rowcount < PURGE_CHUNK:
                 return total
+
+    async def webhook_done(self, webhook_id: str, source: str, now: float) -> None:
+        """Note that the webhook ``webhook_id`` was processed (G17); ids older than
+        :data:`WEBHOOK_IDS_KEPT_S` go, in the same transaction."""
+        async with self._write_lock, _sqlite_errors():
+            await self._db.execute(
+                "INSERT INTO webhooks (id, source, received_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (id) DO NOTHING",
+                (webhook_id, source, now),
+            )
+            await self._db.execute(
+                "DELETE FROM webhooks WHERE received_at < ?", (now - WEBHOOK_IDS_KEPT_S,)
+            )
+
+    async def webhook_seen(self, webhook_id: str) -> bool:
+        """Whether the webhook ``webhook_id`` was processed already."""
+        rows = await self._read("SELECT 1 FROM webhooks WHERE id = ?", (webhook_id,))
+        return bool(rows)
 
     # Reads: the read-only connection.
 

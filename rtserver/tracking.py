@@ -25,7 +25,15 @@ from rtserver.events import Event, Source, decode_json, message_id_of, parse_eve
 from rtserver.ingest import key_matches, origin_allowed
 from rtserver.pipeline import Runtime
 
-__all__ = ["SINGLE_TYPES", "receive"]
+__all__ = [
+    "SINGLE_TYPES",
+    "HTTPFailure",
+    "commit",
+    "failure_response",
+    "parse_all",
+    "read_body",
+    "receive",
+]
 
 SINGLE_TYPES = ("track", "identify", "page", "alias", "screen", "group")
 GZIP_NAMES = ("gzip", "x-gzip")
@@ -85,7 +93,7 @@ def _gunzip(body: bytes, limit: int) -> bytes:
             return b"".join(parts)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int) -> bytes:
     encoding = request.headers.get("content-encoding", "").strip().lower() or "identity"
     if encoding not in (*GZIP_NAMES, "identity"):
         raise HTTPFailure(
@@ -121,7 +129,7 @@ def _authenticate(request: Request, runtime: Runtime, body_key: Any) -> Source:
     raise HTTPFailure(status.HTTP_401_UNAUTHORIZED, "invalid write key")
 
 
-def _parse_all(
+def parse_all(
     raws: list[Any],
     runtime: Runtime,
     source: Source,
@@ -151,9 +159,35 @@ def _parse_all(
     return accepted, rejected
 
 
+async def commit(runtime: Runtime, events: list[Event]) -> None:
+    """Store ``events`` through the pipeline and wait for the commit.
+
+    Raises:
+        HTTPFailure: 503 while the storage is unavailable or the queue full, 500 if it failed.
+    """
+    try:
+        await (await runtime.pipeline.submit(events, runtime.clock()))
+    except (TimeoutError, StorageUnavailable):
+        raise HTTPFailure(
+            status.HTTP_503_SERVICE_UNAVAILABLE, "storage unavailable, retry later"
+        ) from None
+    except StoreError:
+        raise HTTPFailure(status.HTTP_500_INTERNAL_SERVER_ERROR, "storage failed") from None
+
+
+def failure_response(request: Request, failure: HTTPFailure) -> JSONResponse:
+    """The JSON answer of ``failure``; a 503 says when to retry."""
+    headers = None
+    if failure.status_code == status.HTTP_503_SERVICE_UNAVAILABLE:
+        runtime = cast(Runtime, request.state.runtime)
+        seconds = math.ceil(runtime.config.ingest.retry_after_ms / 1000)
+        headers = {"Retry-After": str(seconds)}
+    return JSONResponse(failure.body, failure.status_code, headers=headers)
+
+
 async def _ingest(request: Request, kind: str | None) -> JSONResponse:
     runtime = cast(Runtime, request.state.runtime)
-    body = await _read_body(request, runtime.config.ingest.max_request_bytes)
+    body = await read_body(request, runtime.config.ingest.max_request_bytes)
     try:
         payload = decode_json(body)
     except InvalidEvent as exc:
@@ -170,19 +204,11 @@ async def _ingest(request: Request, kind: str | None) -> JSONResponse:
     else:
         raws = [payload]
     client_ip = request.client.host if request.client else None
-    accepted, rejected = _parse_all(raws, runtime, source, kind, context, client_ip)
+    accepted, rejected = parse_all(raws, runtime, source, kind, context, client_ip)
     if not accepted:
         error = rejected[0]["error"] if rejected else "empty batch"
         raise HTTPFailure(status.HTTP_400_BAD_REQUEST, error, rejected=rejected)
-    try:
-        done = await runtime.pipeline.submit(accepted, runtime.clock())
-        await done
-    except (TimeoutError, StorageUnavailable):
-        raise HTTPFailure(
-            status.HTTP_503_SERVICE_UNAVAILABLE, "storage unavailable, retry later"
-        ) from None
-    except StoreError:
-        raise HTTPFailure(status.HTTP_500_INTERNAL_SERVER_ERROR, "storage failed") from None
+    await commit(runtime, accepted)
     result: dict[str, Any] = {"success": True}
     if rejected:
         result["rejected"] = rejected
@@ -197,11 +223,6 @@ async def receive(request: Request) -> Response:
     try:
         return await _ingest(request, kind)
     except HTTPFailure as failure:
-        headers = None
-        if failure.status_code == status.HTTP_503_SERVICE_UNAVAILABLE:
-            runtime = cast(Runtime, request.state.runtime)
-            seconds = math.ceil(runtime.config.ingest.retry_after_ms / 1000)
-            headers = {"Retry-After": str(seconds)}
-        return JSONResponse(failure.body, failure.status_code, headers=headers)
+        return failure_response(request, failure)
     except ClientDisconnect:  # gone before the body arrived: nothing was stored, nobody to tell
         return Response(status_code=status.HTTP_400_BAD_REQUEST)

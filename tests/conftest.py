@@ -20,6 +20,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from rtserver.app import Server, build_server, create_app
 from rtserver.config import Config, load_config
+from rtserver.events import sign_identity
 from rtserver.ingest import Ingest
 from rtserver.pipeline import Runtime
 from rtserver.store import Store
@@ -30,6 +31,7 @@ TIMEOUT_UNIT = float(os.environ.get("RTSERVER_TESTS_TIMEOUT_FACTOR", "1")) * 5.0
 ORIGIN = "http://shop.test"
 WRITE_KEY = "wk_test_0123456789abcdefghijklmnopqrstuvwxyz"
 IDENTITY_SECRET = "idsecret_0123456789abcdefghijklmnopqrstuvwxyz"
+WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
 class FakeClock:
@@ -51,7 +53,11 @@ def make_config(tmp_path: Path, **sections: Any) -> Config:
     base: dict[str, Any] = {
         "server": {"host": "127.0.0.1", "port": 0, "allowed_origins": [ORIGIN]},
         "store": {"path": str(tmp_path / "test.db")},
-        "keys": {"write": WRITE_KEY, "identity_secret": IDENTITY_SECRET},
+        "keys": {
+            "write": WRITE_KEY,
+            "identity_secret": IDENTITY_SECRET,
+            "webhook_secret": WEBHOOK_SECRET,
+        },
         "ingest": {
             "max_connections_per_ip": 1000,
             "events_per_s": 100000.0,
@@ -76,6 +82,25 @@ def event(kind: str = "track", **fields: Any) -> dict[str, Any]:
         raw["properties"] = {"product_id": "p1", "price": 12.5}
     raw.update(fields)
     return raw
+
+
+def shopper(user: str, email: str, consent: str = "confirmed_opt_in") -> dict[str, Any]:
+    """A browser identify verified by the shop's hashes (marketing consent by default)."""
+    return event(
+        "identify",
+        userId=user,
+        traits={"email": email, "first_name": "Ann", "consent": consent},
+        context={
+            "userHash": sign_identity(IDENTITY_SECRET, user),
+            "emailHash": sign_identity(IDENTITY_SECRET, email),
+        },
+    )
+
+
+def tracked(user: str, event_name: str, **properties: Any) -> dict[str, Any]:
+    """A verified shopper's track event."""
+    hashes = {"userHash": sign_identity(IDENTITY_SECRET, user)}
+    return event("track", event=event_name, userId=user, context=hashes, properties=properties)
 
 
 @dataclass

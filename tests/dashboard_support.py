@@ -16,8 +16,12 @@ import pytest
 from sse_starlette.sse import AppStatus
 
 from rtserver.config import Config
-from rtserver.events import sign_identity
-from tests.conftest import IDENTITY_SECRET, TIMEOUT_UNIT, FakeClock, LiveServer, event, make_config
+from tests.conftest import (
+    TIMEOUT_UNIT,
+    FakeClock,
+    LiveServer,
+    make_config,
+)
 
 PASSWORD = "correct horse battery staple"
 CART = {
@@ -47,25 +51,6 @@ def dashboard_config(tmp_path: Path, **sections: Any) -> Config:
     mail = {"frequency_cap": "off", **sections.pop("mail", {})}
     workflows = sections.pop("workflow", [CART, WELCOME])
     return make_config(tmp_path, dashboard=dashboard, mail=mail, workflow=workflows, **sections)
-
-
-def shopper(user: str, email: str) -> dict[str, Any]:
-    """A browser identify verified by the shop's hashes, with marketing consent."""
-    return event(
-        "identify",
-        userId=user,
-        traits={"email": email, "first_name": "Ann", "consent": "confirmed_opt_in"},
-        context={
-            "userHash": sign_identity(IDENTITY_SECRET, user),
-            "emailHash": sign_identity(IDENTITY_SECRET, email),
-        },
-    )
-
-
-def tracked(user: str, event_name: str, **properties: Any) -> dict[str, Any]:
-    """A verified shopper's track event."""
-    hashes = {"userHash": sign_identity(IDENTITY_SECRET, user)}
-    return event("track", event=event_name, userId=user, context=hashes, properties=properties)
 
 
 async def login(client: httpx.AsyncClient, password: str = PASSWORD) -> str:

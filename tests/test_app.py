@@ -36,6 +36,7 @@ from tests.conftest import (
     IDENTITY_SECRET,
     ORIGIN,
     TIMEOUT_UNIT,
+    WEBHOOK_SECRET,
     WRITE_KEY,
     FakeClock,
     LiveServer,
@@ -162,8 +163,10 @@ async def test_resolve_keys_generates_once_and_prefers_configured_secrets(
         write=WRITE_KEY,
         identity_secret=IDENTITY_SECRET,
         link_secret=generated.link_secret,  # always generated: nobody needs to know it
+        webhook_secrets=(WEBHOOK_SECRET,),
     )
     assert len(generated.link_secret) >= 32
+    assert generated.webhook_secrets[0].startswith("whsec_")
 
 
 def test_server_config_trusts_forwarded_headers_only_from_configured_proxies(

@@ -155,10 +155,11 @@ def test_keys_are_generated_once_and_kept_in_the_store(
     """`keys` prints the public key and generated secrets, the same ones on every run."""
     path = config_file(tmp_path, keys={"public": "pk_shop"})
     first = _keys(capsys, path)
-    assert set(first) == {"public key", "write key", "identity secret"}
+    assert set(first) == {"public key", "write key", "identity secret", "webhook secret"}
     assert first["public key"] == "pk_shop"
     assert first["write key"].startswith("wk_") and len(first["write key"]) > 40
     assert len(first["identity secret"]) >= 32
+    assert first["webhook secret"].startswith("whsec_")
     assert _keys(capsys, path) == first
 
 
@@ -262,6 +263,9 @@ def test_serve_in_process_until_a_signal(
 
     reraised: list[int] = []
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: reraised.append(signum))
+    # Ctrl+C as in a fresh process: Python's own handler, whatever an earlier test's event
+    # loop runner left installed (asyncio.Runner turns it into KeyboardInterrupt only then).
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     banner = Banner()
     logging.getLogger("rtserver").addHandler(banner)
     visitor = threading.Thread(target=visit, name="visitor")
@@ -275,6 +279,7 @@ def test_serve_in_process_until_a_signal(
         visitor.join()
         logging.getLogger("rtserver").removeHandler(banner)
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
     assert code == status
     assert found["url"].startswith("http://127.0.0.1:") and not found["url"].endswith(":8000")
     assert found["healthz"].status_code == 200

@@ -552,6 +552,8 @@ def test_iter_settings_names_secret_variables() -> None:
     assert env == {
         "keys.write": "RTSERVER_WRITE_KEY",
         "keys.identity_secret": "RTSERVER_IDENTITY_SECRET",
+        "keys.webhook_secret": "RTSERVER_WEBHOOK_SECRET",
+        "keys.webhook_secret_previous": "RTSERVER_WEBHOOK_SECRET_PREVIOUS",
         "mail.smtp.password": "RTSERVER_SMTP_PASSWORD",
         "dashboard.password": "RTSERVER_DASHBOARD_PASSWORD",
     }
@@ -606,3 +608,15 @@ def test_config_is_frozen() -> None:
     config = load_config(None, env={})
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.server.port = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["0123456789abcdefghijklmnopqrstuvwxyz", "whsec_c2hvcnQ=", "whsec_not base64!!"],
+    ids=["no-prefix", "too-short", "not-base64"],
+)
+def test_a_webhook_secret_must_be_a_whsec_key(tmp_path: Path, value: str) -> None:
+    """A Standard Webhooks secret is 'whsec_' + base64 of at least 24 random bytes."""
+    path = write(tmp_path, f'[keys]\nwebhook_secret = "{value}"\n')
+    with pytest.raises(ConfigError, match=r"^keys\.webhook_secret: .*'whsec_'"):
+        load_config(path, env={})

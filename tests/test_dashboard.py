@@ -15,7 +15,16 @@ from starlette.routing import Mount, Route
 
 from rtserver.dashboard import CSP, _clock_time, _next_path
 from rtserver.hub import HubClosed, Subscription
-from tests.conftest import ORIGIN, TIMEOUT_UNIT, FakeClock, event, run_server, send_batch
+from tests.conftest import (
+    ORIGIN,
+    TIMEOUT_UNIT,
+    FakeClock,
+    event,
+    run_server,
+    send_batch,
+    shopper,
+    tracked,
+)
 from tests.dashboard_support import (
     PASSWORD,
     XSS,
@@ -23,10 +32,8 @@ from tests.dashboard_support import (
     dashboard_config,
     login,
     sent,
-    shopper,
     sse_exit_flag_reset,  # noqa: F401 (autouse)
     stream,
-    tracked,
 )
 
 

@@ -17,15 +17,22 @@ import pytest
 from playwright.async_api import Browser, Dialog, Page, async_playwright, expect
 
 from tests.browser_support import CHROMIUM, CHROMIUM_ARGS
-from tests.conftest import ORIGIN, TIMEOUT_UNIT, FakeClock, event, run_server, send_batch
+from tests.conftest import (
+    ORIGIN,
+    TIMEOUT_UNIT,
+    FakeClock,
+    event,
+    run_server,
+    send_batch,
+    shopper,
+    tracked,
+)
 from tests.dashboard_support import (  # noqa: F401 (sse_exit_flag_reset is autouse)
     PASSWORD,
     XSS,
     advance,
     dashboard_config,
-    shopper,
     sse_exit_flag_reset,
-    tracked,
 )
 
 WAIT_MS = 4 * TIMEOUT_UNIT * 1000

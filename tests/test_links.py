@@ -15,11 +15,9 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from starlette.requests import Request
 
 from rtserver.config import load_config
-from rtserver.events import sign_identity
 from rtserver.links import PIXEL, machine_reason
 from rtserver.tokens import email_hash
 from tests.conftest import (
-    IDENTITY_SECRET,
     TIMEOUT_UNIT,
     FakeClock,
     LiveServer,
@@ -27,30 +25,14 @@ from tests.conftest import (
     make_config,
     run_server,
     send_batch,
+    shopper,
+    tracked,
 )
 from tests.smtp_server import SMTPServer
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = {wf["name"]: wf for wf in load_config(ROOT / "config.toml", env={}).workflow}
 BROWSER = {"user-agent": "Mozilla/5.0 (X11; Linux x86_64) Firefox/133.0"}
-
-
-def shopper(user: str, email: str, consent: str = "confirmed_opt_in") -> dict[str, Any]:
-    """A browser identify verified by the shop's hashes."""
-    return event(
-        "identify",
-        userId=user,
-        traits={"email": email, "first_name": "Ann", "consent": consent},
-        context={
-            "userHash": sign_identity(IDENTITY_SECRET, user),
-            "emailHash": sign_identity(IDENTITY_SECRET, email),
-        },
-    )
-
-
-def tracked(user: str, event_name: str, **properties: Any) -> dict[str, Any]:
-    hashes = {"userHash": sign_identity(IDENTITY_SECRET, user)}
-    return event("track", event=event_name, userId=user, context=hashes, properties=properties)
 
 
 LAMP = {

@@ -179,7 +179,7 @@ async def test_a_poison_batch_fails_alone(store: Store) -> None:
 
 async def test_stopping_while_retrying_alone_fails_the_rest(store: Store) -> None:
     """Cancelled while retrying a failed group batch by batch, the batches not yet retried
-    get StorageUnavailable."""
+    get StorageUnavailable (the one being retried may have committed just before)."""
     await store._db.execute(
         "CREATE TRIGGER poison BEFORE INSERT ON events WHEN NEW.message_id = 'poison' "
         "BEGIN SELECT RAISE(ABORT, 'poison event'); END"
@@ -198,13 +198,15 @@ async def test_stopping_while_retrying_alone_fails_the_rest(store: Store) -> Non
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    results = await outcomes(*futures[1:])
-    assert all(isinstance(r, StorageUnavailable) for r in results)
+    retried, rest = await outcomes(*futures[1:])
+    assert retried is None or isinstance(retried, StorageUnavailable)
+    assert isinstance(rest, StorageUnavailable)
     async with asyncio.timeout(TIMEOUT_UNIT):
         await pipeline.drain()
     # The batch being retried may still commit on the writer's thread (a trip there cannot be
     # interrupted): its client got a nack and resends, and the resend is deduplicated.
-    assert await store.count_events() <= 1
+    stored = await store.count_events()
+    assert stored == 1 if retried is None else stored in (0, 1)
 
 
 async def test_submit_times_out_when_the_queue_stays_full(store: Store) -> None:
@@ -267,7 +269,9 @@ async def test_cancelled_waiter_does_not_stop_the_group(store: Store) -> None:
 
 async def test_stopping_fails_every_batch_not_committed(store: Store) -> None:
     """Cancelled mid-group, the pipeline resolves the group in flight, the batch held back
-    and the queued ones with StorageUnavailable, so their clients resend."""
+    and the queued ones with StorageUnavailable, so their clients resend (the group in flight
+    may still commit on the writer's thread, or may have committed just before: an ack always
+    means stored, a nack may be a batch stored anyway, deduplicated when it is resent)."""
     pipeline = make_pipeline(store, max_group_events=1)
     futures = [await pipeline.submit(batch(1), 1.0) for _ in range(4)]
     task = asyncio.create_task(pipeline.run(), name="pipeline")
@@ -276,9 +280,11 @@ async def test_stopping_fails_every_batch_not_committed(store: Store) -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    results = await outcomes(*futures[1:])
-    assert all(isinstance(r, StorageUnavailable) for r in results)
+    in_flight, *queued = await outcomes(*futures[1:])
+    assert in_flight is None or isinstance(in_flight, StorageUnavailable)
+    assert all(isinstance(r, StorageUnavailable) for r in queued)
     assert pipeline.queue.empty()
     async with asyncio.timeout(TIMEOUT_UNIT):
         await pipeline.drain()  # every batch is accounted for
-    assert await store.count_events() == 1
+    stored = await store.count_events()
+    assert stored == 2 if in_flight is None else stored in (1, 2)
