@@ -21,7 +21,6 @@ from typing import Any
 import orjson
 
 from rtserver._schema import INSERT_OUTBOX, OUTBOX_COLUMNS
-from rtserver.tokens import email_hash
 
 __all__ = ["Claim", "MailStore", "NEVER"]
 
@@ -29,6 +28,11 @@ NEVER = 1e18
 """``next_attempt_at`` of a row no one will claim again (an ambiguous row under 'drop')."""
 
 CLAIMABLE = "state IN ('queued', 'retry_wait', 'ambiguous')"
+SUPPRESSION = (
+    "SELECT reason FROM suppressions "
+    "WHERE email_hash IN (email_hash(?), legacy_email_hash(?)) LIMIT 1"
+)
+"""An address's suppression: salted (G10), or plain from before migration 0007."""
 SUPPRESS_ALL = ("hard_bounce", "complaint", "erased", "manual")
 """Reasons that stop every mail; an unsubscribe stops marketing mail only."""
 MARKETING_CONSENT = ("confirmed_opt_in", "soft_opt_in_customer")
@@ -127,9 +131,7 @@ def _in_transaction(conn: sqlite3.Connection, work: Callable[[], Any]) -> Any:
 
 
 def _suppression(conn: sqlite3.Connection, address: str) -> str | None:
-    row = conn.execute(
-        "SELECT reason FROM suppressions WHERE email_hash = ?", (email_hash(address),)
-    ).fetchone()
+    row = conn.execute(SUPPRESSION, (address, address)).fetchone()
     return None if row is None else str(row[0])
 
 
@@ -228,10 +230,11 @@ def finish_many(conn: sqlite3.Connection, outcomes: Sequence[Sequence[Any]]) -> 
 
 def _suppress(conn: sqlite3.Connection, address: str, reason: str, now: float, detail: str) -> None:
     conn.execute(
-        "INSERT INTO suppressions (email_hash, reason, created_at, detail) VALUES (?, ?, ?, ?) "
+        "INSERT INTO suppressions (email_hash, reason, created_at, detail) "
+        "VALUES (email_hash(?), ?, ?, ?) "
         "ON CONFLICT (email_hash) DO UPDATE SET reason = CASE WHEN reason = 'erased' "
         "THEN reason ELSE excluded.reason END, detail = excluded.detail",
-        (email_hash(address), reason, now, detail),
+        (address, reason, now, detail),
     )
 
 
@@ -279,6 +282,7 @@ def forget(conn: sqlite3.Connection, address: str, now: float) -> int:
         conn.execute("DELETE FROM events WHERE lower(CAST(body AS TEXT)) LIKE ?", (pattern,))
         conn.execute("DELETE FROM sink_messages WHERE lower(recipients) LIKE ?", (pattern,))
         conn.execute("DELETE FROM outbox WHERE lower(recipient) = ?", (lowered,))
+        conn.execute("DELETE FROM suppressions WHERE email_hash = legacy_email_hash(?)", (lowered,))
         _suppress(conn, lowered, "erased", now, "")
         return len(persons)
 
@@ -368,9 +372,7 @@ class MailStore:
 
     async def suppressed(self, address: str) -> str | None:
         """The suppression reason of ``address``, or None."""
-        rows = await self._read(
-            "SELECT reason FROM suppressions WHERE email_hash = ?", (email_hash(address),)
-        )
+        rows = await self._read(SUPPRESSION, (address, address))
         return str(rows[0][0]) if rows else None
 
     async def outbox(
@@ -470,8 +472,8 @@ class MailStore:
     async def confirmations(self, address: str, client_ip: str, since: float) -> tuple[int, int]:
         """Double opt-in mails sent since ``since`` to ``address`` and caused by ``client_ip``."""
         by_address = await self._read(
-            "SELECT count(*) FROM confirmations WHERE email_hash = ? AND sent_at >= ?",
-            (email_hash(address), since),
+            "SELECT count(*) FROM confirmations WHERE email_hash = email_hash(?) AND sent_at >= ?",
+            (address, since),
         )
         by_ip = await self._read(
             "SELECT count(*) FROM confirmations WHERE client_ip = ? AND sent_at >= ?",

@@ -197,6 +197,17 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         CREATE INDEX webhooks_received ON webhooks (received_at);
         """,
     ),
+    # G10: suppressions and confirmations key their address hashes with a salt of this store
+    # (the SQL function email_hash(address), registered by Store.open). Entries made before
+    # hold the plain SHA-256: lookups match legacy_email_hash(address) too, erasure drops it.
+    (
+        "0007_email_salt",
+        """
+        INSERT INTO secrets (name, value, created_at)
+            VALUES ('email_salt', lower(hex(randomblob(32))), 0)
+            ON CONFLICT (name) DO NOTHING;
+        """,
+    ),
 )
 
 INSERT_EVENT = """

@@ -96,7 +96,8 @@ class Changes:
     generation: tuple[int, int] | None = None
     """:func:`generation` right after this commit (None: not to be trusted)."""
     confirmations: list[tuple[str, str, float]] = field(default_factory=list)
-    """Double opt-in mails queued: (email hash, client address, when), for the caps."""
+    """Double opt-in mails queued: (address, client address, when), for the caps; the address
+    is hashed with the store's salt as it is written."""
     outbox: list[tuple[Any, ...]] = field(default_factory=list)
     """Mails to send, as ``INSERT_OUTBOX`` rows: (id, run id, step, person id, workflow,
     template, variant, marketing, recipient or None for the person's email, due, created,
@@ -333,7 +334,9 @@ def _write_changes(conn: sqlite3.Connection, changes: Changes) -> None:
     if changes.outbox:
         conn.executemany(INSERT_OUTBOX, changes.outbox)
     if changes.confirmations:
-        conn.executemany("INSERT INTO confirmations VALUES (?, ?, ?)", changes.confirmations)
+        conn.executemany(
+            "INSERT INTO confirmations VALUES (email_hash(?), ?, ?)", changes.confirmations
+        )
     if changes.schedules:
         conn.executemany(UPSERT_SCHEDULE, [(wf, *st) for wf, st in changes.schedules.items()])
     if changes.people:
@@ -432,11 +435,13 @@ class Source:
         """See :func:`mailable_after`."""
         return mailable_after(self._conn, cursor, limit)
 
-    def confirmations(self, email_hash: str, client_ip: str, since: float) -> tuple[int, int]:
-        """Double opt-in mails since ``since`` to the address, and caused by the client."""
-        sql = "SELECT count(*) FROM confirmations WHERE {} = ? AND sent_at >= ?"
-        by_address = _rows(self._conn, sql.format("email_hash"), (email_hash, since))[0][0]
-        by_client = _rows(self._conn, sql.format("client_ip"), (client_ip, since))[0][0]
+    def confirmations(self, address: str, client_ip: str, since: float) -> tuple[int, int]:
+        """Double opt-in mails since ``since`` to ``address``, and caused by the client."""
+        sql = "SELECT count(*) FROM confirmations WHERE {} AND sent_at >= ?"
+        by_address = _rows(self._conn, sql.format("email_hash = email_hash(?)"), (address, since))[
+            0
+        ][0]
+        by_client = _rows(self._conn, sql.format("client_ip = ?"), (client_ip, since))[0][0]
         return int(by_address), int(by_client)
 
 

@@ -33,7 +33,7 @@ from rtserver.facts import Memory
 from rtserver.mailer import Mailer
 from rtserver.store import Changes, Plan, Prepared, Source, Store
 from rtserver.timers import TimerWheel
-from rtserver.tokens import Tokens, email_hash
+from rtserver.tokens import Tokens
 from rtserver.workflows import (
     Action,
     CallWebhook,
@@ -352,9 +352,9 @@ class Engine:
         address = event.email
         if address is None or address == person.email:
             return
-        hashed, client = email_hash(address), event.client_ip or "unknown"
-        by_address, by_client = source.confirmations(hashed, client, at - CONFIRM_WINDOW_S)
-        by_address += sum(1 for h, _, _ in changes.confirmations if h == hashed)
+        normal, client = address.strip().lower(), event.client_ip or "unknown"
+        by_address, by_client = source.confirmations(normal, client, at - CONFIRM_WINDOW_S)
+        by_address += sum(1 for a, _, _ in changes.confirmations if a == normal)
         by_client += sum(1 for _, c, _ in changes.confirmations if c == client)
         if by_address or by_client >= self.confirmations_per_ip:
             logger.info(
@@ -363,7 +363,7 @@ class Engine:
                 f"{by_client} caused by {client} today",
             )  # fmt: skip
             return
-        changes.confirmations.append((hashed, client, at))
+        changes.confirmations.append((normal, client, at))
         mail = "confirm-" + hashlib.sha256(event.message_id.encode()).hexdigest()[:24]
         changes.outbox.append(
             (mail, None, None, person.id, CONFIRM_WORKFLOW, "confirm", "", False, address,

@@ -16,7 +16,9 @@ Rules (``dashboard.alert_*``):
   window, once there were ``alert_smtp_min_attempts``;
 - ``ingest_latency``: p99 of event → decision committed in the window (bucket bound);
 - ``queue_depth``: batches waiting for the writer, now;
-- ``outbox_backlog``: mails queued or waiting to retry, now.
+- ``outbox_backlog``: mails queued or waiting to retry, now;
+- ``data_inconsistency``: any broken invariant between runs and timers (an active run that
+  waits with no timer to wake it, a timer of no active run), checked every minute.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import logging
 import urllib.request
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -55,6 +57,8 @@ class Sample:
     latency: Histogram
     queue_depth: int
     outbox_backlog: int
+    inconsistencies: dict[str, int] = field(default_factory=dict)
+    """Broken invariant → how many rows break it (``Store.inconsistencies``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +152,13 @@ class Alerts:
                 new.outbox_backlog,
                 config.alert_outbox_backlog,
                 f"{new.outbox_backlog} mails wait to be sent",
+            )
+        broken = {name: n for name, n in new.inconsistencies.items() if n}
+        if broken:
+            over["data_inconsistency"] = (
+                sum(broken.values()),
+                0,
+                "; ".join(f"{n} {name.replace('_', ' ')}" for name, n in broken.items()),
             )
         return over
 

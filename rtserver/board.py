@@ -48,6 +48,8 @@ LATENCY_EVERY_S = 3.0
 FUNNEL_EVERY_S = 30.0
 """The funnel reads every run, open, click and order of the last ``FUNNEL_DAYS``."""
 ALERTS_EVERY_S = 5.0
+CONSISTENCY_EVERY_S = 60.0
+"""How often the alert rules look for broken invariants in the store (a scan of the runs)."""
 FUNNEL_DAYS = 30
 PROPS_CHARS = 300
 """An event's properties are shown as JSON text cut to this length."""
@@ -128,6 +130,8 @@ class Board:
         self._stale = {"latency": True, "funnel": True}
         """Whether something changed since each slow panel was last composed."""
         self._composed_at = {"latency": -math.inf, "funnel": -math.inf}
+        self._consistency: tuple[float, dict[str, int]] = (-math.inf, {})
+        """When the store's invariants were last checked (server clock), and the counts."""
 
     def counters(self) -> dict[str, Any]:
         """The in-memory counters (no store read)."""
@@ -297,14 +301,20 @@ class Board:
         if stats is not None:
             failures = stats.retried + stats.failed + stats.ambiguous
             attempts = stats.sent + stats.suppressed + failures
+        now = runtime.clock()
+        checked_at, inconsistencies = self._consistency
+        if not checked_at <= now < checked_at + CONSISTENCY_EVERY_S:
+            inconsistencies = await runtime.store.inconsistencies()
+            self._consistency = (now, inconsistencies)
         return Sample(
-            at=runtime.clock(),
+            at=now,
             failed_commits=runtime.pipeline.stats.failed_commits,
             smtp_attempts=attempts,
             smtp_failures=failures,
             latency=self.latency.copy(),
             queue_depth=runtime.pipeline.queue.qsize(),
             outbox_backlog=counts.get("queued", 0) + counts.get("retry_wait", 0),
+            inconsistencies=inconsistencies,
         )
 
     async def check_alerts(self) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import email.utils
 import re
 from dataclasses import dataclass
 from email.message import Message
@@ -67,7 +68,8 @@ def _address(value: Any, where: str) -> str | None:
     bare = value.strip()
     if bare.lower().startswith("rfc822;"):
         bare = bare[7:].strip()
-    bare = bare.strip("<>")
+    if "\r" not in bare and "\n" not in bare:  # check_address refuses those, with the reason
+        bare = email.utils.parseaddr(bare)[1] or bare.strip("<>")
     try:
         return check_address(bare)
     except MailError as exc:
@@ -131,12 +133,23 @@ def _original(report: Message) -> Message | None:
             if isinstance(inner, list) and inner and isinstance(inner[0], Message):
                 return inner[0]
         if part.get_content_type() == "text/rfc822-headers":
-            return email.message_from_string(str(part.get_payload(decode=False)))
+            raw = part.get_payload(decode=True)  # undoes base64 or quoted-printable
+            return email.message_from_bytes(raw if isinstance(raw, bytes) else b"")
     return None
 
 
-def _from_report(body: bytes) -> list[Feedback]:
+def _report(body: bytes, content_type: str) -> Message:
+    """The report: ``body`` as a mail, or, when it does not start with report headers of its
+    own, ``body`` as the content of the HTTP ``Content-Type`` (which carries the boundary)."""
     report = email.message_from_bytes(body, policy=email.policy.compat32)
+    if report.get_content_type() in _REPORT_TYPES:
+        return report
+    head = f"Content-Type: {content_type}\r\n\r\n".encode("latin-1", "replace")
+    return email.message_from_bytes(head + body, policy=email.policy.compat32)
+
+
+def _from_report(body: bytes, content_type: str) -> list[Feedback]:
+    report = _report(body, content_type)
     original = _original(report)
     mail_id = None
     to = None
@@ -181,11 +194,11 @@ def parse(body: bytes, content_type: str) -> list[Feedback]:
     """
     media = content_type.partition(";")[0].strip().lower()
     if media in _REPORT_TYPES:
-        return _from_report(body)
+        return _from_report(body, content_type)
     payload = decode_json(body)
-    items = payload.get("events") if isinstance(payload, dict) and "events" in payload else None
-    if items is None:
+    if not (isinstance(payload, dict) and "events" in payload):
         return [_from_json(payload, "report")]
+    items = payload["events"]
     if not isinstance(items, list) or not items:
         raise InvalidEvent("events must be a non-empty list")
     if len(items) > MAX_REPORTS:

@@ -30,9 +30,17 @@ from aiosmtplib.email import extract_recipients, extract_sender
 
 from rtserver.mime import POLICY, RawMail
 
-__all__ = ["POLICY", "Outcome", "Relay", "classify", "raw_mail", "wire_bytes"]
+__all__ = ["POLICY", "Outcome", "Relay", "classify", "raw_mail", "redact", "wire_bytes"]
 
 _ENHANCED_5_1 = re.compile(r"\s*5\.1\.\d{1,3}\b")
+_ADDRESS = re.compile(r"[^\s<>()\[\],;:\"']+@[^\s<>()\[\],;:\"']+")
+
+
+def redact(text: str) -> str:
+    """``text`` with every email address replaced by ``<address>``: SMTP replies quote the
+    recipient, and reasons end up in logs and on the dashboard (G10: an erased address must
+    not stay behind anywhere)."""
+    return _ADDRESS.sub("address", text)
 
 
 _LINE_END = re.compile(rb"\r\n|\r|\n")
@@ -75,7 +83,7 @@ class Outcome:
 
 def classify(code: int, message: str) -> Outcome:
     """The outcome an SMTP reply means (G6)."""
-    reason = f"{code} {message}".strip()
+    reason = redact(f"{code} {message}".strip())
     if 200 <= code < 300:
         return Outcome("sent", code, reason)
     if 400 <= code < 500:
@@ -201,7 +209,7 @@ class Relay:
         except (aiosmtplib.SMTPException, OSError) as exc:
             client.close()
             state: Literal["ambiguous", "retry"] = "ambiguous" if phase == "content" else "retry"
-            return Outcome(state, None, f"{phase}: {type(exc).__name__}: {exc}"), phase
+            return Outcome(state, None, redact(f"{phase}: {type(exc).__name__}: {exc}")), phase
         outcome = classify(reply.code, reply.message)
         if outcome.state != "sent":
             await self._reset()

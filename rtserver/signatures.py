@@ -80,7 +80,7 @@ def verify(
     header = headers.get("webhook-signature", "")
     if not (webhook_id and stamp and header):
         raise InvalidSignature("missing webhook-id, webhook-timestamp or webhook-signature")
-    if not stamp.isdigit() or len(stamp) > 12:
+    if not (stamp.isascii() and stamp.isdigit()) or len(stamp) > 12:
         raise InvalidSignature("webhook-timestamp must be Unix seconds")
     timestamp = int(stamp)
     if abs(now - timestamp) > tolerance_s:

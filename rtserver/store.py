@@ -25,6 +25,7 @@ from rtserver._schema import MIGRATIONS, PROFILE_COLUMNS, RUN_COLUMNS
 from rtserver._writer import Changes, Plan, Prepared, Source
 from rtserver.errors import StorageUnavailable, StoreError
 from rtserver.events import Event
+from rtserver.tokens import email_hash
 
 __all__ = ["MIGRATIONS", "Changes", "Plan", "Prepared", "Source", "Store"]
 
@@ -65,6 +66,21 @@ async def _rollback(db: aiosqlite.Connection) -> None:
     if db.in_transaction:
         with contextlib.suppress(sqlite3.Error):
             await db.execute("ROLLBACK")
+
+
+async def _hash_functions(writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
+    """Register ``email_hash(address)`` (keyed with the store's salt, G10) and
+    ``legacy_email_hash(address)`` (plain SHA-256, before migration 0007) on both connections:
+    SQL hashes addresses itself, so no caller needs the salt."""
+    (row,) = await writer.execute_fetchall("SELECT value FROM secrets WHERE name = 'email_salt'")
+    salt = bytes.fromhex(row[0])
+
+    def salted(address: str) -> str:
+        return email_hash(address, salt)
+
+    for connection in (writer, reader):
+        await connection.create_function("email_hash", 1, salted, deterministic=True)
+        await connection.create_function("legacy_email_hash", 1, email_hash, deterministic=True)
 
 
 class Store:
@@ -108,6 +124,7 @@ class Store:
                 # A URI, so the reader cannot write; as_uri() escapes '?', '#' and '%' in the path.
                 reader_uri = Path(path).resolve().as_uri() + "?mode=ro"
                 reader = await aiosqlite.connect(reader_uri, uri=True)
+                await _hash_functions(writer, reader)
             except BaseException:
                 await writer.close()
                 raise
@@ -253,6 +270,26 @@ class Store:
         return bool(rows)
 
     # Reads: the read-only connection.
+
+    async def inconsistencies(self) -> dict[str, int]:
+        """Rows that break an invariant of the engine (each count should be 0).
+
+        ``runs_waiting_without_a_timer``: an active run with a due time and no timer row
+        (nothing would ever wake it); ``timers_of_no_active_run``: a timer whose run ended or
+        is gone. A group commit writes both in one transaction, so one snapshot never shows a
+        half-written decision.
+        """
+        rows = await self._read(
+            "SELECT (SELECT count(*) FROM runs WHERE state = 'active' AND due IS NOT NULL "
+            "AND NOT EXISTS (SELECT 1 FROM timers WHERE timers.run_id = runs.id)), "
+            "(SELECT count(*) FROM timers WHERE NOT EXISTS "
+            "(SELECT 1 FROM runs WHERE runs.id = timers.run_id AND runs.state = 'active'))"
+        )
+        waiting, orphans = rows[0]
+        return {
+            "runs_waiting_without_a_timer": int(waiting),
+            "timers_of_no_active_run": int(orphans),
+        }
 
     async def _read(self, sql: str, parameters: Sequence[Any] = ()) -> list[Any]:
         async with _sqlite_errors():

@@ -6,7 +6,7 @@ One salt per kind, so a token of one kind never reads as another::
     open          mail id                  400 days  the pixel   /o/{token}
     click         mail id, target url      400 days  each link   /c/{token}
     unsubscribe   mail id, person id       400 days  one click   /u/{token}   (G8: >= 30 days)
-    confirm       person id, email hash     7 days   double opt-in
+    confirm       person id, email digest   7 days   double opt-in
 
 A token holds ids, urls and hashes only, never an email address (G15). Its timestamp comes from
 the injected clock (a :class:`itsdangerous.TimestampSigner` subclass), so tests move time by
@@ -60,9 +60,14 @@ def _b64(data: bytes) -> bytes:
     return base64.urlsafe_b64encode(data).rstrip(b"=")
 
 
-def email_hash(email: str) -> str:
-    """The hex SHA-256 of the lowercased, stripped address: stable, for tokens and suppressions."""
-    return hashlib.sha256(email.strip().lower().encode("utf-8")).hexdigest()
+def email_hash(email: str, salt: bytes | None = None) -> str:
+    """The hex HMAC-SHA256 of the lowercased, stripped address keyed with ``salt`` (G10: the
+    store's suppressions and confirmations); without one the plain SHA-256 that stores kept
+    before migration ``0007_email_salt`` (still matched, never written)."""
+    normal = email.strip().lower().encode("utf-8")
+    if salt is None:
+        return hashlib.sha256(normal).hexdigest()
+    return hmac.new(salt, normal, hashlib.sha256).hexdigest()
 
 
 class _ClockSigner(TimestampSigner):
@@ -104,6 +109,7 @@ class Tokens:
             signer_kwargs={"clock": clock, "digest_method": hashlib.sha256},
         )
         self._clock = clock
+        self._email_salt = hashlib.sha256(f"rtserver.email{secret}".encode()).digest()
         # itsdangerous's key for a salt: sha256(salt + b"signer" + secret) ("django-concat").
         self._macs = {
             kind: hmac.new(
@@ -152,8 +158,12 @@ class Tokens:
         return self._dump("unsubscribe", mail_id)
 
     def confirm(self, person_id: str, email: str) -> str:
-        """The double opt-in token; it carries the hash of ``email``, not the address."""
-        return self._dump("confirm", person_id, email_hash(email))
+        """The double opt-in token; it carries a keyed digest of ``email``, not the address."""
+        return self._dump("confirm", person_id, self.email_digest(email))
+
+    def email_digest(self, email: str) -> str:
+        """The digest of ``email`` a confirm token carries, keyed with this secret."""
+        return email_hash(email, self._email_salt)
 
     def read_open(self, token: str) -> str | None:
         """The mail id, or None."""
@@ -173,6 +183,6 @@ class Tokens:
         return fields[0] if fields else None
 
     def read_confirm(self, token: str) -> tuple[str, str] | None:
-        """``(person_id, email_hash)``, or None; valid for 7 days."""
+        """``(person_id, email_digest)``, or None; valid for 7 days."""
         fields = self._load("confirm", token, CONFIRM_MAX_AGE_S, 2)
         return (fields[0], fields[1]) if fields else None

@@ -205,3 +205,34 @@ async def test_alerts_are_checked_by_the_watch_task(
         caplog.set_level(logging.WARNING, "rtserver.board")
         await asyncio.wait_for(board.watch(StopAfter(3), every_s=0.001), 5)
     assert "alerts: the store failed" in caplog.text
+
+
+async def test_a_broken_run_or_timer_raises_the_data_inconsistency_alert(tmp_path: Path) -> None:
+    """A run waiting without its timer, or a timer of an ended run, raises
+    data_inconsistency (the invariants are read at most once a minute); fixed, it resolves."""
+    clock = FakeClock()
+    async with run_server(dashboard_config(tmp_path, workflow=[CART]), clock=clock) as live:
+        async with live.ws(origin=ORIGIN) as ws:
+            await send_batch(ws, [shopper("u1", "u1@example.com")])
+            await send_batch(ws, [tracked("u1", "Product Added", cart_id="c1", price=20)])
+        board = board_of(live.runtime)
+        await board.check_alerts()
+        assert board.alerts.active == {}
+        db = live.runtime.store._db
+        (timer,) = await db.execute_fetchall("SELECT run_id, step, due, person_id FROM timers")
+        await db.execute("DELETE FROM timers")
+        await db.execute("INSERT INTO timers VALUES ('gone', 1, 5.0, 'u:nobody')")
+        clock.advance(30)
+        await board.check_alerts()
+        assert board.alerts.active == {}  # not read again within the minute
+        clock.advance(30)
+        await board.check_alerts()
+        (alert,) = board.alerts.active.values()
+        assert alert.name == "data_inconsistency" and alert.value == 2
+        assert alert.message == "1 runs waiting without a timer; 1 timers of no active run"
+        await db.execute("DELETE FROM timers")
+        await db.execute("INSERT INTO timers VALUES (?, ?, ?, ?)", tuple(timer))
+        clock.advance(60)
+        await board.check_alerts()
+        assert board.alerts.active == {}
+        assert [c["state"] for c in board.alerts.history] == ["resolved", "raised"]

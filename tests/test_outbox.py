@@ -156,7 +156,27 @@ async def test_forget_leaves_no_trace_on_disk(store: Store, db_path: Path) -> No
     for path in db_path.parent.glob(db_path.name + "*"):
         assert address.encode() not in path.read_bytes().lower(), path
     rows = await store._read("SELECT email_hash FROM suppressions", ())
-    assert rows == [(email_hash(address),)]
+    ((salt,),) = await store._read("SELECT value FROM secrets WHERE name = 'email_salt'", ())
+    assert rows == [(email_hash(address, bytes.fromhex(salt)),)]  # salted (G10)
+    assert rows != [(email_hash(address),)]
+
+
+async def test_suppressions_from_before_the_salt_still_hold(store: Store) -> None:
+    """A plain-SHA-256 entry (stores before migration 0007) still suppresses its address,
+    and erasure replaces it with a salted one."""
+    await store._db.execute(
+        "INSERT INTO suppressions (email_hash, reason, created_at, detail) VALUES (?, ?, ?, '')",
+        (email_hash("old@example.com"), "unsubscribe", NOW),
+    )
+    assert await store.mail.suppressed("Old@Example.com") == "unsubscribe"
+    await store.mail.queue([row("m1", "u:old", recipient="old@example.com")])
+    claims, dropped = await store.mail.claim(NOW, 10, 60.0, 86400.0)
+    assert claims == [] and [d.reason for d in dropped] == ["unsubscribe"]
+    await store.mail.forget("old@example.com", NOW)
+    rows = await store._read(
+        "SELECT reason, email_hash = ? FROM suppressions", (email_hash("old@example.com"),)
+    )
+    assert rows == [("erased", 0)]
 
 
 async def test_sink_keeps_mail(store: Store) -> None:
@@ -206,10 +226,10 @@ async def test_product_reads(store: Store) -> None:
 
 async def test_confirmation_counts(store: Store) -> None:
     await store._db.executemany(
-        "INSERT INTO confirmations VALUES (?, ?, ?)",
+        "INSERT INTO confirmations VALUES (email_hash(?), ?, ?)",
         [
-            (email_hash("a@example.com"), "1.2.3.4", NOW),
-            (email_hash("b@example.com"), "1.2.3.4", NOW - 2 * DAY),
+            ("a@example.com", "1.2.3.4", NOW),
+            ("b@example.com", "1.2.3.4", NOW - 2 * DAY),
         ],
     )
     assert await store.mail.confirmations("A@example.com", "1.2.3.4", NOW - DAY) == (1, 1)
