@@ -33,7 +33,7 @@ from rtserver.mime import POLICY, RawMail
 __all__ = ["POLICY", "Outcome", "Relay", "classify", "raw_mail", "redact", "wire_bytes"]
 
 _ENHANCED_5_1 = re.compile(r"\s*5\.1\.\d{1,3}\b")
-_ADDRESS = re.compile(r"[^\s<>()\[\],;:\"']+@[^\s<>()\[\],;:\"']+")
+_ADDRESS = re.compile(r"[^\s<>()\[\],;:\"]+@[^\s<>()\[\],;:\"']+")
 
 
 def redact(text: str) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from rtserver.mime import RawMail
-from rtserver.relay import Outcome, Relay, classify, raw_mail, wire_bytes
+from rtserver.relay import Outcome, Relay, classify, raw_mail, redact, wire_bytes
 from tests.conftest import TIMEOUT_UNIT
 from tests.smtp_server import DROP, Script, SMTPServer
 
@@ -283,3 +283,13 @@ def test_raw_mail_of_a_message() -> None:
     assert raw.sender == "shop@acme.example"
     assert raw.recipients == ("bob@example.com", "hidden@example.com")
     assert raw.data == wire_bytes(message) and raw.message_id == "<m1@acme.example>"
+
+
+def test_addresses_in_replies_are_redacted() -> None:
+    """An SMTP reply quoting the recipient keeps no address in the outcome's reason (it is
+    logged, stored with the mail and shown on the dashboard: G10)."""
+    outcome = classify(550, "5.1.1 <ann.o'neil+x@example.com>: Recipient address rejected")
+    assert outcome == Outcome("suppress", 550, "550 5.1.1 <address>: Recipient address rejected")
+    assert redact("mailbox bob@example.com full (bob@example.com)") == (
+        "mailbox address full (address)"
+    )
