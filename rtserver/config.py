@@ -15,14 +15,20 @@ import math
 import os
 import re
 import tomllib
-import types
-import typing
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from rtserver.errors import ConfigError
+from rtserver.settings import (
+    Secret,
+    Setting,
+    build,
+    iter_settings as _iter_settings,
+    merge,
+    setting,
+)
 
 __all__ = [
     "Config",
@@ -42,41 +48,6 @@ __all__ = [
 
 MIN_SECRET_CHARS = 24
 MIN_SECRET_DISTINCT_CHARS = 10
-
-
-class Secret:
-    """A secret string that never shows itself in a repr, a str or a log line."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        """The secret value; call it only where the value is used."""
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('**********')"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
-
-
-Check = Callable[[Any], str | None]
-
-
-def setting(default: Any, help: str, *, check: Check | None = None, env: str | None = None) -> Any:
-    """Declare one setting: its default, one line of help, an optional check and env variable."""
-    meta = {"help": help, "check": check, "env": env}
-    if isinstance(default, tuple | list):
-        return field(default_factory=lambda: tuple(default), metadata=meta)
-    return field(default=default, metadata=meta)
 
 
 def _port(value: int) -> str | None:
@@ -416,118 +387,9 @@ class Config:
     source: Path | None = field(default=None, metadata={"internal": True})
 
 
-@dataclass(frozen=True, slots=True)
-class Setting:
-    """One documented setting, for the README reference."""
-
-    key: str
-    default: Any
-    help: str
-    env: str | None
-
-
-def _toml_name(name: str) -> str:
-    return name.rstrip("_")  # `from_` is `from` in TOML
-
-
-def iter_settings(cls: type[Any] = Config, prefix: str = "") -> Iterator[Setting]:
-    """Every leaf setting with its dotted key, default and help."""
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if f.metadata.get("internal") or f.name == "workflow":
-            continue
-        key = prefix + _toml_name(f.name)
-        if dataclasses.is_dataclass(hints[f.name]):
-            yield from iter_settings(hints[f.name], key + ".")
-            continue
-        default = f.default
-        if f.default_factory is not dataclasses.MISSING:
-            default = f.default_factory()
-        yield Setting(key, default, f.metadata["help"], f.metadata["env"])
-
-
-def _describe(value: Any) -> str:
-    return repr(value) if not isinstance(value, Secret) else "a secret"
-
-
-def _convert(key: str, hint: Any, value: Any, check: Check | None = None) -> Any:
-    """Check ``value`` against the annotation ``hint``; return it in its typed form.
-
-    ``check`` applies to the leaf values: each item of a list, not the list.
-    """
-    origin = typing.get_origin(hint)
-    if origin is types.UnionType:  # `X | None`; TOML has no null, but overrides may pass None
-        if value is None:
-            return None
-        (inner,) = (h for h in typing.get_args(hint) if h is not type(None))
-        return _convert(key, inner, value, check)
-    if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        item = typing.get_args(hint)[0]
-        return tuple(_convert(f"{key}[{i}]", item, v, check) for i, v in enumerate(value))
-    if dataclasses.is_dataclass(hint):
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}: expected a table, got {value!r}")
-        return _build(hint, value, key + ".")  # type: ignore[arg-type]
-    result = _leaf(key, hint, value)
-    problem = check(result) if check is not None else None
-    if problem:
-        raise ConfigError(f"{key}: {problem}, got {_describe(result)}")
-    return result
-
-
-def _leaf(key: str, hint: Any, value: Any) -> Any:
-    if typing.get_origin(hint) is Literal:
-        choices = typing.get_args(hint)
-        if value not in choices:
-            names = ", ".join(repr(c) for c in choices)
-            raise ConfigError(f"{key}: expected one of {names}, got {value!r}")
-        return value
-    if hint is Secret:
-        if isinstance(value, Secret):
-            return value
-        if not isinstance(value, str):
-            # Not the value: a mistyped secret is still a secret.
-            raise ConfigError(f"{key}: expected str, got {type(value).__name__}")
-        return Secret(value)
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-        raise ConfigError(f"{key}: expected {hint.__name__}, got {value!r}")
-    return value
-
-
-def _build(cls: type[Any], data: Mapping[str, Any], prefix: str = "") -> Any:
-    hints = typing.get_type_hints(cls)
-    fields = {
-        _toml_name(f.name): f for f in dataclasses.fields(cls) if not f.metadata.get("internal")
-    }
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ConfigError(
-            f"{prefix}{unknown[0]}: unknown key (expected one of {', '.join(fields)})"
-        )
-    values: dict[str, Any] = {}
-    for name, f in fields.items():
-        if name in data:
-            values[f.name] = _convert(
-                prefix + name, hints[f.name], data[name], f.metadata.get("check")
-            )
-    return cls(**values)
-
-
-def _merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    """``base`` updated by ``extra``, table by table; neither is modified."""
-    merged = dict(base)
-    for key, value in extra.items():
-        old = merged.get(key)
-        if isinstance(value, Mapping) and isinstance(old, Mapping):
-            value = _merge(old, value)
-        elif isinstance(value, Mapping) and key in merged:
-            continue  # keep the file's non-table value: _build reports it with its key
-        merged[key] = value
-    return merged
+def iter_settings() -> Iterator[Setting]:
+    """Every leaf setting of :class:`Config` with its dotted key, default and help."""
+    return _iter_settings(Config)
 
 
 def _secrets_from_env(env: Mapping[str, str]) -> dict[str, Any]:
@@ -594,9 +456,9 @@ def load_config(
             raise ConfigError(f"{path}: not UTF-8: {exc.reason}") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
-    data = _merge(data, overrides or {})
+    data = merge(data, overrides or {})
     workflows = _workflows(data.pop("workflow", []))
-    config: Config = _build(Config, _merge(data, _secrets_from_env(env)))
+    config: Config = build(Config, merge(data, _secrets_from_env(env)))
     ingest = config.ingest
     if ingest.burst_events < ingest.max_batch_events:
         raise ConfigError(

@@ -16,6 +16,7 @@ LAYERS = {
     "tokens": 0,
     "latency": 0,
     "signatures": 0,
+    "settings": 0,
     "people": 1,
     "conditions": 1,
     "definitions": 1,
