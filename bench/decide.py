@@ -41,10 +41,11 @@ import orjson
 from bench._common import Column, document, emit, format_table
 from bench.ws_latency import SHOP_CYCLE, SHOP_EVENTS, SHOP_TAIL
 from rtserver import _writer
-from rtserver.actions import Engine, load_rules
+from rtserver.actions import Engine
 from rtserver.config import IngestConfig, load_config
 from rtserver.definitions import Workflows
 from rtserver.events import Event, parse_event
+from rtserver.rules import load_rules
 from rtserver.store import Changes, Prepared, Source, Store
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from bench._common import free_port, machine, rss_kib
-from rtserver.actions import Engine, load_rules
+from rtserver.actions import Engine
 from rtserver.config import load_config
+from rtserver.rules import load_rules
 from rtserver.store import Store
 from rtserver.timers import TimerWheel
 

@@ -22,11 +22,13 @@ import orjson
 
 from rtserver._schema import INSERT_OUTBOX, OUTBOX_COLUMNS
 
-__all__ = ["Claim", "MailStore", "NEVER"]
+__all__ = ["Claim", "MailStore", "NEVER", "in_transaction"]
 
 NEVER = 1e18
 """``next_attempt_at`` of a row no one will claim again (an ambiguous row under 'drop')."""
 
+PERSON_TABLES = ("events", "identities", "runs", "timers", "steps", "outbox", "deliveries")
+"""Every table with a person's rows (by ``person_id``), for erasure."""
 CLAIMABLE = "state IN ('queued', 'retry_wait', 'ambiguous')"
 SUPPRESSION = (
     "SELECT reason FROM suppressions "
@@ -116,7 +118,7 @@ PERSON_FIELDS = (
 )  # fmt: skip
 
 
-def _in_transaction(conn: sqlite3.Connection, work: Callable[[], Any]) -> Any:
+def in_transaction(conn: sqlite3.Connection, work: Callable[[], Any]) -> Any:
     if conn.in_transaction:
         conn.execute("ROLLBACK")
     conn.execute("BEGIN IMMEDIATE")
@@ -190,7 +192,7 @@ def claim(
             )  # fmt: skip
         return claims, dropped
 
-    result: tuple[list[Claim], list[Dropped]] = _in_transaction(conn, work)
+    result: tuple[list[Claim], list[Dropped]] = in_transaction(conn, work)
     return result
 
 
@@ -225,7 +227,7 @@ def finish_many(conn: sqlite3.Connection, outcomes: Sequence[Sequence[Any]]) -> 
         for outcome in outcomes:
             _finish(conn, *outcome)
 
-    _in_transaction(conn, work)
+    in_transaction(conn, work)
 
 
 def _suppress(conn: sqlite3.Connection, address: str, reason: str, now: float, detail: str) -> None:
@@ -250,13 +252,13 @@ def recover(conn: sqlite3.Connection, now: float, resend: bool) -> int:
         )
         return cursor.rowcount
 
-    result: int = _in_transaction(conn, work)
+    result: int = in_transaction(conn, work)
     return result
 
 
 def queue(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
     """Queue mails decided outside a group commit (test mails, confirmations)."""
-    _in_transaction(conn, lambda: conn.executemany(INSERT_OUTBOX, rows))
+    in_transaction(conn, lambda: conn.executemany(INSERT_OUTBOX, rows))
 
 
 def forget(conn: sqlite3.Connection, address: str, now: float) -> int:
@@ -275,19 +277,20 @@ def forget(conn: sqlite3.Connection, address: str, now: float) -> int:
             ).fetchall()
         ]
         for person in persons:
-            for table in ("events", "identities", "runs", "timers", "steps", "outbox", "profiles"):
+            for table in (*PERSON_TABLES, "profiles"):
                 conn.execute(f"DELETE FROM {table} WHERE person_id = ?", (person,))
         # Events of anyone else that carry the address (an anonymous form fill, say).
         pattern = f"%{lowered}%"
         conn.execute("DELETE FROM events WHERE lower(CAST(body AS TEXT)) LIKE ?", (pattern,))
         conn.execute("DELETE FROM sink_messages WHERE lower(recipients) LIKE ?", (pattern,))
+        conn.execute("DELETE FROM deliveries WHERE lower(CAST(payload AS TEXT)) LIKE ?", (pattern,))
         conn.execute("DELETE FROM outbox WHERE lower(recipient) = ?", (lowered,))
         conn.execute("DELETE FROM suppressions WHERE email_hash = legacy_email_hash(?)", (lowered,))
         _suppress(conn, lowered, "erased", now, "")
         return len(persons)
 
     conn.execute("PRAGMA secure_delete = ON")
-    erased: int = _in_transaction(conn, work)
+    erased: int = in_transaction(conn, work)
     conn.execute("VACUUM")
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     return erased
@@ -337,7 +340,7 @@ class MailStore:
         """Add ``address`` (hashed) to the suppression list."""
 
         def work(conn: sqlite3.Connection) -> None:
-            _in_transaction(conn, lambda: _suppress(conn, address, reason, now, detail))
+            in_transaction(conn, lambda: _suppress(conn, address, reason, now, detail))
 
         await self._in_writer(work)
 
@@ -362,7 +365,7 @@ class MailStore:
                 )  # fmt: skip
                 return int(cursor.lastrowid or 0)
 
-            result: int = _in_transaction(conn, insert)
+            result: int = in_transaction(conn, insert)
             return result
 
         result: int = await self._in_writer(work)

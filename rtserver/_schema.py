@@ -208,6 +208,39 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
             ON CONFLICT (name) DO NOTHING;
         """,
     ),
+    # G18: the webhooks workflows send, decided in the group commit like mails; their id is
+    # the webhook-id of every attempt. An endpoint that answered 410 Gone is disabled.
+    (
+        "0008_deliveries",
+        """
+        CREATE TABLE deliveries (
+            id TEXT PRIMARY KEY,
+            run_id TEXT,
+            step INTEGER,
+            person_id TEXT NOT NULL,
+            workflow TEXT NOT NULL,
+            url TEXT NOT NULL,
+            payload BLOB NOT NULL,
+            state TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at REAL NOT NULL,
+            lease_until REAL,
+            last_status INTEGER,
+            last_error TEXT,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            delivered_at REAL
+        );
+        CREATE INDEX deliveries_due ON deliveries (next_attempt_at)
+            WHERE state IN ('queued', 'retry_wait', 'sending');
+        CREATE INDEX deliveries_person ON deliveries (person_id);
+        CREATE TABLE disabled_endpoints (
+            url TEXT PRIMARY KEY,
+            reason TEXT NOT NULL,
+            disabled_at REAL NOT NULL
+        );
+        """,
+    ),
 )
 
 INSERT_EVENT = """
@@ -319,6 +352,12 @@ INSERT_OUTBOX = """
     INSERT INTO outbox (id, run_id, step, person_id, workflow, template, variant, marketing,
                         recipient, state, next_attempt_at, created_at, updated_at, extra)
     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)
+    ON CONFLICT DO NOTHING
+"""
+INSERT_DELIVERY = """
+    INSERT INTO deliveries (id, run_id, step, person_id, workflow, url, payload, state,
+                            next_attempt_at, created_at, updated_at)
+    VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)
     ON CONFLICT DO NOTHING
 """
 OUTBOX_COLUMNS = (

@@ -13,15 +13,17 @@ import contextlib
 import logging
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import orjson
 
+from rtserver._changes import Changes, Prepared
 from rtserver._schema import (
     DROP_ENDED_TIMERS,
     END_CONFLICTING_RUNS,
     FACT_COLUMNS,
+    INSERT_DELIVERY,
     INSERT_EVENT,
     INSERT_OUTBOX,
     INSERT_STEP,
@@ -40,9 +42,7 @@ from rtserver.people import Link, ids_to_look_up, resolve_people
 from rtserver.workflows import HISTORY_LIMIT, NAMES_BY_TYPE, Facts, Person, Run
 
 __all__ = [
-    "Changes",
     "Plan",
-    "Prepared",
     "Source",
     "commit",
     "facts",
@@ -55,58 +55,6 @@ __all__ = [
 logger = logging.getLogger("rtserver.store")
 
 IN_CHUNK = 500
-
-
-@dataclass(frozen=True, slots=True)
-class Prepared:
-    """A group of events checked against the store: the new ones, with their persons."""
-
-    fresh: list[Event]
-    received_at: list[float]
-    people: list[str]
-    links: list[Link]
-    duplicates: int
-
-
-@dataclass(slots=True)
-class Changes:
-    """What the decisions of one group change, committed with its events in one transaction."""
-
-    runs: dict[str, tuple[Run, str | None, float]] = field(default_factory=dict)
-    """Run id → (its last state, the end reason or None while open, when decided)."""
-    started: set[str] = field(default_factory=set)
-    """The runs among ``runs`` started by this group (the others are open in the store)."""
-    profiled: set[str] = field(default_factory=set)
-    """Persons whose profile row exists (their events' upsert may be a plain update)."""
-    timers: dict[str, tuple[int, float, str] | None] = field(default_factory=dict)
-    """Run id → (step, due, person id) to arm, or None to drop."""
-    steps: list[tuple[str, int, str, str, str, str, bool, float]] = field(default_factory=list)
-    """(run id, step, person id, workflow, action, detail JSON, counts for the cap, when)."""
-    people: dict[str, Person] = field(default_factory=dict)
-    """The persons whose facts (orders, opens, clicks, time zone) changed."""
-    schedules: dict[str, tuple[float, str | None]] = field(default_factory=dict)
-    """Scheduled workflow → (next sweep, the last person swept so far or None when done)."""
-    known: dict[str, tuple[Facts, float]] = field(default_factory=dict)
-    """Person → (facts as stored once this commits, a lower bound of their history's times),
-    for the engine's memory (never written)."""
-    stale: set[str] = field(default_factory=set)
-    """Persons whose stored facts change beyond the engine's fold (traits, merges)."""
-    reset: bool = False
-    """The engine's memory was not trusted for this group: clear it once this commits."""
-    generation: tuple[int, int] | None = None
-    """:func:`generation` right after this commit (None: not to be trusted)."""
-    confirmations: list[tuple[str, str, float]] = field(default_factory=list)
-    """Double opt-in mails queued: (address, client address, when), for the caps; the address
-    is hashed with the store's salt as it is written."""
-    outbox: list[tuple[Any, ...]] = field(default_factory=list)
-    """Mails to send, as ``INSERT_OUTBOX`` rows: (id, run id, step, person id, workflow,
-    template, variant, marketing, recipient or None for the person's email, due, created,
-    updated, extra JSON)."""
-
-    def __bool__(self) -> bool:
-        return bool(
-            self.runs or self.timers or self.steps or self.people or self.schedules or self.outbox
-        )
 
 
 def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
@@ -262,7 +210,7 @@ def _apply_link(conn: sqlite3.Connection, link: Link, at: float) -> None:
     conn.execute("DELETE FROM profiles WHERE person_id = ?", (old,))
     conn.execute(END_CONFLICTING_RUNS, (at, old, link.person_id))
     conn.execute(DROP_ENDED_TIMERS, (old, old))
-    for table in ("identities", "runs", "timers", "steps"):
+    for table in ("identities", "runs", "timers", "steps", "outbox", "deliveries"):
         conn.execute(f"UPDATE {table} SET person_id = ? WHERE person_id = ?", (link.person_id, old))
 
 
@@ -333,6 +281,8 @@ def _write_changes(conn: sqlite3.Connection, changes: Changes) -> None:
         conn.executemany(INSERT_STEP, changes.steps)
     if changes.outbox:
         conn.executemany(INSERT_OUTBOX, changes.outbox)
+    if changes.deliveries:
+        conn.executemany(INSERT_DELIVERY, changes.deliveries)
     if changes.confirmations:
         conn.executemany(
             "INSERT INTO confirmations VALUES (email_hash(?), ?, ?)", changes.confirmations

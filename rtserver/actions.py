@@ -12,28 +12,25 @@ never runs ahead of the store, which stays the source of truth (R11).
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import logging
 import math
 import operator
-import secrets
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import orjson
 
-from rtserver.config import Config, MailConfig
-from rtserver.definitions import Workflows, compile_workflows, policy_from, sent_templates
-from rtserver.errors import ConfigError
+from rtserver._deliveries import delivery_row
+from rtserver.config import MailConfig
+from rtserver.definitions import (
+    Workflows,
+)
 from rtserver.events import Event, person_event
 from rtserver.facts import Memory
-from rtserver.mailer import Mailer
 from rtserver.store import Changes, Plan, Prepared, Source, Store
 from rtserver.timers import TimerWheel
-from rtserver.tokens import Tokens
 from rtserver.workflows import (
     Action,
     CallWebhook,
@@ -54,15 +51,10 @@ from rtserver.workflows import (
 )
 
 __all__ = [
-    "SYSTEM_TEMPLATES",
     "Engine",
     "emitted_event",
-    "load_rules",
     "mail_id",
-    "make_mailer",
     "outbox_row",
-    "policy_from",
-    "sent_templates",
 ]
 
 logger = logging.getLogger(__name__)
@@ -82,47 +74,6 @@ CONFIRM_WORKFLOW = "double_opt_in"
 """The outbox's workflow name for confirmation mails (no run)."""
 MAX_EMIT_DEPTH = 4
 """Emitted events may trigger workflows that emit again, this many generations deep."""
-
-
-SYSTEM_TEMPLATES = ("confirm", "test")
-"""Templates rtserver sends by itself: the double opt-in confirmation and the test mail."""
-
-
-def make_mailer(config: Config, tokens: Tokens) -> Mailer:
-    """The mailer for ``config``: the shipped templates, overridden by ``mail.templates``."""
-    folder = Path(config.mail.templates) if config.mail.templates else None
-    return Mailer(config.mail, config.server.public_url, tokens, template_dir=folder)
-
-
-@functools.lru_cache(maxsize=32)
-def _template_check(mail: MailConfig, public_url: str) -> dict[str, tuple[str, ...]]:
-    """Each template there is, with the problems of rendering it against sample data
-    (cached: tests and the simulator load the same rules many times)."""
-    folder = Path(mail.templates) if mail.templates else None
-    mailer = Mailer(mail, public_url, Tokens(secrets.token_urlsafe(32)), template_dir=folder)
-    return {name: tuple(mailer.check([name])) for name in mailer.names()}
-
-
-def load_rules(config: Config) -> tuple[Workflows, list[str]]:
-    """Compile the config's workflows under its mail policy; returns them and the warnings.
-
-    Every template is compiled and rendered against sample data here, at start and by
-    ``check-config``, never first at send time.
-
-    Raises:
-        ConfigError: the workflow, the step and the problem; or a template's problem.
-    """
-    checked = _template_check(config.mail, config.server.public_url)
-    rules, warnings = compile_workflows(
-        config.workflow, templates=frozenset(checked), policy=policy_from(config.mail)
-    )
-    used = sent_templates(rules) | set(SYSTEM_TEMPLATES)
-    bad = [p for name in sorted(used) for p in checked.get(name, (f"email/{name}: missing",))]
-    if bad:
-        raise ConfigError("mail templates: " + "; ".join(bad))
-    for name in sorted(set(checked) - used):
-        warnings.extend(f"{p} (template not sent by any workflow)" for p in checked[name])
-    return rules, warnings
 
 
 def mail_id(run_id: str, step: int) -> str:
@@ -403,6 +354,8 @@ class Engine:
                 changes.steps.append(step)
                 if isinstance(action, SendMail):
                     changes.outbox.append(outbox_row(action, bool(step[6]), at))
+                elif isinstance(action, CallWebhook):
+                    changes.deliveries.append(delivery_row(action, step[3], facts.person, at))
                 if step[6]:
                     if last_sent is not None and last_sent > at:
                         changes.stale.add(person_id)  # as above

@@ -32,17 +32,19 @@ from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route, WebSocketRoute
 
 from rtserver import __version__, dashboard, demo, links, metrics, snippet, webhooks
-from rtserver.actions import Engine, load_rules, make_mailer
+from rtserver.actions import Engine
 from rtserver.alerts import Alerts
 from rtserver.auth import RequireLogin, resolve_auth
 from rtserver.board import Board
 from rtserver.config import Config
+from rtserver.courier import Courier
 from rtserver.errors import StoreError
 from rtserver.hub import Changed, Hub
 from rtserver.ingest import Ingest
 from rtserver.latency import Histogram
 from rtserver.mailer import Relay
 from rtserver.pipeline import Clock, Keys, Pipeline, Runtime
+from rtserver.rules import load_rules, make_mailer
 from rtserver.sender import Sender
 from rtserver.signatures import new_secret
 from rtserver.sink import Sink, start_sink
@@ -90,6 +92,9 @@ async def resolve_keys(config: Config, store: Store, now: float) -> Keys:
             ),
             *([previous.reveal()] if previous else []),
         ),
+        hooks_secret=keys.hooks_secret.reveal()
+        if keys.hooks_secret
+        else await store.secret("hooks_secret", _new_webhook_secret, now),
     )
 
 
@@ -173,11 +178,12 @@ def _record_latency(latency: Histogram, clock: Clock) -> Callable[[Prepared, Cha
     return listener
 
 
-async def _watch_sender(sender: Sender, hub: Hub) -> None:
-    """Tell the hub whenever the sender made progress (outcomes change the outbox)."""
+async def _watch_progress(progress: asyncio.Condition, hub: Hub) -> None:
+    """Tell the hub whenever the sender or the courier made progress (outcomes change the
+    outbox or the deliveries)."""
     while True:
-        async with sender.progress:
-            await sender.progress.wait()
+        async with progress:
+            await progress.wait()
         hub.touch(mail=True)
 
 
@@ -260,6 +266,10 @@ def create_app(
             relay = await stack.enter_async_context(mail_transport(config, store, clock))
             sender = Sender(store, make_mailer(config, tokens), relay, config.mail, clock)
             pipeline.listeners.append(lambda _, changes: sender.wake() if changes.outbox else None)
+            courier = Courier(store, config.hooks, keys.hooks_secret, clock)
+            pipeline.listeners.append(
+                lambda _, changes: courier.wake() if changes.deliveries else None
+            )
             latency = Histogram()
             pipeline.listeners.append(_record_latency(latency, clock))
             pipeline.listeners.append(hub.on_commit)
@@ -273,6 +283,7 @@ def create_app(
                 tokens=tokens,
                 sender=sender,
                 hub=hub,
+                courier=courier,
             )
             alerts = Alerts(config.dashboard)
             board = Board(
@@ -304,8 +315,14 @@ def create_app(
                 )
             )
             tasks.append(asyncio.create_task(sender.run(stop), name="sender"))
+            tasks.append(asyncio.create_task(courier.run(stop), name="courier"))
             tasks.append(asyncio.create_task(hub.run(stop), name="dashboard-hub"))
-            tasks.append(asyncio.create_task(_watch_sender(sender, hub), name="dashboard-mail"))
+            tasks.append(
+                asyncio.create_task(_watch_progress(sender.progress, hub), name="dashboard-mail")
+            )
+            tasks.append(
+                asyncio.create_task(_watch_progress(courier.progress, hub), name="dashboard-hooks")
+            )
             tasks.append(asyncio.create_task(board.watch(stop), name="alerts"))
             yield {"runtime": runtime, "board": board, "auth": auth, "metrics": collector}
             try:

@@ -38,6 +38,8 @@ __all__ = ["OUTBOX_STATES", "Board"]
 
 logger = logging.getLogger(__name__)
 
+DELIVERY_STATES = ("queued", "sending", "delivered", "retry_wait", "failed")
+HOOK_ROWS = 20
 OUTBOX_STATES = ("queued", "sending", "sent", "retry_wait", "ambiguous", "failed", "suppressed")
 ROWS = 50
 """Rows of each live list (events, timers, runs, mails)."""
@@ -206,7 +208,8 @@ class Board:
         return {"active": await store.active_runs(), "rows": await store.runs("active", ROWS)}
 
     async def mail(self) -> dict[str, Any]:
-        """The outbox by state, its newest rows, the failures, and the dev sink's inbox."""
+        """The outbox by state, its newest rows, the failures, the dev sink's inbox, and the
+        webhook deliveries by state with the newest ones."""
         mail = self.runtime.store.mail
         counts = await mail.counts()
         sink = []
@@ -219,11 +222,17 @@ class Board:
                    "attempts", "created_at", "sent_at", "last_code", "last_error")  # fmt: skip
         recent = [{k: row[k] for k in columns} for row in await mail.outbox(limit=ROWS)]
         failed = [{k: row[k] for k in columns} for row in await mail.outbox("failed", limit=10)]
+        hooks = self.runtime.store.deliveries
+        hook_counts = await hooks.counts()
         return {
             "counts": {state: counts.get(state, 0) for state in OUTBOX_STATES},
             "recent": recent,
             "failed": failed,
             "sink": sink,
+            "hooks": {
+                "counts": {state: hook_counts.get(state, 0) for state in DELIVERY_STATES},
+                "recent": await hooks.recent(HOOK_ROWS),
+            },
         }
 
     async def latencies(self) -> dict[str, Any]:

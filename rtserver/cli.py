@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import gc
 import logging
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -69,18 +70,41 @@ def _announce(config: Config, host: str, port: int) -> None:
         logger.info("%s", line)
 
 
-def _ready(config: Config, host: str, port: int) -> None:
+def _ready(config: Config, host: str, port: int, tour: Sequence[str] = ()) -> None:
     # What start-up built (the timer wheel, templates, caches) lives as long as the server:
     # moved out of the collector's sight, it is never scanned again.
     gc.collect()
     gc.freeze()
     _announce(config, host, port)
+    for line in tour:
+        logger.info("%s", line)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    return _serve(config, args)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from rtserver.demo import demo_config
+
+    if not args.speed > 0:
+        print("rtserver: --speed must be positive", file=sys.stderr)
+        return 2
+    config = demo_config(resolve_config_path(args.config), args.speed, args.store)
+    tour = [
+        f"demo: workflows run {args.speed:g}x faster (a 30 min wait takes "
+        f"{max(1, math.ceil(1800 / args.speed))} s); store {config.store.path}",
+        "  1. open the demo shop (above) and sign up with any address",
+        "  2. open the dashboard, find the confirmation mail in the inbox, follow its link",
+        "  3. back in the shop, add a product to the cart and leave it: the reminder arrives",
+    ]
+    return _serve(config, args, tour)
+
+
+def _serve(config: Config, args: argparse.Namespace, tour: Sequence[str] = ()) -> int:
     from rtserver.app import build_server, create_app
 
-    config = _load(args.config)
     _configure_logging(args.log_level or config.server.log_level)
     overrides: dict[str, Any] = {}
     if args.host is not None:
@@ -88,7 +112,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.port is not None:
         overrides["port"] = args.port
     app = create_app(config)
-    server = build_server(app, config, lambda h, p: _ready(config, h, p), **overrides)
+    server = build_server(app, config, lambda h, p: _ready(config, h, p, tour), **overrides)
     # Fewer, cheaper collections: a server holding many timers and remembered persons spent
     # about 10% of its time in the collector, in pauses of up to 88 ms (bench/RESULTS.md).
     gc.set_threshold(*GC_THRESHOLDS)
@@ -101,7 +125,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    from rtserver.actions import load_rules
+    from rtserver.rules import load_rules
 
     path = resolve_config_path(args.path)
     config = load_config(path)
@@ -151,6 +175,7 @@ async def _keys(config: Config) -> None:
     print(f"write key        {keys.write}")
     print(f"identity secret  {keys.identity_secret}")
     print(f"webhook secret   {keys.webhook_secrets[0]}")
+    print(f"hooks secret     {keys.hooks_secret}")
 
 
 def _cmd_keys(args: argparse.Namespace) -> int:
@@ -187,6 +212,25 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(func=_cmd_serve)
 
+    demo = sub.add_parser(
+        "demo",
+        help="run a demo: the shop page, the dashboard, mail in its inbox, short waits",
+        description="Serve the config (as `serve` finds it) for a two-minute tour: its own "
+        "store, mail kept by the embedded sink and shown in the dashboard, no frequency cap or "
+        "quiet hours, and every workflow wait --speed times shorter.",
+    )
+    demo.add_argument("--config", metavar="PATH", help="config file (default: see below)")
+    demo.add_argument("--host", help="override server.host")
+    demo.add_argument("--port", type=int, help="override server.port")
+    demo.add_argument(
+        "--speed", type=float, default=60.0, help="how much faster waits run (default: 60)"
+    )
+    demo.add_argument(
+        "--store", default="rtserver-demo.db", help="the demo's store (default: rtserver-demo.db)"
+    )
+    demo.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    demo.set_defaults(func=_cmd_demo)
+
     check = sub.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("path", nargs="?", help="config file (default: see below)")
     check.set_defaults(func=_cmd_check_config)
@@ -204,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     simulate.set_defaults(func=_cmd_simulate)
 
-    keys = sub.add_parser("keys", help="print the public key, write key and identity secret")
+    keys = sub.add_parser("keys", help="print the public key, write key and the secrets")
     keys.add_argument("--config", metavar="PATH")
     keys.set_defaults(func=_cmd_keys)
 

@@ -8,12 +8,8 @@ Precedence is environment > file > default, and the environment is consulted onl
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
-import math
 import os
-import re
 import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -25,14 +21,25 @@ from rtserver.settings import (
     Secret,
     Setting,
     build,
+    duration,
+    http_url,
     iter_settings as _iter_settings,
+    long_password,
     merge,
+    origin,
+    port_number,
+    positive,
+    public_key,
     setting,
+    standard_webhooks_secret,
+    strong_secret,
+    url_prefix,
 )
 
 __all__ = [
     "Config",
     "DashboardConfig",
+    "HooksConfig",
     "IngestConfig",
     "KeysConfig",
     "MailConfig",
@@ -46,74 +53,26 @@ __all__ = [
     "resolve_config_path",
 ]
 
-MIN_SECRET_CHARS = 24
-MIN_SECRET_DISTINCT_CHARS = 10
-
-
-def _port(value: int) -> str | None:
-    return None if 0 <= value <= 65535 else "expected a port between 0 and 65535"
-
-
-def _positive(value: float) -> str | None:
-    return None if 0 < value < math.inf else "expected a positive number"
-
-
-def _url(value: str) -> str | None:
-    ok = re.fullmatch(r"https?://[^\s/]+(/\S*)?", value)
-    return None if ok else "expected an http(s) URL"
-
-
-def _origin(value: str) -> str | None:
-    ok = value == "*" or re.fullmatch(r"https?://[^\s/]+", value)
-    return None if ok else "expected an origin like 'https://shop.example' (no path)"
-
-
-def _public_key(value: str) -> str | None:
-    ok = re.fullmatch(r"[A-Za-z0-9_\-]{4,64}", value)
-    return None if ok else "expected 4 to 64 letters, digits, '_' or '-'"
-
-
-def _strong(value: Secret) -> str | None:
-    raw = value.reveal()
-    if len(raw) < MIN_SECRET_CHARS or len(set(raw)) < MIN_SECRET_DISTINCT_CHARS:
-        return (
-            f"secret too weak: use at least {MIN_SECRET_CHARS} random characters "
-            "(or leave it unset and rtserver generates one)"
-        )
-    return None
-
-
-def _webhook_secret(value: Secret) -> str | None:
-    raw = value.reveal()
-    encoded = raw.removeprefix("whsec_")
-    try:
-        key = base64.b64decode(encoded, validate=True)
-    except binascii.Error:
-        key = b""
-    if not raw.startswith("whsec_") or len(key) < 24:
-        return "a webhook secret is 'whsec_' and at least 24 base64-encoded random bytes"
-    return None
-
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
     """Where rtserver listens and who may talk to it."""
 
     host: str = setting("127.0.0.1", "Interface to bind; keep 127.0.0.1 behind a proxy.")
-    port: int = setting(8000, "TCP port to listen on (0 picks a free one).", check=_port)
+    port: int = setting(8000, "TCP port to listen on (0 picks a free one).", check=port_number)
     public_url: str = setting(
-        "http://localhost:8000", "Base URL of links in mail (pixel, clicks).", check=_url
+        "http://localhost:8000", "Base URL of links in mail (pixel, clicks).", check=http_url
     )
     allowed_origins: tuple[str, ...] = setting(
         ("http://localhost:8000", "http://127.0.0.1:8000"),
         "Browser origins allowed to use the public key (WebSocket, beacon, CORS).",
-        check=_origin,
+        check=origin,
     )
     trusted_proxies: tuple[str, ...] = setting(
         (), "Proxy addresses whose X-Forwarded-For is believed (for per-IP limits)."
     )
     shutdown_timeout_s: float = setting(
-        10.0, "Upper bound on a graceful shutdown (final flush and acks).", check=_positive
+        10.0, "Upper bound on a graceful shutdown (final flush and acks).", check=positive
     )
     log_level: Literal["debug", "info", "warning", "error"] = setting(
         "info", "Log level: debug, info, warning or error."
@@ -125,9 +84,9 @@ class StoreConfig:
     """The SQLite store."""
 
     path: str = setting("rtserver.db", "SQLite database file (WAL mode; back up this file).")
-    retention_days: int = setting(90, "Days raw events are kept; profiles stay.", check=_positive)
+    retention_days: int = setting(90, "Days raw events are kept; profiles stay.", check=positive)
     max_group_events: int = setting(
-        5000, "Most events written in one group commit.", check=_positive
+        5000, "Most events written in one group commit.", check=positive
     )
 
 
@@ -136,28 +95,37 @@ class KeysConfig:
     """Keys and secrets. Absent secrets are generated on first start and kept in the store."""
 
     public: str = setting(
-        "pk_dev", "Public key of the browser snippet (not secret).", check=_public_key
+        "pk_dev", "Public key of the browser snippet (not secret).", check=public_key
     )
     write: Secret | None = setting(
-        None, "Server-side Segment write key (secret).", check=_strong, env="RTSERVER_WRITE_KEY"
+        None,
+        "Server-side Segment write key (secret).",
+        check=strong_secret,
+        env="RTSERVER_WRITE_KEY",
     )
     identity_secret: Secret | None = setting(
         None,
         "HMAC key of userHash / emailHash (secret).",
-        check=_strong,
+        check=strong_secret,
         env="RTSERVER_IDENTITY_SECRET",
     )
     webhook_secret: Secret | None = setting(
         None,
         "Standard Webhooks secret of POST /v1/webhooks/<source> ('whsec_...').",
-        check=_webhook_secret,
+        check=standard_webhooks_secret,
         env="RTSERVER_WEBHOOK_SECRET",
     )
     webhook_secret_previous: Secret | None = setting(
         None,
         "The webhook secret being rotated out, still accepted.",
-        check=_webhook_secret,
+        check=standard_webhooks_secret,
         env="RTSERVER_WEBHOOK_SECRET_PREVIOUS",
+    )
+    hooks_secret: Secret | None = setting(
+        None,
+        "Standard Webhooks secret that signs the webhooks workflows send ('whsec_...').",
+        check=standard_webhooks_secret,
+        env="RTSERVER_HOOKS_SECRET",
     )
 
 
@@ -166,48 +134,48 @@ class IngestConfig:
     """Limits of the WebSocket and HTTP ingest, per connection and per client address."""
 
     max_frame_bytes: int = setting(
-        65536, "Largest WebSocket frame (bigger: close 1009).", check=_positive
+        65536, "Largest WebSocket frame (bigger: close 1009).", check=positive
     )
-    max_batch_events: int = setting(100, "Most events in one batch.", check=_positive)
-    max_event_bytes: int = setting(32768, "Largest single event (Segment: 32 KB).", check=_positive)
+    max_batch_events: int = setting(100, "Most events in one batch.", check=positive)
+    max_event_bytes: int = setting(32768, "Largest single event (Segment: 32 KB).", check=positive)
     max_request_bytes: int = setting(
-        512000, "Largest HTTP request body, after gunzip (Segment: 500 KB).", check=_positive
+        512000, "Largest HTTP request body, after gunzip (Segment: 500 KB).", check=positive
     )
     max_json_depth: int = setting(
-        32, "Deepest nesting of objects and arrays in an event.", check=_positive
+        32, "Deepest nesting of objects and arrays in an event.", check=positive
     )
-    max_keys: int = setting(256, "Most keys in one JSON object.", check=_positive)
-    max_string_bytes: int = setting(8192, "Longest string value.", check=_positive)
+    max_keys: int = setting(256, "Most keys in one JSON object.", check=positive)
+    max_string_bytes: int = setting(8192, "Longest string value.", check=positive)
     events_per_s: float = setting(
-        50.0, "Sustained events per second per WebSocket (more: close 1008).", check=_positive
+        50.0, "Sustained events per second per WebSocket (more: close 1008).", check=positive
     )
     burst_events: int = setting(
-        500, "Events a WebSocket may send at once above the rate.", check=_positive
+        500, "Events a WebSocket may send at once above the rate.", check=positive
     )
     max_connections_per_ip: int = setting(
-        20, "Concurrent WebSockets per client address.", check=_positive
+        20, "Concurrent WebSockets per client address.", check=positive
     )
     max_queue: int = setting(
-        1024, "Batches waiting for the writer before ingest pushes back.", check=_positive
+        1024, "Batches waiting for the writer before ingest pushes back.", check=positive
     )
     queue_timeout_s: float = setting(
-        5.0, "How long a batch may wait for room in the queue (then close 1013).", check=_positive
+        5.0, "How long a batch may wait for room in the queue (then close 1013).", check=positive
     )
-    max_in_flight: int = setting(64, "Unacknowledged batches per WebSocket.", check=_positive)
-    ping_interval_s: float = setting(20.0, "WebSocket keepalive ping interval.", check=_positive)
+    max_in_flight: int = setting(64, "Unacknowledged batches per WebSocket.", check=positive)
+    ping_interval_s: float = setting(20.0, "WebSocket keepalive ping interval.", check=positive)
     ping_timeout_s: float = setting(
-        20.0, "Close a WebSocket whose pong is this late.", check=_positive
+        20.0, "Close a WebSocket whose pong is this late.", check=positive
     )
     idle_timeout_s: float = setting(
-        300.0, "Close a WebSocket that sends nothing for this long.", check=_positive
+        300.0, "Close a WebSocket that sends nothing for this long.", check=positive
     )
     permessage_deflate: bool = setting(False, "Offer permessage-deflate (costs ~29 KiB a socket).")
-    retry_after_ms: int = setting(1000, "Suggested client wait after a nack.", check=_positive)
+    retry_after_ms: int = setting(1000, "Suggested client wait after a nack.", check=positive)
     max_webhook_bytes: int = setting(
-        1048576, "Largest signed webhook body (bigger: 413).", check=_positive
+        1048576, "Largest signed webhook body (bigger: 413).", check=positive
     )
     webhook_tolerance_s: int = setting(
-        300, "How far a webhook's timestamp may be from now (G17).", check=_positive
+        300, "How far a webhook's timestamp may be from now (G17).", check=positive
     )
 
 
@@ -216,19 +184,11 @@ class SmtpConfig:
     """The SMTP relay used when ``mail.transport = "smtp"``."""
 
     host: str = setting("127.0.0.1", "SMTP relay host.")
-    port: int = setting(25, "SMTP relay port.", check=_port)
+    port: int = setting(25, "SMTP relay port.", check=port_number)
     username: str | None = setting(None, "SMTP login user (optional).")
     password: Secret | None = setting(None, "SMTP password (secret).", env="RTSERVER_SMTP_PASSWORD")
     starttls: bool = setting(False, "Upgrade the connection with STARTTLS.")
-    timeout_s: float = setting(30.0, "Per-command SMTP timeout.", check=_positive)
-
-
-def _duration(value: str) -> str | None:
-    return (
-        None
-        if re.fullmatch(r"[0-9]+(\.[0-9]+)?(s|m|h|d)", value)
-        else "expected like '90s', '30m', '2h', '7d'"
-    )
+    timeout_s: float = setting(30.0, "Per-command SMTP timeout.", check=positive)
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,7 +196,7 @@ class BrandConfig:
     """What every mail shows of the shop (the base layout of the shipped templates)."""
 
     name: str = setting("Demo Shop", "Shop name in mail headers, footers and subjects.")
-    url: str = setting("http://localhost:8000", "The shop's home page (logo link).", check=_url)
+    url: str = setting("http://localhost:8000", "The shop's home page (logo link).", check=http_url)
     logo_url: str = setting("", "Logo image URL ('': the shop name as text).")
     color: str = setting("#4f46e5", "Accent colour of buttons and links (CSS colour).")
     address: str = setting(
@@ -276,17 +236,17 @@ class MailConfig:
     templates: str = setting(
         "", "Folder whose email/<name>.html|.txt override or add to the shipped templates."
     )
-    rate_per_s: float = setting(10.0, "Most mails handed to SMTP per second.", check=_positive)
+    rate_per_s: float = setting(10.0, "Most mails handed to SMTP per second.", check=positive)
     daily_limit: int = setting(
-        10000, "Most mails sent per UTC day (then they wait).", check=_positive
+        10000, "Most mails sent per UTC day (then they wait).", check=positive
     )
     retry: tuple[str, ...] = setting(
         ("1m", "5m", "15m", "1h", "4h"),
         "Waits before each retry after a 4xx or a lost connection (the last repeats).",
-        check=_duration,
+        check=duration,
     )
     max_age: str = setting(
-        "24h", "A marketing mail not delivered this long after its decision fails.", check=_duration
+        "24h", "A marketing mail not delivered this long after its decision fails.", check=duration
     )
     ambiguous: Literal["resend", "drop"] = setting(
         "resend",
@@ -294,21 +254,38 @@ class MailConfig:
         "once) or 'drop' (at most once).",
     )
     lease_s: float = setting(
-        300.0, "A mail left 'sending' this long (crash) counts as ambiguous.", check=_positive
+        300.0, "A mail left 'sending' this long (crash) counts as ambiguous.", check=positive
     )
     scanner_window_s: float = setting(
-        10.0, "Clicks this soon after delivery are flagged as link scanners.", check=_positive
+        10.0, "Clicks this soon after delivery are flagged as link scanners.", check=positive
     )
     confirmations_per_ip: int = setting(
-        5, "Double opt-in mails one client address may cause per day.", check=_positive
+        5, "Double opt-in mails one client address may cause per day.", check=positive
     )
     brand: BrandConfig = field(default_factory=BrandConfig, metadata={"help": "Branding."})
     dkim: DkimConfig = field(default_factory=DkimConfig, metadata={"help": "DKIM signing."})
     smtp: SmtpConfig = field(default_factory=SmtpConfig, metadata={"help": "SMTP relay."})
 
 
-def _password(value: Secret) -> str | None:
-    return None if len(value.reveal()) >= 12 else "password too short: use at least 12 characters"
+@dataclass(frozen=True, slots=True)
+class HooksConfig:
+    """Outbound webhooks (a workflow's ``webhook`` step): where they may go, and retries."""
+
+    allow: tuple[str, ...] = setting(
+        (), "URL prefixes webhook steps may call (an admin allow-list).", check=url_prefix
+    )
+    allow_private: bool = setting(
+        False, "Allow destinations on private, loopback or link-local addresses."
+    )
+    timeout_s: float = setting(15.0, "Timeout of one delivery attempt.", check=positive)
+    retry: tuple[str, ...] = setting(
+        ("5s", "5m", "30m", "2h", "5h", "10h", "14h", "20h", "24h"),
+        "Waits before each retry (±20 % jitter); after the last, the delivery fails.",
+        check=duration,
+    )
+    lease_s: float = setting(
+        60.0, "A delivery left in flight this long (a crash) is tried again.", check=positive
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,39 +295,39 @@ class DashboardConfig:
     password: Secret | None = setting(
         None,
         "Dashboard login password (secret; unset: generated once, shown once in the log).",
-        check=_password,
+        check=long_password,
         env="RTSERVER_DASHBOARD_PASSWORD",
     )
-    session: str = setting("12h", "How long a dashboard login lasts.", check=_duration)
+    session: str = setting("12h", "How long a dashboard login lasts.", check=duration)
     login_attempts: int = setting(
-        5, "Failed logins one client address may make per 15 minutes.", check=_positive
+        5, "Failed logins one client address may make per 15 minutes.", check=positive
     )
     updates_per_s: float = setting(
-        4.0, "Batched live updates sent to each viewer per second (at most).", check=_positive
+        4.0, "Batched live updates sent to each viewer per second (at most).", check=positive
     )
-    max_viewers: int = setting(200, "Most dashboard streams open at once.", check=_positive)
+    max_viewers: int = setting(200, "Most dashboard streams open at once.", check=positive)
     viewer_queue: int = setting(
-        64, "Updates a slow viewer may fall behind before its stream is dropped.", check=_positive
+        64, "Updates a slow viewer may fall behind before its stream is dropped.", check=positive
     )
     replay: int = setting(
-        240, "Recent updates kept for viewers resuming with Last-Event-ID.", check=_positive
+        240, "Recent updates kept for viewers resuming with Last-Event-ID.", check=positive
     )
     click_window: str = setting(
-        "5d", "Revenue: an order this soon after a click counts for the mail.", check=_duration
+        "5d", "Revenue: an order this soon after a click counts for the mail.", check=duration
     )
     open_window: str = setting(
-        "1d", "Revenue: an order this soon after an open counts for the mail.", check=_duration
+        "1d", "Revenue: an order this soon after an open counts for the mail.", check=duration
     )
     alert_webhook: str = setting(
         "",
         "URL that alerts are POSTed to as JSON when raised and resolved ('': none).",
-        check=lambda value: _url(value) if value else None,
+        check=lambda value: http_url(value) if value else None,
     )
     alert_window: str = setting(
-        "15m", "The recent span the alert rates are measured over.", check=_duration
+        "15m", "The recent span the alert rates are measured over.", check=duration
     )
     alert_trigger_failures: int = setting(
-        1, "Alert: failed group commits (events not decided) within the window.", check=_positive
+        1, "Alert: failed group commits (events not decided) within the window.", check=positive
     )
     alert_smtp_failure_rate: float = setting(
         0.2,
@@ -358,16 +335,16 @@ class DashboardConfig:
         check=lambda value: None if 0 < value <= 1 else "expected a share between 0 and 1",
     )
     alert_smtp_min_attempts: int = setting(
-        10, "SMTP attempts within the window before the failure rate counts.", check=_positive
+        10, "SMTP attempts within the window before the failure rate counts.", check=positive
     )
     alert_latency_ms: float = setting(
-        1000.0, "Alert: p99 of event -> decision committed over this.", check=_positive
+        1000.0, "Alert: p99 of event -> decision committed over this.", check=positive
     )
     alert_queue_depth: int = setting(
-        512, "Alert: batches waiting for the writer (ingest queue) over this.", check=_positive
+        512, "Alert: batches waiting for the writer (ingest queue) over this.", check=positive
     )
     alert_outbox_backlog: int = setting(
-        1000, "Alert: mails queued or waiting to retry over this.", check=_positive
+        1000, "Alert: mails queued or waiting to retry over this.", check=positive
     )
 
 
@@ -381,6 +358,7 @@ class Config:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     mail: MailConfig = field(default_factory=MailConfig)
     dashboard: DashboardConfig = field(default_factory=DashboardConfig)
+    hooks: HooksConfig = field(default_factory=HooksConfig)
     workflow: tuple[Mapping[str, Any], ...] = field(
         default=(), metadata={"help": "Workflows ([[workflow]] tables)."}
     )

@@ -36,6 +36,7 @@ __all__ = [
     "compile_workflows",
     "policy_from",
     "sent_templates",
+    "webhook_steps",
 ]
 
 StepKind = Literal["wait", "wait_inactive", "wait_until", "send", "webhook", "emit"]
@@ -405,6 +406,17 @@ def policy_from(mail: MailConfig) -> Policy:
     except (ZoneInfoNotFoundError, ValueError):
         raise ConfigError(f"mail.time_zone: unknown time zone, got {mail.time_zone!r}") from None
     return Policy(frequency_cap_s=cap, quiet_hours=quiet, time_zone=mail.time_zone)
+
+
+def webhook_steps(rules: Workflows) -> list[tuple[str, int, str]]:
+    """``(workflow, step number, url)`` of every webhook step (all variants)."""
+    return [
+        (workflow.name, step.number, variant.value)
+        for workflow in rules.items
+        for step in workflow.steps
+        if step.kind == "webhook"
+        for variant in step.variants
+    ]
 
 
 def sent_templates(rules: Workflows) -> set[str]:

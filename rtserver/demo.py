@@ -1,5 +1,6 @@
 """``GET /demo``: a small demo shop that loads the snippet, so the whole loop (events, runs,
-timers, mails in the dev sink) can be seen without a real shop.
+timers, mails in the dev sink) can be seen without a real shop; and what ``rtserver demo``
+changes in a config so that loop takes two minutes (:func:`demo_config`).
 
 The page is rtserver's own origin, so it needs no ``server.allowed_origins`` entry. Its sign-up
 form identifies with an unverified address, as a real shop page without backend hashes would:
@@ -8,15 +9,26 @@ the address gets a double opt-in mail (in the dev sink) whose link verifies it.
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, cast
 
 from starlette.requests import Request
 from starlette.responses import Response
 
+from rtserver.conditions import parse_duration
+from rtserver.config import Config, load_config
 from rtserver.links import pages
 from rtserver.pipeline import Runtime
 
-__all__ = ["PRODUCTS", "shop"]
+__all__ = ["DEMO_STORE", "PRODUCTS", "demo_config", "scaled", "shop"]
+
+DEMO_STORE = "rtserver-demo.db"
+"""The demo's own store, so a demo never mixes with (or fills) the real one."""
+DURATION_KEYS = frozenset({"wait", "wait_inactive", "timeout", "schedule", "reentry"})
+"""Workflow and step keys that hold a duration ('reentry' may also be 'never' or 'always')."""
 
 PRODUCTS: tuple[dict[str, Any], ...] = (
     {"product_id": "lamp", "name": "Brass Desk Lamp", "price": 49.5, "category": "Lighting"},
@@ -39,3 +51,46 @@ async def shop(request: Request) -> Response:
         "base": str(request.base_url).rstrip("/"),
     }
     return pages.TemplateResponse(request, "demo.html", context)
+
+
+def _faster(value: Any, speed: float) -> Any:
+    try:
+        seconds = parse_duration(value)
+    except ValueError:
+        return value  # 'never', 'always', or a mistake that check-config names as it is
+    return f"{max(1, math.ceil(seconds / speed))}s"
+
+
+def scaled(table: Mapping[str, Any], speed: float) -> dict[str, Any]:
+    """``table`` (a workflow, a step or a variant) with every duration ``speed`` times
+    shorter, rounded up to whole seconds: ``"30m"`` at 60x is ``"30s"``."""
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        if key in DURATION_KEYS:
+            value = _faster(value, speed)
+        elif key in ("step", "variant") and isinstance(value, list | tuple):
+            value = [scaled(v, speed) if isinstance(v, Mapping) else v for v in value]
+        out[key] = value
+    return out
+
+
+def demo_config(path: str | Path | None, speed: float, store: str = DEMO_STORE) -> Config:
+    """The config at ``path`` made for a demo: its own store, mail kept by the dev sink (shown
+    in the dashboard's inbox), no frequency cap or quiet hours, a click counted as a person's
+    after a second, and every workflow ``speed`` times faster.
+
+    Raises:
+        ConfigError: as :func:`~rtserver.config.load_config`.
+    """
+    overrides = {
+        "store": {"path": store},
+        "mail": {
+            "transport": "sink",
+            "frequency_cap": "off",
+            "quiet_hours": "",
+            "scanner_window_s": 1.0,
+        },
+    }
+    demo = load_config(path, overrides=overrides)
+    workflows = tuple(scaled(workflow, speed) for workflow in demo.workflow)
+    return dataclasses.replace(demo, workflow=workflows)

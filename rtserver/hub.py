@@ -148,7 +148,7 @@ class Hub:
             changed.timers = True
         if changes.runs or changes.steps:
             changed.runs = True
-        if changes.outbox:
+        if changes.outbox or changes.deliveries:
             changed.mail = True
 
     def touch(self, *, mail: bool = False, timers: bool = False, runs: bool = False) -> None:

@@ -17,11 +17,11 @@ from email.message import EmailMessage
 from typing import Any
 
 from rtserver._outbox import Claim
-from rtserver.actions import make_mailer
 from rtserver.app import mail_transport, resolve_keys
 from rtserver.config import Config
 from rtserver.errors import MailError
 from rtserver.mailer import MailContext, Mailer, check_address, wire_bytes
+from rtserver.rules import make_mailer
 from rtserver.sender import Sender
 from rtserver.store import Store
 from rtserver.tokens import Tokens

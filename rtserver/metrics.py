@@ -86,6 +86,15 @@ class Metrics(Collector):
             for outcome, count in asdict(runtime.sender.stats).items():
                 mails.add_metric([outcome], count)
             yield mails
+        if runtime.courier is not None:
+            hooks = CounterMetricFamily(
+                PREFIX + "webhook_outcomes",
+                "Outbound webhook attempts by outcome (disabled: endpoints turned off by a 410).",
+                labels=["outcome"],
+            )
+            for outcome, count in asdict(runtime.courier.stats).items():
+                hooks.add_metric([outcome], count)
+            yield hooks
         gauges = [
             ("websockets", self.websockets(), "Open browser WebSockets."),
             ("ingest_queue_depth", runtime.pipeline.queue.qsize(), "Batches waiting to commit."),

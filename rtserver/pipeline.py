@@ -26,7 +26,8 @@ from rtserver.events import Event
 from rtserver.store import Changes, Prepared, Store
 from rtserver.tokens import Tokens
 
-if TYPE_CHECKING:  # the sender and the hub are started by the app; only their types are named
+if TYPE_CHECKING:  # the sender, courier and hub are started by the app; only types are named
+    from rtserver.courier import Courier
     from rtserver.hub import Hub
     from rtserver.sender import Sender
 
@@ -49,6 +50,8 @@ class Keys:
     """Signs mail links; generated once and kept in the store, like the others."""
     webhook_secrets: tuple[str, ...] = ()
     """Verify signed inbound webhooks: the current secret, then the one rotated out."""
+    hooks_secret: str = ""
+    """Signs the webhooks workflows send (receivers verify with it)."""
 
 
 def _new_future() -> asyncio.Future[None]:
@@ -246,3 +249,5 @@ class Runtime:
     sender: Sender | None = None
     hub: Hub | None = None
     """The dashboard's hub: batched live updates for its viewers."""
+    courier: Courier | None = None
+    """Delivers the webhooks workflows decided."""

@@ -61,7 +61,7 @@ from rtserver.recommend import (
 )
 from rtserver.store import Store
 
-__all__ = ["Sender", "SenderStats", "retry_delay"]
+__all__ = ["Sender", "SenderStats", "retry_delay", "wake_on"]
 
 logger = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ class Sender:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Send due mails until ``stop`` is set; a failed round is logged and retried."""
-        watcher = asyncio.create_task(_wake_on(stop, self._wake), name="sender-stop")
+        watcher = asyncio.create_task(wake_on(stop, self._wake), name="sender-stop")
         try:
             while not stop.is_set():
                 self._wake.clear()
@@ -463,6 +463,7 @@ class Sender:
             self.progress.notify_all()
 
 
-async def _wake_on(stop: asyncio.Event, wake: asyncio.Event) -> None:
+async def wake_on(stop: asyncio.Event, wake: asyncio.Event) -> None:
+    """Set ``wake`` once ``stop`` is set, so a task waiting on ``wake`` sees the stop."""
     await stop.wait()
     wake.set()

@@ -10,7 +10,11 @@ error; :func:`iter_settings` walks the fields for the README reference. What the
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
+import math
+import re
 import types
 import typing
 from collections.abc import Callable, Iterator, Mapping
@@ -19,7 +23,25 @@ from typing import Any, Literal
 
 from rtserver.errors import ConfigError
 
-__all__ = ["Check", "Secret", "Setting", "build", "iter_settings", "merge", "setting"]
+__all__ = [
+    "Check",
+    "Secret",
+    "Setting",
+    "build",
+    "duration",
+    "http_url",
+    "iter_settings",
+    "merge",
+    "origin",
+    "long_password",
+    "port_number",
+    "positive",
+    "public_key",
+    "setting",
+    "strong_secret",
+    "url_prefix",
+    "standard_webhooks_secret",
+]
 
 
 class Secret:
@@ -169,3 +191,71 @@ def merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
             continue  # keep the file's non-table value: _build reports it with its key
         merged[key] = value
     return merged
+
+
+# Checks: each returns the problem with a value, or None.
+
+MIN_SECRET_CHARS = 24
+MIN_SECRET_DISTINCT_CHARS = 10
+
+
+def port_number(value: int) -> str | None:
+    return None if 0 <= value <= 65535 else "expected a port between 0 and 65535"
+
+
+def positive(value: float) -> str | None:
+    return None if 0 < value < math.inf else "expected a positive number"
+
+
+def http_url(value: str) -> str | None:
+    ok = re.fullmatch(r"https?://[^\s/]+(/\S*)?", value)
+    return None if ok else "expected an http(s) URL"
+
+
+def origin(value: str) -> str | None:
+    ok = value == "*" or re.fullmatch(r"https?://[^\s/]+", value)
+    return None if ok else "expected an origin like 'https://shop.example' (no path)"
+
+
+def public_key(value: str) -> str | None:
+    ok = re.fullmatch(r"[A-Za-z0-9_\-]{4,64}", value)
+    return None if ok else "expected 4 to 64 letters, digits, '_' or '-'"
+
+
+def strong_secret(value: Secret) -> str | None:
+    raw = value.reveal()
+    if len(raw) < MIN_SECRET_CHARS or len(set(raw)) < MIN_SECRET_DISTINCT_CHARS:
+        return (
+            f"secret too weak: use at least {MIN_SECRET_CHARS} random characters "
+            "(or leave it unset and rtserver generates one)"
+        )
+    return None
+
+
+def standard_webhooks_secret(value: Secret) -> str | None:
+    raw = value.reveal()
+    encoded = raw.removeprefix("whsec_")
+    try:
+        key = base64.b64decode(encoded, validate=True)
+    except binascii.Error:
+        key = b""
+    if not raw.startswith("whsec_") or len(key) < 24:
+        return "a webhook secret is 'whsec_' and at least 24 base64-encoded random bytes"
+    return None
+
+
+def duration(value: str) -> str | None:
+    return (
+        None
+        if re.fullmatch(r"[0-9]+(\.[0-9]+)?(s|m|h|d)", value)
+        else "expected like '90s', '30m', '2h', '7d'"
+    )
+
+
+def long_password(value: Secret) -> str | None:
+    return None if len(value.reveal()) >= 12 else "password too short: use at least 12 characters"
+
+
+def url_prefix(value: str) -> str | None:
+    ok = re.fullmatch(r"https?://[^\s/?#]+(/\S*)?", value)
+    return None if ok else "expected an http(s) URL prefix like 'https://crm.example/hooks/'"

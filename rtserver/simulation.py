@@ -18,11 +18,12 @@ from typing import Any
 
 import orjson
 
-from rtserver.actions import Engine, load_rules
+from rtserver.actions import Engine
 from rtserver.config import Config
 from rtserver.errors import InvalidEvent
 from rtserver.events import Event, decode_json, parse_event
 from rtserver.pipeline import Pipeline
+from rtserver.rules import load_rules
 from rtserver.store import Changes, Prepared, Store
 
 __all__ = ["Decision", "format_offset", "read_events", "simulate"]

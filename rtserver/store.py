@@ -20,9 +20,11 @@ import aiosqlite
 import orjson
 
 from rtserver import _writer
+from rtserver._changes import Changes, Prepared
+from rtserver._deliveries import DeliveryStore
 from rtserver._outbox import MailStore
 from rtserver._schema import MIGRATIONS, PROFILE_COLUMNS, RUN_COLUMNS
-from rtserver._writer import Changes, Plan, Prepared, Source
+from rtserver._writer import Plan, Source
 from rtserver.errors import StorageUnavailable, StoreError
 from rtserver.events import Event
 from rtserver.tokens import email_hash
@@ -94,6 +96,7 @@ class Store:
         # and a statement from another task on the same connection would join it.
         self._write_lock = asyncio.Lock()
         self.mail = MailStore(self._in_writer, self._read)
+        self.deliveries = DeliveryStore(self._in_writer, self._read)
         """The outbox, suppressions and the dev sink's mails."""
 
     @classmethod

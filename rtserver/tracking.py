@@ -30,6 +30,7 @@ __all__ = [
     "HTTPFailure",
     "commit",
     "failure_response",
+    "json_object",
     "parse_all",
     "read_body",
     "receive",
@@ -185,15 +186,25 @@ def failure_response(request: Request, failure: HTTPFailure) -> JSONResponse:
     return JSONResponse(failure.body, failure.status_code, headers=headers)
 
 
-async def _ingest(request: Request, kind: str | None) -> JSONResponse:
-    runtime = cast(Runtime, request.state.runtime)
-    body = await read_body(request, runtime.config.ingest.max_request_bytes)
+def json_object(body: bytes) -> dict[str, Any]:
+    """``body`` decoded as one JSON object.
+
+    Raises:
+        HTTPFailure: 400 with the reason, for malformed JSON or anything but an object.
+    """
     try:
         payload = decode_json(body)
     except InvalidEvent as exc:
         raise HTTPFailure(status.HTTP_400_BAD_REQUEST, str(exc)) from None
     if not isinstance(payload, dict):
         raise HTTPFailure(status.HTTP_400_BAD_REQUEST, "body must be a json object")
+    return payload
+
+
+async def _ingest(request: Request, kind: str | None) -> JSONResponse:
+    runtime = cast(Runtime, request.state.runtime)
+    body = await read_body(request, runtime.config.ingest.max_request_bytes)
+    payload = json_object(body)
     source = _authenticate(request, runtime, payload.get("writeKey"))
     context = None
     if kind is None:

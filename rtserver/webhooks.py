@@ -30,11 +30,18 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from rtserver.errors import InvalidEvent, InvalidSignature, StoreError
-from rtserver.events import Event, decode_json, person_event
+from rtserver.events import Event, person_event
 from rtserver.feedback import Feedback, parse
 from rtserver.pipeline import Runtime
 from rtserver.signatures import verify
-from rtserver.tracking import HTTPFailure, commit, failure_response, parse_all, read_body
+from rtserver.tracking import (
+    HTTPFailure,
+    commit,
+    failure_response,
+    json_object,
+    parse_all,
+    read_body,
+)
 
 __all__ = ["SOURCES", "receive"]
 
@@ -49,12 +56,7 @@ EVENT_NAMES = {"bounce": "Email Bounced", "complaint": "Email Marked as Spam"}
 def _segment_events(
     request: Request, runtime: Runtime, body: bytes, webhook_id: str
 ) -> tuple[list[Event], list[dict[str, Any]]]:
-    try:
-        payload = decode_json(body)
-    except InvalidEvent as exc:
-        raise HTTPFailure(status.HTTP_400_BAD_REQUEST, str(exc)) from None
-    if not isinstance(payload, dict):
-        raise HTTPFailure(status.HTTP_400_BAD_REQUEST, "body must be a json object")
+    payload = json_object(body)
     batch = "batch" in payload
     raws = payload["batch"] if batch else [payload]
     if not isinstance(raws, list) or not raws:

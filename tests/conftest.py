@@ -103,6 +103,19 @@ def tracked(user: str, event_name: str, **properties: Any) -> dict[str, Any]:
     return event("track", event=event_name, userId=user, context=hashes, properties=properties)
 
 
+async def leave_mid_body(port: int, head: bytes, part: bytes) -> None:
+    """Send a request ``head`` (with ``Expect: 100-continue`` and a longer Content-Length),
+    wait for the 100 (uvicorn sends it once the endpoint reads the body), send ``part`` of the
+    body and go away."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(head)
+    interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT_UNIT)
+    assert interim.startswith(b"HTTP/1.1 100 ")
+    writer.write(part)
+    writer.close()
+    await writer.wait_closed()
+
+
 @dataclass
 class LiveServer:
     """A running rtserver: a real uvicorn server on a pre-bound port-0 socket."""

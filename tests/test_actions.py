@@ -17,18 +17,13 @@ from typing import Any
 import pytest
 
 from rtserver import _writer
-from rtserver.actions import (
-    HISTORY_WINDOW_S,
-    MAX_EMIT_DEPTH,
-    Engine,
-    emitted_event,
-    load_rules,
-    policy_from,
-)
+from rtserver.actions import HISTORY_WINDOW_S, MAX_EMIT_DEPTH, Engine, emitted_event
 from rtserver.config import IngestConfig, MailConfig, load_config
+from rtserver.definitions import policy_from
 from rtserver.errors import ConfigError
 from rtserver.events import parse_event, sign_identity
 from rtserver.pipeline import Pipeline
+from rtserver.rules import load_rules
 from rtserver.store import Changes, Prepared, Store
 from rtserver.workflows import EmitEvent
 from tests.conftest import (
@@ -211,7 +206,10 @@ class Harness:
 
     def __init__(self, store: Store, workflows: list[dict[str, Any]], clock: FakeClock):
         config = make_config(
-            Path(store.path).parent, workflow=workflows, mail={"frequency_cap": "off"}
+            Path(store.path).parent,
+            workflow=workflows,
+            mail={"frequency_cap": "off"},
+            hooks={"allow": ["https://crm.example/"]},
         )
         self.engine = Engine(load_rules(config)[0], store)
         self.pipeline = Pipeline(
@@ -257,7 +255,8 @@ async def test_emit_chains_are_bounded(store: Store) -> None:
 
 
 async def test_webhook_step_is_recorded(store: Store) -> None:
-    """A webhook step is a recorded decision with its URL and payload."""
+    """A webhook step is a recorded decision with its URL and payload, and a delivery queued
+    in the same commit: the Standard Webhooks envelope with the person."""
     flows = [
         {
             "name": "crm",
@@ -271,6 +270,14 @@ async def test_webhook_step_is_recorded(store: Store) -> None:
     assert step["action"] == "webhook"
     assert step["detail"]["url"] == "https://crm.example/hook"
     assert step["detail"]["payload"]["tier"] == "gold"
+    (delivery,) = await store.deliveries.recent()
+    assert delivery["id"] == f"{step['run_id']}-{step['step']}" and delivery["state"] == "queued"
+    queued = await store.deliveries.get(delivery["id"])
+    assert queued is not None and queued["url"] == "https://crm.example/hook"
+    payload = queued["payload"]
+    assert payload["type"] == "workflow.webhook" and payload["timestamp"].endswith("Z")
+    assert payload["data"]["tier"] == "gold" and payload["data"]["workflow"] == "crm"
+    assert payload["data"]["person"]["id"] == step["person_id"]
 
 
 async def test_a_timer_re_armed_for_later_does_not_fire_early(store: Store) -> None:

@@ -33,11 +33,12 @@ from hypothesis.stateful import (
     rule,
 )
 
-from rtserver.actions import Engine, load_rules
+from rtserver.actions import Engine
 from rtserver.config import IngestConfig
 from rtserver.definitions import Workflows
 from rtserver.events import Event, parse_event
 from rtserver.pipeline import Pipeline
+from rtserver.rules import load_rules
 from rtserver.store import Store
 from tests.conftest import FakeClock, make_config
 

@@ -164,6 +164,7 @@ async def test_resolve_keys_generates_once_and_prefers_configured_secrets(
         identity_secret=IDENTITY_SECRET,
         link_secret=generated.link_secret,  # always generated: nobody needs to know it
         webhook_secrets=(WEBHOOK_SECRET,),
+        hooks_secret=generated.hooks_secret,
     )
     assert len(generated.link_secret) >= 32
     assert generated.webhook_secrets[0].startswith("whsec_")

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from rtserver.alerts import Alerts
-from rtserver.board import OUTBOX_STATES, Board, _amount
+from rtserver.board import DELIVERY_STATES, OUTBOX_STATES, Board, _amount
 from rtserver.errors import StoreError
 from rtserver.events import person_event
 from rtserver.hub import Changed
@@ -236,3 +236,29 @@ async def test_a_broken_run_or_timer_raises_the_data_inconsistency_alert(tmp_pat
         await board.check_alerts()
         assert board.alerts.active == {}
         assert [c["state"] for c in board.alerts.history] == ["resolved", "raised"]
+
+
+async def test_webhook_deliveries_are_on_the_mail_panel(tmp_path: Path) -> None:
+    """A webhook step's delivery shows with its state, tries and last answer; counts cover
+    every state."""
+    crm = {
+        "name": "crm",
+        "trigger": "Signed Up",
+        "step": [{"webhook": "https://crm.example/hooks/signup"}],
+    }
+    config = dashboard_config(tmp_path, workflow=[crm], hooks={"allow": ["https://crm.example/"]})
+    async with run_server(config) as live:
+        courier = live.runtime.courier
+        assert courier is not None
+        async with courier.progress:
+            async with live.ws(origin=ORIGIN) as ws:
+                await send_batch(ws, [shopper("u1", "ann@example.com")])
+                await send_batch(ws, [tracked("u1", "Signed Up")])
+            await asyncio.wait_for(courier.progress.wait(), 4)  # crm.example never resolves
+        hooks = (await board_of(live.runtime).mail())["hooks"]
+    assert list(hooks["counts"]) == list(DELIVERY_STATES)
+    assert hooks["counts"]["retry_wait"] == 1
+    (row,) = hooks["recent"]
+    assert (row["workflow"], row["person_id"], row["state"]) == ("crm", "u:u1", "retry_wait")
+    assert row["url"] == "https://crm.example/hooks/signup" and row["attempts"] == 1
+    assert "cannot resolve crm.example" in row["last_error"]

@@ -155,11 +155,19 @@ def test_keys_are_generated_once_and_kept_in_the_store(
     """`keys` prints the public key and generated secrets, the same ones on every run."""
     path = config_file(tmp_path, keys={"public": "pk_shop"})
     first = _keys(capsys, path)
-    assert set(first) == {"public key", "write key", "identity secret", "webhook secret"}
+    assert set(first) == {
+        "public key",
+        "write key",
+        "identity secret",
+        "webhook secret",
+        "hooks secret",
+    }
     assert first["public key"] == "pk_shop"
     assert first["write key"].startswith("wk_") and len(first["write key"]) > 40
     assert len(first["identity secret"]) >= 32
     assert first["webhook secret"].startswith("whsec_")
+    assert first["hooks secret"].startswith("whsec_")
+    assert first["hooks secret"] != first["webhook secret"]
     assert _keys(capsys, path) == first
 
 
@@ -285,6 +293,34 @@ def test_serve_in_process_until_a_signal(
     assert found["healthz"].status_code == 200
     assert found["healthz"].json()["status"] == "ok"
     assert reraised == []  # a handled SIGTERM is not raised again after the stop
+
+
+async def test_demo_subprocess_serves_a_fast_demo_on_its_own_store(tmp_path: Path) -> None:
+    """`rtserver demo --speed 120`: the banner says how fast waits run and the tour; the demo
+    store is its own file; the demo shop answers."""
+    path = config_file(tmp_path, server={"port": 8000})
+    server = ServerProcess(path, "--port", "0", "--speed", "120", "--store", "tour.db")
+    server.argv[server.argv.index("serve")] = "demo"
+    try:
+        url = await server.start()
+        async with httpx.AsyncClient(base_url=url, timeout=TIMEOUT_UNIT) as client:
+            response = await client.get("/demo")
+        code = await server.terminate(4 * TIMEOUT_UNIT)
+    finally:
+        await server.kill()
+    assert response.status_code == 200 and code == 0, server.tail()
+    log = "\n".join(server.log)
+    assert "demo: workflows run 120x faster (a 30 min wait takes 15 s); store tour.db" in log
+    assert "3. back in the shop, add a product to the cart" in log
+    assert (tmp_path / "tour.db").exists() and not (tmp_path / "rtserver.db").exists()
+
+
+def test_demo_refuses_a_speed_that_is_not_positive(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--speed 0 is a usage error (2) with the reason."""
+    assert main(["demo", "--config", str(config_file(tmp_path)), "--speed", "0"]) == 2
+    assert "--speed must be positive" in capsys.readouterr().err
 
 
 async def test_serve_subprocess_banner_healthz_and_sigterm(tmp_path: Path) -> None:

@@ -133,7 +133,7 @@ def test_unknown_top_level_key_fails() -> None:
     """An unknown section is named, with the valid ones listed."""
     fails(
         "bogus: unknown key (expected one of server, store, keys, ingest, mail, dashboard, "
-        "workflow)",
+        "hooks, workflow)",
         bogus={},
     )
 
@@ -554,6 +554,7 @@ def test_iter_settings_names_secret_variables() -> None:
         "keys.identity_secret": "RTSERVER_IDENTITY_SECRET",
         "keys.webhook_secret": "RTSERVER_WEBHOOK_SECRET",
         "keys.webhook_secret_previous": "RTSERVER_WEBHOOK_SECRET_PREVIOUS",
+        "keys.hooks_secret": "RTSERVER_HOOKS_SECRET",
         "mail.smtp.password": "RTSERVER_SMTP_PASSWORD",
         "dashboard.password": "RTSERVER_DASHBOARD_PASSWORD",
     }

@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
+import email
+import email.policy
+import re
+import urllib.parse
 from pathlib import Path
+from typing import Any
 
 from playwright.async_api import async_playwright
 
+from rtserver.demo import demo_config, scaled
 from tests.browser_support import CHROMIUM, CHROMIUM_ARGS
-from tests.conftest import TIMEOUT_UNIT, LiveServer, make_config, run_server
+from tests.conftest import (
+    TIMEOUT_UNIT,
+    FakeClock,
+    LiveServer,
+    event,
+    make_config,
+    run_server,
+    send_batch,
+)
 
 
 async def test_demo_shop_page(live: LiveServer) -> None:
@@ -49,3 +64,81 @@ async def test_demo_shop_in_a_browser_streams_to_its_own_origin(tmp_path: Path) 
 async def anonymous_id(live: LiveServer) -> str:
     (row,) = await live.runtime.store._read("SELECT DISTINCT anonymous_id FROM events", ())
     return str(row[0])
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_scaled_shortens_every_duration() -> None:
+    """Waits, inactivity, timeouts, schedules, re-entry and variants' waits are divided by the
+    speed, rounded up to whole seconds; 'never' and 'always' stay."""
+    workflow = {
+        "name": "w",
+        "trigger": "Product Added",
+        "reentry": "7d",
+        "schedule": "1d",
+        "step": [
+            {"wait_inactive": "30m"},
+            {"wait_until": "Email Clicked", "timeout": "24h"},
+            {"variant": [{"name": "a", "weight": 1, "wait": "90s"}, {"name": "b", "wait": "1h"}]},
+            {"send": "cart_reminder"},
+        ],
+    }
+    assert scaled(workflow, 60) == {
+        "name": "w",
+        "trigger": "Product Added",
+        "reentry": "10080s",
+        "schedule": "1440s",
+        "step": [
+            {"wait_inactive": "30s"},
+            {"wait_until": "Email Clicked", "timeout": "1440s"},
+            {"variant": [{"name": "a", "weight": 1, "wait": "2s"}, {"name": "b", "wait": "60s"}]},
+            {"send": "cart_reminder"},
+        ],
+    }
+    assert scaled({"reentry": "never"}, 60) == {"reentry": "never"}
+    assert scaled({"wait": "5s"}, 60) == {"wait": "1s"}  # never zero
+
+
+async def test_the_demo_loop_takes_seconds(tmp_path: Path) -> None:
+    """`rtserver demo`'s config on the shipped config.toml: a claimed sign-up gets its
+    confirmation in the sink, the link verifies it, and a cart left 30 s (30 min / 60) gets
+    the reminder, with no frequency cap in the way."""
+    config = demo_config(ROOT / "config.toml", 60.0, str(tmp_path / "demo.db"))
+    assert config.mail.transport == "sink" and config.mail.frequency_cap == "off"
+    assert config.store.path == str(tmp_path / "demo.db")
+    clock = FakeClock()
+    async with run_server(config, clock=clock) as live:
+        own = live.http_url
+        async with live.ws(origin=own) as ws:
+            claim = event("identify", anonymousId="anon-d", traits={"email": "eve@example.com"})
+            await send_batch(ws, [claim])
+        (confirmation,) = await sunk(live, 1)
+        assert confirmation["recipients"] == ["eve@example.com"]
+        message = email.message_from_bytes(confirmation["body"], policy=email.policy.default)
+        text = message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+        (link,) = re.findall(r"https?://\S+/confirm/\S+", text)
+        async with live.http() as http:
+            path = urllib.parse.urlsplit(link).path
+            assert (await http.get(path)).status_code == 200
+        async with live.ws(origin=own) as ws:
+            cart = {"cart_id": "c1", "product_id": "lamp", "name": "Brass Desk Lamp", "price": 49.5}
+            await send_batch(
+                ws, [event(anonymousId="anon-d", event="Product Added", properties=cart)]
+            )
+        clock.advance(31)
+        assert live.runtime.engine is not None and live.runtime.sender is not None
+        live.runtime.engine.wake.set()
+        (reminder, _) = await sunk(live, 2)
+        assert reminder["recipients"] == ["eve@example.com"]
+        assert b"Brass Desk Lamp" in reminder["body"]
+
+
+async def sunk(live: LiveServer, count: int) -> list[dict[str, Any]]:
+    """Wait until the dev sink kept ``count`` mails; newest first."""
+    sender = live.runtime.sender
+    assert sender is not None
+    async with asyncio.timeout(4 * TIMEOUT_UNIT), sender.progress:
+        while len(mails := await live.runtime.store.mail.sunk()) < count:
+            await sender.progress.wait()
+    return mails

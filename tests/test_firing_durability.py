@@ -33,7 +33,8 @@ import httpx
 import orjson
 import pytest
 
-from rtserver.actions import Engine, load_rules
+from rtserver.actions import Engine
+from rtserver.rules import load_rules
 from rtserver.store import Store
 from tests.conftest import (
     IDENTITY_SECRET,

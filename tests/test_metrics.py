@@ -52,6 +52,7 @@ async def test_metrics_parse_and_count(tmp_path: Path) -> None:
     assert value(families, "rtserver_commits") >= 3
     assert value(families, "rtserver_commits_failed") == 0
     assert value(families, "rtserver_mail_outcomes", outcome="sent") == 1
+    assert value(families, "rtserver_webhook_outcomes", outcome="delivered") == 0
     assert value(families, "rtserver_outbox_mails", state="sent") == 1
     states = {s.labels["state"] for s in families["rtserver_outbox_mails"].samples}
     assert states == set(OUTBOX_STATES)

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from rtserver._outbox import NEVER, _in_transaction
+from rtserver._outbox import NEVER, in_transaction
 from rtserver.store import Store
 from rtserver.tokens import email_hash
 from tests.conftest import event
@@ -290,9 +290,9 @@ def test_transactions_roll_back_what_came_before_and_what_failed() -> None:
     conn.execute("CREATE TABLE t (x INTEGER)")
     conn.execute("BEGIN")
     conn.execute("INSERT INTO t VALUES (1)")  # left open by someone: not committed
-    assert _in_transaction(conn, lambda: conn.execute("INSERT INTO t VALUES (2)").rowcount) == 1
+    assert in_transaction(conn, lambda: conn.execute("INSERT INTO t VALUES (2)").rowcount) == 1
     with pytest.raises(sqlite3.OperationalError):
-        _in_transaction(conn, lambda: conn.execute("INSERT INTO nope VALUES (3)"))
+        in_transaction(conn, lambda: conn.execute("INSERT INTO nope VALUES (3)"))
     assert conn.execute("SELECT x FROM t").fetchall() == [(2,)] and not conn.in_transaction
 
 

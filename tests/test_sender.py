@@ -20,11 +20,12 @@ from typing import Any
 
 import pytest
 
-from rtserver.actions import Engine, load_rules
+from rtserver.actions import Engine
 from rtserver.config import Config, IngestConfig
 from rtserver.errors import StorageUnavailable
 from rtserver.events import parse_event
 from rtserver.mailer import MailContext, Mailer, Outcome, RawMail, Relay
+from rtserver.rules import load_rules
 from rtserver.sender import Sender, SenderStats, retry_delay
 from rtserver.sink import Sink, start_sink
 from rtserver.store import Store

@@ -122,7 +122,8 @@ async def test_emit_and_webhook_decisions_are_printed(tmp_path: Path) -> None:
             "step": [{"emit": "Customer Won"}, {"webhook": "https://crm.example/h"}],
         }
     ]
-    config = load_config(None, env={}, overrides={"workflow": flows})
+    overrides = {"workflow": flows, "hooks": {"allow": ["https://crm.example/"]}}
+    config = load_config(None, env={}, overrides=overrides)
     line = orjson.dumps(
         {"type": "track", "event": "Order Completed", "userId": "u", "timestamp": "2026-01-01"}
     ).decode()

@@ -28,6 +28,7 @@ from tests.conftest import (
     WRITE_KEY,
     LiveServer,
     event,
+    leave_mid_body,
     make_config,
     run_server,
 )
@@ -756,19 +757,13 @@ async def test_client_leaving_mid_body_is_not_an_error(
 ) -> None:
     """A client that goes away before its whole body arrived is not logged as an app error."""
     await started(live)
-    reader, writer = await asyncio.open_connection("127.0.0.1", live.port)
     auth = basic(WRITE_KEY)["Authorization"]
-    writer.write(
+    head = (
         b"POST /v1/batch HTTP/1.1\r\nHost: rtserver\r\nContent-Type: application/json\r\n"
         b"Content-Length: 1000\r\nExpect: 100-continue\r\n"
         + f"Authorization: {auth}\r\n\r\n".encode()
     )
-    # uvicorn answers 100 Continue only once the endpoint starts reading the body.
-    interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT_UNIT)
-    assert interim.startswith(b"HTTP/1.1 100 ")
-    writer.write(b'{"batch": [')
-    writer.close()
-    await writer.wait_closed()
+    await leave_mid_body(live.port, head, b'{"batch": [')
     await live.stop()  # returns once the endpoint has finished
     assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == []
     assert live.task.done()

@@ -18,11 +18,11 @@ import pytest
 from standardwebhooks import Webhook
 
 from tests.conftest import (
-    TIMEOUT_UNIT,
     WEBHOOK_SECRET,
     FakeClock,
     LiveServer,
     event,
+    leave_mid_body,
     make_config,
     run_server,
     send_batch,
@@ -368,17 +368,11 @@ async def test_a_sender_leaving_mid_body_is_not_an_error(
 ) -> None:
     """A webhook sender that goes away before its whole body arrived is no app error."""
     async with run_server(make_config(tmp_path)) as live:
-        reader, writer = await asyncio.open_connection("127.0.0.1", live.port)
-        writer.write(
+        head = (
             b"POST /v1/webhooks/mail HTTP/1.1\r\nHost: rtserver\r\n"
             b"Content-Type: application/json\r\nContent-Length: 1000\r\n"
             b"Expect: 100-continue\r\n\r\n"
         )
-        # uvicorn answers 100 Continue only once the endpoint starts reading the body.
-        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT_UNIT)
-        assert interim.startswith(b"HTTP/1.1 100 ")
-        writer.write(b'{"type": ')
-        writer.close()
-        await writer.wait_closed()
+        await leave_mid_body(live.port, head, b'{"type": ')
         await live.stop()  # returns once the endpoint has finished
     assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == []

@@ -174,6 +174,17 @@
       td.appendChild(a);
       return [cell(clock(s.received_at)), cell(s.recipients.join(', ')), td];
     }, 'no mail received');
+    if (mail.hooks) {
+      Object.keys(mail.hooks.counts).forEach(function (s) {
+        var el = $('hook-' + s);
+        if (el) el.textContent = mail.hooks.counts[s];
+      });
+      fill('hook-body', mail.hooks.recent, function (h) {
+        return [cell(clock(h.created_at)), cell(h.workflow), personCell(h.person_id),
+                cell(h.url), cell(h.state), cell(h.attempts),
+                cell(((h.last_status || '') + ' ' + (h.last_error || '')).trim())];
+      }, 'no webhooks yet');
+    }
     list('errors', mail.failed, function (m) {
       return clock(m.created_at) + ' ' + m.template + ' to ' + (m.recipient || m.person_id) +
              ': ' + (m.last_error || 'failed');
