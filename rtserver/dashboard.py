@@ -148,8 +148,12 @@ async def person(request: Request) -> Response:
     board: Board = request.state.board
     person_id = request.path_params["person_id"]
     view = await board.person(person_id, TIMELINE_ROWS)
+    erased = request.query_params.get("erased")
     if view is None:
-        return _render(request, "dashboard_person.html", 404, person_id=person_id, view=None)
+        status = 404 if erased is None else 200
+        return _render(
+            request, "dashboard_person.html", status, person_id=person_id, view=None, erased=erased
+        )
     session: Session = request.state.session
     return _render(
         request, "dashboard_person.html", person_id=person_id, view=view, csrf=session.csrf
@@ -174,6 +178,27 @@ async def mail(request: Request) -> Response:
         "X-Frame-Options": "SAMEORIGIN",
     }
     return HTMLResponse(content, headers=headers)
+
+
+async def forget(request: Request) -> Response:
+    """``POST /dashboard/person/<id>/forget``: erase everyone with this person's address, as
+    ``rtserver forget`` does (G10: data gone, a salted-hash suppression kept). Needs the CSRF
+    token and the ``confirm`` box ticked."""
+    runtime: Runtime = request.state.runtime
+    form = await _checked_form(request)
+    if form is None:
+        return _refused()
+    person_id = request.path_params["person_id"]
+    if form.get("confirm") != "yes":
+        return PlainTextResponse("tick the box to confirm", status_code=400, headers=HEADERS)
+    profile = await runtime.store.profile(person_id)
+    address = (profile or {}).get("email") or (profile or {}).get("claimed_email")
+    if not address:
+        return PlainTextResponse("no address to erase by", status_code=409, headers=HEADERS)
+    erased = await runtime.store.mail.forget(address, runtime.clock())
+    logger.info("dashboard: erased %d person(s) on request", erased)
+    target = f"/dashboard/person/{urllib.parse.quote(person_id, safe='')}?erased={erased}"
+    return RedirectResponse(target, status_code=303, headers=HEADERS)
 
 
 async def login(request: Request) -> Response:
@@ -208,15 +233,27 @@ async def login(request: Request) -> Response:
     return response
 
 
-async def logout(request: Request) -> Response:
-    """``POST /dashboard/logout``: needs the session's CSRF token; ends the session."""
-    auth: Auth = request.state.auth
+async def _checked_form(request: Request) -> dict[str, str] | None:
+    """The form of a dashboard action, or None unless it is same-origin and carries the
+    session's CSRF token."""
     session: Session = request.state.session
     form = await _form(request)
     token = form.get("csrf", "")
     if not _same_origin(request) or not hmac.compare_digest(token, session.csrf):
-        return PlainTextResponse("bad or missing CSRF token", status_code=403, headers=HEADERS)
-    auth.revoke(session)
+        return None
+    return form
+
+
+def _refused() -> Response:
+    return PlainTextResponse("bad or missing CSRF token", status_code=403, headers=HEADERS)
+
+
+async def logout(request: Request) -> Response:
+    """``POST /dashboard/logout``: needs the session's CSRF token; ends the session."""
+    auth: Auth = request.state.auth
+    if await _checked_form(request) is None:
+        return _refused()
+    auth.revoke(request.state.session)
     response = RedirectResponse("/dashboard/login", status_code=303, headers=HEADERS)
     auth.clear_cookie(response)
     return response
@@ -225,6 +262,7 @@ async def logout(request: Request) -> Response:
 routes = [
     Route("/dashboard", page),
     Route("/dashboard/stream", stream),
+    Route("/dashboard/person/{person_id:path}/forget", forget, methods=["POST"]),
     Route("/dashboard/person/{person_id:path}", person),
     Route("/dashboard/mail/{sunk_id:int}", mail),
     Route("/dashboard/login", login, methods=["GET", "POST"]),

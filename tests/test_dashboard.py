@@ -247,6 +247,39 @@ async def test_person_view_shows_one_timeline(tmp_path: Path) -> None:
         assert missing.status_code == 404 and "Unknown person" in missing.text
 
 
+async def test_a_person_is_erased_from_their_page(tmp_path: Path) -> None:
+    """G10 as an admin action: the person page's Erase form (CSRF token, same origin, the
+    box ticked) erases the address's persons and keeps a salted-hash suppression; without
+    the token, from another origin or unticked it changes nothing."""
+    async with run_server(dashboard_config(tmp_path)) as live, live.http() as client:
+        async with live.ws(origin=ORIGIN) as ws:
+            await send_batch(ws, [shopper("u1", "ann@example.com")])
+            await send_batch(ws, [tracked("u1", "Product Added", cart_id="c-1")])
+        csrf = await login(client)
+        path = "/dashboard/person/" + urllib.parse.quote("u:u1")
+        page = await client.get(path)
+        assert f'action="{path}/forget"' in page.text and 'name="confirm"' in page.text
+        store = live.runtime.store
+        for form, headers, status in [
+            ({"csrf": "wrong", "confirm": "yes"}, {}, 403),
+            ({"csrf": csrf, "confirm": "yes"}, {"origin": "http://evil.test"}, 403),
+            ({"csrf": csrf}, {}, 400),
+        ]:
+            refused = await client.post(path + "/forget", data=form, headers=headers)
+            assert refused.status_code == status
+            assert await store.profile("u:u1") is not None
+        done = await client.post(path + "/forget", data={"csrf": csrf, "confirm": "yes"})
+        assert done.status_code == 303 and done.headers["location"] == (
+            "/dashboard/person/u%3Au1?erased=1"
+        )
+        assert await store.profile("u:u1") is None and await store.events_of("u:u1") == []
+        assert await store.mail.suppressed("ann@example.com") == "erased"
+        after = await client.get(done.headers["location"])
+        assert after.status_code == 200 and "1 person(s) with this address erased" in after.text
+        again = await client.post(path + "/forget", data={"csrf": csrf, "confirm": "yes"})
+        assert again.status_code == 409  # no profile, no address left to erase by
+
+
 async def test_sink_mail_is_served_for_a_sandboxed_frame(tmp_path: Path) -> None:
     """The dev sink's mail is served with a CSP sandbox (no scripts, no same origin), listed
     on the page with a link into the sandboxed iframe; an unknown id is a 404."""
