@@ -154,6 +154,11 @@ class DeliveryStore:
         """Record an attempt's outcome (see :func:`finish`)."""
         await self._in_writer(finish, delivery, state, now, status, error, next_attempt_at, disable)
 
+    async def release(self, deliveries: list[str], now: float) -> None:
+        """Give leased deliveries back untried: queued, due at ``now``, the attempt the claim
+        counted taken back (a stopping courier)."""
+        await self._in_writer(_release, deliveries, now)
+
     async def enable(self, url: str) -> bool:
         """Turn an endpoint disabled by a 410 back on; whether it was disabled."""
         result: bool = await self._in_writer(_enable, url)
@@ -203,6 +208,18 @@ class DeliveryStore:
         """Disabled endpoints and why."""
         rows = await self._read("SELECT url, reason FROM disabled_endpoints ORDER BY url", ())
         return {str(url): str(reason) for url, reason in rows}
+
+
+def _release(conn: sqlite3.Connection, deliveries: list[str], now: float) -> None:
+    in_transaction(
+        conn,
+        lambda: conn.executemany(
+            "UPDATE deliveries SET state = 'queued', attempts = max(attempts - 1, 0), "
+            "lease_until = NULL, next_attempt_at = ?, updated_at = ? "
+            "WHERE id = ? AND state = 'sending'",
+            [(now, now, delivery) for delivery in deliveries],
+        ),
+    )
 
 
 def _enable(conn: sqlite3.Connection, url: str) -> bool:

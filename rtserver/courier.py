@@ -45,7 +45,7 @@ from rtserver import __version__
 from rtserver._deliveries import Delivery
 from rtserver.conditions import parse_duration
 from rtserver.config import HooksConfig
-from rtserver.destinations import target, unsafe
+from rtserver.destinations import allowed, target, unsafe
 from rtserver.errors import StoreError
 from rtserver.relay import redact
 from rtserver.sender import retry_delay, wake_on
@@ -61,6 +61,9 @@ MAX_WAIT_S = 60.0
 ERROR_WAIT_S = 5.0
 MAX_RETRY_AFTER_S = 86400.0
 RETRYABLE = frozenset({408, 425, 429})
+CLIENTS = 32
+"""Destinations whose connections are kept open at once."""
+MAX_ANSWER_BYTES = 65536
 
 AsyncResolve = Callable[[str, int], Awaitable[list[str]]]
 Outcome = tuple[str, int | None, str, float | None, str | None]
@@ -98,6 +101,17 @@ def _retry_after(value: str | None, now: float) -> float | None:
     return min(max(when.timestamp() - now, 0.0), MAX_RETRY_AFTER_S)
 
 
+async def _drain(response: httpx.Response) -> None:
+    """Read at most ``MAX_ANSWER_BYTES`` of an answer's body (only its status counts), so
+    a receiver that streams without end cannot fill the memory."""
+    read = 0
+    with contextlib.suppress(httpx.StreamConsumed):  # an answer made in memory (tests)
+        async for chunk in response.aiter_raw():
+            read += len(chunk)
+            if read >= MAX_ANSWER_BYTES:
+                break
+
+
 def _pinned(url: str, address: str) -> str:
     """``url`` with its host replaced by ``address`` (the port and the rest kept)."""
     parts = urllib.parse.urlsplit(url)
@@ -117,7 +131,7 @@ class Courier:
         clock: Callable[[], float],
         *,
         resolve: AsyncResolve = resolve_async,
-        transport: httpx.AsyncBaseTransport | None = None,
+        transports: Callable[[], httpx.AsyncBaseTransport] | None = None,
     ) -> None:
         self.store = store
         self.config = config
@@ -129,13 +143,12 @@ class Courier:
         self._resolve = resolve
         self._waits = [parse_duration(wait) for wait in config.retry]
         self._wake = asyncio.Event()
-        self._client = httpx.AsyncClient(
-            follow_redirects=False,
-            timeout=config.timeout_s,
-            transport=transport,
-            headers={"User-Agent": f"rtserver/{__version__}"},
-            trust_env=False,
-        )
+        self._transports = transports
+        """Makes each destination's transport (tests); None: httpx's own, one per client."""
+        self._clients: dict[tuple[str, str, int], httpx.AsyncClient] = {}
+        """One client (so one connection pool) per destination scheme, host and port: a
+        connection made and verified for one host is never reused for another that happens
+        to share its address."""
 
     def wake(self) -> None:
         """Look again now: deliveries were queued, or the clock moved."""
@@ -161,16 +174,51 @@ class Courier:
         finally:
             watcher.cancel()
             await asyncio.wait([watcher])
-            await self._client.aclose()
+            for client in self._clients.values():
+                await client.aclose()
+            self._clients.clear()
+
+    async def _client(self, scheme: str, host: str, port: int) -> httpx.AsyncClient:
+        """The client for one destination (the least recently used of ``CLIENTS`` closes)."""
+        key = (scheme, host, port)
+        client = self._clients.pop(key, None)
+        if client is None:
+            client = httpx.AsyncClient(
+                follow_redirects=False,
+                timeout=self.config.timeout_s,
+                transport=self._transports() if self._transports is not None else None,
+                headers={"User-Agent": f"rtserver/{__version__}"},
+                trust_env=False,
+            )
+            if len(self._clients) >= CLIENTS:
+                oldest = next(iter(self._clients))
+                await self._clients.pop(oldest).aclose()
+        self._clients[key] = client
+        return client
 
     async def _round(self, stop: asyncio.Event) -> float:
         """Deliver one batch; how long to wait next (0: go on)."""
         now = self.clock()
         leased = await self.store.deliveries.claim(now, BATCH, self.config.lease_s)
-        for delivery in leased:
+        gone: dict[str, str] = {}  # URLs that answered 410 in this batch
+        for index, delivery in enumerate(leased):
             if stop.is_set():
-                break  # the rest keep their lease and are tried again after a restart
-            state, status, error, next_at, disable = await self._attempt(delivery)
+                # Not tried: back to the queue as they were, due at once after a restart.
+                await self.store.deliveries.release([d.id for d in leased[index:]], self.clock())
+                break
+            if delivery.url in gone:
+                outcome: Outcome = (
+                    "failed",
+                    None,
+                    f"endpoint disabled: {gone[delivery.url]}",
+                    None,
+                    None,
+                )
+            else:
+                outcome = await self._try(delivery)
+            state, status, error, next_at, disable = outcome
+            if disable is not None:
+                gone[delivery.url] = disable
             await self.store.deliveries.finish(
                 delivery.id,
                 state,
@@ -216,12 +264,24 @@ class Courier:
             wait = retry_delay(delivery.id, delivery.attempts, self._waits)
         return "retry_wait", status, error, self.clock() + wait, None
 
+    async def _try(self, delivery: Delivery) -> Outcome:
+        """:meth:`_attempt`, and whatever it raises unforeseen made a retry (logged), so one
+        delivery can never stop the others of its batch."""
+        try:
+            return await self._attempt(delivery)
+        except Exception as exc:  # the boundary of one delivery (R13)
+            logger.exception("webhook %s: unexpected error", delivery.id)
+            return self._retry(delivery, f"unexpected error: {type(exc).__name__}")
+
     async def _attempt(self, delivery: Delivery) -> Outcome:
         """One POST of ``delivery``, and what it means."""
         try:
             host, port = target(delivery.url)
-        except ValueError as exc:
+            host = host.encode("idna").decode("ascii")
+        except (ValueError, UnicodeError) as exc:
             return "failed", None, f"bad destination: {exc}", None, None
+        if not allowed(delivery.url, self.config.allow):
+            return "failed", None, "destination no longer in hooks.allow", None, None
         try:
             addresses = await self._resolve(host, port)
         except OSError as exc:
@@ -229,20 +289,37 @@ class Courier:
         refused = unsafe(addresses, self.config.allow_private) if addresses else "no address"
         if refused is not None:
             return "failed", None, f"destination refused: {refused}", None, None
-        now = self.clock()
+        parts = urllib.parse.urlsplit(delivery.url)
+        name = f"[{host}]" if ":" in host else host
         headers = {
-            **sign(self._secret, delivery.id, math.floor(now), delivery.payload),
+            **sign(self._secret, delivery.id, math.floor(self.clock()), delivery.payload),
             "content-type": "application/json",
-            "host": urllib.parse.urlsplit(delivery.url).netloc,
+            "host": name if parts.port is None else f"{name}:{parts.port}",
         }
+        auth = None
+        if parts.username is not None:  # credentials in the URL: Basic auth, never the Host
+            password = urllib.parse.unquote(parts.password or "")
+            auth = httpx.BasicAuth(urllib.parse.unquote(parts.username), password)
         extensions: dict[str, Any] = {"sni_hostname": host}
+        client = await self._client(parts.scheme, host, port)
+        request = client.build_request(
+            "POST",
+            _pinned(delivery.url, addresses[0]),
+            content=delivery.payload,
+            headers=headers,
+            extensions=extensions,
+        )
         try:
-            response = await self._client.post(
-                _pinned(delivery.url, addresses[0]),
-                content=delivery.payload,
-                headers=headers,
-                extensions=extensions,
-            )
+            async with asyncio.timeout(self.config.timeout_s):  # the whole attempt, not a read
+                response = await client.send(
+                    request, auth=auth or httpx.USE_CLIENT_DEFAULT, stream=True
+                )
+                try:
+                    await _drain(response)
+                finally:
+                    await response.aclose()
+        except TimeoutError:
+            return self._retry(delivery, f"no answer within {self.config.timeout_s:g} s")
         except httpx.HTTPError as exc:
             return self._retry(delivery, redact(f"{type(exc).__name__}: {exc}"))
         return self._answer(delivery, response)
