@@ -219,13 +219,13 @@ async def measure_rtserver(
     """Mails/s through Sender → Relay, from the task's start to the last recorded outcome;
     ``cold``: co-viewed products read for every mail (none kept), as if each mail were for
     a different shopper."""
-    import rtserver.sender
+    import rtserver.contexts
     from rtserver.mailer import Relay
     from rtserver.sender import Sender
 
-    kept = rtserver.sender.CO_VIEWED_SETS
+    kept = rtserver.contexts.CO_VIEWED_SETS
     if cold:  # the bench's own process: set back below
-        rtserver.sender.CO_VIEWED_SETS = 0
+        rtserver.contexts.CO_VIEWED_SETS = 0
     config = mail_config(template)
     store = await shop_store(workdir / f"mail-{run}.db", mails, template, time.time())
     relay = Relay(HOST, port, timeout_s=30.0)
@@ -248,7 +248,7 @@ async def measure_rtserver(
     finally:
         await relay.close()
         await store.close()
-        rtserver.sender.CO_VIEWED_SETS = kept
+        rtserver.contexts.CO_VIEWED_SETS = kept
     if counts != {"sent": mails}:
         raise BenchError(f"rtserver: outbox not all sent: {counts}")
     return {"mails": mails, "elapsed_s": elapsed, "cpu_s": cpu}

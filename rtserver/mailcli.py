@@ -19,10 +19,10 @@ from typing import Any
 from rtserver._outbox import Claim
 from rtserver.app import mail_transport, resolve_keys
 from rtserver.config import Config
+from rtserver.contexts import Contexts
 from rtserver.errors import MailError
 from rtserver.mailer import MailContext, Mailer, check_address, wire_bytes
 from rtserver.rules import make_mailer
-from rtserver.sender import Sender
 from rtserver.store import Store
 from rtserver.tokens import Tokens
 
@@ -67,8 +67,7 @@ async def preview(config: Config, template: str, user: str, now: float) -> Email
             profile["email"] or profile["claimed_email"] or "preview@example.com", 0, now,
             person, run, {},
         )  # fmt: skip
-        sender = Sender(store, mailer, None, config.mail, lambda: now)  # type: ignore[arg-type]
-        context = await sender.context(claim, now)
+        context = await Contexts(store, mailer, config.mail).build(claim, now)
         return mailer.render_mail(template, context)
 
 

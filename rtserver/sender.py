@@ -48,17 +48,9 @@ from typing import Any
 from rtserver._outbox import NEVER, Claim, Dropped
 from rtserver.conditions import parse_duration
 from rtserver.config import MailConfig
+from rtserver.contexts import Contexts
 from rtserver.errors import MailError, StoreError
 from rtserver.mailer import MailContext, Mailer, Outcome, RawMail, Relay
-from rtserver.recommend import (
-    Product,
-    bought_of,
-    cart_of,
-    events_of_cart,
-    products_of,
-    recommend,
-    viewed_of,
-)
 from rtserver.store import Store
 
 __all__ = ["Sender", "SenderStats", "retry_delay", "wake_on"]
@@ -78,16 +70,6 @@ RECOVER_EVERY_S = 60.0
 JITTER = 0.2
 """Retry waits vary by up to this fraction either way, so retries do not come in waves."""
 DAY_S = 86400.0
-PRODUCTS_WINDOW_S = 30 * DAY_S
-"""How far back a person's views, cart and orders are read for a mail."""
-POPULAR_TTL_S = 300.0
-"""How long the shop's popular products are reused before being read again."""
-CO_VIEWED_SETS = 1024
-"""Sets of viewed products whose co-viewed products are kept (``POPULAR_TTL_S`` each): people
-who viewed the same few products (often one popular product) share one read."""
-POOL = 8
-"""Candidates read from co-views and popularity for the recommendations."""
-RECOMMENDATIONS = 3
 ORIGINAL_TO = "X-RT-Original-To"
 """Header keeping the real recipient of a mail rerouted to ``mail.test_recipients``."""
 _POLICY_BLOCK = re.compile(r"\b5\.7\.\d{1,3}\b")
@@ -166,9 +148,8 @@ class Sender:
         self._day = -1.0
         self._sent_today = 0
         self._next_recover = -math.inf
-        self._popular: tuple[float, list[Product]] | None = None
-        self._popular_lock = asyncio.Lock()
-        self._co_viewed: dict[tuple[str, ...], tuple[float, list[Product]]] = {}
+        self.contexts = Contexts(store, mailer, config)
+        """Builds each mail's context (cart, recommendations), with its product caches."""
         self._outcomes: list[tuple[Any, ...]] = []
 
     def wake(self) -> None:
@@ -264,7 +245,7 @@ class Sender:
         # through the batch's queries in one go, instead of being woken (and waiting to be
         # scheduled, on a box whose other core runs the relay) twice for each mail.
         now = self.clock()
-        contexts = [asyncio.ensure_future(self.context(claim, now)) for claim in claims]
+        contexts = [asyncio.ensure_future(self.contexts.build(claim, now)) for claim in claims]
         rendered: dict[int, RawMail | Outcome] = {}
 
         def render_ahead(index: int) -> None:
@@ -334,64 +315,6 @@ class Sender:
         except Exception as exc:  # the relay should not raise; whether it left is unknown
             logger.exception("relay failed on mail %s", claim.id)
             return Outcome("ambiguous", None, f"relay error: {exc!r}")
-
-    async def context(self, claim: Claim, now: float) -> MailContext:
-        """What ``claim`` is rendered with: the person, the run, the run's cart (the events of
-        that cart when the run is keyed by its ``cart_id``, else all the person's) and
-        recommendations; also what ``rtserver render`` previews.
-
-        Raises:
-            StoreError: the person's products could not be read.
-        """
-        since = now - PRODUCTS_WINDOW_S
-        events = await self.store.mail.product_events(claim.person_id, since)
-        viewed = viewed_of(events)
-        bought = bought_of(events)
-        cart = cart_of(events_of_cart(events, str(claim.run.get("key") or "")))
-        co_viewed: list[Product] = []
-        if viewed:
-            co_viewed = await self._co_viewed_products(tuple(p.id for p in viewed[:POOL]), now)
-        popular = await self._popular_products(now)
-        recommendations = recommend(
-            viewed, co_viewed, popular, bought | {p.id for p in cart}, RECOMMENDATIONS
-        )
-        return MailContext(
-            mail_id=claim.id,
-            # Rerouted before rendering, so a DKIM signature covers the To it is sent with.
-            to=", ".join(self.config.test_recipients) or claim.recipient,
-            now=now,
-            person=claim.person,
-            run=claim.run,
-            cart=tuple(cart),
-            recommendations=tuple(recommendations),
-            marketing=claim.marketing,
-            extra=self._extra(claim),
-        )
-
-    def _extra(self, claim: Claim) -> dict[str, Any]:
-        """The row's extra data; a double opt-in mail gets its signed confirmation link."""
-        if claim.template != "confirm":
-            return claim.extra
-        token = self.mailer.tokens.confirm(claim.person_id, claim.recipient)
-        return {**claim.extra, "confirm_url": f"{self.mailer.public_url}/confirm/{token}"}
-
-    async def _co_viewed_products(self, ids: tuple[str, ...], now: float) -> list[Product]:
-        """Products viewed by the viewers of ``ids``, read again after ``POPULAR_TTL_S``."""
-        cached = self._co_viewed.get(ids)
-        if cached is None or not cached[0] <= now < cached[0] + POPULAR_TTL_S:
-            rows = await self.store.mail.co_viewed(list(ids), now - PRODUCTS_WINDOW_S, POOL)
-            cached = self._co_viewed[ids] = (now, products_of(rows))
-            while len(self._co_viewed) > CO_VIEWED_SETS:
-                del self._co_viewed[next(iter(self._co_viewed))]  # the oldest read
-        return cached[1]
-
-    async def _popular_products(self, now: float) -> list[Product]:
-        async with self._popular_lock:  # a batch's mails ask at once: one of them reads
-            cached = self._popular
-            if cached is None or not cached[0] <= now < cached[0] + POPULAR_TTL_S:
-                rows = await self.store.mail.popular(now - PRODUCTS_WINDOW_S, POOL)
-                cached = self._popular = (now, products_of(rows))
-            return cached[1]
 
     def _record(self, claim: Claim, outcome: Outcome, now: float) -> None:
         """Count and log an attempt's outcome; queue its row update for the batch's write."""

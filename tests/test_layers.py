@@ -40,6 +40,7 @@ LAYERS = {
     "_deliveries": 1,
     "actions": 2,
     "courier": 2,
+    "contexts": 1,
     "sender": 2,
     "pipeline": 2,
     "hub": 2,

@@ -1,0 +1,60 @@
+"""Mail contexts: the cart and recommendations a claimed mail is rendered with, and the
+caches that keep the shop-wide product reads few (on a real store and a fake clock)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import rtserver.contexts
+from tests.test_sender import (  # noqa: F401 (fixtures)
+    Shop,
+    clock,
+    make_sender,
+    shop,
+    templates,
+)
+
+
+async def test_co_viewed_products_are_read_once_per_set_for_a_while(
+    shop: Shop,  # noqa: F811 (the fixture)
+    templates: Path,  # noqa: F811 (the fixture)
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """People who viewed the same products share one read of their co-viewed products, for
+    POPULAR_TTL_S of the clock; at most CO_VIEWED_SETS sets are kept, the oldest dropped."""
+    reads: list[list[str]] = []
+    co_viewed = shop.store.mail.co_viewed
+
+    async def counted(ids: Sequence[str], since: float, limit: int) -> Any:
+        reads.append(list(ids))
+        return await co_viewed(ids, since, limit)
+
+    monkeypatch.setattr(shop.store.mail, "co_viewed", counted)
+    for user, product in (("ann", "p1"), ("bob", "p1"), ("cy", "p2"), ("dan", "p2")):
+        await shop.person(user, f"{user}@example.com")
+        await shop.track(user, "Product Viewed", product_id=product, category="shoes")
+    await shop.track("dan", "Product Viewed", product_id="p1", category="shoes")
+    contexts = make_sender(shop, 9, templates, tmp_path).contexts
+    for user in ("ann", "bob", "cy"):
+        await shop.queue(f"m-{user}", f"u:{user}")
+    claims, _ = await shop.store.mail.claim(shop.clock(), 10, 300.0, 86400.0)
+    by_person = {c.person_id: c for c in claims}
+
+    async def recommended(user: str) -> list[str]:
+        context = await contexts.build(by_person[f"u:{user}"], shop.clock())
+        return [p.id for p in context.recommendations]
+
+    assert await recommended("ann") == await recommended("bob") == ["p1", "p2"]
+    assert reads == [["p1"]]
+    shop.clock.advance(rtserver.contexts.POPULAR_TTL_S)
+    assert await recommended("bob") == ["p1", "p2"]
+    assert reads == [["p1"], ["p1"]]
+    monkeypatch.setattr(rtserver.contexts, "CO_VIEWED_SETS", 1)
+    await recommended("cy")  # p2's set replaces p1's
+    await recommended("ann")
+    assert reads == [["p1"], ["p1"], ["p2"], ["p1"]]
