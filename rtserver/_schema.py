@@ -241,6 +241,17 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         );
         """,
     ),
+    # Dashboard sessions ended by a logout stay ended after a restart, until they expire.
+    (
+        "0009_revoked_sessions",
+        """
+        CREATE TABLE revoked_sessions (
+            id TEXT PRIMARY KEY,
+            revoked_at REAL NOT NULL,
+            expires_at REAL NOT NULL
+        ) WITHOUT ROWID;
+        """,
+    ),
 )
 
 INSERT_EVENT = """

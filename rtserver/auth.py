@@ -7,7 +7,8 @@ password is logged once, then never again. A session is a cookie signed with its
 (key generated once, kept in the store): ``HttpOnly``, ``SameSite=Strict``, ``Path=/dashboard``,
 ``Secure`` when ``server.public_url`` is https. It carries its own CSRF token, which every POST
 must send back, and a fingerprint of the password hash, so changing the password ends every
-session. Logging out revokes the session in this process. Failed logins are counted per client
+session. Logging out revokes the session, in this process and in the store (so it stays
+revoked after a restart, until it would have expired). Failed logins are counted per client
 address (the proxy's ``X-Forwarded-For`` only from ``server.trusted_proxies``, as uvicorn
 resolves it): past ``dashboard.login_attempts`` in 15 minutes, logins are refused with 429.
 """
@@ -157,9 +158,9 @@ class Auth:
             return None
         return session
 
-    def revoke(self, session: Session) -> None:
-        """End ``session`` (logout) for as long as this process runs."""
-        self._revoked[session.id] = self.clock()
+    def revoke(self, session: Session, at: float | None = None) -> None:
+        """End ``session`` (logout; the store keeps it ended across restarts)."""
+        self._revoked[session.id] = self.clock() if at is None else at
         while len(self._revoked) > MAX_REVOKED:
             self._revoked.popitem(last=False)
 
@@ -187,7 +188,13 @@ async def resolve_auth(config: Config, store: Store, now: float, clock: Clock) -
 
     dashboard = config.dashboard
     if dashboard.password is not None:
-        password_hash = await asyncio.to_thread(hash_password, dashboard.password.reveal())
+        # The kept hash while it still matches: a fresh salt at every start would end every
+        # session at every restart (they are bound to the hash).
+        plain = dashboard.password.reveal()
+        password_hash = await store.secret("dashboard_password", lambda: "", now)
+        if not password_hash or not await asyncio.to_thread(verify_password, plain, password_hash):
+            password_hash = await asyncio.to_thread(hash_password, plain)
+            await store.replace_secret("dashboard_password", password_hash, now)
     else:
         password_hash = await store.secret("dashboard_password", generate, now)
     if generated:
@@ -197,7 +204,7 @@ async def resolve_auth(config: Config, store: Store, now: float, clock: Clock) -
             generated[0],
         )
     key = await store.secret("dashboard_session_key", lambda: secrets.token_urlsafe(32), now)
-    return Auth(
+    auth = Auth(
         password_hash,
         key,
         secure=config.server.public_url.startswith("https://"),
@@ -205,6 +212,9 @@ async def resolve_auth(config: Config, store: Store, now: float, clock: Clock) -
         attempts=dashboard.login_attempts,
         clock=clock,
     )
+    for session_id, at in await store.revoked_sessions(now):
+        auth.revoke(Session(session_id, ""), at)
+    return auth
 
 
 class RequireLogin:

@@ -253,7 +253,11 @@ async def logout(request: Request) -> Response:
     auth: Auth = request.state.auth
     if await _checked_form(request) is None:
         return _refused()
-    auth.revoke(request.state.session)
+    runtime: Runtime = request.state.runtime
+    session: Session = request.state.session
+    now = runtime.clock()
+    auth.revoke(session, now)
+    await runtime.store.revoke_session(session.id, now, now + auth.session_s)
     response = RedirectResponse("/dashboard/login", status_code=303, headers=HEADERS)
     auth.clear_cookie(response)
     return response

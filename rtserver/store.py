@@ -225,6 +225,16 @@ class Store:
             rows = await self._db.execute_fetchall("SELECT run_id, due FROM timers")
         return [(r[0], r[1]) for r in rows]
 
+    async def replace_secret(self, name: str, value: str, now: float) -> None:
+        """Store ``value`` as the secret ``name``, whatever was kept before."""
+        async with self._write_lock, _sqlite_errors():
+            await self._db.execute(
+                "INSERT INTO secrets (name, value, created_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET value = excluded.value, "
+                "created_at = excluded.created_at",
+                (name, value, now),
+            )
+
     async def secret(self, name: str, generate: Callable[[], str], now: float) -> str:
         """The stored secret ``name``; ``generate`` makes it on first use only."""
         query = "SELECT value FROM secrets WHERE name = ?"
@@ -266,6 +276,23 @@ class Store:
             await self._db.execute(
                 "DELETE FROM webhooks WHERE received_at < ?", (now - WEBHOOK_IDS_KEPT_S,)
             )
+
+    async def revoke_session(self, session_id: str, now: float, expires_at: float) -> None:
+        """Keep a logged-out dashboard session's id until it would have expired anyway."""
+        async with self._write_lock, _sqlite_errors():
+            await self._db.execute(
+                "INSERT INTO revoked_sessions VALUES (?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                (session_id, now, expires_at),
+            )
+            await self._db.execute("DELETE FROM revoked_sessions WHERE expires_at < ?", (now,))
+
+    async def revoked_sessions(self, now: float) -> list[tuple[str, float]]:
+        """``(id, revoked at)`` of the logged-out sessions not expired yet, oldest first."""
+        rows = await self._read(
+            "SELECT id, revoked_at FROM revoked_sessions WHERE expires_at >= ? ORDER BY revoked_at",
+            (now,),
+        )
+        return [(str(r[0]), float(r[1])) for r in rows]
 
     async def webhook_seen(self, webhook_id: str) -> bool:
         """Whether the webhook ``webhook_id`` was processed already."""

@@ -152,6 +152,26 @@ async def test_configured_password_wins(tmp_path: Path, caplog: pytest.LogCaptur
     assert auth.secure and "dashboard password" not in caplog.text
 
 
+async def test_sessions_survive_a_restart_with_the_same_configured_password(
+    tmp_path: Path,
+) -> None:
+    """The configured password's hash is kept while it matches, so a restart keeps everyone
+    logged in; another configured password ends the old sessions."""
+    config = make_config(tmp_path, dashboard={"password": "configured password"})
+    changed = make_config(tmp_path, dashboard={"password": "another password!"})
+    store = await Store.open(config.store.path)
+    try:
+        first = await resolve_auth(config, store, 0.0, FakeClock())
+        value, session = first.issue()
+        again = await resolve_auth(config, store, 1.0, FakeClock())
+        assert again.password_hash == first.password_hash and again.session(value) == session
+        other = await resolve_auth(changed, store, 2.0, FakeClock())
+        assert verify_password("another password!", other.password_hash)
+        assert other.session(value) is None
+    finally:
+        await store.close()
+
+
 def test_password_from_the_environment_must_not_be_short(tmp_path: Path) -> None:
     """RTSERVER_DASHBOARD_PASSWORD is read as a secret; a short one is refused."""
     from rtserver.config import load_config

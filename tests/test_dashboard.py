@@ -126,6 +126,23 @@ async def test_logout_needs_the_csrf_token_and_ends_the_session(tmp_path: Path) 
         assert (await client.get("/dashboard")).status_code == 401
 
 
+async def test_a_logged_out_session_stays_ended_after_a_restart(tmp_path: Path) -> None:
+    """The logout is kept in the store: the old cookie does not work on the next server
+    either, while a session that did not log out does."""
+    config = dashboard_config(tmp_path)
+    async with run_server(config) as live, live.http() as client, live.http() as other:
+        csrf = await login(client)
+        await login(other)
+        ended = client.cookies.get("rt_dashboard")
+        await client.post("/dashboard/logout", data={"csrf": csrf})
+        kept = other.cookies.get("rt_dashboard")
+    async with run_server(config) as live, live.http() as client, live.http() as other:
+        client.cookies.set("rt_dashboard", str(ended), path="/dashboard")
+        assert (await client.get("/dashboard/stream")).status_code == 401
+        other.cookies.set("rt_dashboard", str(kept), path="/dashboard")
+        assert (await other.get("/dashboard")).status_code == 200
+
+
 async def test_login_goes_back_to_a_dashboard_page_only(tmp_path: Path) -> None:
     """``next`` leads back to a dashboard path; anything else goes to /dashboard."""
     async with run_server(dashboard_config(tmp_path)) as live, live.http() as client:
