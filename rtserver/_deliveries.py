@@ -24,12 +24,19 @@ from rtserver._outbox import in_transaction
 from rtserver.facts import Person
 from rtserver.workflows import CallWebhook
 
-__all__ = ["Delivery", "DeliveryStore", "delivery_row"]
+__all__ = ["Delivery", "DeliveryStore", "Outcome", "delivery_row"]
 
 EVENT_TYPE = "workflow.webhook"
 """The ``type`` of every payload (Standard Webhooks' envelope: type, timestamp, data)."""
 
-DUE = "state IN ('queued', 'retry_wait') OR (state = 'sending' AND lease_until <= ?)"
+DUE = (
+    "d.state IN ('queued', 'retry_wait', 'sending') "
+    "AND (d.state <> 'sending' OR d.lease_until <= ?) AND d.next_attempt_at <= ?"
+)
+"""Due rows (a lease a crash left behind counts as due); its first term is the partial index
+``deliveries_due``'s WHERE, spelled alike so SQLite searches that index, not the table."""
+Outcome = tuple[str, str, float, int | None, str, float | None, str | None]
+"""(delivery, state, when, HTTP status, error, next attempt, disable reason)."""
 
 InWriter = Callable[..., Awaitable[Any]]
 Read = Callable[[str, Sequence[Any]], Awaitable[list[Any]]]
@@ -73,7 +80,7 @@ def claim(conn: sqlite3.Connection, now: float, limit: int, lease_s: float) -> l
         rows = conn.execute(
             f"SELECT d.id, d.url, d.payload, d.attempts, e.reason FROM deliveries AS d "
             f"LEFT JOIN disabled_endpoints AS e ON e.url = d.url "
-            f"WHERE ({DUE}) AND d.next_attempt_at <= ? ORDER BY d.next_attempt_at LIMIT ?",
+            f"WHERE {DUE} ORDER BY d.next_attempt_at LIMIT ?",
             (now, now, limit),
         ).fetchall()
         leased: list[Delivery] = []
@@ -97,33 +104,25 @@ def claim(conn: sqlite3.Connection, now: float, limit: int, lease_s: float) -> l
     return result
 
 
-def finish(
-    conn: sqlite3.Connection,
-    delivery: str,
-    state: str,
-    now: float,
-    status: int | None,
-    error: str,
-    next_attempt_at: float | None,
-    disable: str | None,
-) -> None:
-    """Record one attempt: ``delivered``, ``retry_wait`` (due at ``next_attempt_at``) or
-    ``failed``; ``disable`` (a reason) turns its endpoint off for every later delivery."""
+def finish_many(conn: sqlite3.Connection, outcomes: list[Outcome]) -> None:
+    """Record attempts in one transaction: each ``delivered``, ``retry_wait`` (due at its next
+    attempt) or ``failed``; a disable reason turns its endpoint off for every later delivery."""
 
     def work() -> None:
-        conn.execute(
-            "UPDATE deliveries SET state = ?, last_status = ?, last_error = ?, lease_until = NULL,"
-            " next_attempt_at = coalesce(?, next_attempt_at), updated_at = ?,"
-            " delivered_at = CASE WHEN ? = 'delivered' THEN ? ELSE delivered_at END"
-            " WHERE id = ?",
-            (state, status, error, next_attempt_at, now, state, now, delivery),
-        )
-        if disable is not None:
+        for delivery, state, now, status, error, next_attempt_at, disable in outcomes:
             conn.execute(
-                "INSERT INTO disabled_endpoints (url, reason, disabled_at) "
-                "SELECT url, ?, ? FROM deliveries WHERE id = ? ON CONFLICT (url) DO NOTHING",
-                (disable, now, delivery),
+                "UPDATE deliveries SET state = ?, last_status = ?, last_error = ?, "
+                "lease_until = NULL, next_attempt_at = coalesce(?, next_attempt_at), "
+                "updated_at = ?, delivered_at = CASE WHEN ? = 'delivered' THEN ? "
+                "ELSE delivered_at END WHERE id = ?",
+                (state, status, error, next_attempt_at, now, state, now, delivery),
             )
+            if disable is not None:
+                conn.execute(
+                    "INSERT INTO disabled_endpoints (url, reason, disabled_at) "
+                    "SELECT url, ?, ? FROM deliveries WHERE id = ? ON CONFLICT (url) DO NOTHING",
+                    (disable, now, delivery),
+                )
 
     in_transaction(conn, work)
 
@@ -151,8 +150,17 @@ class DeliveryStore:
         next_attempt_at: float | None = None,
         disable: str | None = None,
     ) -> None:
-        """Record an attempt's outcome (see :func:`finish`)."""
-        await self._in_writer(finish, delivery, state, now, status, error, next_attempt_at, disable)
+        """Record an attempt's outcome (see :func:`finish_many`)."""
+        await self.finish_many([(delivery, state, now, status, error, next_attempt_at, disable)])
+
+    async def finish_many(self, outcomes: list[Outcome]) -> None:
+        """Record a batch's outcomes in one transaction (see :func:`finish_many`)."""
+        await self._in_writer(finish_many, outcomes)
+
+    async def purge(self, before: float) -> int:
+        """Delete deliveries that ended (delivered or failed) before ``before``; how many."""
+        result: int = await self._in_writer(_purge, before)
+        return result
 
     async def release(self, deliveries: list[str], now: float) -> None:
         """Give leased deliveries back untried: queued, due at ``now``, the attempt the claim
@@ -220,6 +228,18 @@ def _release(conn: sqlite3.Connection, deliveries: list[str], now: float) -> Non
             [(now, now, delivery) for delivery in deliveries],
         ),
     )
+
+
+def _purge(conn: sqlite3.Connection, before: float) -> int:
+    def work() -> int:
+        cursor = conn.execute(
+            "DELETE FROM deliveries WHERE state IN ('delivered', 'failed') AND updated_at < ?",
+            (before,),
+        )
+        return cursor.rowcount
+
+    result: int = in_transaction(conn, work)
+    return result
 
 
 def _enable(conn: sqlite3.Connection, url: str) -> bool:

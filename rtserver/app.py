@@ -137,17 +137,23 @@ async def mail_transport(config: Config, store: Store, clock: Clock) -> AsyncIte
 
 
 async def purge_old_events(store: Store, clock: Clock, retention_days: int) -> int:
-    """One retention round: delete raw events older than ``retention_days``; return how many.
+    """One retention round: delete raw events older than ``retention_days``, and webhook
+    deliveries that ended before then; return how many events.
 
     Failures are logged, not raised: the next round tries again.
     """
+    before = clock() - retention_days * 86400.0
     try:
-        purged = await store.purge_events(clock() - retention_days * 86400.0)
+        purged = await store.purge_events(before)
+        ended = await store.deliveries.purge(before)
     except Exception:  # the task boundary: log and try again next round
         logger.exception("retention purge failed")
         return 0
-    if purged:
-        logger.info("retention: purged %d events older than %d days", purged, retention_days)
+    if purged or ended:
+        logger.info(
+            "retention: purged %d events and %d ended webhook deliveries older than %d days",
+            purged, ended, retention_days,
+        )  # fmt: skip
     return purged
 
 

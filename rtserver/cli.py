@@ -91,7 +91,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if not args.speed > 0:
         print("rtserver: --speed must be positive", file=sys.stderr)
         return 2
-    config = demo_config(resolve_config_path(args.config), args.speed, args.store)
+    config = demo_config(
+        resolve_config_path(args.config), args.speed, args.store, host=args.host, port=args.port
+    )
     tour = [
         f"demo: workflows run {args.speed:g}x faster (a 30 min wait takes "
         f"{max(1, math.ceil(1800 / args.speed))} s); store {config.store.path}",

@@ -197,38 +197,34 @@ class Courier:
         return client
 
     async def _round(self, stop: asyncio.Event) -> float:
-        """Deliver one batch; how long to wait next (0: go on)."""
+        """Deliver one batch, then record its outcomes in one transaction (a crash before
+        that re-sends them: at least once, the same ``webhook-id``); how long to wait next
+        (0: go on)."""
         now = self.clock()
         leased = await self.store.deliveries.claim(now, BATCH, self.config.lease_s)
         gone: dict[str, str] = {}  # URLs that answered 410 in this batch
+        tried: list[tuple[Delivery, Outcome]] = []
         for index, delivery in enumerate(leased):
             if stop.is_set():
                 # Not tried: back to the queue as they were, due at once after a restart.
                 await self.store.deliveries.release([d.id for d in leased[index:]], self.clock())
                 break
             if delivery.url in gone:
-                outcome: Outcome = (
-                    "failed",
-                    None,
-                    f"endpoint disabled: {gone[delivery.url]}",
-                    None,
-                    None,
-                )
+                error = f"endpoint disabled: {gone[delivery.url]}"
+                outcome: Outcome = "failed", None, error, None, None
             else:
                 outcome = await self._try(delivery)
-            state, status, error, next_at, disable = outcome
-            if disable is not None:
-                gone[delivery.url] = disable
-            await self.store.deliveries.finish(
-                delivery.id,
-                state,
-                self.clock(),
-                status=status,
-                error=error,
-                next_attempt_at=next_at,
-                disable=disable,
-            )
-            self._count(delivery, state, status, error, disable)
+            if outcome[4] is not None:
+                gone[delivery.url] = outcome[4]
+            tried.append((delivery, outcome))
+        if tried:
+            at = self.clock()
+            await self.store.deliveries.finish_many(
+                [(d.id, state, at, status, error, next_at, disable)
+                 for d, (state, status, error, next_at, disable) in tried]
+            )  # fmt: skip
+            for delivery, (state, status, error, _, disable) in tried:
+                self._count(delivery, state, status, error, disable)
             async with self.progress:
                 self.progress.notify_all()
         if leased:

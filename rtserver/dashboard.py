@@ -16,6 +16,7 @@ import datetime
 import email.policy
 import hmac
 import logging
+import re
 import urllib.parse
 from email.parser import BytesParser
 from pathlib import Path
@@ -42,7 +43,12 @@ CSP = (
     "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
     "form-action 'self'; frame-ancestors 'none'"
 )
-MAIL_CSP = "sandbox; default-src 'none'; img-src https: http: data:; style-src 'unsafe-inline'"
+_HEAD = re.compile(r"<head\b[^>]*>", re.IGNORECASE)
+MAIL_CSP = (
+    "sandbox allow-popups allow-popups-to-escape-sandbox; default-src 'none'; "
+    "img-src https: http: data:; style-src 'unsafe-inline'"
+)
+"""No scripts, no same origin; its links open in a new tab (as a mail client opens them)."""
 """A sink mail: no scripts, no forms, no same-origin, remote images only (as a mail client)."""
 HEADERS = {
     "Cache-Control": "no-store",
@@ -172,6 +178,10 @@ async def mail(request: Request) -> Response:
     if part is None or part.get_content_type() != "text/html":
         escaped = content.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
         content = f"<pre>{escaped}</pre>"
+    # Its links open in a new tab, as a mail client opens them (not inside the dashboard).
+    head = _HEAD.search(content)
+    at = head.end() if head else 0
+    content = content[:at] + '<base target="_blank">' + content[at:]
     headers = {
         **HEADERS,
         "Content-Security-Policy": MAIL_CSP + "; frame-ancestors 'self'",

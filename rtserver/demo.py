@@ -74,15 +74,29 @@ def scaled(table: Mapping[str, Any], speed: float) -> dict[str, Any]:
     return out
 
 
-def demo_config(path: str | Path | None, speed: float, store: str = DEMO_STORE) -> Config:
+def demo_config(
+    path: str | Path | None,
+    speed: float,
+    store: str = DEMO_STORE,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+) -> Config:
     """The config at ``path`` made for a demo: its own store, mail kept by the dev sink (shown
-    in the dashboard's inbox), no frequency cap or quiet hours, a click counted as a person's
-    after a second, and every workflow ``speed`` times faster.
+    in the dashboard's inbox), no frequency cap, quiet hours or holdout (every visitor gets the
+    mails the tour promises), a click counted as a person's after a second, links in mail to
+    the address the demo is served on, and every workflow ``speed`` times faster.
 
     Raises:
         ConfigError: as :func:`~rtserver.config.load_config`.
     """
+    served = load_config(path).server
+    host = host or served.host
+    port = served.port if port is None else port
+    shown = "localhost" if host in ("0.0.0.0", "::", "") else host
+    shown = f"[{shown}]" if ":" in shown else shown
     overrides = {
+        "server": {"host": host, "port": port, "public_url": f"http://{shown}:{port}"},
         "store": {"path": store},
         "mail": {
             "transport": "sink",
@@ -92,5 +106,8 @@ def demo_config(path: str | Path | None, speed: float, store: str = DEMO_STORE) 
         },
     }
     demo = load_config(path, overrides=overrides)
-    workflows = tuple(scaled(workflow, speed) for workflow in demo.workflow)
+    workflows = tuple(
+        {**scaled(workflow, speed), **({"holdout": 0} if "holdout" in workflow else {})}
+        for workflow in demo.workflow
+    )
     return dataclasses.replace(demo, workflow=workflows)

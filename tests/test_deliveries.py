@@ -14,7 +14,7 @@ import orjson
 import pytest
 from hypothesis import given, strategies as st
 
-from rtserver._deliveries import EVENT_TYPE, Delivery, claim, delivery_row, finish
+from rtserver._deliveries import DUE, EVENT_TYPE, Delivery, claim, delivery_row, finish_many
 from rtserver._schema import INSERT_DELIVERY, MIGRATIONS
 from rtserver.facts import Person
 from rtserver.store import Changes, Store
@@ -576,12 +576,40 @@ def test_claims_take_each_due_row_once_earliest_first(
 
 
 def test_a_failing_outcome_is_rolled_back_whole() -> None:
-    """finish runs in one transaction: when its disable part fails, the outcome is undone."""
+    """A batch's outcomes are one transaction: when a disable part fails, all are undone."""
     conn = deliveries_db()
     conn.executemany(INSERT_DELIVERY, [row("r1")])
     claim(conn, NOW, 10, LEASE)
     conn.execute("DROP TABLE disabled_endpoints")
     with pytest.raises(sqlite3.OperationalError):
-        finish(conn, "r1-2", "failed", NOW + 1, 410, "gone", None, "410 Gone")
+        finish_many(conn, [("r1-2", "failed", NOW + 1, 410, "gone", None, "410 Gone")])
     state = conn.execute("SELECT state, lease_until FROM deliveries").fetchall()
     assert state == [("sending", NOW + LEASE)] and not conn.in_transaction
+
+
+async def test_ended_deliveries_are_purged_after_the_retention(store: Store) -> None:
+    """purge(before) deletes delivered and failed rows last updated before ``before``; rows
+    still queued, leased or waiting to retry stay, and so do newer ended ones."""
+    await queue(store, row("old-ok"), row("old-no"), row("new-ok"), row("wait"), row("leased"))
+    await store.deliveries.claim(NOW, 10, LEASE)
+    await store.deliveries.finish("old-ok-2", "delivered", NOW + 1, status=200)
+    await store.deliveries.finish("old-no-2", "failed", NOW + 1, status=400)
+    await store.deliveries.finish("new-ok-2", "delivered", NOW + 10, status=200)
+    await store.deliveries.finish("wait-2", "retry_wait", NOW + 1, next_attempt_at=NOW + 99)
+    assert await store.deliveries.purge(NOW + 5) == 2
+    left = {d["id"]: d["state"] for d in await store.deliveries.recent()}
+    assert left == {"new-ok-2": "delivered", "wait-2": "retry_wait", "leased-2": "sending"}
+
+
+def test_the_claim_searches_the_due_index() -> None:
+    """The claim's query uses the partial index deliveries_due (no table scan, whatever the
+    number of ended rows)."""
+    conn = deliveries_db()
+    plan = conn.execute(
+        f"EXPLAIN QUERY PLAN SELECT d.id FROM deliveries AS d "
+        f"LEFT JOIN disabled_endpoints AS e ON e.url = d.url WHERE {DUE} "
+        f"ORDER BY d.next_attempt_at LIMIT 16",
+        (NOW, NOW),
+    ).fetchall()
+    details = " ".join(str(step[3]) for step in plan)
+    assert "USING INDEX deliveries_due" in details and "SCAN d" not in details
