@@ -298,8 +298,9 @@ async def test_a_person_is_erased_from_their_page(tmp_path: Path) -> None:
 
 
 async def test_sink_mail_is_served_for_a_sandboxed_frame(tmp_path: Path) -> None:
-    """The dev sink's mail is served with a CSP sandbox (no scripts, no same origin), listed
-    on the page with a link into the sandboxed iframe; an unknown id is a 404."""
+    """The dev sink's mail is served with a CSP sandbox (no scripts, no same origin; links
+    open in a new tab), listed on the page with a link into the sandboxed iframe; an unknown
+    id is a 404."""
     async with run_server(dashboard_config(tmp_path)) as live, live.http() as client:
         async with live.ws(origin=ORIGIN) as ws:
             await send_batch(ws, [shopper("u2", "bo@example.com")])
@@ -309,11 +310,14 @@ async def test_sink_mail_is_served_for_a_sandboxed_frame(tmp_path: Path) -> None
         await login(client)
         page = (await client.get("/dashboard")).text
         assert f'href="/dashboard/mail/{mail["id"]}" target="mailview"' in page
-        assert '<iframe class="mail" name="mailview" title="mail preview" sandbox>' in page
+        sandbox = 'sandbox="allow-popups allow-popups-to-escape-sandbox"'
+        assert f'<iframe class="mail" name="mailview" title="mail preview" {sandbox}>' in page
         shown = await client.get(f"/dashboard/mail/{mail['id']}")
         assert shown.status_code == 200 and "<html" in shown.text.lower()
         csp = shown.headers["content-security-policy"]
-        assert csp.startswith("sandbox;") and "script-src" not in csp
+        assert csp.startswith("sandbox allow-popups allow-popups-to-escape-sandbox;")
+        assert "script-src" not in csp and "allow-scripts" not in csp
+        assert '<base target="_blank">' in shown.text
         assert shown.headers["x-frame-options"] == "SAMEORIGIN"
         assert (await client.get("/dashboard/mail/999")).status_code == 404
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from playwright.async_api import async_playwright
 
+from rtserver.config import load_config
 from rtserver.demo import demo_config, scaled
 from tests.browser_support import CHROMIUM, CHROMIUM_ARGS
 from tests.conftest import (
@@ -142,3 +143,18 @@ async def sunk(live: LiveServer, count: int) -> list[dict[str, Any]]:
         while len(mails := await live.runtime.store.mail.sunk()) < count:
             await sender.progress.wait()
     return mails
+
+
+def test_demo_config_links_to_where_it_is_served_and_holds_no_one_out(tmp_path: Path) -> None:
+    """Mail links point at the demo's own address (the --host/--port given, a wildcard bind
+    shown as localhost), and no visitor falls into a holdout."""
+    shipped = ROOT / "config.toml"
+    config = demo_config(shipped, 60.0, str(tmp_path / "d.db"))
+    assert config.server.public_url == "http://127.0.0.1:8000"
+    assert all(w.get("holdout", 0) == 0 for w in config.workflow)
+    assert any("holdout" in w for w in load_config(shipped).workflow)  # the shipped one has
+    moved = demo_config(shipped, 60.0, str(tmp_path / "d.db"), host="0.0.0.0", port=9100)
+    assert (moved.server.host, moved.server.port) == ("0.0.0.0", 9100)
+    assert moved.server.public_url == "http://localhost:9100"
+    v6 = demo_config(shipped, 60.0, str(tmp_path / "d.db"), host="::1", port=9100)
+    assert v6.server.public_url == "http://[::1]:9100"
