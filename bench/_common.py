@@ -566,6 +566,51 @@ def throughput_summary(
     return summary, [line]
 
 
+async def alternating(
+    names: Sequence[str],
+    repeat: int,
+    measure: Callable[[str, int], Coroutine[Any, Any, dict[str, Any]]],
+) -> dict[str, list[dict[str, Any]]]:
+    """``measure(name, repeat)`` for each name, ``repeat`` times, the order reversed on every
+    other round (so neither client always runs on a warmer machine); the runs by name."""
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for round_ in range(repeat):
+        for name in names if round_ % 2 == 0 else names[::-1]:
+            print(f"# run {round_ + 1}/{repeat}: {name}", file=sys.stderr, flush=True)
+            runs[name].append(await measure(name, round_))
+    return runs
+
+
+def client_summary(name: str, runs: list[dict[str, Any]], units: str, unit: str) -> dict[str, Any]:
+    """One client's row over its runs (each ``{units, elapsed_s, cpu_s}``): the median rate
+    and its range, the client's CPU per ``unit`` and its share of a core."""
+    rates = [r[units] / r["elapsed_s"] for r in runs]
+    count = runs[0][units]
+    cpu = statistics.median(r["cpu_s"] for r in runs)
+    elapsed = statistics.median(r["elapsed_s"] for r in runs)
+    return {
+        "server": name,
+        units: count,
+        f"{units}_per_s": statistics.median(rates),
+        f"{units}_per_s_range": f"{min(rates):,.0f}-{max(rates):,.0f}",
+        f"client_cpu_us_per_{unit}": 1e6 * cpu / count,
+        "client_cpu_pct": 100.0 * cpu / elapsed,
+        "runs": runs,
+    }
+
+
+def client_ratios(
+    ours: Mapping[str, Any], bare: Mapping[str, Any], units: str, unit: str, goal: float
+) -> dict[str, Any]:
+    """Our rate over the bare client's (against ``goal``), and their CPU per ``unit``."""
+    summary: dict[str, Any] = {
+        "ratio": ratio(ours[f"{units}_per_s"], bare[f"{units}_per_s"]),
+        "cpu_ratio": ratio(bare[f"client_cpu_us_per_{unit}"], ours[f"client_cpu_us_per_{unit}"]),
+    }
+    summary["goal_met"] = bool(math.isfinite(summary["ratio"]) and summary["ratio"] >= goal)
+    return summary
+
+
 def run_client(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run the load generator (this process) on uvloop, whatever the servers run on."""
     import uvloop  # here, not at the top: the baselines import this module with uvloop blocked

@@ -37,7 +37,6 @@ import asyncio
 import contextlib
 import math
 import signal
-import statistics
 import sys
 import tempfile
 import time
@@ -52,14 +51,16 @@ from bench._common import (
     ROOT,
     BenchError,
     Column,
+    alternating,
     bench_main,
+    client_ratios,
+    client_summary,
     document,
     emit,
     format_table,
     free_port,
     http_get,
     loop_of,
-    ratio,
 )
 
 GOAL = 0.5
@@ -299,48 +300,29 @@ async def measure_bare(port: int, deliveries: int) -> dict[str, Any]:
 # --- the run and the report ----------------------------------------------------------------
 
 
-def summarize(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
-    rates = [r["deliveries"] / r["elapsed_s"] for r in runs]
-    deliveries = runs[0]["deliveries"]
-    cpu = statistics.median(r["cpu_s"] for r in runs)
-    elapsed = statistics.median(r["elapsed_s"] for r in runs)
-    return {
-        "server": name,
-        "deliveries": deliveries,
-        "deliveries_per_s": statistics.median(rates),
-        "deliveries_per_s_range": f"{min(rates):,.0f}-{max(rates):,.0f}",
-        "client_cpu_us_per_delivery": 1e6 * cpu / deliveries,
-        "client_cpu_pct": 100.0 * cpu / elapsed,
-        "runs": runs,
-    }
-
-
 async def run(args: argparse.Namespace) -> int:
-    runs: dict[str, list[dict[str, Any]]] = {"rtserver": [], "bare-httpx": []}
     with tempfile.TemporaryDirectory(prefix="rtserver-bench-hooks-") as folder:
         workdir = Path(folder)
         async with receiver_process(args.loop, workdir) as port:
             size = len(bare_request(port)[0])
             await measure_bare(port, min(50, args.deliveries))  # warm the receiver up
-            for repeat in range(args.repeat):
-                order = ["rtserver", "bare-httpx"]
-                for name in order if repeat % 2 == 0 else order[::-1]:
-                    print(f"# run {repeat + 1}/{args.repeat}: {name}", file=sys.stderr, flush=True)
-                    if name == "rtserver":
-                        result = await measure_rtserver(port, args.deliveries, workdir, repeat)
-                    else:
-                        result = await measure_bare(port, args.deliveries)
-                    runs[name].append(result)
-    results = [summarize(name, items) for name, items in runs.items()]
+
+            async def measure(name: str, repeat: int) -> dict[str, Any]:
+                if name == "rtserver":
+                    return await measure_rtserver(port, args.deliveries, workdir, repeat)
+                return await measure_bare(port, args.deliveries)
+
+            runs = await alternating(["rtserver", "bare-httpx"], args.repeat, measure)
+    results = [
+        client_summary(name, items, "deliveries", "delivery") for name, items in runs.items()
+    ]
     rt, bare = results
     summary: dict[str, Any] = {
         "payload_bytes": size,
-        "ratio": ratio(rt["deliveries_per_s"], bare["deliveries_per_s"]),
-        "cpu_ratio": ratio(bare["client_cpu_us_per_delivery"], rt["client_cpu_us_per_delivery"]),
+        **client_ratios(rt, bare, "deliveries", "delivery", GOAL),
         "goal": GOAL,
         "goal_source": "working goal of this benchmark (DESIGN.md states none)",
     }
-    summary["goal_met"] = bool(math.isfinite(summary["ratio"]) and summary["ratio"] >= GOAL)
     verdict = "met" if summary["goal_met"] else "MISSED"
     text = "\n".join(
         [

@@ -30,9 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import math
 import signal
-import statistics
 import sys
 import tempfile
 import time
@@ -47,12 +45,14 @@ from bench._common import (
     ROOT,
     BenchError,
     Column,
+    alternating,
     bench_main,
+    client_ratios,
+    client_summary,
     document,
     emit,
     format_table,
     free_port,
-    ratio,
 )
 
 GOAL = 0.8
@@ -312,49 +312,28 @@ async def measure_bare(port: int, mails: int, message: Any) -> dict[str, Any]:
 # --- the run and the report ----------------------------------------------------------------
 
 
-def summarize(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
-    rates = [r["mails"] / r["elapsed_s"] for r in runs]
-    mails = runs[0]["mails"]
-    cpu = statistics.median(r["cpu_s"] for r in runs)
-    elapsed = statistics.median(r["elapsed_s"] for r in runs)
-    return {
-        "server": name,
-        "mails": mails,
-        "mails_per_s": statistics.median(rates),
-        "mails_per_s_range": f"{min(rates):,.0f}-{max(rates):,.0f}",
-        "client_cpu_us_per_mail": 1e6 * cpu / mails,
-        "client_cpu_pct": 100.0 * cpu / elapsed,
-        "runs": runs,
-    }
-
-
 async def run(args: argparse.Namespace) -> int:
     message = prebuilt(args.template)
     size = len(bytes(message))
-    runs: dict[str, list[dict[str, Any]]] = {"rtserver": [], "bare-aiosmtplib": []}
     with tempfile.TemporaryDirectory(prefix="rtserver-bench-mail-") as folder:
         workdir = Path(folder)
         async with sink_process(args.loop, workdir) as port:
             await measure_bare(port, min(50, args.mails), message)  # warm the sink up
-            for repeat in range(args.repeat):
-                order = ["rtserver", "bare-aiosmtplib"]
-                for name in order if repeat % 2 == 0 else order[::-1]:
-                    print(f"# run {repeat + 1}/{args.repeat}: {name}", file=sys.stderr, flush=True)
-                    if name == "rtserver":
-                        result = await measure_rtserver(
-                            port, args.mails, args.template, workdir, repeat, args.cold
-                        )
-                    else:
-                        result = await measure_bare(port, args.mails, message)
-                    runs[name].append(result)
-    results = [summarize(name, items) for name, items in runs.items()]
+
+            async def measure(name: str, repeat: int) -> dict[str, Any]:
+                if name == "rtserver":
+                    return await measure_rtserver(
+                        port, args.mails, args.template, workdir, repeat, args.cold
+                    )
+                return await measure_bare(port, args.mails, message)
+
+            runs = await alternating(["rtserver", "bare-aiosmtplib"], args.repeat, measure)
+    results = [client_summary(name, items, "mails", "mail") for name, items in runs.items()]
     rt, bare = results
     summary: dict[str, Any] = {
         "message_bytes": size,
-        "ratio": ratio(rt["mails_per_s"], bare["mails_per_s"]),
-        "cpu_ratio": ratio(bare["client_cpu_us_per_mail"], rt["client_cpu_us_per_mail"]),
+        **client_ratios(rt, bare, "mails", "mail", GOAL),
     }
-    summary["goal_met"] = bool(math.isfinite(summary["ratio"]) and summary["ratio"] >= GOAL)
     verdict = "met" if summary["goal_met"] else "MISSED"
     text = "\n".join(
         [
