@@ -566,6 +566,48 @@ def throughput_summary(
     return summary, [line]
 
 
+@contextlib.asynccontextmanager
+async def helper_process(
+    module: str,
+    flag: str,
+    loop_name: str,
+    workdir: Path,
+    ready: Callable[[int], Coroutine[Any, Any, bool]],
+    timeout_s: float = READY_TIMEOUT_S,
+) -> AsyncIterator[tuple[int, int]]:
+    """Start ``python -m bench._launch <loop> <module> <flag> --port P`` (a bench's sink or
+    receiver, in its own process on ``loop_name``), wait until ``ready(port)`` is true, and
+    stop it with SIGTERM at the end: its port and pid."""
+    port = free_port()
+    name = flag.removeprefix("--serve-")
+    log = (workdir / f"{name}.log").open("wb")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench._launch", loop_name, module, flag, "--port", str(port),
+        cwd=ROOT, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if process.returncode is not None:
+                raise BenchError(f"{name} exited with {process.returncode}")
+            with contextlib.suppress(OSError, TimeoutError, IndexError, ValueError):
+                if await ready(port):
+                    break
+            if time.monotonic() > deadline:
+                raise BenchError(f"{name} not ready after {timeout_s:g}s")
+            await asyncio.sleep(0.05)
+        yield port, process.pid
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), 10.0)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+        log.close()
+
+
 async def alternating(
     names: Sequence[str],
     repeat: int,

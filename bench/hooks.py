@@ -37,7 +37,6 @@ import asyncio
 import contextlib
 import math
 import signal
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -48,7 +47,6 @@ import httpx
 
 from bench._common import (
     HOST,
-    ROOT,
     BenchError,
     Column,
     alternating,
@@ -58,14 +56,13 @@ from bench._common import (
     document,
     emit,
     format_table,
-    free_port,
+    helper_process,
     http_get,
     loop_of,
 )
 
 GOAL = 0.5
 """Our own working goal (rtserver / bare), not one of DESIGN.md's."""
-READY_TIMEOUT_S = 30.0
 SEND_TIMEOUT_S = 300.0
 HOOK_PATH = "/hook"
 COUNT_PATH = "/count"
@@ -159,39 +156,21 @@ async def received(port: int) -> int:
     return int(body)
 
 
+async def _counts(port: int) -> bool:
+    await received(port)
+    return True
+
+
 @contextlib.asynccontextmanager
 async def receiver_process(loop_name: str, workdir: Path) -> AsyncIterator[int]:
     """Start the receiver in its own process; its port once it answers."""
-    port = free_port()
-    log = (workdir / "receiver.log").open("wb")
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench._launch", loop_name, "bench.hooks",
-        "--serve-receiver", "--port", str(port),
-        cwd=ROOT, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while True:
-            if process.returncode is not None:
-                raise BenchError(f"receiver exited with {process.returncode}")
-            with contextlib.suppress(OSError, TimeoutError, IndexError, ValueError):
-                await received(port)
-                break
-            if time.monotonic() > deadline:
-                raise BenchError(f"receiver not ready after {READY_TIMEOUT_S:g}s")
-            await asyncio.sleep(0.05)
-        if (actual := loop_of(process.pid)) != loop_name:
+    async with helper_process("bench.hooks", "--serve-receiver", loop_name, workdir, _counts) as (
+        port,
+        pid,
+    ):
+        if (actual := loop_of(pid)) != loop_name:
             raise BenchError(f"receiver runs on {actual}, not {loop_name}")
         yield port
-    finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), 10.0)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
-        log.close()
 
 
 # --- the clients ---------------------------------------------------------------------------

@@ -31,7 +31,6 @@ import argparse
 import asyncio
 import contextlib
 import signal
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -42,7 +41,6 @@ import aiosmtplib
 
 from bench._common import (
     HOST,
-    ROOT,
     BenchError,
     Column,
     alternating,
@@ -52,11 +50,10 @@ from bench._common import (
     document,
     emit,
     format_table,
-    free_port,
+    helper_process,
 )
 
 GOAL = 0.8
-READY_TIMEOUT_S = 30.0
 SEND_TIMEOUT_S = 300.0
 PUBLIC_URL = "http://bench.local"
 PRODUCTS = 40
@@ -102,41 +99,22 @@ async def serve_sink(port: int) -> None:
     print(f"sink received {handler.mails} mails", flush=True)
 
 
+async def _greets(port: int) -> bool:
+    reader, writer = await asyncio.open_connection(HOST, port)
+    greeting = await reader.readline()
+    writer.close()
+    await writer.wait_closed()
+    return greeting.startswith(b"220")
+
+
 @contextlib.asynccontextmanager
 async def sink_process(loop_name: str, workdir: Path) -> AsyncIterator[int]:
     """Start the sink in its own process; its port once it greets."""
-    port = free_port()
-    log = (workdir / "sink.log").open("wb")
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench._launch", loop_name, "bench.mail",
-        "--serve-sink", "--port", str(port),
-        cwd=ROOT, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while True:
-            if process.returncode is not None:
-                raise BenchError(f"sink exited with {process.returncode}")
-            with contextlib.suppress(OSError):
-                reader, writer = await asyncio.open_connection(HOST, port)
-                greeting = await reader.readline()
-                writer.close()
-                await writer.wait_closed()
-                if greeting.startswith(b"220"):
-                    break
-            if time.monotonic() > deadline:
-                raise BenchError(f"sink not ready after {READY_TIMEOUT_S:g}s")
-            await asyncio.sleep(0.05)
+    async with helper_process("bench.mail", "--serve-sink", loop_name, workdir, _greets) as (
+        port,
+        _,
+    ):
         yield port
-    finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), 10.0)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
-        log.close()
 
 
 # --- the clients ---------------------------------------------------------------------------
