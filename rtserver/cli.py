@@ -22,6 +22,7 @@ import orjson
 from rtserver import __version__
 from rtserver.config import Config, iter_settings, load_config, resolve_config_path
 from rtserver.errors import ConfigError, StoreError
+from rtserver.relay import redact
 
 __all__ = ["main"]
 
@@ -32,11 +33,26 @@ GC_THRESHOLDS = (50_000, 50, 10)
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
+class RedactAddresses(logging.Filter):
+    """No email address reaches a log line (G10: after ``forget``, the logs hold none either):
+    a person id may be ``u:<an email>`` when a shop uses addresses as user ids."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = redact(message)
+        if redacted != message:
+            record.msg, record.args = redacted, ()
+        return True
+
+
 def _configure_logging(level: str) -> None:
     # No force=True: when the process already logs somewhere (an embedding program, pytest),
     # keep its handlers and only set the level.
     logging.basicConfig(format=LOG_FORMAT, datefmt="%H:%M:%S")
     logging.getLogger().setLevel(level.upper())
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RedactAddresses) for f in handler.filters):
+            handler.addFilter(RedactAddresses())
     # aiosmtpd (the dev sink) logs every SMTP line, addresses included, at INFO.
     logging.getLogger("mail.log").setLevel(logging.WARNING)
 

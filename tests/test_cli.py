@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from rtserver import __version__
-from rtserver.cli import _announce, main
+from rtserver.cli import RedactAddresses, _announce, _configure_logging, main
 from rtserver.config import iter_settings
 from tests.conftest import ORIGIN, TIMEOUT_UNIT, make_config
 from tests.server_process import READY, ServerProcess, write_config
@@ -35,10 +35,13 @@ def restore_logging() -> Iterator[None]:
     """``serve`` configures logging for the process; undo it after the test."""
     root = logging.getLogger()
     level, handlers = root.level, list(root.handlers)
+    filters = {handler: list(handler.filters) for handler in handlers}
     yield
     for handler in root.handlers:
         if handler not in handlers:
             root.removeHandler(handler)
+    for handler, kept in filters.items():
+        handler.filters[:] = kept
     root.setLevel(level)
 
 
@@ -343,3 +346,23 @@ async def test_serve_subprocess_banner_healthz_and_sigterm(tmp_path: Path) -> No
     assert f"store         {(tmp_path / 'rtserver.db').resolve()}" in log
     assert f"browser ws    ws://127.0.0.1:{port}/v1/ws?key=pk_dev" in log
     assert f"health        {url}/healthz" in log
+
+
+def test_log_lines_carry_no_email_address(restore_logging: None) -> None:
+    """Every handler rtserver logs through redacts addresses (a person id may be an email),
+    once however often logging is configured; other lines are left alone."""
+    _configure_logging("info")
+    _configure_logging("info")
+    handlers = logging.getLogger().handlers
+    assert handlers and all(
+        sum(isinstance(f, RedactAddresses) for f in h.filters) == 1 for h in handlers
+    )
+    record = logging.LogRecord(
+        "rtserver.links", logging.INFO, __file__, 1, "unsubscribed %s (mail %s)",
+        ("u:ann@example.com", "r1-2"), None,
+    )  # fmt: skip
+    assert RedactAddresses().filter(record) and record.getMessage() == (
+        "unsubscribed u:address (mail r1-2)"
+    )
+    plain = logging.LogRecord("rtserver", logging.INFO, __file__, 1, "ready %d", (1,), None)
+    assert RedactAddresses().filter(plain) and (plain.msg, plain.args) == ("ready %d", (1,))
