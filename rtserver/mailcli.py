@@ -1,4 +1,5 @@
-"""The mail commands of ``rtserver``: ``render``, ``send-test-mail``, ``suppress``, ``forget``.
+"""The mail and webhook commands of ``rtserver``: ``render``, ``send-test-mail``, ``suppress``,
+``forget``, ``webhooks``.
 
 Each opens the store of the config, does one thing, and closes it; they may run while the
 server runs (SQLite's WAL lets both in; the writer waits its turn).
@@ -102,6 +103,29 @@ async def forget(config: Config, address: str, now: float) -> int:
         return await store.mail.forget(address, now)
 
 
+async def webhooks(
+    config: Config, enable: str | None
+) -> tuple[dict[str, int], dict[str, str], bool]:
+    """Deliveries by state and the endpoints a 410 disabled; ``enable`` (a URL) first turns
+    that endpoint back on (whether it was off)."""
+    async with _opened(config) as (store, _):
+        enabled = await store.deliveries.enable(enable) if enable else False
+        return await store.deliveries.counts(), await store.deliveries.disabled(), enabled
+
+
+def _cmd_webhooks(args: argparse.Namespace, load: Callable[[str | None], Config]) -> int:
+    config = load(args.config)
+    counts, disabled, enabled = asyncio.run(webhooks(config, args.enable))
+    if args.enable:
+        state = "enabled again" if enabled else "was not disabled"
+        print(f"{args.enable}: {state}")
+    states = ", ".join(f"{state} {n}" for state, n in sorted(counts.items())) or "none"
+    print(f"deliveries: {states}")
+    for url, reason in disabled.items():
+        print(f"disabled: {url}  ({reason}; `rtserver webhooks --enable URL` turns it back on)")
+    return 0 if not args.enable or enabled else 1
+
+
 def _cmd_render(args: argparse.Namespace, load: Callable[[str | None], Config]) -> int:
     config = load(args.config)
     try:
@@ -150,7 +174,8 @@ def _cmd_forget(args: argparse.Namespace, load: Callable[[str | None], Config]) 
 def add_commands(
     sub: Any, load: Callable[[str | None], Config]
 ) -> None:  # argparse's subparsers type is private
-    """Add ``render``, ``send-test-mail`` and ``forget`` to the ``rtserver`` parser."""
+    """Add ``render``, ``send-test-mail``, ``suppress``, ``forget`` and ``webhooks`` to the
+    ``rtserver`` parser."""
     render = sub.add_parser(
         "render",
         help="preview a mail for a real person (their cart and recommendations)",
@@ -186,3 +211,13 @@ def add_commands(
     forget_.add_argument("email")
     forget_.add_argument("--config", metavar="PATH")
     forget_.set_defaults(func=lambda args: _cmd_forget(args, load))
+
+    hooks = sub.add_parser(
+        "webhooks",
+        help="webhook deliveries by state and the endpoints a 410 disabled",
+        description="Show the outbound webhook deliveries by state and the disabled endpoints; "
+        "--enable URL turns an endpoint back on (its later deliveries go out again).",
+    )
+    hooks.add_argument("--enable", metavar="URL", help="turn this disabled endpoint back on")
+    hooks.add_argument("--config", metavar="PATH")
+    hooks.set_defaults(func=lambda args: _cmd_webhooks(args, load))

@@ -137,3 +137,40 @@ def test_suppress_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
             await store.close()
 
     assert asyncio.run(reason()) == "manual"
+
+
+def test_webhooks_command_lists_and_enables_endpoints(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`rtserver webhooks` shows deliveries by state and the endpoints a 410 disabled;
+    --enable turns one back on (exit 1 when it was not disabled)."""
+    import asyncio
+
+    from rtserver._deliveries import delivery_row
+    from rtserver._schema import INSERT_DELIVERY
+    from rtserver.facts import CallWebhook, Person
+
+    config = make_config(tmp_path)
+    url = "https://crm.example/hooks"
+
+    async def gone() -> None:
+        store = await Store.open(config.store.path)
+        try:
+            action = CallWebhook("r1", 1, "u:ann", url, {})
+            row = delivery_row(action, "crm", Person("u:ann"), NOW)
+            await store._db.executemany(INSERT_DELIVERY, [row])
+            await store.deliveries.claim(NOW, 10, 60.0)
+            await store.deliveries.finish("r1-1", "failed", NOW, status=410, disable="410 Gone")
+        finally:
+            await store.close()
+
+    asyncio.run(gone())
+    path = str(write_config(tmp_path, config))
+    assert main(["webhooks", "--config", path]) == 0
+    out = capsys.readouterr().out
+    assert "deliveries: failed 1" in out and f"disabled: {url}  (410 Gone;" in out
+    assert main(["webhooks", "--enable", url, "--config", path]) == 0
+    out = capsys.readouterr().out
+    assert f"{url}: enabled again" in out and "disabled:" not in out
+    assert main(["webhooks", "--enable", url, "--config", path]) == 1
+    assert "was not disabled" in capsys.readouterr().out
