@@ -232,6 +232,10 @@ class Board:
             "hooks": {
                 "counts": {state: hook_counts.get(state, 0) for state in DELIVERY_STATES},
                 "recent": await hooks.recent(HOOK_ROWS),
+                "disabled": [
+                    {"url": url, "reason": reason}
+                    for url, reason in (await hooks.disabled()).items()
+                ],
             },
         }
 

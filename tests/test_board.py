@@ -262,3 +262,4 @@ async def test_webhook_deliveries_are_on_the_mail_panel(tmp_path: Path) -> None:
     assert (row["workflow"], row["person_id"], row["state"]) == ("crm", "u:u1", "retry_wait")
     assert row["url"] == "https://crm.example/hooks/signup" and row["attempts"] == 1
     assert "cannot resolve crm.example" in row["last_error"]
+    assert hooks["disabled"] == []

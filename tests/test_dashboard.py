@@ -370,3 +370,17 @@ def test_times_are_shown_in_utc() -> None:
     """The page's time format (the script uses the same), empty for no time."""
     assert _clock_time(1_800_000_000.0) == "01-15 08:00:00"
     assert _clock_time(None) == ""
+
+
+async def test_disabled_webhook_endpoints_are_shown(tmp_path: Path) -> None:
+    """An endpoint a 410 disabled is listed under the webhooks, escaped, with how to enable
+    it again."""
+    async with run_server(dashboard_config(tmp_path)) as live, live.http() as client:
+        await live.runtime.store._db.execute(
+            "INSERT INTO disabled_endpoints VALUES (?, ?, 0)",
+            ("https://crm.example/<x>", "410 Gone"),
+        )
+        await login(client)
+        page = (await client.get("/dashboard")).text
+    assert "disabled: https://crm.example/&lt;x&gt; (410 Gone;" in page
+    assert "rtserver webhooks --enable URL" in page

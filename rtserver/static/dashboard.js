@@ -184,6 +184,17 @@
                 cell(h.url), cell(h.state), cell(h.attempts),
                 cell(((h.last_status || '') + ' ' + (h.last_error || '')).trim())];
       }, 'no webhooks yet');
+      var off = $('hook-disabled');
+      if (off) {
+        off.textContent = '';
+        (mail.hooks.disabled || []).forEach(function (d) {
+          var li = document.createElement('li');
+          li.className = 'bad';
+          li.textContent = 'disabled: ' + d.url + ' (' + d.reason +
+                           '; rtserver webhooks --enable URL)';
+          off.appendChild(li);
+        });
+      }
     }
     list('errors', mail.failed, function (m) {
       return clock(m.created_at) + ' ' + m.template + ' to ' + (m.recipient || m.person_id) +
