@@ -22,6 +22,7 @@ from rtserver.settings import (
     Setting,
     build,
     duration,
+    ec_public_key,
     http_url,
     iter_settings as _iter_settings,
     long_password,
@@ -120,6 +121,16 @@ class KeysConfig:
         "The webhook secret being rotated out, still accepted.",
         check=standard_webhooks_secret,
         env="RTSERVER_WEBHOOK_SECRET_PREVIOUS",
+    )
+    mailgun_signing_key: Secret | None = setting(
+        None,
+        "Mailgun's webhook signing key (POST /v1/webhooks/mailgun; unset: that source is off).",
+        env="RTSERVER_MAILGUN_SIGNING_KEY",
+    )
+    sendgrid_public_key: str = setting(
+        "",
+        "SendGrid's event webhook verification key, base64 DER (unset: /v1/webhooks/sendgrid off).",
+        check=lambda value: ec_public_key(value) if value else None,
     )
     hooks_secret: Secret | None = setting(
         None,

@@ -34,7 +34,7 @@ from rtserver.errors import InvalidEvent, MailError
 from rtserver.events import decode_json
 from rtserver.mailer import check_address
 
-__all__ = ["MAX_REPORTS", "Feedback", "parse"]
+__all__ = ["MAX_REPORTS", "Feedback", "from_json", "parse"]
 
 MAX_REPORTS = 100
 """Most reports in one JSON webhook."""
@@ -92,7 +92,12 @@ def _bounce_suppression(status: str, bounce_type: str) -> str | None:
     return "hard_bounce" if bounce_type == "hard" else None
 
 
-def _from_json(item: Any, where: str) -> Feedback:
+def from_json(item: Any, where: str) -> Feedback:
+    """One report in the JSON form (the module docstring), checked; ``where`` prefixes errors.
+
+    Raises:
+        InvalidEvent: the report is malformed.
+    """
     if not isinstance(item, dict):
         raise InvalidEvent(f"{where}: a report must be a json object")
     kind = item.get("type")
@@ -197,10 +202,10 @@ def parse(body: bytes, content_type: str) -> list[Feedback]:
         return _from_report(body, content_type)
     payload = decode_json(body)
     if not (isinstance(payload, dict) and "events" in payload):
-        return [_from_json(payload, "report")]
+        return [from_json(payload, "report")]
     items = payload["events"]
     if not isinstance(items, list) or not items:
         raise InvalidEvent("events must be a non-empty list")
     if len(items) > MAX_REPORTS:
         raise InvalidEvent(f"more than {MAX_REPORTS} reports")
-    return [_from_json(item, f"events[{i}]") for i, item in enumerate(items)]
+    return [from_json(item, f"events[{i}]") for i, item in enumerate(items)]

@@ -21,6 +21,9 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_der_public_key
+
 from rtserver.errors import ConfigError
 
 __all__ = [
@@ -29,6 +32,7 @@ __all__ = [
     "Setting",
     "build",
     "duration",
+    "ec_public_key",
     "http_url",
     "iter_settings",
     "merge",
@@ -254,6 +258,14 @@ def duration(value: str) -> str | None:
 
 def long_password(value: Secret) -> str | None:
     return None if len(value.reveal()) >= 12 else "password too short: use at least 12 characters"
+
+
+def ec_public_key(value: str) -> str | None:
+    try:
+        key = load_der_public_key(base64.b64decode(value, validate=True))
+    except (binascii.Error, ValueError):
+        return "expected a base64 DER public key"
+    return None if isinstance(key, ec.EllipticCurvePublicKey) else "expected an EC public key"
 
 
 def url_prefix(value: str) -> str | None:

@@ -33,6 +33,7 @@ from rtserver.errors import InvalidEvent, InvalidSignature, StoreError
 from rtserver.events import Event, person_event
 from rtserver.feedback import Feedback, parse
 from rtserver.pipeline import Runtime
+from rtserver.providers import mailgun, sendgrid
 from rtserver.signatures import verify
 from rtserver.tracking import (
     HTTPFailure,
@@ -45,7 +46,7 @@ from rtserver.tracking import (
 
 __all__ = ["SOURCES", "receive"]
 
-SOURCES = ("segment", "mail")
+SOURCES = ("segment", "mail", "mailgun", "sendgrid")
 
 logger = logging.getLogger(__name__)
 
@@ -98,13 +99,10 @@ async def _apply(
     return person_event(row["person_id"], message_id, name, properties), address
 
 
-async def _mail_events(
-    request: Request, runtime: Runtime, body: bytes, webhook_id: str
-) -> tuple[list[Event], int]:
-    try:
-        reports = parse(body, request.headers.get("content-type", ""))
-    except InvalidEvent as exc:
-        raise HTTPFailure(status.HTTP_400_BAD_REQUEST, str(exc)) from None
+async def _feedback_events(
+    runtime: Runtime, reports: list[Feedback], webhook_id: str
+) -> list[Event]:
+    """Apply each report (suppressions); the events for the mails' persons."""
     now = runtime.clock()
     events: list[Event] = []
     for i, report in enumerate(reports):
@@ -118,7 +116,40 @@ async def _mail_events(
             report.mail_id or "-",
             f" (suppressed: {report.suppress})" if report.suppress and address else "",
         )
-    return events, len(reports)
+    return events
+
+
+def _not_configured(source: str, key: str) -> HTTPFailure:
+    return HTTPFailure(
+        status.HTTP_404_NOT_FOUND, f"webhook source {source!r} is not configured: set keys.{key}"
+    )
+
+
+def _verified(request: Request, runtime: Runtime, source: str, body: bytes) -> tuple[str, Any]:
+    """The replay id of an authentic, fresh webhook, and what the source's verification
+    parsed already (the relays' reports), or None.
+
+    Raises:
+        HTTPFailure: 401 not authentic or not fresh, 404 a relay not configured, 400 malformed.
+    """
+    keys, now = runtime.config.keys, runtime.clock()
+    tolerance_s = runtime.config.ingest.webhook_tolerance_s
+    try:
+        if source == "mailgun":
+            if keys.mailgun_signing_key is None:
+                raise _not_configured(source, "mailgun_signing_key")
+            replay, reports = mailgun(body, keys.mailgun_signing_key.reveal(), now, tolerance_s)
+            return f"mailgun-{replay}", reports
+        if source == "sendgrid":
+            if not keys.sendgrid_public_key:
+                raise _not_configured(source, "sendgrid_public_key")
+            return sendgrid(body, request.headers, keys.sendgrid_public_key, now, tolerance_s)
+        webhook_id = verify(runtime.keys.webhook_secrets, request.headers, body, now, tolerance_s)
+        return webhook_id, None
+    except InvalidSignature as exc:
+        raise HTTPFailure(status.HTTP_401_UNAUTHORIZED, str(exc)) from None
+    except InvalidEvent as exc:
+        raise HTTPFailure(status.HTTP_400_BAD_REQUEST, str(exc)) from None
 
 
 async def _receive(request: Request, source: str) -> JSONResponse:
@@ -128,17 +159,7 @@ async def _receive(request: Request, source: str) -> JSONResponse:
             status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, "webhooks are signed uncompressed"
         )
     body = await read_body(request, runtime.config.ingest.max_webhook_bytes)
-    limits = runtime.config.ingest
-    try:
-        webhook_id = verify(
-            runtime.keys.webhook_secrets,
-            request.headers,
-            body,
-            runtime.clock(),
-            limits.webhook_tolerance_s,
-        )
-    except InvalidSignature as exc:
-        raise HTTPFailure(status.HTTP_401_UNAUTHORIZED, str(exc)) from None
+    webhook_id, reports = _verified(request, runtime, source, body)
     if await runtime.store.webhook_seen(webhook_id):
         return JSONResponse({"success": True, "duplicate": True})
     result: dict[str, Any] = {"success": True}
@@ -148,7 +169,13 @@ async def _receive(request: Request, source: str) -> JSONResponse:
             result["rejected"] = rejected
         processed = len(events)
     else:
-        events, processed = await _mail_events(request, runtime, body, webhook_id)
+        if reports is None:
+            try:
+                reports = parse(body, request.headers.get("content-type", ""))
+            except InvalidEvent as exc:
+                raise HTTPFailure(status.HTTP_400_BAD_REQUEST, str(exc)) from None
+        events = await _feedback_events(runtime, reports, webhook_id)
+        processed = len(reports)
     if events:
         await commit(runtime, events)
     # Noted only once done: a failure before it leaves the sender to retry, and each step

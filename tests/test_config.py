@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import math
 import typing
@@ -554,6 +555,7 @@ def test_iter_settings_names_secret_variables() -> None:
         "keys.identity_secret": "RTSERVER_IDENTITY_SECRET",
         "keys.webhook_secret": "RTSERVER_WEBHOOK_SECRET",
         "keys.webhook_secret_previous": "RTSERVER_WEBHOOK_SECRET_PREVIOUS",
+        "keys.mailgun_signing_key": "RTSERVER_MAILGUN_SIGNING_KEY",
         "keys.hooks_secret": "RTSERVER_HOOKS_SECRET",
         "mail.smtp.password": "RTSERVER_SMTP_PASSWORD",
         "dashboard.password": "RTSERVER_DASHBOARD_PASSWORD",
@@ -621,3 +623,23 @@ def test_a_webhook_secret_must_be_a_whsec_key(tmp_path: Path, value: str) -> Non
     path = write(tmp_path, f'[keys]\nwebhook_secret = "{value}"\n')
     with pytest.raises(ConfigError, match=r"^keys\.webhook_secret: .*'whsec_'"):
         load_config(path, env={})
+
+
+def test_a_sendgrid_key_must_be_an_ec_public_key(tmp_path: Path) -> None:
+    """keys.sendgrid_public_key is checked at load: base64 DER of an EC public key."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    rsa_der = (
+        rsa.generate_private_key(public_exponent=65537, key_size=1024)
+        .public_key()
+        .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    rsa_b64 = base64.b64encode(rsa_der).decode()
+    cases = [("not base64!", "base64 DER"), ("AAAA", "base64 DER"), (rsa_b64, "EC public key")]
+    for value, message in cases:
+        path = write(tmp_path, f'[keys]\nsendgrid_public_key = "{value}"\n')
+        with pytest.raises(
+            ConfigError, match=rf"^keys\.sendgrid_public_key: expected an? {message}"
+        ):
+            load_config(path, env={})

@@ -35,6 +35,7 @@ LAYERS = {
     "sink": 1,
     "funnel": 1,
     "feedback": 1,
+    "providers": 1,
     "rules": 1,
     "destinations": 0,
     "_deliveries": 1,

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import HealthCheck, given, settings, strategies as st
 from standardwebhooks import Webhook
 
@@ -32,6 +33,15 @@ from tests.conftest import (
 )
 from tests.smtp_server import SMTPServer
 from tests.test_links import LAMP, advance, delivered, smtp_config
+from tests.test_providers import (
+    MAILGUN_KEY,
+    NOW,
+    SENDGRID_EVENTS,
+    failed,
+    mailgun_body,
+    public_b64,
+    sendgrid_request,
+)
 
 PREVIOUS_SECRET = "whsec_AAECAwQFBgcICQoLDA0ODxAREhMUFRYX"
 OTHER_SECRET = "whsec_GBkaGxwdHh8gISIjJCUmJygpKissLS4v"
@@ -432,3 +442,38 @@ async def test_any_signed_body_gets_a_clear_answer(
     assert answer.status_code in (200, 400, 401), answer.text
     if answer.status_code != 200:
         assert answer.json()["error"]
+
+
+async def test_relays_post_in_their_own_signed_formats(tmp_path: Path) -> None:
+    """Mailgun (HMAC) and SendGrid (ECDSA) webhooks suppress as the rules say, a replay is a
+    duplicate, a forged one is a 401, and a relay with no key configured is a 404."""
+    signing = ec.generate_private_key(ec.SECP256R1())
+    clock = FakeClock(float(NOW))
+    keys = {"mailgun_signing_key": MAILGUN_KEY, "sendgrid_public_key": public_b64(signing)}
+    async with run_server(make_config(tmp_path, keys=keys), clock=clock) as live:
+        store = live.runtime.store
+        body = mailgun_body(failed("permanent"))
+        answer = await deliver(live, "mailgun", body, {"content-type": "application/json"})
+        assert answer.json() == {"success": True, "processed": 1}
+        again = await deliver(live, "mailgun", body, {"content-type": "application/json"})
+        assert again.json()["duplicate"] is True
+        assert await store.mail.suppressed("ann@example.com") == "hard_bounce"
+        body, signed = sendgrid_request(signing, SENDGRID_EVENTS)
+        answer = await deliver(live, "sendgrid", body, signed)
+        assert answer.json() == {"success": True, "processed": 4}
+        assert await store.mail.suppressed("di@example.com") == "complaint"
+        assert await store.mail.suppressed("cy@example.com") is None  # deferred: recorded only
+        malformed = mailgun_body({"event": "failed"})  # signed, but names no recipient
+        answer = await deliver(live, "mailgun", malformed, {"content-type": "application/json"})
+        assert answer.status_code == 400 and "needs email" in answer.json()["error"]
+        forged = mailgun_body(failed("permanent"), key="key-not-the-one-configured-00")
+        answer = await deliver(live, "mailgun", forged, {"content-type": "application/json"})
+        assert answer.status_code == 401 and "no valid signature" in answer.json()["error"]
+    (tmp_path / "bare").mkdir()
+    async with run_server(make_config(tmp_path / "bare"), clock=clock) as live:
+        for source, key in (
+            ("mailgun", "mailgun_signing_key"),
+            ("sendgrid", "sendgrid_public_key"),
+        ):
+            answer = await deliver(live, source, b"{}", {"content-type": "application/json"})
+            assert answer.status_code == 404 and f"set keys.{key}" in answer.json()["error"]
