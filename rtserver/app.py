@@ -42,12 +42,11 @@ from rtserver.errors import StoreError
 from rtserver.hub import Changed, Hub
 from rtserver.ingest import Ingest
 from rtserver.latency import Histogram
-from rtserver.mailer import Relay
 from rtserver.pipeline import Clock, Keys, Pipeline, Runtime
 from rtserver.rules import load_rules, make_mailer
 from rtserver.sender import Sender
 from rtserver.signatures import new_secret
-from rtserver.sink import Sink, start_sink
+from rtserver.sink import mail_transport
 from rtserver.store import Changes, Prepared, Store
 from rtserver.timers import run_timer_driver
 from rtserver.tokens import Tokens
@@ -107,33 +106,6 @@ def check_public_url(config: Config) -> str | None:
         f"server.public_url = {config.server.public_url!r} is not https: mail links "
         "(clicks, one-click unsubscribe, RFC 8058) should use https outside loopback"
     )
-
-
-@contextlib.asynccontextmanager
-async def mail_transport(config: Config, store: Store, clock: Clock) -> AsyncIterator[Relay]:
-    """The SMTP client mail goes out through: the embedded sink's, or ``mail.smtp``'s."""
-    sink: Sink | None = None
-    if config.mail.transport == "sink":
-        sink = await start_sink(store, clock)
-        logger.info("mail: the dev sink keeps every mail in the store (SMTP %s:%d)",
-                    sink.host, sink.port)  # fmt: skip
-        relay = Relay(sink.host, sink.port, timeout_s=config.mail.smtp.timeout_s)
-    else:
-        smtp = config.mail.smtp
-        relay = Relay(
-            smtp.host,
-            smtp.port,
-            username=smtp.username,
-            password=smtp.password.reveal() if smtp.password else None,
-            starttls=smtp.starttls,
-            timeout_s=smtp.timeout_s,
-        )
-    try:
-        yield relay
-    finally:
-        await relay.close()
-        if sink is not None:
-            await sink.close()
 
 
 async def purge_old_events(store: Store, clock: Clock, retention_days: int) -> int:

@@ -18,12 +18,13 @@ from email.message import EmailMessage
 from typing import Any
 
 from rtserver._outbox import Claim
-from rtserver.app import mail_transport, resolve_keys
+from rtserver.app import resolve_keys
 from rtserver.config import Config
 from rtserver.contexts import Contexts
 from rtserver.errors import MailError
 from rtserver.mailer import MailContext, Mailer, check_address, wire_bytes
 from rtserver.rules import make_mailer
+from rtserver.sink import mail_transport
 from rtserver.store import Store
 from rtserver.tokens import Tokens
 
