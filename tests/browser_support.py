@@ -28,15 +28,6 @@ from tests.conftest import TIMEOUT_UNIT
 
 STUB = "window.rt = window.rt || function(){(rt.q = rt.q || []).push(arguments)};"
 """The install stub, as client-js/README.md shows it (test/bundle.test.js checks the README)."""
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 PRODUCTS = {"p1": ("Blue shoes", 59.9), "p2": ("Red scarf", 19.5)}
 STREAM_JS = """
 window.streamDone = false;

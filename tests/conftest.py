@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from playwright.async_api import Browser, async_playwright
 from websockets.asyncio.client import ClientConnection, connect
 
 from rtserver.app import Server, build_server, create_app
@@ -222,3 +223,44 @@ async def recv_json(ws: ClientConnection) -> dict[str, Any]:
     reply = await asyncio.wait_for(ws.recv(), TIMEOUT_UNIT)
     result: dict[str, Any] = orjson.loads(reply)
     return result
+
+
+CHROMIUM = "/usr/bin/chromium"
+"""Debian's chromium (apt): Playwright's own browsers cannot be downloaded here."""
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+async def advance(live: LiveServer, clock: FakeClock, seconds: float) -> None:
+    """Move the fake clock and wake the timer driver and the sender."""
+    clock.advance(seconds)
+    assert live.runtime.engine is not None and live.runtime.sender is not None
+    live.runtime.engine.wake.set()
+    live.runtime.sender.wake()
+
+
+async def sent(live: LiveServer, count: int = 1) -> list[dict[str, Any]]:
+    """Wait until ``count`` mails are recorded as sent (the sender notifies its progress)."""
+    sender = live.runtime.sender
+    assert sender is not None
+    async with asyncio.timeout(TIMEOUT_UNIT), sender.progress:
+        while len(rows := await live.runtime.store.mail.outbox("sent")) < count:
+            await sender.progress.wait()
+    return rows
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """Headless Debian Chromium through Playwright (``playwright install`` is not used)."""
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            await browser.close()

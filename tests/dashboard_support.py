@@ -18,8 +18,6 @@ from sse_starlette.sse import AppStatus
 from rtserver.config import Config
 from tests.conftest import (
     TIMEOUT_UNIT,
-    FakeClock,
-    LiveServer,
     make_config,
 )
 
@@ -118,21 +116,3 @@ async def stream(
     ) as response:
         assert response.status_code == 200, response.status_code
         yield SSE(response)
-
-
-async def advance(live: LiveServer, clock: FakeClock, seconds: float) -> None:
-    """Move the fake clock and wake the timer driver and the sender."""
-    clock.advance(seconds)
-    assert live.runtime.engine is not None and live.runtime.sender is not None
-    live.runtime.engine.wake.set()
-    live.runtime.sender.wake()
-
-
-async def sent(live: LiveServer, count: int = 1) -> list[dict[str, Any]]:
-    """Wait until ``count`` mails are recorded as sent (the sender notifies its progress)."""
-    sender = live.runtime.sender
-    assert sender is not None
-    async with asyncio.timeout(TIMEOUT_UNIT), sender.progress:
-        while len(rows := await live.runtime.store.mail.outbox("sent")) < count:
-            await sender.progress.wait()
-    return rows

@@ -19,12 +19,20 @@ from rtserver.events import person_event
 from rtserver.hub import Changed
 from rtserver.latency import Histogram
 from rtserver.pipeline import Runtime
-from tests.conftest import ORIGIN, FakeClock, LiveServer, run_server, send_batch, shopper, tracked
+from tests.conftest import (
+    ORIGIN,
+    FakeClock,
+    LiveServer,
+    advance,
+    run_server,
+    send_batch,
+    sent,
+    shopper,
+    tracked,
+)
 from tests.dashboard_support import (
     CART,
-    advance,
     dashboard_config,
-    sent,
 )
 from tests.test_hub import StopAfter
 

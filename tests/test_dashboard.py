@@ -19,20 +19,20 @@ from tests.conftest import (
     ORIGIN,
     TIMEOUT_UNIT,
     FakeClock,
+    advance,
     event,
     run_server,
     send_batch,
+    sent,
     shopper,
     tracked,
 )
-from tests.dashboard_support import (
+from tests.dashboard_support import (  # noqa: F401 (sse_exit_flag_reset is autouse)
     PASSWORD,
     XSS,
-    advance,
     dashboard_config,
     login,
-    sent,
-    sse_exit_flag_reset,  # noqa: F401 (autouse)
+    sse_exit_flag_reset,
     stream,
 )
 

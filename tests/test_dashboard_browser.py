@@ -10,17 +10,15 @@ page (Playwright's ``expect``), never on time.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
-from playwright.async_api import Browser, Dialog, Page, async_playwright, expect
+from playwright.async_api import Browser, Dialog, Page, expect
 
-from tests.browser_support import CHROMIUM, CHROMIUM_ARGS
 from tests.conftest import (
     ORIGIN,
     TIMEOUT_UNIT,
     FakeClock,
+    advance,
     event,
     run_server,
     send_batch,
@@ -30,7 +28,6 @@ from tests.conftest import (
 from tests.dashboard_support import (  # noqa: F401 (sse_exit_flag_reset is autouse)
     PASSWORD,
     XSS,
-    advance,
     dashboard_config,
     sse_exit_flag_reset,
 )
@@ -39,16 +36,6 @@ WAIT_MS = 4 * TIMEOUT_UNIT * 1000
 ARTIFACTS = Path(__file__).parent / "artifacts"
 SCREENSHOT = ARTIFACTS / "dashboard.png"
 IMG_XSS = '<img src=x onerror="alert(2)">'
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            await browser.close()
 
 
 async def logged_in(browser: Browser, base: str, dialogs: list[str]) -> Page:

@@ -14,8 +14,9 @@ from playwright.async_api import async_playwright
 
 from rtserver.config import load_config
 from rtserver.demo import demo_config, scaled
-from tests.browser_support import CHROMIUM, CHROMIUM_ARGS
 from tests.conftest import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
     TIMEOUT_UNIT,
     FakeClock,
     LiveServer,

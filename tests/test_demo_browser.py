@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import re
 import urllib.parse
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, expect
 
 from rtserver.demo import demo_config
-from tests.browser_support import CHROMIUM, CHROMIUM_ARGS
 from tests.conftest import TIMEOUT_UNIT, FakeClock, run_server
 from tests.dashboard_support import (  # noqa: F401 (sse_exit_flag_reset is autouse)
     PASSWORD,
@@ -42,16 +40,6 @@ cart_abandonment workflow's 10% holdout (its bucket is 17 of 100)."""
 HELD_OUT_VISITOR = "389af7c9-e595-5f84-89c5-b3edcffa2801"
 """One whose person falls inside it (bucket 5 of 100), one visitor in ten: the demo has no
 holdout, so it gets its reminder too."""
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            await browser.close()
 
 
 async def all_acked(page: Page, count: int) -> None:

@@ -3,7 +3,6 @@ unsubscribe (RFC 8058), double opt-in confirmation, and tokens that never redire
 
 from __future__ import annotations
 
-import asyncio
 import re
 import urllib.parse
 from pathlib import Path
@@ -21,10 +20,12 @@ from tests.conftest import (
     TIMEOUT_UNIT,
     FakeClock,
     LiveServer,
+    advance,
     event,
     make_config,
     run_server,
     send_batch,
+    sent,
     shopper,
     tracked,
 )
@@ -59,23 +60,6 @@ def smtp_config(tmp_path: Path, smtpd: SMTPServer, **mail: Any) -> Any:
     )
 
 
-async def advance(live: LiveServer, clock: FakeClock, seconds: float) -> None:
-    clock.advance(seconds)
-    assert live.runtime.engine is not None and live.runtime.sender is not None
-    live.runtime.engine.wake.set()
-    live.runtime.sender.wake()
-
-
-async def delivered(live: LiveServer, count: int = 1) -> list[dict[str, Any]]:
-    """Wait until ``count`` mails are recorded as sent (the sender notifies its progress)."""
-    sender = live.runtime.sender
-    assert sender is not None
-    async with asyncio.timeout(TIMEOUT_UNIT), sender.progress:
-        while len(rows := await live.runtime.store.mail.outbox("sent")) < count:
-            await sender.progress.wait()
-    return rows
-
-
 def links_of(text: str, kind: str) -> list[str]:
     """The paths of ``kind`` links (``/c/``, ``/o/``, ``/u/``) in a rendered part."""
     return [
@@ -106,7 +90,7 @@ async def test_cart_to_mail_to_click(tmp_path: Path) -> None:
             tokens = live.runtime.tokens
             targets = {p: tokens.read_click(p.rsplit("/", 1)[1]) for p in links_of(html, "c")}
             (click_path, *_) = [p for p, t in targets.items() if t and "/lamp" in t[1]]
-            await delivered(live)
+            await sent(live)
             clock.advance(60)  # a person reads first; an instant click is a link scanner's
             async with live.http() as http:
                 answer = await http.get(click_path, headers=BROWSER)
@@ -318,7 +302,7 @@ async def test_double_opt_in_end_to_end_with_caps(tmp_path: Path) -> None:
                 "bo@example.com",
                 "cy@example.com",
             ]
-            rows = await delivered(live, 2)
+            rows = await sent(live, 2)
             assert {r["template"] for r in rows} == {"confirm"}
             assert len(await live.runtime.store.mail.outbox()) == 2
             bo = to_bo if to_bo.rcpt_tos == ["bo@example.com"] else to_cy

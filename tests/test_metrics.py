@@ -13,10 +13,18 @@ from prometheus_client.parser import text_string_to_metric_families
 from rtserver.app import create_app
 from rtserver.board import OUTBOX_STATES
 from rtserver.errors import StoreError
-from tests.conftest import ORIGIN, LiveServer, event, run_server, send_batch, shopper, tracked
+from tests.conftest import (
+    ORIGIN,
+    LiveServer,
+    event,
+    run_server,
+    send_batch,
+    sent,
+    shopper,
+    tracked,
+)
 from tests.dashboard_support import (
     dashboard_config,
-    sent,
 )
 
 

@@ -17,26 +17,21 @@ from typing import Any
 
 import orjson
 import pytest
-from playwright.async_api import Browser, Page, async_playwright
+from playwright.async_api import Browser, Page
 
 from rtserver.config import Config
 from rtserver.events import sign_identity
-from tests.browser_support import CHROMIUM, CHROMIUM_ARGS, Shop, proxy_to, serve_shop
-from tests.conftest import IDENTITY_SECRET, TIMEOUT_UNIT, make_config, run_server
+from tests.browser_support import Shop, proxy_to, serve_shop
+from tests.conftest import (
+    IDENTITY_SECRET,
+    TIMEOUT_UNIT,
+    make_config,
+    run_server,
+)
 from tests.server_process import ServerProcess, free_port, write_config
 
 WAIT_MS = 6 * TIMEOUT_UNIT * 1000
 """The longest a page condition may take; reconnecting after a cut waits out a backoff."""
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            await browser.close()
 
 
 @pytest.fixture

@@ -23,16 +23,18 @@ from tests.conftest import (
     WEBHOOK_SECRET,
     FakeClock,
     LiveServer,
+    advance,
     event,
     leave_mid_body,
     make_config,
     run_server,
     send_batch,
+    sent,
     shopper,
     tracked,
 )
 from tests.smtp_server import SMTPServer
-from tests.test_links import LAMP, advance, delivered, smtp_config
+from tests.test_links import LAMP, smtp_config
 from tests.test_providers import (
     MAILGUN_KEY,
     NOW,
@@ -208,7 +210,7 @@ async def _mailed(live: LiveServer, clock: FakeClock, smtpd: SMTPServer) -> Any:
         )
     await advance(live, clock, 1800)
     (received,) = await smtpd.wait_for(1)
-    await delivered(live)
+    await sent(live)
     return received.message
 
 
