@@ -1,14 +1,14 @@
 """Decision CPU per event: the engine deciding a shopper's events, in process, no sockets.
 
-What ``bench.ws_latency --workflows config.toml --mix shop`` measures end to end (and where
-rtserver is CPU-bound at 5,000 events/s), reduced to the part that saturates: a real
-:class:`~rtserver.store.Store` on a temporary file (``synchronous=FULL``, as shipped) and the
-real :class:`~rtserver.actions.Engine`, fed groups of ``--group`` events of the shop mix (each
-shopper: pricing page from Google, product view ×2, add to cart, product view, add to cart,
+What ``bench.ws_latency --workflows config.toml --mix shop`` measures end to end (and where rtserver
+is CPU-bound at 5,000 events/s), reduced to the part that saturates: a real
+:class:`~rtserver.store.database.Store` on a temporary file (``synchronous=FULL``, as shipped) and
+the real :class:`~rtserver.engine.engine.Engine`, fed groups of ``--group`` events of the shop mix
+(each shopper: pricing page from Google, product view ×2, add to cart, product view, add to cart,
 checkout page, product view, order, product view; a new cart and order each round), each group
 committed with ``store.group_commit(events, times, engine.plan((), now))`` and then
-``engine.committed(...)``, as the pipeline does. The clock is virtual: a group every
-``group / rate`` seconds, so timers never fire.
+``engine.committed(...)``, as the pipeline does. The clock is virtual: a group every ``group /
+rate`` seconds, so timers never fire.
 
 Reported: CPU µs per event of the store's writer thread (prepare, facts, decisions, SQL: all of
 a group commit runs there) and of the whole process, with no workflows (the ingest baseline) and
@@ -40,13 +40,13 @@ import orjson
 
 from bench._common import Column, document, emit, format_table
 from bench.ws_latency import SHOP_CYCLE, SHOP_EVENTS, SHOP_TAIL
-from rtserver import _writer
-from rtserver.actions import Engine
-from rtserver.config import IngestConfig, load_config
-from rtserver.definitions import Workflows
-from rtserver.events import Event, parse_event
-from rtserver.rules import load_rules
-from rtserver.store import Changes, Prepared, Source, Store
+from rtserver.config.schema import IngestConfig, load_config
+from rtserver.engine.definitions import Workflows
+from rtserver.engine.engine import Engine
+from rtserver.engine.rules import load_rules
+from rtserver.model.events import Event, parse_event
+from rtserver.store import writer
+from rtserver.store.database import Changes, Prepared, Source, Store
 
 ROOT = Path(__file__).resolve().parent.parent
 START = 1_800_000_000.0
@@ -113,8 +113,8 @@ class Phases:
     def installed(self) -> Iterator[None]:
         """Wrap prepare, commit, the engine's facts, its fold and the whole plan."""
         originals = {
-            (_writer, "prepare"): _writer.prepare,
-            (_writer, "commit"): _writer.commit,
+            (writer, "prepare"): writer.prepare,
+            (writer, "commit"): writer.commit,
             (Engine, "_facts"): Engine._facts,
             (Engine, "_fold"): Engine._fold,
             (Engine, "decide"): Engine.decide,

@@ -182,8 +182,8 @@ def hook_url(port: int) -> str:
 
 def rows(url: str, deliveries: int, now: float) -> list[tuple[Any, ...]]:
     """``deliveries`` rows as decided ``webhook`` steps write them, one run each."""
-    from rtserver._deliveries import delivery_row
-    from rtserver.facts import CallWebhook, Person
+    from rtserver.model.facts import CallWebhook, Person
+    from rtserver.store.deliveries import delivery_row
 
     person = Person("u:ann", "ann@bench.example", {"first_name": "Ann", "tier": "gold"})
     return [
@@ -194,9 +194,9 @@ def rows(url: str, deliveries: int, now: float) -> list[tuple[Any, ...]]:
 
 async def hooks_store(path: Path, url: str, deliveries: int, now: float) -> Any:
     """A fresh store with ``deliveries`` queued, written in one transaction."""
-    from rtserver._outbox import in_transaction
-    from rtserver._schema import INSERT_DELIVERY
-    from rtserver.store import Store
+    from rtserver.store.database import Store
+    from rtserver.store.outbox import in_transaction
+    from rtserver.store.schema import INSERT_DELIVERY
 
     queued = rows(url, deliveries, now)
     store = await Store.open(path)
@@ -213,8 +213,8 @@ async def hooks_store(path: Path, url: str, deliveries: int, now: float) -> Any:
 async def measure_rtserver(port: int, deliveries: int, workdir: Path, run: int) -> dict[str, Any]:
     """Deliveries/s through ``Courier.run``, from the task's start to the last recorded
     outcome."""
-    from rtserver.config import HooksConfig
-    from rtserver.courier import Courier
+    from rtserver.config.schema import HooksConfig
+    from rtserver.hooks.sender import Courier
 
     store = await hooks_store(workdir / f"hooks-{run}.db", hook_url(port), deliveries, time.time())
     config = HooksConfig(allow=(f"http://{HOST}:{port}/",), allow_private=True)
@@ -247,7 +247,7 @@ async def measure_rtserver(port: int, deliveries: int, workdir: Path, run: int) 
 def bare_request(port: int) -> tuple[bytes, dict[str, str]]:
     """The payload of a queued delivery and its headers, signed once."""
     from rtserver import __version__
-    from rtserver.signatures import sign
+    from rtserver.hooks.signatures import sign
 
     (row,) = rows(hook_url(port), 1, time.time())
     delivery, payload = row[0], row[6]

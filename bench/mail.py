@@ -134,11 +134,11 @@ def product(n: int) -> dict[str, Any]:
 
 async def shop_store(path: Path, mails: int, template: str, now: float) -> Any:
     """A store holding a consenting person with views and a cart, and ``mails`` queued mails."""
-    from rtserver.actions import Engine
-    from rtserver.config import IngestConfig
-    from rtserver.definitions import compile_workflows
-    from rtserver.events import parse_event
-    from rtserver.store import Store
+    from rtserver.config.schema import IngestConfig
+    from rtserver.engine.definitions import compile_workflows
+    from rtserver.engine.engine import Engine
+    from rtserver.model.events import parse_event
+    from rtserver.store.database import Store
 
     store = await Store.open(path)
     engine = Engine(compile_workflows(())[0], store)
@@ -174,7 +174,7 @@ def track(user: str, name: str, properties: dict[str, Any], message_id: str) -> 
 
 
 def mail_config(template: str) -> Any:
-    from rtserver.config import load_config
+    from rtserver.config.schema import load_config
 
     config = load_config(
         None,
@@ -185,8 +185,8 @@ def mail_config(template: str) -> Any:
 
 
 def mailer(config: Any, clock: Any) -> Any:
-    from rtserver.mailer import Mailer
-    from rtserver.tokens import Tokens
+    from rtserver.mail.render import Mailer
+    from rtserver.mail.tokens import Tokens
 
     return Mailer(config, PUBLIC_URL, Tokens("bench-secret-" + "x" * 32, clock))
 
@@ -197,13 +197,13 @@ async def measure_rtserver(
     """Mails/s through Sender → Relay, from the task's start to the last recorded outcome;
     ``cold``: co-viewed products read for every mail (none kept), as if each mail were for
     a different shopper."""
-    import rtserver.contexts
-    from rtserver.mailer import Relay
-    from rtserver.sender import Sender
+    import rtserver.mail.contexts
+    from rtserver.mail.render import Relay
+    from rtserver.mail.sender import Sender
 
-    kept = rtserver.contexts.CO_VIEWED_SETS
+    kept = rtserver.mail.contexts.CO_VIEWED_SETS
     if cold:  # the bench's own process: set back below
-        rtserver.contexts.CO_VIEWED_SETS = 0
+        rtserver.mail.contexts.CO_VIEWED_SETS = 0
     config = mail_config(template)
     store = await shop_store(workdir / f"mail-{run}.db", mails, template, time.time())
     relay = Relay(HOST, port, timeout_s=30.0)
@@ -226,7 +226,7 @@ async def measure_rtserver(
     finally:
         await relay.close()
         await store.close()
-        rtserver.contexts.CO_VIEWED_SETS = kept
+        rtserver.mail.contexts.CO_VIEWED_SETS = kept
     if counts != {"sent": mails}:
         raise BenchError(f"rtserver: outbox not all sent: {counts}")
     return {"mails": mails, "elapsed_s": elapsed, "cpu_s": cpu}
@@ -239,8 +239,8 @@ def prebuilt(template: str) -> Any:
     from email.message import EmailMessage
     from email.utils import formatdate
 
-    from rtserver.mailer import POLICY, MailContext
-    from rtserver.recommend import product_of
+    from rtserver.mail.recommend import product_of
+    from rtserver.mail.render import POLICY, MailContext
 
     config = mail_config(template)
     now = time.time()

@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from bench._common import free_port, machine, rss_kib
-from rtserver.actions import Engine
-from rtserver.config import load_config
-from rtserver.rules import load_rules
-from rtserver.store import Store
-from rtserver.timers import TimerWheel
+from rtserver.config.schema import load_config
+from rtserver.engine.engine import Engine
+from rtserver.engine.rules import load_rules
+from rtserver.engine.timers import TimerWheel
+from rtserver.store.database import Store
 
 GOAL_S = 3.0
 ROOT = Path(__file__).resolve().parent.parent

@@ -45,7 +45,7 @@ from typing import Any
 
 import uvloop
 
-from rtserver.timers import TimerWheel
+from rtserver.engine.timers import TimerWheel
 
 BASE_TICK = 1_800_000_000
 HORIZON_TICKS = 48 * 3600

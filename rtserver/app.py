@@ -2,9 +2,9 @@
 
 ``create_app(config)`` is the one place where every layer meets. The lifespan opens the store,
 settles the keys, starts the pipeline and the retention task, and yields the
-:class:`~rtserver.pipeline.Runtime` to every request. :class:`Server` is uvicorn's server with one
-change: on shutdown it first drains the ingest (final commit, acks, close 1001), because uvicorn
-closes WebSockets itself (1012) before the lifespan's shutdown runs.
+:class:`~rtserver.engine.pipeline.Runtime` to every request. :class:`Server` is uvicorn's
+server with one change: on shutdown it first drains the ingest (final commit, acks, close 1001),
+because uvicorn closes WebSockets itself (1012) before the lifespan's shutdown runs.
 """
 
 from __future__ import annotations
@@ -31,26 +31,30 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route, WebSocketRoute
 
-from rtserver import __version__, dashboard, demo, links, metrics, snippet, webhooks
-from rtserver.actions import Engine
-from rtserver.alerts import Alerts
-from rtserver.auth import RequireLogin, resolve_auth
-from rtserver.board import Board
-from rtserver.config import Config
-from rtserver.courier import Courier
+from rtserver import __version__
+from rtserver.config.schema import Config
+from rtserver.dashboard import metrics, routes as dashboard
+from rtserver.dashboard.alerts import Alerts
+from rtserver.dashboard.auth import RequireLogin, resolve_auth
+from rtserver.dashboard.board import Board
+from rtserver.dashboard.hub import Changed, Hub
+from rtserver.dashboard.latency import Histogram
+from rtserver.engine.engine import Engine
+from rtserver.engine.pipeline import Clock, Keys, Pipeline, Runtime
+from rtserver.engine.rules import load_rules, make_mailer
+from rtserver.engine.timers import run_timer_driver
 from rtserver.errors import StoreError
-from rtserver.hub import Changed, Hub
-from rtserver.ingest import Ingest
-from rtserver.latency import Histogram
-from rtserver.pipeline import Clock, Keys, Pipeline, Runtime
-from rtserver.rules import load_rules, make_mailer
-from rtserver.sender import Sender
-from rtserver.signatures import new_secret
-from rtserver.sink import mail_transport
-from rtserver.store import Changes, Prepared, Store
-from rtserver.timers import run_timer_driver
-from rtserver.tokens import Tokens
-from rtserver.tracking import receive
+from rtserver.hooks.sender import Courier
+from rtserver.hooks.signatures import new_secret
+from rtserver.ingest import snippet, webhooks
+from rtserver.ingest.segment import receive
+from rtserver.ingest.websocket import Ingest
+from rtserver.mail import links
+from rtserver.mail.sender import Sender
+from rtserver.mail.sink import mail_transport
+from rtserver.mail.tokens import Tokens
+from rtserver.store.database import Changes, Prepared, Store
+from rtserver.tools import demo
 
 __all__ = [
     "Server",

@@ -20,9 +20,9 @@ from typing import Any
 import orjson
 
 from rtserver import __version__
-from rtserver.config import Config, iter_settings, load_config, resolve_config_path
+from rtserver.config.schema import Config, iter_settings, load_config, resolve_config_path
 from rtserver.errors import ConfigError, StoreError
-from rtserver.relay import redact
+from rtserver.mail.smtp import redact
 
 __all__ = ["main"]
 
@@ -102,7 +102,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from rtserver.demo import demo_config
+    from rtserver.tools.demo import demo_config
 
     if not args.speed > 0:
         print("rtserver: --speed must be positive", file=sys.stderr)
@@ -143,7 +143,7 @@ def _serve(config: Config, args: argparse.Namespace, tour: Sequence[str] = ()) -
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    from rtserver.rules import load_rules
+    from rtserver.engine.rules import load_rules
 
     path = resolve_config_path(args.path)
     config = load_config(path)
@@ -156,7 +156,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from rtserver.errors import InvalidEvent
-    from rtserver.simulation import read_events, simulate
+    from rtserver.tools.simulate import read_events, simulate
 
     config = _load(args.config)
     try:
@@ -179,7 +179,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 async def _keys(config: Config) -> None:
     from rtserver.app import resolve_keys
-    from rtserver.store import Store
+    from rtserver.store.database import Store
 
     try:
         store = await Store.open(config.store.path)
@@ -273,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     settings = sub.add_parser("settings", help="print the config reference as a Markdown table")
     settings.set_defaults(func=_cmd_settings)
 
-    from rtserver.mailcli import add_commands
+    from rtserver.tools.mail import add_commands
 
     add_commands(sub, _load)
     return parser

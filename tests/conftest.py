@@ -20,11 +20,11 @@ from playwright.async_api import Browser, async_playwright
 from websockets.asyncio.client import ClientConnection, connect
 
 from rtserver.app import Server, build_server, create_app
-from rtserver.config import Config, load_config
-from rtserver.events import sign_identity
-from rtserver.ingest import Ingest
-from rtserver.pipeline import Runtime
-from rtserver.store import Store
+from rtserver.config.schema import Config, load_config
+from rtserver.engine.pipeline import Runtime
+from rtserver.ingest.websocket import Ingest
+from rtserver.model.events import sign_identity
+from rtserver.store.database import Store
 
 TIMEOUT_UNIT = float(os.environ.get("RTSERVER_TESTS_TIMEOUT_FACTOR", "1")) * 5.0
 """The one unit every unavoidable timeout in the tests is a multiple of."""

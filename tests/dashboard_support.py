@@ -15,7 +15,7 @@ import orjson
 import pytest
 from sse_starlette.sse import AppStatus
 
-from rtserver.config import Config
+from rtserver.config.schema import Config
 from tests.conftest import (
     TIMEOUT_UNIT,
     make_config,

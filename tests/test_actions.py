@@ -16,16 +16,16 @@ from typing import Any
 
 import pytest
 
-from rtserver import _writer
-from rtserver.actions import HISTORY_WINDOW_S, MAX_EMIT_DEPTH, Engine, emitted_event
-from rtserver.config import IngestConfig, MailConfig, load_config
-from rtserver.definitions import policy_from
+from rtserver.config.schema import IngestConfig, MailConfig, load_config
+from rtserver.engine.decide import EmitEvent
+from rtserver.engine.definitions import policy_from
+from rtserver.engine.engine import HISTORY_WINDOW_S, MAX_EMIT_DEPTH, Engine, emitted_event
+from rtserver.engine.pipeline import Pipeline
+from rtserver.engine.rules import load_rules
 from rtserver.errors import ConfigError
-from rtserver.events import parse_event, sign_identity
-from rtserver.pipeline import Pipeline
-from rtserver.rules import load_rules
-from rtserver.store import Changes, Prepared, Store
-from rtserver.workflows import EmitEvent
+from rtserver.model.events import parse_event, sign_identity
+from rtserver.store import writer
+from rtserver.store.database import Changes, Prepared, Store
 from tests.conftest import (
     IDENTITY_SECRET,
     TIMEOUT_UNIT,
@@ -379,9 +379,9 @@ async def test_sweep_goes_in_chunks_and_resumes_after_restart(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A sweep decides a few persons per commit; a restart resumes where it stopped."""
-    import rtserver.actions
+    import rtserver.engine.engine
 
-    monkeypatch.setattr(rtserver.actions, "SWEEP_CHUNK", 2)
+    monkeypatch.setattr(rtserver.engine.engine, "SWEEP_CHUNK", 2)
     clock = FakeClock()
     flow = {**WIN_BACK, "where": "person.email is not none"}
     harness = Harness(store, [flow], clock)
@@ -411,9 +411,9 @@ async def test_recent_events_carry_over_between_groups(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """events_since sees earlier groups' events, from the store or the engine's memory."""
-    import rtserver.actions
+    import rtserver.engine.engine
 
-    monkeypatch.setattr(rtserver.actions, "HISTORY_CACHE_PERSONS", 1)
+    monkeypatch.setattr(rtserver.engine.engine, "HISTORY_CACHE_PERSONS", 1)
     clock = FakeClock()
     harness = Harness(store, [BROWSE], clock)
     await harness.send(identify_server("u1"), identify_server("u2"))
@@ -503,7 +503,7 @@ class Twin:
         entries = self.engine.memory.entries
         found, _ = self.engine.memory.recall(list(entries), since)
         with contextlib.closing(sqlite3.connect(self.store.path)) as conn:
-            stored = _writer.facts(conn, list(entries), since)
+            stored = writer.facts(conn, list(entries), since)
         for person_id, (known, oldest) in found.items():
             assert known == stored[person_id], person_id
             assert all(at >= oldest for _, at in known.person.history)
@@ -665,12 +665,12 @@ FACT_WRITES = re.compile(
 
 def test_only_the_group_commit_writes_facts() -> None:
     """Profiles, runs and steps are inserted and updated by the group commit alone (rtserver/
-    _writer.py): the engine remembers what it wrote. Deletes elsewhere (forget, retention) are
+    writer.py): the engine remembers what it wrote. Deletes elsewhere (forget, retention) are
     counted by the writer's triggers; another writer would need the same (see generation)."""
     package = Path(__file__).resolve().parent.parent / "rtserver"
     writers = sorted(
         path.name
         for path in package.glob("*.py")
-        if path.name not in ("_writer.py", "_schema.py") and FACT_WRITES.search(path.read_text())
+        if path.name not in ("writer.py", "_schema.py") and FACT_WRITES.search(path.read_text())
     )
     assert writers == []

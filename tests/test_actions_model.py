@@ -33,13 +33,13 @@ from hypothesis.stateful import (
     rule,
 )
 
-from rtserver.actions import Engine
-from rtserver.config import IngestConfig
-from rtserver.definitions import Workflows
-from rtserver.events import Event, parse_event
-from rtserver.pipeline import Pipeline
-from rtserver.rules import load_rules
-from rtserver.store import Store
+from rtserver.config.schema import IngestConfig
+from rtserver.engine.definitions import Workflows
+from rtserver.engine.engine import Engine
+from rtserver.engine.pipeline import Pipeline
+from rtserver.engine.rules import load_rules
+from rtserver.model.events import Event, parse_event
+from rtserver.store.database import Store
 from tests.conftest import FakeClock, make_config
 
 T = TypeVar("T")
@@ -111,7 +111,7 @@ class Stack:
 
     async def fire_until(self, until: float) -> None:
         """Fire every timer due up to ``until``, one tick at a time, in order (the pattern of
-        ``rtserver.simulation``): the clock reads each deadline as it is fired."""
+        ``rtserver.tools.simulate``): the clock reads each deadline as it is fired."""
         wheel = self.engine.wheel
         while (deadline := wheel.next_deadline()) is not None and deadline * TICK_S <= until:
             self.clock.now = max(self.clock.now, deadline * TICK_S)

@@ -15,9 +15,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from rtserver.alerts import Alerts, Sample
-from rtserver.config import DashboardConfig
-from rtserver.latency import Histogram
+from rtserver.config.schema import DashboardConfig
+from rtserver.dashboard.alerts import Alerts, Sample
+from rtserver.dashboard.latency import Histogram
 from tests.conftest import TIMEOUT_UNIT
 
 WINDOW = 900.0

@@ -28,10 +28,10 @@ from rtserver.app import (
     resolve_keys,
     server_config,
 )
-from rtserver.config import IngestConfig, KeysConfig
-from rtserver.events import parse_event
-from rtserver.pipeline import Keys
-from rtserver.store import Store
+from rtserver.config.schema import IngestConfig, KeysConfig
+from rtserver.engine.pipeline import Keys
+from rtserver.model.events import parse_event
+from rtserver.store.database import Store
 from tests.conftest import (
     IDENTITY_SECRET,
     ORIGIN,

@@ -14,9 +14,9 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from rtserver import auth as auth_module
-from rtserver.auth import Auth, RequireLogin, hash_password, resolve_auth, verify_password
-from rtserver.store import Store
+from rtserver.dashboard import auth as auth_module
+from rtserver.dashboard.auth import Auth, RequireLogin, hash_password, resolve_auth, verify_password
+from rtserver.store.database import Store
 from tests.conftest import FakeClock, make_config
 
 HOUR = 3600.0
@@ -117,7 +117,7 @@ async def test_generated_password_is_logged_once_and_only_hashed(
     """No password configured: one is generated at first start, logged that once, and only its
     hash is stored; the next start reuses it silently."""
     config = make_config(tmp_path)
-    caplog.set_level(logging.WARNING, "rtserver.auth")
+    caplog.set_level(logging.WARNING, "rtserver.dashboard.auth")
     store = await Store.open(config.store.path)
     try:
         first = await resolve_auth(config, store, 0.0, FakeClock())
@@ -174,7 +174,7 @@ async def test_sessions_survive_a_restart_with_the_same_configured_password(
 
 def test_password_from_the_environment_must_not_be_short(tmp_path: Path) -> None:
     """RTSERVER_DASHBOARD_PASSWORD is read as a secret; a short one is refused."""
-    from rtserver.config import load_config
+    from rtserver.config.schema import load_config
     from rtserver.errors import ConfigError
 
     config = load_config(None, env={"RTSERVER_DASHBOARD_PASSWORD": "a long enough one"})

@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
-from rtserver.alerts import Alerts
-from rtserver.board import DELIVERY_STATES, OUTBOX_STATES, Board, _amount
+from rtserver.dashboard.alerts import Alerts
+from rtserver.dashboard.board import DELIVERY_STATES, OUTBOX_STATES, Board, _amount
+from rtserver.dashboard.hub import Changed
+from rtserver.dashboard.latency import Histogram
+from rtserver.engine.pipeline import Runtime
 from rtserver.errors import StoreError
-from rtserver.events import person_event
-from rtserver.hub import Changed
-from rtserver.latency import Histogram
-from rtserver.pipeline import Runtime
+from rtserver.model.events import person_event
 from tests.conftest import (
     ORIGIN,
     FakeClock,
@@ -210,7 +210,7 @@ async def test_alerts_are_checked_by_the_watch_task(
             raise StoreError("store failed: disk I/O error")
 
         live.runtime.store.mail.counts = broken  # type: ignore[method-assign]
-        caplog.set_level(logging.WARNING, "rtserver.board")
+        caplog.set_level(logging.WARNING, "rtserver.dashboard.board")
         await asyncio.wait_for(board.watch(StopAfter(3), every_s=0.001), 5)
     assert "alerts: the store failed" in caplog.text
 

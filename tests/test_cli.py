@@ -16,7 +16,7 @@ import pytest
 
 from rtserver import __version__
 from rtserver.cli import RedactAddresses, _announce, _configure_logging, main
-from rtserver.config import iter_settings
+from rtserver.config.schema import iter_settings
 from tests.conftest import ORIGIN, TIMEOUT_UNIT, make_config
 from tests.server_process import READY, ServerProcess, write_config
 
@@ -358,7 +358,7 @@ def test_log_lines_carry_no_email_address(restore_logging: None) -> None:
         sum(isinstance(f, RedactAddresses) for f in h.filters) == 1 for h in handlers
     )
     record = logging.LogRecord(
-        "rtserver.links", logging.INFO, __file__, 1, "unsubscribed %s (mail %s)",
+        "rtserver.mail.links", logging.INFO, __file__, 1, "unsubscribed %s (mail %s)",
         ("u:ann@example.com", "r1-2"), None,
     )  # fmt: skip
     assert RedactAddresses().filter(record) and record.getMessage() == (

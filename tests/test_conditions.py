@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from rtserver.conditions import (
+from rtserver.engine.conditions import (
     MAX_DURATION_S,
     compile_condition,
     documented_names,

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from rtserver.config import (
+from rtserver.config.schema import (
     Config,
     IngestConfig,
     KeysConfig,

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-import rtserver.contexts
+import rtserver.mail.contexts
 from tests.test_sender import (  # noqa: F401 (fixtures)
     Shop,
     clock,
@@ -51,10 +51,10 @@ async def test_co_viewed_products_are_read_once_per_set_for_a_while(
 
     assert await recommended("ann") == await recommended("bob") == ["p1", "p2"]
     assert reads == [["p1"]]
-    shop.clock.advance(rtserver.contexts.POPULAR_TTL_S)
+    shop.clock.advance(rtserver.mail.contexts.POPULAR_TTL_S)
     assert await recommended("bob") == ["p1", "p2"]
     assert reads == [["p1"], ["p1"]]
-    monkeypatch.setattr(rtserver.contexts, "CO_VIEWED_SETS", 1)
+    monkeypatch.setattr(rtserver.mail.contexts, "CO_VIEWED_SETS", 1)
     await recommended("cy")  # p2's set replaces p1's
     await recommended("ann")
     assert reads == [["p1"], ["p1"], ["p2"], ["p1"]]

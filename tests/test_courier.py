@@ -40,16 +40,16 @@ from standardwebhooks import Webhook
 from werkzeug import Request, Response
 
 from rtserver import __version__
-from rtserver._deliveries import delivery_row
-from rtserver._schema import INSERT_DELIVERY
-from rtserver.config import HooksConfig
-from rtserver.courier import Courier, CourierStats
+from rtserver.config.schema import HooksConfig
+from rtserver.engine.rules import load_rules
 from rtserver.errors import ConfigError, InvalidSignature
-from rtserver.facts import CallWebhook, Person
-from rtserver.rules import load_rules
-from rtserver.sender import retry_delay
-from rtserver.signatures import verify
-from rtserver.store import Store
+from rtserver.hooks.sender import Courier, CourierStats
+from rtserver.hooks.signatures import verify
+from rtserver.mail.sender import retry_delay
+from rtserver.model.facts import CallWebhook, Person
+from rtserver.store.database import Store
+from rtserver.store.deliveries import delivery_row
+from rtserver.store.schema import INSERT_DELIVERY
 from tests.conftest import (
     ORIGIN,
     TIMEOUT_UNIT,
@@ -232,7 +232,7 @@ class Logged(logging.Handler):
 
 @pytest.fixture
 def courier_log() -> Iterator[Logged]:
-    logger = logging.getLogger("rtserver.courier")
+    logger = logging.getLogger("rtserver.hooks.sender")
     handler, level = Logged(), logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
@@ -1243,7 +1243,7 @@ async def test_connections_are_kept_for_the_newest_destinations(
 ) -> None:
     """Past CLIENTS destinations, the least recently used one's connections close; every
     delivery still goes out."""
-    monkeypatch.setattr("rtserver.courier.CLIENTS", 1)
+    monkeypatch.setattr("rtserver.hooks.sender.CLIENTS", 1)
     receiver.expect_request("/h").respond_with_response(answer(200))
     clock.now = NOW + 1
     for n, host in enumerate(("one.test", "two.test", "one.test")):
@@ -1274,7 +1274,7 @@ async def test_a_failed_round_is_logged_and_the_task_goes_on(
         return await claim(now, limit, lease_s)
 
     monkeypatch.setattr(store.deliveries, "claim", flaky)
-    monkeypatch.setattr("rtserver.courier.ERROR_WAIT_S", 0.001)
+    monkeypatch.setattr("rtserver.hooks.sender.ERROR_WAIT_S", 0.001)
     courier = make_courier(store, clock)
     async with running(courier):
         record = await courier_log.first(lambda m: "round failed" in m)

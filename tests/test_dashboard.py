@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from starlette.routing import Mount, Route
 
-from rtserver.dashboard import CSP, _clock_time, _next_path
-from rtserver.hub import HubClosed, Subscription
+from rtserver.dashboard.hub import HubClosed, Subscription
+from rtserver.dashboard.routes import CSP, _clock_time, _next_path
 from tests.conftest import (
     ORIGIN,
     TIMEOUT_UNIT,

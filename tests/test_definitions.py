@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from rtserver.definitions import Policy, Workflow, Workflows, compile_workflows, step_value
+from rtserver.engine.definitions import Policy, Workflow, Workflows, compile_workflows, step_value
 from rtserver.errors import ConfigError
 
 TEMPLATES = frozenset({"cart_reminder", "cart_reminder_2"})

@@ -14,11 +14,11 @@ import orjson
 import pytest
 from hypothesis import given, strategies as st
 
-from rtserver._deliveries import DUE, EVENT_TYPE, Delivery, claim, delivery_row, finish_many
-from rtserver._schema import INSERT_DELIVERY, MIGRATIONS
-from rtserver.facts import Person
-from rtserver.store import Changes, Store
-from rtserver.workflows import CallWebhook
+from rtserver.engine.decide import CallWebhook
+from rtserver.model.facts import Person
+from rtserver.store.database import Changes, Store
+from rtserver.store.deliveries import DUE, EVENT_TYPE, Delivery, claim, delivery_row, finish_many
+from rtserver.store.schema import INSERT_DELIVERY, MIGRATIONS
 from tests.conftest import event
 from tests.test_store import parse, store_group
 

@@ -12,8 +12,8 @@ from typing import Any
 
 from playwright.async_api import async_playwright
 
-from rtserver.config import load_config
-from rtserver.demo import demo_config, scaled
+from rtserver.config.schema import load_config
+from rtserver.tools.demo import demo_config, scaled
 from tests.conftest import (
     CHROMIUM,
     CHROMIUM_ARGS,

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Browser, Page, expect
 
-from rtserver.demo import demo_config
+from rtserver.tools.demo import demo_config
 from tests.conftest import TIMEOUT_UNIT, FakeClock, run_server
 from tests.dashboard_support import (  # noqa: F401 (sse_exit_flag_reset is autouse)
     PASSWORD,

@@ -1,4 +1,4 @@
-"""Where a workflow's webhook step may send (G18, ``rtserver.destinations``): the allow-list's
+"""Where a workflow's webhook step may send (G18, ``rtserver.hooks.destinations``): the allow-list's
 boundaries, refused addresses, URL targets and the configuration check, all with a stub
 resolver: no DNS and no connection (one test resolves ``localhost``)."""
 
@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 from hypothesis import given, strategies as st
 
-from rtserver.destinations import (
+from rtserver.errors import ConfigError
+from rtserver.hooks.destinations import (
     allowed,
     check_steps,
     refused_address,
@@ -22,7 +23,6 @@ from rtserver.destinations import (
     target,
     unsafe,
 )
-from rtserver.errors import ConfigError
 
 CRM = "https://crm.example/hooks/"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from rtserver.cli import main
-from rtserver.config import iter_settings, load_config
+from rtserver.config.schema import iter_settings, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -12,9 +12,9 @@ import orjson
 import pytest
 from hypothesis import given, strategies as st
 
-from rtserver.config import IngestConfig
+from rtserver.config.schema import IngestConfig
 from rtserver.errors import InvalidEvent, PolicyViolation, RtServerError
-from rtserver.events import (
+from rtserver.model.events import (
     EVENT_TYPES,
     Event,
     decode_json,
@@ -597,7 +597,7 @@ def test_hash_comparison_uses_compare_digest(monkeypatch: pytest.MonkeyPatch) ->
         calls.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr("rtserver.events.hmac.compare_digest", spy)
+    monkeypatch.setattr("rtserver.model.events.hmac.compare_digest", spy)
     context = {
         "userHash": sign_identity(SECRET, "u1"),
         "emailHash": sign_identity(SECRET, "a@s.example"),

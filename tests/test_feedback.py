@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from rtserver.errors import InvalidEvent
-from rtserver.feedback import MAX_REPORTS, Feedback, _fields, _original, parse
+from rtserver.mail.feedback import MAX_REPORTS, Feedback, _fields, _original, parse
 
 JSON = "application/json"
 

@@ -33,9 +33,9 @@ import httpx
 import orjson
 import pytest
 
-from rtserver.actions import Engine
-from rtserver.rules import load_rules
-from rtserver.store import Store
+from rtserver.engine.engine import Engine
+from rtserver.engine.rules import load_rules
+from rtserver.store.database import Store
 from tests.conftest import (
     IDENTITY_SECRET,
     TIMEOUT_UNIT,

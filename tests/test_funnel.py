@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from rtserver.funnel import Order, RunRow, funnel, z_test
+from rtserver.dashboard.funnel import Order, RunRow, funnel, z_test
 
 DAY = 86400.0
 CLICK, OPEN = 5 * DAY, 1 * DAY

@@ -10,10 +10,10 @@ from typing import Any
 import orjson
 import pytest
 
-from rtserver.config import IngestConfig
-from rtserver.events import parse_event
-from rtserver.hub import EVENTS_KEPT, Changed, Hub, HubClosed, TooManyViewers, Update
-from rtserver.store import Changes, Prepared
+from rtserver.config.schema import IngestConfig
+from rtserver.dashboard.hub import EVENTS_KEPT, Changed, Hub, HubClosed, TooManyViewers, Update
+from rtserver.model.events import parse_event
+from rtserver.store.database import Changes, Prepared
 from tests.conftest import TIMEOUT_UNIT, event
 
 
@@ -169,7 +169,7 @@ async def test_slow_viewer_is_dropped_and_others_keep_going(
 ) -> None:
     """A full queue ends that viewer's stream (None), once; a reading viewer is unaffected."""
     hub = Hub(Recorder(), max_queue=3)
-    caplog.set_level(logging.INFO, "rtserver.hub")
+    caplog.set_level(logging.INFO, "rtserver.dashboard.hub")
     async with hub.subscribe() as slow, hub.subscribe() as fast:
         fast.queue.get_nowait()
         for _ in range(3):

@@ -25,9 +25,9 @@ import pytest
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from rtserver.config import Config
-from rtserver.ingest import Ingest, Session
-from rtserver.store import Store
+from rtserver.config.schema import Config
+from rtserver.ingest.websocket import Ingest, Session
+from rtserver.store.database import Store
 from tests.conftest import (
     ORIGIN,
     TIMEOUT_UNIT,

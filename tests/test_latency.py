@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from rtserver.latency import BOUNDS_S, Histogram, percentile
+from rtserver.dashboard.latency import BOUNDS_S, Histogram, percentile
 
 
 def test_percentile_is_nearest_rank() -> None:

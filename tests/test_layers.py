@@ -10,56 +10,56 @@ PACKAGE = Path(__file__).resolve().parent.parent / "rtserver"
 
 LAYERS = {
     "errors": 0,
-    "config": 0,
-    "events": 0,
-    "facts": 0,
-    "tokens": 0,
-    "latency": 0,
-    "signatures": 0,
-    "settings": 0,
-    "people": 1,
-    "conditions": 1,
-    "definitions": 1,
-    "workflows": 1,
-    "timers": 1,
-    "_schema": 1,
-    "_changes": 1,
-    "_writer": 1,
-    "_outbox": 1,
-    "store": 1,
-    "mailer": 1,
-    "relay": 1,
-    "mime": 1,
-    "clicks": 1,
-    "recommend": 1,
-    "sink": 1,
-    "funnel": 1,
-    "feedback": 1,
-    "providers": 1,
-    "rules": 1,
-    "destinations": 0,
-    "_deliveries": 1,
-    "actions": 2,
-    "courier": 2,
-    "contexts": 1,
-    "sender": 2,
-    "pipeline": 2,
-    "hub": 2,
-    "alerts": 2,
-    "ingest": 3,
-    "tracking": 3,
-    "dashboard": 3,
-    "board": 3,
-    "auth": 3,
-    "metrics": 3,
-    "links": 3,
-    "demo": 3,
-    "snippet": 3,
-    "webhooks": 3,
+    "config.schema": 0,
+    "model.events": 0,
+    "model.facts": 0,
+    "mail.tokens": 0,
+    "dashboard.latency": 0,
+    "hooks.signatures": 0,
+    "config.settings": 0,
+    "model.people": 1,
+    "engine.conditions": 1,
+    "engine.definitions": 1,
+    "engine.decide": 1,
+    "engine.timers": 1,
+    "store.schema": 1,
+    "store.changes": 1,
+    "store.writer": 1,
+    "store.outbox": 1,
+    "store.database": 1,
+    "mail.render": 1,
+    "mail.smtp": 1,
+    "mail.mime": 1,
+    "mail.clicks": 1,
+    "mail.recommend": 1,
+    "mail.sink": 1,
+    "dashboard.funnel": 1,
+    "mail.feedback": 1,
+    "mail.providers": 1,
+    "engine.rules": 1,
+    "hooks.destinations": 0,
+    "store.deliveries": 1,
+    "engine.engine": 2,
+    "hooks.sender": 2,
+    "mail.contexts": 1,
+    "mail.sender": 2,
+    "engine.pipeline": 2,
+    "dashboard.hub": 2,
+    "dashboard.alerts": 2,
+    "ingest.websocket": 3,
+    "ingest.segment": 3,
+    "dashboard.routes": 3,
+    "dashboard.board": 3,
+    "dashboard.auth": 3,
+    "dashboard.metrics": 3,
+    "mail.links": 3,
+    "tools.demo": 3,
+    "ingest.snippet": 3,
+    "ingest.webhooks": 3,
     "app": 4,
-    "simulation": 4,
+    "tools.simulate": 4,
     "cli": 5,
-    "mailcli": 5,
+    "tools.mail": 5,
 }
 
 
@@ -69,17 +69,30 @@ def _imports(path: Path) -> set[str]:
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("rtserver"):
             parts = node.module.split(".")
-            if len(parts) > 1:
+            if len(parts) > 2:
+                found.add(".".join(parts[1:3]))
+            elif len(parts) == 2 and parts[1] in ("app", "cli", "errors"):
                 found.add(parts[1])
             else:
-                found.update(alias.name for alias in node.names)
+                prefix = ".".join(parts[1:])
+                found.update(
+                    f"{prefix}.{alias.name}" if prefix else alias.name for alias in node.names
+                )
         elif isinstance(node, ast.Import):
-            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("rtserver."))
+            found.update(
+                ".".join(a.name.split(".")[1:3])
+                for a in node.names
+                if a.name.startswith("rtserver.")
+            )
     return found
 
 
 def _graph() -> dict[str, set[str]]:
-    modules = {p.stem: p for p in PACKAGE.glob("*.py") if p.stem not in ("__init__", "__main__")}
+    modules = {
+        ".".join(p.relative_to(PACKAGE).with_suffix("").parts): p
+        for p in PACKAGE.rglob("*.py")
+        if p.stem not in ("__init__", "__main__")
+    }
     return {name: _imports(path) - {"__version__"} for name, path in modules.items()}
 
 

@@ -13,9 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from starlette.requests import Request
 
-from rtserver.config import load_config
-from rtserver.links import PIXEL, machine_reason
-from rtserver.tokens import email_hash
+from rtserver.config.schema import load_config
+from rtserver.mail.links import PIXEL, machine_reason
+from rtserver.mail.tokens import email_hash
 from tests.conftest import (
     TIMEOUT_UNIT,
     FakeClock,

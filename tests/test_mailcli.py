@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from rtserver.cli import main
-from rtserver.config import Config
-from rtserver.mailcli import forget, preview, send_test_mail
-from rtserver.store import Store
+from rtserver.config.schema import Config
+from rtserver.store.database import Store
+from rtserver.tools.mail import forget, preview, send_test_mail
 from tests.conftest import event, make_config
 from tests.smtp_server import Script, SMTPServer
 from tests.test_store import parse, store_group
@@ -146,9 +146,9 @@ def test_webhooks_command_lists_and_enables_endpoints(
     --enable turns one back on (exit 1 when it was not disabled)."""
     import asyncio
 
-    from rtserver._deliveries import delivery_row
-    from rtserver._schema import INSERT_DELIVERY
-    from rtserver.facts import CallWebhook, Person
+    from rtserver.model.facts import CallWebhook, Person
+    from rtserver.store.deliveries import delivery_row
+    from rtserver.store.schema import INSERT_DELIVERY
 
     config = make_config(tmp_path)
     url = "https://crm.example/hooks"

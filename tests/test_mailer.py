@@ -24,9 +24,10 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import HealthCheck, given, settings, strategies as st
 from jinja2.sandbox import SecurityError
 
-from rtserver.config import BrandConfig, DkimConfig, MailConfig
+from rtserver.config.schema import BrandConfig, DkimConfig, MailConfig
 from rtserver.errors import MailError
-from rtserver.mailer import (
+from rtserver.mail.recommend import Product
+from rtserver.mail.render import (
     SAMPLE,
     SPARSE,
     SPARSE_NOTE,
@@ -36,8 +37,7 @@ from rtserver.mailer import (
     check_address,
     wire_bytes,
 )
-from rtserver.recommend import Product
-from rtserver.tokens import Tokens
+from rtserver.mail.tokens import Tokens
 from tests.conftest import TIMEOUT_UNIT, FakeClock
 from tests.smtp_server import SMTPServer
 
@@ -389,7 +389,7 @@ def test_money_filter_ignores_non_prices(tmp_path: Path) -> None:
 
 def test_money_formats() -> None:
     """Symbols for common currencies, the code for others, no decimals for yen."""
-    from rtserver.mailer import _money
+    from rtserver.mail.render import _money
 
     assert _money(5, "usd") == "$5.00"
     assert _money(1e6, "KRW") == "₩1,000,000"
@@ -702,11 +702,11 @@ def test_sandbox_remembers_a_bounded_number_of_verdicts(
 ) -> None:
     """Attribute verdicts are kept per (type, name), up to MAX_VERDICTS (names may come from
     data through |attr); past that they are worked out each time, the same way."""
-    import rtserver.mailer
+    import rtserver.mail.render
 
     src = SUBJECT + "{{ person|attr(extra.name) }}|{{ brand.name }}|{{ ''|attr(extra.name) }}"
     mailer = make_mailer(template_dir=write(tmp_path, "attrs", src))
-    monkeypatch.setattr(rtserver.mailer, "MAX_VERDICTS", 1)
+    monkeypatch.setattr(rtserver.mail.render, "MAX_VERDICTS", 1)
     for name in ("__class__", "items", "__class__"):
         html = html_of(mailer.render_mail("attrs", context(extra={"name": name})))
         assert "class" not in html and "Acme &amp; Co" in html
@@ -718,7 +718,7 @@ def test_edited_templates_are_used_within_the_reload_check(
 ) -> None:
     """A template edited on disk is used once RELOAD_CHECK_S has passed since it was last
     checked, not before (the file is not looked at for every mail)."""
-    import rtserver.mailer
+    import rtserver.mail.render
 
     write(tmp_path, "edit", SUBJECT + "<p>first</p>")
     mailer = make_mailer(template_dir=tmp_path)
@@ -726,7 +726,7 @@ def test_edited_templates_are_used_within_the_reload_check(
     (tmp_path / "email" / "edit.html").write_text(SUBJECT + "<p>second</p>")
     os.utime(tmp_path / "email" / "edit.html", (1, 1))  # a different mtime, surely
     assert "first" in html_of(mailer.render_mail("edit", SAMPLE))  # checked < 1 s ago
-    monkeypatch.setattr(rtserver.mailer, "RELOAD_CHECK_S", 0.0)
+    monkeypatch.setattr(rtserver.mail.render, "RELOAD_CHECK_S", 0.0)
     assert "second" in html_of(mailer.render_mail("edit", SAMPLE))
 
 
@@ -735,7 +735,7 @@ def test_loaders_without_a_freshness_check_are_passed_through() -> None:
     through."""
     from jinja2 import Environment, FunctionLoader
 
-    from rtserver.mailer import _Loader
+    from rtserver.mail.render import _Loader
 
     source = _Loader(FunctionLoader(lambda name: "hi")).get_source(Environment(), "email/x.txt")
     assert source == ("hi", None, None)

@@ -11,7 +11,7 @@ import prometheus_client
 from prometheus_client.parser import text_string_to_metric_families
 
 from rtserver.app import create_app
-from rtserver.board import OUTBOX_STATES
+from rtserver.dashboard.board import OUTBOX_STATES
 from rtserver.errors import StoreError
 from tests.conftest import (
     ORIGIN,

@@ -15,12 +15,12 @@ import pytest
 from aiosmtplib.email import extract_recipients, extract_sender
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-import rtserver.mime
-from rtserver.config import BrandConfig, MailConfig
+import rtserver.mail.mime
+from rtserver.config.schema import BrandConfig, MailConfig
 from rtserver.errors import MailError
-from rtserver.mailer import SAMPLE, SPARSE, MailContext, Mailer, wire_bytes
-from rtserver.mime import POLICY, RawMail, compose, date_value, header, recipients_of
-from rtserver.tokens import Tokens
+from rtserver.mail.mime import POLICY, RawMail, compose, date_value, header, recipients_of
+from rtserver.mail.render import SAMPLE, SPARSE, MailContext, Mailer, wire_bytes
+from rtserver.mail.tokens import Tokens
 from tests.conftest import FakeClock
 
 BOUNDARY = "===============1234567890123456789=="
@@ -61,7 +61,7 @@ def fixed_boundary(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(
         email.generator.Generator, "_make_boundary", classmethod(lambda cls, text=None: BOUNDARY)
     )
-    monkeypatch.setattr(rtserver.mime, "_boundary", lambda: BOUNDARY.encode())
+    monkeypatch.setattr(rtserver.mail.mime, "_boundary", lambda: BOUNDARY.encode())
 
 
 def parsed(data: bytes) -> EmailMessage:

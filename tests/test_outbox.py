@@ -10,9 +10,9 @@ from typing import Any
 import orjson
 import pytest
 
-from rtserver._outbox import NEVER, in_transaction
-from rtserver.store import Store
-from rtserver.tokens import email_hash
+from rtserver.mail.tokens import email_hash
+from rtserver.store.database import Store
+from rtserver.store.outbox import NEVER, in_transaction
 from tests.conftest import event
 from tests.test_store import parse, store_group
 

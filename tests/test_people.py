@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from rtserver.config import IngestConfig
-from rtserver.events import Event, parse_event, sign_identity, verify_identity
-from rtserver.people import (
+from rtserver.config.schema import IngestConfig
+from rtserver.model.events import Event, parse_event, sign_identity, verify_identity
+from rtserver.model.people import (
     Link,
     Resolution,
     anonymous_person,

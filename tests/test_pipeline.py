@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from rtserver.config import IngestConfig
+from rtserver.config.schema import IngestConfig
+from rtserver.engine.pipeline import Pipeline
 from rtserver.errors import StorageUnavailable, StoreError
-from rtserver.events import Event, parse_event
-from rtserver.pipeline import Pipeline
-from rtserver.store import Store
+from rtserver.model.events import Event, parse_event
+from rtserver.store.database import Store
 from tests.conftest import TIMEOUT_UNIT, event
 
 

@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from rtserver.errors import InvalidEvent, InvalidSignature
-from rtserver.feedback import Feedback
-from rtserver.providers import (
+from rtserver.mail.feedback import Feedback
+from rtserver.mail.providers import (
     SENDGRID_SIGNATURE,
     SENDGRID_TIMESTAMP,
     mailgun,

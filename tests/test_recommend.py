@@ -8,7 +8,7 @@ from typing import Any
 
 from hypothesis import given, strategies as st
 
-from rtserver.recommend import VIEWED, Product, cart_of, product_of, recommend, viewed_of
+from rtserver.mail.recommend import VIEWED, Product, cart_of, product_of, recommend, viewed_of
 
 
 def p(pid: str, category: str | None = None, **kw: Any) -> Product:

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from rtserver.mime import RawMail
-from rtserver.relay import Outcome, Relay, classify, raw_mail, redact, wire_bytes
+from rtserver.mail.mime import RawMail
+from rtserver.mail.smtp import Outcome, Relay, classify, raw_mail, redact, wire_bytes
 from tests.conftest import TIMEOUT_UNIT
 from tests.smtp_server import DROP, Script, SMTPServer
 

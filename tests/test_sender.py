@@ -20,16 +20,16 @@ from typing import Any
 
 import pytest
 
-from rtserver.actions import Engine
-from rtserver.config import Config, IngestConfig
+from rtserver.config.schema import Config, IngestConfig
+from rtserver.engine.engine import Engine
+from rtserver.engine.rules import load_rules
 from rtserver.errors import StorageUnavailable
-from rtserver.events import parse_event
-from rtserver.mailer import MailContext, Mailer, Outcome, RawMail, Relay
-from rtserver.rules import load_rules
-from rtserver.sender import Sender, SenderStats, retry_delay
-from rtserver.sink import Sink, start_sink
-from rtserver.store import Store
-from rtserver.tokens import Tokens
+from rtserver.mail.render import MailContext, Mailer, Outcome, RawMail, Relay
+from rtserver.mail.sender import Sender, SenderStats, retry_delay
+from rtserver.mail.sink import Sink, start_sink
+from rtserver.mail.tokens import Tokens
+from rtserver.model.events import parse_event
+from rtserver.store.database import Store
 from tests.conftest import TIMEOUT_UNIT, FakeClock, event, make_config
 from tests.smtp_server import DROP, Script, SMTPServer
 
@@ -249,7 +249,7 @@ async def test_accepted_mail_is_sent_once_with_a_stable_message_id(
     ann = await shop.person("ann", "ann@example.com")
     await shop.queue("m1", ann)
     sender = make_sender(shop, smtpd.port, templates, tmp_path)
-    caplog.set_level("INFO", logger="rtserver.sender")
+    caplog.set_level("INFO", logger="rtserver.mail.sender")
     async with running(sender):
         await until(sender, lambda: sender.stats.sent == 1)
         await idle(sender, "nothing queued")

@@ -8,8 +8,8 @@ from typing import Literal
 
 import pytest
 
+from rtserver.config.settings import Secret, Setting, build, iter_settings, merge, setting
 from rtserver.errors import ConfigError
-from rtserver.settings import Secret, Setting, build, iter_settings, merge, setting
 
 
 def _even(value: int) -> str | None:

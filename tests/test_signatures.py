@@ -16,7 +16,7 @@ from standardwebhooks import Webhook
 from starlette.datastructures import Headers
 
 from rtserver.errors import InvalidSignature
-from rtserver.signatures import TOLERANCE_S, new_secret, sign, verify
+from rtserver.hooks.signatures import TOLERANCE_S, new_secret, sign, verify
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 PREVIOUS = new_secret(bytes(range(32)))

@@ -9,9 +9,9 @@ import orjson
 import pytest
 
 from rtserver.cli import main
-from rtserver.config import load_config
+from rtserver.config.schema import load_config
 from rtserver.errors import InvalidEvent
-from rtserver.simulation import format_offset, read_events, simulate
+from rtserver.tools.simulate import format_offset, read_events, simulate
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "cart.jsonl"

@@ -11,8 +11,8 @@ from pathlib import Path
 import aiosmtplib
 import pytest
 
-from rtserver.sink import Sink, _session_ended, headers_of, start_sink
-from rtserver.store import Store
+from rtserver.mail.sink import Sink, _session_ended, headers_of, start_sink
+from rtserver.store.database import Store
 from tests.conftest import TIMEOUT_UNIT, FakeClock
 
 

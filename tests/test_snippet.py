@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from rtserver.app import create_app
-from rtserver.snippet import MAX_AGE_S
+from rtserver.ingest.snippet import MAX_AGE_S
 from tests.conftest import TIMEOUT_UNIT, make_config
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -19,8 +19,8 @@ import orjson
 import pytest
 from playwright.async_api import Browser, Page
 
-from rtserver.config import Config
-from rtserver.events import sign_identity
+from rtserver.config.schema import Config
+from rtserver.model.events import sign_identity
 from tests.browser_support import Shop, proxy_to, serve_shop
 from tests.conftest import (
     IDENTITY_SECRET,

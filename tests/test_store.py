@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-import rtserver._writer
-import rtserver.store
-from rtserver.config import IngestConfig
+import rtserver.store.database
+import rtserver.store.writer
+from rtserver.config.schema import IngestConfig
 from rtserver.errors import StorageUnavailable, StoreError
-from rtserver.events import Event, Source, parse_event, sign_identity, verify_identity
-from rtserver.store import MIGRATIONS, Prepared, Store
+from rtserver.model.events import Event, Source, parse_event, sign_identity, verify_identity
+from rtserver.store.database import MIGRATIONS, Prepared, Store
 from tests.conftest import IDENTITY_SECRET, TIMEOUT_UNIT, event
 
 LIMITS = IngestConfig()
@@ -132,11 +132,11 @@ async def test_failed_migration_is_rolled_back(
 ) -> None:
     """A migration that fails leaves nothing of itself and is not recorded; a fixed one applies."""
     broken = ("9999_broken", "CREATE TABLE extra (a TEXT); INSERT INTO nowhere VALUES (1)")
-    monkeypatch.setattr(rtserver.store, "MIGRATIONS", (*MIGRATIONS, broken))
+    monkeypatch.setattr(rtserver.store.database, "MIGRATIONS", (*MIGRATIONS, broken))
     with pytest.raises(StoreError, match="no such table"):
         await Store.open(db_path)
     fixed = ("9999_broken", "CREATE TABLE extra (a TEXT)")
-    monkeypatch.setattr(rtserver.store, "MIGRATIONS", (*MIGRATIONS, fixed))
+    monkeypatch.setattr(rtserver.store.database, "MIGRATIONS", (*MIGRATIONS, fixed))
     store = await Store.open(db_path)
     try:
         rows = await writer_rows(store, "SELECT name FROM migrations ORDER BY name")
@@ -151,7 +151,7 @@ async def test_disk_full_during_migration_is_transient(
 ) -> None:
     """Disk full while migrating (SQLite rolls back by itself) raises StorageUnavailable."""
     full = ("0002_full", "PRAGMA max_page_count = 1; CREATE TABLE extra (a TEXT)")
-    monkeypatch.setattr(rtserver.store, "MIGRATIONS", (*MIGRATIONS, full))
+    monkeypatch.setattr(rtserver.store.database, "MIGRATIONS", (*MIGRATIONS, full))
     with pytest.raises(StorageUnavailable, match="full"):
         await Store.open(db_path)
 
@@ -209,7 +209,7 @@ async def test_dedup_spans_several_lookup_chunks(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Ids are looked up in chunks; duplicates are found in every chunk."""
-    monkeypatch.setattr(rtserver._writer, "IN_CHUNK", 2)
+    monkeypatch.setattr(rtserver.store.writer, "IN_CHUNK", 2)
     raws = [event(anonymousId=f"anon-{i}") for i in range(5)]
     await store_group(store, [parse(r) for r in raws[::2]])
     prepared = await store_group(store, [parse(r) for r in raws])
@@ -395,7 +395,7 @@ async def test_purge_deletes_only_older_events(store: Store) -> None:
 
 async def test_purge_works_across_chunks(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     """Purging more events than one chunk deletes them all, chunk by chunk."""
-    monkeypatch.setattr(rtserver.store, "PURGE_CHUNK", 2)
+    monkeypatch.setattr(rtserver.store.database, "PURGE_CHUNK", 2)
     await store_group(store, [parse(event()) for _ in range(5)], at=10.0)
     await store_group(store, [parse(event())], at=50.0)
     assert await store.purge_events(20.0) == 5

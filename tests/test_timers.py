@@ -16,8 +16,8 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from rtserver import timers
-from rtserver.timers import MAX_TICK, TimerWheel, run_timer_driver
+from rtserver.engine import timers
+from rtserver.engine.timers import MAX_TICK, TimerWheel, run_timer_driver
 from tests.conftest import TIMEOUT_UNIT, FakeClock
 
 YEAR_S = 365 * 24 * 3600
@@ -514,7 +514,7 @@ async def test_driver_logs_on_fire_errors_and_keeps_going(caplog: pytest.LogCapt
     wake, stop, on_fire = asyncio.Event(), asyncio.Event(), Recorder(fail_first=1)
     task = _driver(wheel, clock, wake, on_fire, stop)
     await clock.driver_waiting()
-    with caplog.at_level(logging.ERROR, logger="rtserver.timers"):
+    with caplog.at_level(logging.ERROR, logger="rtserver.engine.timers"):
         clock.advance(1)
         wake.set()
         assert await on_fire.next_batch() == ["a"]

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from rtserver.errors import MailError
-from rtserver.tokens import Tokens, email_hash
+from rtserver.mail.tokens import Tokens, email_hash
 from tests.conftest import FakeClock
 
 DAY = 86400.0

@@ -20,7 +20,7 @@ import pytest
 from segment.analytics import Client
 from segment.analytics.request import APIError, parse_retry_after
 
-from rtserver.events import sign_identity
+from rtserver.model.events import sign_identity
 from tests.conftest import (
     IDENTITY_SECRET,
     ORIGIN,

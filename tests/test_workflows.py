@@ -13,11 +13,8 @@ from zoneinfo import ZoneInfo
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from rtserver.config import IngestConfig
-from rtserver.definitions import Policy, Workflows, compile_workflows
-from rtserver.events import Event, parse_event, sign_identity, verify_identity
-from rtserver.facts import Memory
-from rtserver.workflows import (
+from rtserver.config.schema import IngestConfig
+from rtserver.engine.decide import (
     HISTORY_LIMIT,
     Action,
     CallWebhook,
@@ -39,6 +36,9 @@ from rtserver.workflows import (
     observe,
     quiet_until,
 )
+from rtserver.engine.definitions import Policy, Workflows, compile_workflows
+from rtserver.model.events import Event, parse_event, sign_identity, verify_identity
+from rtserver.model.facts import Memory
 
 M, H, D = 60.0, 3600.0, 86400.0
 START = datetime(2026, 3, 2, 10, 0, tzinfo=UTC).timestamp()  # a Monday, 10:00 UTC

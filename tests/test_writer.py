@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from rtserver import _writer
-from rtserver.config import IngestConfig
-from rtserver.events import Event, parse_event
-from rtserver.store import Changes, Prepared, Store
-from rtserver.workflows import Run
+from rtserver.config.schema import IngestConfig
+from rtserver.engine.decide import Run
+from rtserver.model.events import Event, parse_event
+from rtserver.store import writer
+from rtserver.store.database import Changes, Prepared, Store
 from tests.conftest import event
 
 
@@ -41,18 +41,18 @@ def test_generation_counts_writes_made_outside_the_group_commit(
 ) -> None:
     """Group commits leave the generation alone; a delete of facts, a commit outside a group
     or another connection's commit each move it."""
-    first = _writer.generation(conn)
+    first = writer.generation(conn)
     assert first is not None and first[1] == 0
-    prepared, changes = _writer.group(conn, [parsed(userId="u1")], [1.0], None)
-    assert prepared.fresh and changes.generation == first == _writer.generation(conn)
+    prepared, changes = writer.group(conn, [parsed(userId="u1")], [1.0], None)
+    assert prepared.fresh and changes.generation == first == writer.generation(conn)
     conn.execute("DELETE FROM steps WHERE person_id = 'nobody'")  # even deleting no row
     conn.execute("DELETE FROM profiles WHERE person_id = 'u:u1'")
-    assert _writer.generation(conn) == (first[0], 1)
-    _writer.commit(conn, _writer.prepare(conn, [parsed()], [2.0]), Changes())
-    assert _writer.generation(conn) == (first[0], 2)
+    assert writer.generation(conn) == (first[0], 1)
+    writer.commit(conn, writer.prepare(conn, [parsed()], [2.0]), Changes())
+    assert writer.generation(conn) == (first[0], 2)
     with contextlib.closing(sqlite3.connect(db_path)) as other, other:
         other.execute("UPDATE profiles SET opens = 1")
-    moved = _writer.generation(conn)
+    moved = writer.generation(conn)
     assert moved is not None and moved[0] != first[0] and moved[1] == 2
 
 
@@ -60,8 +60,8 @@ def test_generation_is_none_when_it_cannot_be_read(db_path: Path, conn: sqlite3.
     """A connection that cannot answer gives no generation (the engine then trusts nothing)."""
     closed = sqlite3.connect(db_path)
     closed.close()
-    assert _writer.generation(closed) is None
-    _writer.commit(conn, _writer.prepare(conn, [parsed()], [1.0]), Changes())  # never watched
+    assert writer.generation(closed) is None
+    writer.commit(conn, writer.prepare(conn, [parsed()], [1.0]), Changes())  # never watched
 
 
 def test_a_commit_by_another_connection_during_the_group_is_not_trusted(
@@ -69,26 +69,26 @@ def test_a_commit_by_another_connection_during_the_group_is_not_trusted(
 ) -> None:
     """If another connection commits while a group is decided, nothing of it is trusted."""
 
-    def plan(prepared: Prepared, source: _writer.Source) -> Changes:
+    def plan(prepared: Prepared, source: writer.Source) -> Changes:
         assert source.generation is not None
         with contextlib.closing(sqlite3.connect(db_path)) as other, other:
             other.execute("INSERT INTO secrets VALUES ('x', 'y', 0)")
         return Changes()
 
-    _, changes = _writer.group(conn, [parsed()], [1.0], plan)
+    _, changes = writer.group(conn, [parsed()], [1.0], plan)
     assert changes.generation is None
-    _, changes = _writer.group(conn, [parsed()], [2.0], lambda prepared, source: Changes())
+    _, changes = writer.group(conn, [parsed()], [2.0], lambda prepared, source: Changes())
     assert changes.generation is not None
 
 
 def test_moving_a_run_that_is_not_open_upserts_them_all(conn: sqlite3.Connection) -> None:
     """A move of an open run is a plain update; if one is not open in the store, every run of
     the group is upserted as before (so the first-written order stays the fold's)."""
-    prepared = _writer.prepare(conn, [], [])
+    prepared = writer.prepare(conn, [], [])
     opened = Changes(runs={"r1": (run("r1"), None, 1.0)}, started={"r1"})
-    _writer.commit(conn, prepared, opened, grouped=True)
+    writer.commit(conn, prepared, opened, grouped=True)
     moved = Changes(runs={"r1": (run("r1", due=60.0), None, 2.0)})
-    _writer.commit(conn, prepared, moved, grouped=True)
+    writer.commit(conn, prepared, moved, grouped=True)
     assert conn.execute("SELECT due, updated_at FROM runs").fetchall() == [(60.0, 2.0)]
     lost = Changes(
         runs={
@@ -98,23 +98,23 @@ def test_moving_a_run_that_is_not_open_upserts_them_all(conn: sqlite3.Connection
         },
         started={"r2"},
     )
-    _writer.commit(conn, prepared, lost, grouped=True)
+    writer.commit(conn, prepared, lost, grouped=True)
     rows = conn.execute("SELECT id, due, state FROM runs ORDER BY rowid").fetchall()
     assert rows == [("r1", 70.0, "active"), ("r0", 50.0, "active"), ("r2", 50.0, "active")]
-    facts = _writer.facts(conn, ["u:u1"], None)["u:u1"]
+    facts = writer.facts(conn, ["u:u1"], None)["u:u1"]
     assert [r.id for r in facts.runs] == ["r1", "r0", "r2"]  # first written first
 
 
 def test_seen_profiles_are_updated_and_missing_ones_inserted(conn: sqlite3.Connection) -> None:
     """A profile known to exist, seen by a bare event, only moves its seen times; if it is not
     there after all, the group's profiles are upserted."""
-    prepared = _writer.prepare(conn, [parsed(userId="u1", traits={"plan": "pro"})], [5.0])
-    _writer.commit(conn, prepared, Changes(), grouped=True)
-    seen = _writer.prepare(conn, [parsed(userId="u1"), parsed(userId="u2")], [7.0, 3.0])
-    _writer.commit(conn, seen, Changes(profiled={"u:u1"}), grouped=True)
+    prepared = writer.prepare(conn, [parsed(userId="u1", traits={"plan": "pro"})], [5.0])
+    writer.commit(conn, prepared, Changes(), grouped=True)
+    seen = writer.prepare(conn, [parsed(userId="u1"), parsed(userId="u2")], [7.0, 3.0])
+    writer.commit(conn, seen, Changes(profiled={"u:u1"}), grouped=True)
     rows = conn.execute("SELECT person_id, traits, first_seen, last_seen FROM profiles").fetchall()
     assert sorted(rows) == [("u:u1", '{"plan":"pro"}', 5.0, 7.0), ("u:u2", "{}", 3.0, 3.0)]
-    missing = _writer.prepare(conn, [parsed(userId="u3"), parsed(userId="u1")], [9.0, 1.0])
-    _writer.commit(conn, missing, Changes(profiled={"u:u1", "u:u3"}), grouped=True)
+    missing = writer.prepare(conn, [parsed(userId="u3"), parsed(userId="u1")], [9.0, 1.0])
+    writer.commit(conn, missing, Changes(profiled={"u:u1", "u:u3"}), grouped=True)
     rows = conn.execute("SELECT person_id, first_seen, last_seen FROM profiles").fetchall()
     assert sorted(rows) == [("u:u1", 1.0, 7.0), ("u:u2", 3.0, 3.0), ("u:u3", 9.0, 9.0)]

@@ -1,0 +1,1 @@
+"""Configuration: config.toml read once into frozen, typed sections."""

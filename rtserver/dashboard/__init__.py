@@ -1,0 +1,1 @@
+"""The live dashboard: routes, what it shows, the SSE hub, login, alerts, the funnel and metrics."""

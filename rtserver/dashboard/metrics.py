@@ -1,0 +1,140 @@
+"""``GET /metrics``: the server's counters in the Prometheus text format.
+
+Each app has its own ``CollectorRegistry`` (never prometheus-client's global one, so two apps in
+one process, as in the tests, do not mix). :class:`Metrics` is a custom collector: the counters
+already live on the running parts (pipeline, sender, ingest, hub, timer wheel), so a scrape
+reads them rather than keeping a second copy; the outbox counts are read from the store (one
+``GROUP BY``) right before the exposition is generated. The event → decision latency is the
+histogram every commit feeds (:mod:`rtserver.dashboard.latency`), exposed with its buckets.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+)
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+from starlette.requests import Request
+from starlette.responses import Response
+
+from rtserver import __version__
+from rtserver.dashboard.alerts import Alerts
+from rtserver.dashboard.board import OUTBOX_STATES
+from rtserver.dashboard.latency import Histogram
+from rtserver.engine.pipeline import Runtime
+from rtserver.errors import StoreError
+
+__all__ = ["Metrics", "endpoint"]
+
+PREFIX = "rtserver_"
+
+
+class Metrics(Collector):
+    """The collector of one app, registered in its own registry."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        websockets: Callable[[], int],
+        latency: Histogram,
+        alerts: Alerts,
+    ) -> None:
+        self.runtime = runtime
+        self.websockets = websockets
+        self.latency = latency
+        self.alerts = alerts
+        self.outbox: dict[str, int] | None = None
+        """The outbox counts read for the current scrape (None: the store did not answer)."""
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
+
+    async def render(self) -> bytes:
+        """Read what needs the store, then generate the exposition."""
+        try:
+            self.outbox = await self.runtime.store.mail.counts()
+        except StoreError:
+            self.outbox = None
+        return generate_latest(self.registry)
+
+    def collect(self) -> Iterator[Metric]:
+        runtime = self.runtime
+        info = InfoMetricFamily(PREFIX + "build", "rtserver version")
+        info.add_metric([], {"version": __version__})
+        yield info
+        stats = runtime.pipeline.stats
+        for name, value, help_text in (
+            ("events_stored", stats.stored, "Events stored (each messageId once)."),
+            ("events_duplicate", stats.duplicates, "Events received again and dropped."),
+            ("commits", stats.commits, "Group commits."),
+            ("commits_failed", stats.failed_commits, "Group commits that failed (nacked)."),
+        ):
+            yield CounterMetricFamily(PREFIX + name, help_text, value=value)
+        if runtime.sender is not None:
+            mails = CounterMetricFamily(
+                PREFIX + "mail_outcomes", "Mail attempts and drops by outcome.", labels=["outcome"]
+            )
+            for outcome, count in asdict(runtime.sender.stats).items():
+                mails.add_metric([outcome], count)
+            yield mails
+        if runtime.courier is not None:
+            hooks = CounterMetricFamily(
+                PREFIX + "webhook_outcomes",
+                "Outbound webhook attempts by outcome (disabled: endpoints turned off by a 410).",
+                labels=["outcome"],
+            )
+            for outcome, count in asdict(runtime.courier.stats).items():
+                hooks.add_metric([outcome], count)
+            yield hooks
+        gauges = [
+            ("websockets", self.websockets(), "Open browser WebSockets."),
+            ("ingest_queue_depth", runtime.pipeline.queue.qsize(), "Batches waiting to commit."),
+            (
+                "timers_armed",
+                len(runtime.engine.wheel) if runtime.engine is not None else 0,
+                "Timers armed in the wheel (run timers and scheduled sweeps).",
+            ),
+        ]
+        if runtime.hub is not None:
+            gauges.append(("dashboard_viewers", len(runtime.hub.subscribers), "Live viewers."))
+            yield CounterMetricFamily(
+                PREFIX + "dashboard_viewers_dropped",
+                "Dashboard viewers dropped for falling behind.",
+                value=runtime.hub.dropped,
+            )
+        for name, value, help_text in gauges:
+            yield GaugeMetricFamily(PREFIX + name, help_text, value=value)
+        if self.outbox is not None:
+            outbox = GaugeMetricFamily(PREFIX + "outbox_mails", "Mails by state.", labels=["state"])
+            for state in OUTBOX_STATES:
+                outbox.add_metric([state], self.outbox.get(state, 0))
+            yield outbox
+        alerts = GaugeMetricFamily(PREFIX + "alerts_active", "Raised alerts.", labels=["alert"])
+        for name in self.alerts.active:
+            alerts.add_metric([name], 1)
+        yield alerts
+        histogram = HistogramMetricFamily(
+            PREFIX + "event_decision_seconds",
+            "Event received -> its decision committed (the ack follows at once).",
+            buckets=[
+                ("+Inf" if math.isinf(bound) else repr(bound), count)
+                for bound, count in self.latency.cumulative()
+            ],
+            sum_value=self.latency.sum,
+        )
+        yield histogram
+
+
+async def endpoint(request: Request) -> Response:
+    """``GET /metrics``: the Prometheus exposition."""
+    metrics: Metrics = request.state.metrics
+    return Response(await metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,286 @@
+"""The dashboard's routes: the live page, its SSE stream, a person's timeline, the dev sink's
+mails, login and logout. Every route but the login sits behind
+:class:`~rtserver.dashboard.auth.RequireLogin`.
+
+The page is rendered on the server (Jinja2, autoescaped) from a snapshot and then kept live by
+``static/dashboard.js`` over ``GET /dashboard/stream``: Server-Sent Events with ids, resumed
+with ``Last-Event-ID`` (the browser sends it on reconnect; the first connection passes the
+page's snapshot id as ``?since=``), replayed by the hub. Event data is attacker-controlled: the
+templates escape it, the script only ever sets ``textContent``, the snapshot is embedded as
+JSON that cannot close its ``<script>`` (Jinja's ``tojson``), and the CSP allows scripts from
+this origin only. A sink mail is shown in a sandboxed iframe, with a CSP ``sandbox`` of its own.
+"""
+
+from __future__ import annotations
+
+import datetime
+import email.policy
+import hmac
+import logging
+import re
+import urllib.parse
+from email.parser import BytesParser
+from pathlib import Path
+from typing import Any
+
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+
+from rtserver.dashboard.auth import Auth, Session
+from rtserver.dashboard.board import Board
+from rtserver.dashboard.hub import Hub, HubClosed, TooManyViewers
+from rtserver.engine.pipeline import Runtime
+
+__all__ = ["CSP", "routes"]
+
+logger = logging.getLogger(__name__)
+
+HERE = Path(__file__).parent.parent
+CSP = (
+    "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'"
+)
+_HEAD = re.compile(r"<head\b[^>]*>", re.IGNORECASE)
+MAIL_CSP = (
+    "sandbox allow-popups allow-popups-to-escape-sandbox; default-src 'none'; "
+    "img-src https: http: data:; style-src 'unsafe-inline'"
+)
+"""No scripts, no same origin; its links open in a new tab (as a mail client opens them)."""
+"""A sink mail: no scripts, no forms, no same-origin, remote images only (as a mail client)."""
+HEADERS = {
+    "Cache-Control": "no-store",
+    # Not "no-referrer": under it browsers send "Origin: null" with the page's own form POSTs,
+    # and the Origin check would refuse them. Other sites still get no referrer.
+    "Referrer-Policy": "same-origin",
+    "X-Content-Type-Options": "nosniff",
+}
+PING_S = 15.0
+SEND_TIMEOUT_S = 10.0
+"""A viewer that takes this long to accept one write (data or ping) is dropped (G20)."""
+RETRY_MS = 2000
+"""How long a browser waits before reconnecting a stream that ended."""
+MAX_FORM_BYTES = 4096
+TIMELINE_ROWS = 200
+
+
+def _clock_time(at: float | None) -> str:
+    if at is None:
+        return ""
+    return datetime.datetime.fromtimestamp(at, datetime.UTC).strftime("%m-%d %H:%M:%S")
+
+
+def _ms(value: float | None) -> str:
+    return "–" if value is None else f"{value:g} ms"
+
+
+templates = Jinja2Templates(directory=str(HERE / "templates" / "pages"))
+templates.env.filters["clock"] = _clock_time
+templates.env.filters["ms"] = _ms
+
+
+def _render(request: Request, name: str, status: int = 200, **context: Any) -> Response:
+    headers = {**HEADERS, "Content-Security-Policy": CSP}
+    return templates.TemplateResponse(request, name, context, status_code=status, headers=headers)
+
+
+def _same_origin(request: Request) -> bool:
+    """Whether a POST comes from this site: no ``Origin`` (not a browser's cross-site form),
+    or this server's own origin, as asked for or as ``server.public_url`` names it."""
+    origin = request.headers.get("origin")
+    if origin is None:
+        return True
+    runtime: Runtime = request.state.runtime
+    public = urllib.parse.urlsplit(runtime.config.server.public_url)
+    own = {f"{request.url.scheme}://{request.url.netloc}", f"{public.scheme}://{public.netloc}"}
+    return origin in own
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """An url-encoded form body (at most ``MAX_FORM_BYTES``), first value of each field."""
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM_BYTES:
+            return {}
+    fields = urllib.parse.parse_qs(body.decode(errors="replace"), max_num_fields=16)
+    return {name: values[0] for name, values in fields.items()}
+
+
+def _next_path(value: str | None) -> str:
+    """Where a login goes: a dashboard path only (no open redirect)."""
+    if value and value.startswith("/dashboard") and not value.startswith("/dashboard/login"):
+        if "//" not in value and "\\" not in value:
+            return value
+    return "/dashboard"
+
+
+async def page(request: Request) -> Response:
+    """``GET /dashboard``: the live page, rendered from a snapshot."""
+    hub: Hub = request.app.state.hub
+    since, data = await hub.snapshot()
+    session: Session = request.state.session
+    return _render(request, "dashboard.html", data=data, since=since, csrf=session.csrf)
+
+
+async def stream(request: Request) -> Response:
+    """``GET /dashboard/stream``: batched updates as Server-Sent Events (resumable)."""
+    hub: Hub = request.app.state.hub
+    last_id = request.headers.get("last-event-id") or request.query_params.get("since")
+    if hub.closed or len(hub.subscribers) >= hub.max_subscribers:
+        return PlainTextResponse("too many dashboard viewers", status_code=503, headers=HEADERS)
+
+    async def frames() -> Any:
+        try:
+            async with hub.subscribe(last_id) as subscription:
+                yield ServerSentEvent(retry=RETRY_MS)
+                while (update := await subscription.queue.get()) is not None:
+                    yield update.frame
+        except (HubClosed, TooManyViewers):  # raced with the check above: end the stream
+            return
+
+    return EventSourceResponse(
+        frames(),
+        ping=PING_S,
+        send_timeout=SEND_TIMEOUT_S,
+        headers={**HEADERS, "X-Accel-Buffering": "no"},
+    )
+
+
+async def person(request: Request) -> Response:
+    """``GET /dashboard/person/<id>``: one profile's timeline (events, runs, mails, clicks)."""
+    board: Board = request.state.board
+    person_id = request.path_params["person_id"]
+    view = await board.person(person_id, TIMELINE_ROWS)
+    erased = request.query_params.get("erased")
+    if view is None:
+        status = 404 if erased is None else 200
+        return _render(
+            request, "dashboard_person.html", status, person_id=person_id, view=None, erased=erased
+        )
+    session: Session = request.state.session
+    return _render(
+        request, "dashboard_person.html", person_id=person_id, view=view, csrf=session.csrf
+    )
+
+
+async def mail(request: Request) -> Response:
+    """``GET /dashboard/mail/<id>``: a mail the dev sink received, for a sandboxed iframe."""
+    runtime: Runtime = request.state.runtime
+    found = await runtime.store.sunk_mail(request.path_params["sunk_id"])
+    if found is None:
+        return PlainTextResponse("no such mail", status_code=404, headers=HEADERS)
+    message = BytesParser(policy=email.policy.default).parsebytes(found["body"])
+    part = message.get_body(("html", "plain"))
+    content = part.get_content() if part is not None else ""
+    if part is None or part.get_content_type() != "text/html":
+        escaped = content.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+        content = f"<pre>{escaped}</pre>"
+    # Its links open in a new tab, as a mail client opens them (not inside the dashboard).
+    head = _HEAD.search(content)
+    at = head.end() if head else 0
+    content = content[:at] + '<base target="_blank">' + content[at:]
+    headers = {
+        **HEADERS,
+        "Content-Security-Policy": MAIL_CSP + "; frame-ancestors 'self'",
+        "X-Frame-Options": "SAMEORIGIN",
+    }
+    return HTMLResponse(content, headers=headers)
+
+
+async def forget(request: Request) -> Response:
+    """``POST /dashboard/person/<id>/forget``: erase everyone with this person's address, as
+    ``rtserver forget`` does (G10: data gone, a salted-hash suppression kept). Needs the CSRF
+    token and the ``confirm`` box ticked."""
+    runtime: Runtime = request.state.runtime
+    form = await _checked_form(request)
+    if form is None:
+        return _refused()
+    person_id = request.path_params["person_id"]
+    if form.get("confirm") != "yes":
+        return PlainTextResponse("tick the box to confirm", status_code=400, headers=HEADERS)
+    profile = await runtime.store.profile(person_id)
+    address = (profile or {}).get("email") or (profile or {}).get("claimed_email")
+    if not address:
+        return PlainTextResponse("no address to erase by", status_code=409, headers=HEADERS)
+    erased = await runtime.store.mail.forget(address, runtime.clock())
+    logger.info("dashboard: erased %d person(s) on request", erased)
+    target = f"/dashboard/person/{urllib.parse.quote(person_id, safe='')}?erased={erased}"
+    return RedirectResponse(target, status_code=303, headers=HEADERS)
+
+
+async def login(request: Request) -> Response:
+    """``GET /dashboard/login`` shows the form; ``POST`` checks the password (throttled)."""
+    auth: Auth = request.state.auth
+    address = request.client.host if request.client else "unknown"
+    next_path = _next_path(request.query_params.get("next"))
+    if request.method == "GET":
+        return _render(request, "dashboard_login.html", next=next_path, error=None)
+    if not _same_origin(request):
+        return PlainTextResponse("cross-site login refused", status_code=403, headers=HEADERS)
+    wait_s = auth.retry_after(address)
+    if wait_s is not None:
+        response = _render(
+            request, "dashboard_login.html", 429, next=next_path,
+            error=f"Too many failed logins: try again in {wait_s / 60:.0f} min.",
+        )  # fmt: skip
+        response.headers["Retry-After"] = str(int(wait_s))
+        return response
+    form = await _form(request)
+    next_path = _next_path(form.get("next"))
+    if not await auth.check_password(form.get("password", "")):
+        auth.failed(address)
+        logger.warning("dashboard: failed login from %s", address)
+        return _render(
+            request, "dashboard_login.html", 401, next=next_path, error="Wrong password."
+        )
+    value, _ = auth.issue()
+    response = RedirectResponse(next_path, status_code=303, headers=HEADERS)
+    auth.set_cookie(response, value)
+    logger.info("dashboard: login from %s", address)
+    return response
+
+
+async def _checked_form(request: Request) -> dict[str, str] | None:
+    """The form of a dashboard action, or None unless it is same-origin and carries the
+    session's CSRF token."""
+    session: Session = request.state.session
+    form = await _form(request)
+    token = form.get("csrf", "")
+    if not _same_origin(request) or not hmac.compare_digest(token, session.csrf):
+        return None
+    return form
+
+
+def _refused() -> Response:
+    return PlainTextResponse("bad or missing CSRF token", status_code=403, headers=HEADERS)
+
+
+async def logout(request: Request) -> Response:
+    """``POST /dashboard/logout``: needs the session's CSRF token; ends the session."""
+    auth: Auth = request.state.auth
+    if await _checked_form(request) is None:
+        return _refused()
+    runtime: Runtime = request.state.runtime
+    session: Session = request.state.session
+    now = runtime.clock()
+    auth.revoke(session, now)
+    await runtime.store.revoke_session(session.id, now, now + auth.session_s)
+    response = RedirectResponse("/dashboard/login", status_code=303, headers=HEADERS)
+    auth.clear_cookie(response)
+    return response
+
+
+routes = [
+    Route("/dashboard", page),
+    Route("/dashboard/stream", stream),
+    Route("/dashboard/person/{person_id:path}/forget", forget, methods=["POST"]),
+    Route("/dashboard/person/{person_id:path}", person),
+    Route("/dashboard/mail/{sunk_id:int}", mail),
+    Route("/dashboard/login", login, methods=["GET", "POST"]),
+    Route("/dashboard/logout", logout, methods=["POST"]),
+    Mount("/dashboard/static", StaticFiles(directory=str(HERE / "static")), name="static"),
+]

@@ -1,0 +1,1 @@
+"""The workflow engine: definitions, conditions, pure decisions, the timer wheel, the pipeline."""

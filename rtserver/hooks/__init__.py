@@ -1,0 +1,1 @@
+"""Outbound webhooks: the sender, where they may go (the SSRF guard), and their signatures."""

@@ -1,0 +1,1 @@
+"""Ingest: the WebSocket, the Segment-compatible HTTP API, inbound webhooks and the snippet."""

@@ -1,0 +1,246 @@
+"""The Segment-compatible HTTP API and the browser beacon.
+
+``POST /v1/batch`` and the single-message routes (``/v1/track``, ``/v1/identify``, ``/v1/page``,
+``/v1/alias``, ``/v1/screen``, ``/v1/group``) take the write key as the HTTP Basic user (or
+``writeKey`` in the body): server-side, trusted. The public key (``?key=``, ``writeKey``) is
+accepted only with an allowed ``Origin``, and its events are browser events, bound to their own
+identity. Bodies may be gzip-encoded; the beacon posts the same JSON as ``text/plain``.
+``200 {"success": true}`` is sent only after the commit.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import zlib
+from typing import Any, cast
+
+from starlette import status
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+
+from rtserver.engine.pipeline import Runtime
+from rtserver.errors import InvalidEvent, StorageUnavailable, StoreError
+from rtserver.ingest.websocket import key_matches, origin_allowed
+from rtserver.model.events import (
+    Event,
+    Source,
+    decode_json,
+    message_id_of,
+    parse_event,
+    verify_identity,
+)
+
+__all__ = [
+    "SINGLE_TYPES",
+    "HTTPFailure",
+    "commit",
+    "failure_response",
+    "json_object",
+    "parse_all",
+    "read_body",
+    "receive",
+]
+
+SINGLE_TYPES = ("track", "identify", "page", "alias", "screen", "group")
+GZIP_NAMES = ("gzip", "x-gzip")
+"""``x-gzip`` is the same coding (RFC 9110, section 8.4.1.3)."""
+
+
+class HTTPFailure(Exception):
+    """Ends a request with a JSON error."""
+
+    def __init__(self, status_code: int, error: str, **extra: Any):
+        super().__init__(error)
+        self.status_code = status_code
+        self.body = {"success": False, "error": error, **extra}
+
+
+def _basic_user(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "basic" or not value:
+        return None
+    try:
+        decoded = base64.b64decode(value, validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        raise HTTPFailure(status.HTTP_401_UNAUTHORIZED, "malformed authorization header") from None
+    return decoded.partition(":")[0]
+
+
+def _too_large(limit: int, unzipped: str = "") -> HTTPFailure:
+    return HTTPFailure(
+        status.HTTP_413_CONTENT_TOO_LARGE, f"body larger than {limit} bytes{unzipped}"
+    )
+
+
+def _gunzip(body: bytes, limit: int) -> bytes:
+    """Inflate every gzip member of ``body`` (RFC 1952 allows several), at most ``limit`` bytes.
+
+    Raises:
+        HTTPFailure: 400 for a malformed or truncated stream, 413 past ``limit``.
+    """
+    parts: list[bytes] = []
+    size = 0
+    rest = body
+    while True:
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            part = inflater.decompress(rest, limit - size + 1)
+        except zlib.error:
+            raise HTTPFailure(status.HTTP_400_BAD_REQUEST, "malformed gzip body") from None
+        size += len(part)
+        if size > limit:
+            raise _too_large(limit, " unzipped")
+        if not inflater.eof:  # truncated: the whole input was read and the member did not end
+            raise HTTPFailure(status.HTTP_400_BAD_REQUEST, "malformed gzip body")
+        parts.append(part)
+        rest = inflater.unused_data
+        if not rest:
+            return b"".join(parts)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    encoding = request.headers.get("content-encoding", "").strip().lower() or "identity"
+    if encoding not in (*GZIP_NAMES, "identity"):
+        raise HTTPFailure(
+            status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, f"unsupported content-encoding {encoding!r}"
+        )
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    if encoding in GZIP_NAMES:
+        body = _gunzip(body, limit)
+    return body
+
+
+def _authenticate(request: Request, runtime: Runtime, body_key: Any) -> Source:
+    # The query string carries only the public key: a secret there would end up in access logs.
+    key = _basic_user(request) or (body_key if isinstance(body_key, str) else None)
+    if key_matches(key, runtime.keys.write):
+        return "server"
+    if key_matches(key or request.query_params.get("key"), runtime.keys.public):
+        origin = request.headers.get("origin")
+        host = request.headers.get("host")
+        if not origin_allowed(origin, runtime.config.server.allowed_origins, host):
+            raise HTTPFailure(status.HTTP_403_FORBIDDEN, "origin not allowed for the public key")
+        return "browser"
+    raise HTTPFailure(status.HTTP_401_UNAUTHORIZED, "invalid write key")
+
+
+def parse_all(
+    raws: list[Any],
+    runtime: Runtime,
+    source: Source,
+    kind: str | None,
+    context: Any,
+    client_ip: str | None,
+) -> tuple[list[Event], list[dict[str, Any]]]:
+    limits = runtime.config.ingest
+    batch_context = context if isinstance(context, dict) else None
+    accepted: list[Event] = []
+    rejected: list[dict[str, Any]] = []
+    for raw in raws:
+        if isinstance(raw, dict) and "writeKey" in raw:
+            raw = {k: v for k, v in raw.items() if k != "writeKey"}  # never store the key
+        try:
+            event = parse_event(
+                raw,
+                limits,
+                source=source,
+                default_type=kind,
+                context=batch_context,
+                client_ip=client_ip,
+            )
+            accepted.append(verify_identity(event, runtime.keys.identity_secret))
+        except InvalidEvent as exc:
+            rejected.append({"messageId": message_id_of(raw), "error": str(exc)})
+    return accepted, rejected
+
+
+async def commit(runtime: Runtime, events: list[Event]) -> None:
+    """Store ``events`` through the pipeline and wait for the commit.
+
+    Raises:
+        HTTPFailure: 503 while the storage is unavailable or the queue full, 500 if it failed.
+    """
+    try:
+        await (await runtime.pipeline.submit(events, runtime.clock()))
+    except (TimeoutError, StorageUnavailable):
+        raise HTTPFailure(
+            status.HTTP_503_SERVICE_UNAVAILABLE, "storage unavailable, retry later"
+        ) from None
+    except StoreError:
+        raise HTTPFailure(status.HTTP_500_INTERNAL_SERVER_ERROR, "storage failed") from None
+
+
+def failure_response(request: Request, failure: HTTPFailure) -> JSONResponse:
+    """The JSON answer of ``failure``; a 503 says when to retry."""
+    headers = None
+    if failure.status_code == status.HTTP_503_SERVICE_UNAVAILABLE:
+        runtime = cast(Runtime, request.state.runtime)
+        seconds = math.ceil(runtime.config.ingest.retry_after_ms / 1000)
+        headers = {"Retry-After": str(seconds)}
+    return JSONResponse(failure.body, failure.status_code, headers=headers)
+
+
+def json_object(body: bytes) -> dict[str, Any]:
+    """``body`` decoded as one JSON object.
+
+    Raises:
+        HTTPFailure: 400 with the reason, for malformed JSON or anything but an object.
+    """
+    try:
+        payload = decode_json(body)
+    except InvalidEvent as exc:
+        raise HTTPFailure(status.HTTP_400_BAD_REQUEST, str(exc)) from None
+    if not isinstance(payload, dict):
+        raise HTTPFailure(status.HTTP_400_BAD_REQUEST, "body must be a json object")
+    return payload
+
+
+async def _ingest(request: Request, kind: str | None) -> JSONResponse:
+    runtime = cast(Runtime, request.state.runtime)
+    body = await read_body(request, runtime.config.ingest.max_request_bytes)
+    payload = json_object(body)
+    source = _authenticate(request, runtime, payload.get("writeKey"))
+    context = None
+    if kind is None:
+        raws = payload.get("batch")
+        if not isinstance(raws, list):
+            raise HTTPFailure(status.HTTP_400_BAD_REQUEST, 'expected {"batch": [...]}')
+        context = payload.get("context")
+    else:
+        raws = [payload]
+    client_ip = request.client.host if request.client else None
+    accepted, rejected = parse_all(raws, runtime, source, kind, context, client_ip)
+    if not accepted:
+        error = rejected[0]["error"] if rejected else "empty batch"
+        raise HTTPFailure(status.HTTP_400_BAD_REQUEST, error, rejected=rejected)
+    await commit(runtime, accepted)
+    result: dict[str, Any] = {"success": True}
+    if rejected:
+        result["rejected"] = rejected
+    return JSONResponse(result)
+
+
+async def receive(request: Request) -> Response:
+    """``POST /v1/batch`` and ``POST /v1/<type>``: store the events, answer after commit."""
+    kind = request.path_params.get("kind")
+    if kind is not None and kind not in SINGLE_TYPES:
+        return JSONResponse({"success": False, "error": "not found"}, status.HTTP_404_NOT_FOUND)
+    try:
+        return await _ingest(request, kind)
+    except HTTPFailure as failure:
+        return failure_response(request, failure)
+    except ClientDisconnect:  # gone before the body arrived: nothing was stored, nobody to tell
+        return Response(status_code=status.HTTP_400_BAD_REQUEST)

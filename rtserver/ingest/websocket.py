@@ -1,0 +1,438 @@
+"""WebSocket ingest: ``GET /v1/ws?key=<public key>``, the browsers' persistent connection.
+
+Protocol (DESIGN.md, fixed): text frames ``{"batch": [event, ...]}`` in; ``{"ack": [...]}`` only
+after commit, ``{"reject": [...]}`` for events that will never be accepted, ``{"nack": [...],
+"retry_after_ms": N}`` after a transient storage failure. Bad key or Origin: HTTP 403 at the
+handshake. Oversize frame: 1009 (uvicorn's ``ws_max_size``). Rate, depth, batch size or a binary
+frame: 1008. Queue full for too long: 1013. Idle: 1000. Shutdown: 1001, after the final flush and
+acks.
+
+Each connection has two halves: a reader task that parses frames and submits batches, and the
+endpoint itself writing replies in order (acks wait for their commit), so a client may pipeline
+up to ``ingest.max_in_flight`` batches. Every frame costs at least one token of the rate limit,
+so a flood of empty, malformed or non-batch frames is closed like a flood of events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import itertools
+import logging
+import re
+import urllib.parse
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import orjson
+from starlette import status
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from rtserver.config.schema import Config
+from rtserver.engine.pipeline import Runtime
+from rtserver.errors import InvalidEvent, PolicyViolation, StorageUnavailable, StoreError
+from rtserver.model.events import Event, message_id_of, parse_batch, parse_event, verify_identity
+
+__all__ = ["Ingest", "TokenBucket", "nesting_of", "origin_allowed"]
+
+logger = logging.getLogger(__name__)
+_ids = itertools.count(1)
+
+FRAME_DEPTH = 2
+"""Nesting the frame adds around an event: ``{"batch": [event]}``."""
+MAX_CLOSE_REASON_BYTES = 123
+"""A close frame's reason fits in a control frame (125 bytes) with its code."""
+_STRING_RE = re.compile(r'"(?:[^"\\]|\\.)*"?', re.DOTALL)
+_NOT_BRACKET_RE = re.compile(r"[^\[\]{}]+")
+_DEPTH_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+
+
+def nesting_of(text: str) -> int:
+    """How deep arrays and objects nest in JSON text, even malformed; strings are skipped.
+
+    Only called for a frame that failed to decode (orjson gives up at depth 1024 with a plain
+    decode error), so that a nesting bomb is still closed as a depth violation.
+    """
+    brackets = _NOT_BRACKET_RE.sub("", _STRING_RE.sub("", text))
+    return max(itertools.accumulate(map(_DEPTH_STEP.__getitem__, brackets)), default=0)
+
+
+def origin_allowed(origin: str | None, allowed: tuple[str, ...], host: str | None = None) -> bool:
+    """Whether a browser ``Origin`` may use the public key: a listed origin, or rtserver's own
+    (``host`` is the request's Host: pages rtserver serves itself, like ``/demo``).
+
+    A missing Origin never may, nor ``null`` (sandboxed frames, ``file:``), even with ``"*"``.
+    """
+    if origin is None or origin == "null":
+        return False
+    if "*" in allowed or origin.rstrip("/") in allowed:
+        return True
+    return host is not None and urllib.parse.urlsplit(origin).netloc == host
+
+
+def key_matches(given: str | None, expected: str) -> bool:
+    """Constant-time key comparison."""
+    return given is not None and hmac.compare_digest(given.encode(), expected.encode())
+
+
+@dataclass(slots=True)
+class TokenBucket:
+    """Events per second with a burst allowance, on an injected monotonic clock."""
+
+    rate: float
+    burst: float
+    clock: Callable[[], float]
+    tokens: float = field(init=False)
+    updated: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.tokens = self.burst
+        self.updated = self.clock()
+
+    def take(self, n: int) -> bool:
+        """Spend ``n`` tokens if there are enough."""
+        now = self.clock()
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if n > self.tokens:
+            return False
+        self.tokens -= n
+        return True
+
+
+@dataclass(slots=True)
+class Close:
+    """Close the socket with this code, after the replies queued before it."""
+
+    code: int
+    reason: str
+
+
+Reply = dict[str, Any] | tuple[asyncio.Future[None], list[str]] | Close
+
+
+class Session:
+    """One open WebSocket.
+
+    Kept small, as thousands sit idle: the replies are a plain list with a future created only
+    while one half waits for the other (not an ``asyncio.Queue``, three deques), ``closed`` is
+    created only when asked for, and the idle timeout is one timer re-armed lazily (not an
+    ``asyncio.timeout`` around every receive).
+    """
+
+    __slots__ = (
+        "_closed",
+        "_getter",
+        "_putter",
+        "_timer",
+        "_waiting",
+        "bucket",
+        "ended",
+        "id",
+        "idle_since",
+        "peer",
+        "reader",
+        "replies",
+        "runtime",
+        "stopping",
+        "ws",
+    )
+
+    def __init__(
+        self, websocket: WebSocket, runtime: Runtime, peer: str, monotonic: Callable[[], float]
+    ):
+        self.id = next(_ids)
+        self.ws = websocket
+        self.runtime = runtime
+        self.peer = peer
+        limits = runtime.config.ingest
+        self.bucket = TokenBucket(limits.events_per_s, limits.burst_events, monotonic)
+        self.replies: list[Reply] = []
+        """Replies not yet sent, at most ``max_in_flight`` (and one :class:`Close`), in order."""
+        self._getter: asyncio.Future[None] | None = None
+        """Set while the writer waits for a reply."""
+        self._putter: asyncio.Future[None] | None = None
+        """Set while the reader waits for room among the replies."""
+        self.reader: asyncio.Task[None] | None = None
+        self.stopping = False
+        self.idle_since = 0.0
+        """Loop time the reader began its receive in progress (or its last one)."""
+        self._waiting = False
+        """Whether the reader is waiting for a frame (so the idle timeout may stop it)."""
+        self._timer: asyncio.TimerHandle | None = None
+        self._closed: asyncio.Event | None = None
+        self.ended = False
+
+    @property
+    def closed(self) -> asyncio.Event:
+        """Set once the session has ended (its socket closed and it left the registry)."""
+        if self._closed is None:
+            self._closed = asyncio.Event()
+            if self.ended:
+                self._closed.set()
+        return self._closed
+
+    def end(self) -> None:
+        self.ended = True
+        if self._closed is not None:
+            self._closed.set()
+
+    async def put(self, reply: Reply) -> None:
+        """Queue a reply for the writer, waiting while ``max_in_flight`` are queued already."""
+        replies = self.replies
+        if len(replies) >= self.runtime.config.ingest.max_in_flight and not isinstance(
+            reply, Close
+        ):
+            self._putter = asyncio.get_running_loop().create_future()
+            try:
+                await self._putter
+            finally:
+                self._putter = None
+        replies.append(reply)
+        getter = self._getter
+        if getter is not None and not getter.done():
+            getter.set_result(None)
+
+    async def get(self) -> Reply:
+        """The next reply, in order, waiting for one if there is none."""
+        replies = self.replies
+        if not replies:
+            self._getter = asyncio.get_running_loop().create_future()
+            try:
+                await self._getter
+            finally:
+                self._getter = None
+        putter = self._putter
+        if putter is not None and not putter.done():
+            putter.set_result(None)
+        return replies.pop(0)
+
+    def stop(self) -> None:
+        """Stop reading (shutdown): frames already received are still read, committed and acked;
+        then 1001.
+
+        The reader is not cancelled in the middle of its work: a cancelled receive could leave a
+        frame the server already holds unread. A receive waiting for a frame is ended (as the idle
+        timeout does), and once stopping the reader only reads what is already there.
+        """
+        self.stopping = True
+        if self._waiting:
+            self.interrupt()
+
+    def interrupt(self) -> None:
+        """Stop the reader: a receive it is waiting in ends with the close (idle or shutdown);
+        anywhere else it is cancelled.
+
+        Only its session cancels a reader (here), so a receive takes any cancellation as this.
+        """
+        assert self.reader is not None
+        self._waiting = False  # once: neither the timer nor stop() expires it again
+        self.reader.cancel()
+
+    def _on_idle_timer(self, when: float) -> None:
+        """The idle timer: expire a receive waiting since ``when - idle_timeout_s`` or before,
+        else look again when the current wait (or the next) could be over."""
+        timeout = self.runtime.config.ingest.idle_timeout_s
+        due = self.idle_since + timeout
+        if self._waiting and due <= when:
+            self.interrupt()
+            return
+        loop = asyncio.get_running_loop()
+        # While the reader is busy with a frame its next wait has not begun: it ends a full
+        # timeout after it begins, at the earliest.
+        when = due if self._waiting else loop.time() + timeout
+        self._timer = loop.call_at(when, self._on_idle_timer, when)
+
+    async def read(self) -> None:
+        """Read frames until the client leaves, breaks a rule, or the server stops."""
+        loop = asyncio.get_running_loop()
+        self.idle_since = loop.time()
+        when = self.idle_since + self.runtime.config.ingest.idle_timeout_s
+        self._timer = loop.call_at(when, self._on_idle_timer, when)
+        try:
+            close = await self._read_frames()
+        except Exception:  # the task boundary: log, close this socket, keep the server up
+            logger.exception("ws %d: reader failed", self.id)
+            close = Close(status.WS_1011_INTERNAL_ERROR, "internal error")
+        finally:
+            self._timer.cancel()  # (harmless on one that has fired)
+        await self.put(close)
+
+    async def _read_frames(self) -> Close:
+        loop = asyncio.get_running_loop()
+        while True:
+            # The receive is inline, not in a helper coroutine: a cancellation caught in a
+            # callee hides the caller's next lines from tracers (coverage) on Python 3.11.
+            if self.stopping:
+                # A zero timeout still returns a frame that is already queued: the receive does
+                # not suspend, and the expiry only takes effect when it does.
+                try:
+                    async with asyncio.timeout(0):
+                        message = await self.ws.receive()
+                except TimeoutError:
+                    return Close(status.WS_1001_GOING_AWAY, "server shutting down")
+            else:
+                self.idle_since = loop.time()  # the idle timer looks at it when it fires
+                self._waiting = True
+                try:
+                    message = await self.ws.receive()
+                except asyncio.CancelledError:  # interrupt(): idle, shutdown, or the writer ended
+                    task = asyncio.current_task()
+                    assert task is not None
+                    task.uncancel()
+                    if self.stopping:
+                        return Close(status.WS_1001_GOING_AWAY, "server shutting down")
+                    return Close(status.WS_1000_NORMAL_CLOSURE, "idle timeout")
+                finally:
+                    self._waiting = False
+            if message["type"] == "websocket.disconnect":
+                return Close(-1, "client left")
+            text = message.get("text")
+            if text is None:
+                return Close(status.WS_1008_POLICY_VIOLATION, "binary frames are not accepted")
+            try:
+                await self._handle(text)
+            except PolicyViolation as exc:
+                return Close(status.WS_1008_POLICY_VIOLATION, str(exc))
+            except TimeoutError:  # the pipeline's queue stayed full
+                return Close(status.WS_1013_TRY_AGAIN_LATER, "server overloaded, retry later")
+
+    async def _handle(self, text: str) -> None:
+        """Reply to one text frame: reject what is invalid, submit the rest for commit.
+
+        Raises:
+            PolicyViolation: the frame breaks a limit (close 1008).
+            TimeoutError: the pipeline's queue stayed full (close 1013).
+        """
+        runtime = self.runtime
+        limits = runtime.config.ingest
+        try:
+            raw_events = parse_batch(text, limits)
+        except PolicyViolation:
+            raise
+        except InvalidEvent as exc:
+            self._spend(1)
+            if nesting_of(text) > limits.max_json_depth + FRAME_DEPTH:
+                raise PolicyViolation(f"json nested deeper than {limits.max_json_depth}") from None
+            await self.put({"reject": [{"messageId": None, "error": str(exc)}]})
+            return
+        self._spend(max(1, len(raw_events)))
+        accepted: list[Event] = []
+        rejected: list[dict[str, Any]] = []
+        secret = runtime.keys.identity_secret
+        for raw in raw_events:
+            try:
+                event = parse_event(raw, limits, source="browser", client_ip=self.peer)
+                accepted.append(verify_identity(event, secret))
+            except PolicyViolation:
+                raise
+            except InvalidEvent as exc:
+                rejected.append({"messageId": message_id_of(raw), "error": str(exc)})
+        if rejected:
+            await self.put({"reject": rejected})
+        if accepted:
+            done = await runtime.pipeline.submit(accepted, runtime.clock())
+            await self.put((done, [e.message_id for e in accepted]))
+
+    def _spend(self, events: int) -> None:
+        if not self.bucket.take(events):
+            limits = self.runtime.config.ingest
+            raise PolicyViolation(f"more than {limits.events_per_s:g} events per second")
+
+    async def write(self) -> None:
+        """Send replies in order until a :class:`Close` comes through."""
+        retry_after_ms = self.runtime.config.ingest.retry_after_ms
+        send_text = self.ws.send_text
+        while True:
+            reply = await self.get()
+            if isinstance(reply, Close):
+                if reply.code > 0:
+                    reason = reply.reason.encode()[:MAX_CLOSE_REASON_BYTES]
+                    await self.ws.close(reply.code, reason.decode(errors="ignore"))
+                return
+            if isinstance(reply, tuple):
+                done, ids = reply
+                try:
+                    await done
+                    text = '{"ack":' + orjson.dumps(ids).decode() + "}"
+                except (StorageUnavailable, StoreError):
+                    message = {"nack": ids, "retry_after_ms": retry_after_ms}
+                    text = orjson.dumps(message).decode()
+            else:
+                text = orjson.dumps(reply).decode()
+            await send_text(text)
+
+
+class Ingest:
+    """The WebSocket endpoint and the registry of open sessions (for limits and the drain)."""
+
+    def __init__(self, config: Config, monotonic: Callable[[], float]):
+        self.config = config
+        self.monotonic = monotonic
+        self.sessions: set[Session] = set()
+        self.per_ip: Counter[str] = Counter()
+        self.draining = False
+
+    async def _refuse(self, websocket: WebSocket, why: str) -> None:
+        # Closing before accept() makes uvicorn answer the handshake with HTTP 403. (A denial
+        # response with a body would say more, but uvicorn logs each one as an ASGI error.)
+        logger.info("ws refused %s: %s", websocket.client, why)
+        await websocket.close(status.WS_1008_POLICY_VIOLATION)
+
+    async def _turn_away(self, websocket: WebSocket, code: int, why: str) -> None:
+        await websocket.accept()
+        await websocket.close(code, why)
+
+    async def endpoint(self, websocket: WebSocket) -> None:
+        """``GET /v1/ws``: check key and Origin, then read and reply until closed."""
+        runtime = cast(Runtime, websocket.state.runtime)
+        config = self.config
+        peer = websocket.client.host if websocket.client else "unknown"
+        if not key_matches(websocket.query_params.get("key"), runtime.keys.public):
+            return await self._refuse(websocket, "invalid key")
+        origin, host = websocket.headers.get("origin"), websocket.headers.get("host")
+        if not origin_allowed(origin, config.server.allowed_origins, host):
+            return await self._refuse(websocket, "origin not allowed")
+        if self.draining:
+            return await self._turn_away(websocket, status.WS_1001_GOING_AWAY, "shutting down")
+        if self.per_ip[peer] >= config.ingest.max_connections_per_ip:
+            return await self._turn_away(
+                websocket, status.WS_1008_POLICY_VIOLATION, "too many connections from this address"
+            )
+        session = Session(websocket, runtime, peer, self.monotonic)
+        self.per_ip[peer] += 1
+        self.sessions.add(session)
+        try:
+            await websocket.accept()
+            logger.debug("ws %d open from %s", session.id, peer)
+            session.reader = asyncio.create_task(session.read(), name=f"ws-reader-{session.id}")
+            try:
+                await session.write()
+            except (WebSocketDisconnect, RuntimeError, OSError):
+                pass  # the client is gone: what it sent is still committed, just not acked
+            finally:
+                session.interrupt()
+                try:
+                    await session.reader
+                except asyncio.CancelledError:
+                    pass
+        finally:
+            session.end()
+            self.sessions.discard(session)
+            self.per_ip[peer] -= 1
+            if not self.per_ip[peer]:
+                del self.per_ip[peer]
+            logger.debug("ws %d closed", session.id)
+
+    async def drain(self) -> None:
+        """Shutdown, before uvicorn closes sockets: stop reading, commit, ack, close with 1001."""
+        self.draining = True
+        sessions = list(self.sessions)
+        for session in sessions:
+            session.stop()
+        if sessions:
+            logger.info("draining %d websocket(s)", len(sessions))
+        # Each session ends once its last ack and its close frame are sent.
+        await asyncio.gather(*(s.closed.wait() for s in sessions))

@@ -1,0 +1,1 @@
+"""Mail: templates, MIME, SMTP, the dev sink, the sender, and the links in every mail."""

@@ -1,0 +1,194 @@
+"""The links in every mail: open pixel, click redirect, unsubscribe and double opt-in confirm.
+
+``GET /o/<token>`` answers a 1x1 GIF whatever the token (no write for a bad one) and records
+``Email Opened``. ``GET /c/<token>`` redirects to the URL signed in the token and records
+``Email Clicked``; a bad, tampered or expired token gets a 404 page, never a redirect (no open
+redirect, RELIABILITY.md G15). ``GET /u/<token>`` shows a confirmation page and changes nothing
+(link scanners follow GETs); ``POST /u/<token>`` unsubscribes at once, without a redirect
+(RFC 8058 one-click). ``GET /confirm/<token>`` verifies a claimed address (double opt-in).
+
+Opens and clicks that a machine made are recorded but flagged (``properties.machine``) and do
+not count as engagement: HEAD requests, known scanner or image-proxy agents, and clicks within
+``mail.scanner_window_s`` of delivery. Apple's Mail Privacy Protection fetches look like a
+person's and cannot be told apart by the request alone.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import re
+import uuid
+from pathlib import Path
+from typing import Any, cast
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
+from starlette.templating import Jinja2Templates
+
+from rtserver.engine.pipeline import Runtime
+from rtserver.errors import StoreError
+from rtserver.mail.tokens import email_hash
+from rtserver.model.events import Event, person_event
+
+__all__ = ["PIXEL", "machine_reason", "routes"]
+
+logger = logging.getLogger(__name__)
+
+PIXEL = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
+"""A transparent 1x1 GIF."""
+NO_STORE = {"Cache-Control": "no-store, private", "Referrer-Policy": "no-referrer"}
+SCANNER_AGENTS = re.compile(
+    r"bot\b|crawl|spider|scan|barracuda|mimecast|proofpoint|safelinks|trendmicro|"
+    r"python-requests|python-httpx|aiohttp|curl/|wget/|go-http-client|java/|"
+    r"microsoft office|ms-office|urlscan|headlesschrome",
+    re.IGNORECASE,
+)
+PROXY_AGENTS = re.compile(r"googleimageproxy|yahoomailproxy|ggpht\.com", re.IGNORECASE)
+
+pages = Jinja2Templates(directory=str(Path(__file__).parent.parent / "templates" / "pages"))
+
+
+def machine_reason(
+    request: Request, sent_at: float | None, now: float, window_s: float, *, opening: bool
+) -> str | None:
+    """Why this open or click looks automated, or None when it looks like a person's."""
+    agent = request.headers.get("user-agent", "")
+    if request.method == "HEAD":
+        return "head request"
+    if not agent:
+        return "no user agent"
+    if SCANNER_AGENTS.search(agent):
+        return "scanner agent"
+    if opening and PROXY_AGENTS.search(agent):
+        return "image proxy"
+    if not opening and sent_at is not None and now - sent_at < window_s:
+        return f"within {window_s:g}s of delivery"
+    return None
+
+
+def _page(request: Request, name: str, status: int = 200, **values: Any) -> Response:
+    runtime = cast(Runtime, request.state.runtime)
+    context = {"brand": runtime.config.mail.brand, **values}
+    return pages.TemplateResponse(request, name, context, status_code=status, headers=NO_STORE)
+
+
+def _not_found(request: Request) -> Response:
+    return _page(request, "link_invalid.html", 404)
+
+
+async def _record(runtime: Runtime, events: list[Event]) -> None:
+    """Commit ``events``; a storage failure is logged, not shown (the person's click matters)."""
+    try:
+        await (await runtime.pipeline.submit(events, runtime.clock()))
+    except (StoreError, TimeoutError) as exc:
+        logger.warning("could not record %s: %s", events[0].name, exc)
+
+
+async def _mail_event(
+    request: Request, mail_id: str, name: str, extra: dict[str, Any]
+) -> dict[str, Any] | None:
+    """Record ``name`` for the mail ``mail_id``; its outbox row, or None if it is unknown."""
+    runtime = cast(Runtime, request.state.runtime)
+    row = await runtime.store.mail.get(mail_id)
+    if row is None:
+        return None
+    now = runtime.clock()
+    reason = machine_reason(
+        request,
+        row["sent_at"],
+        now,
+        runtime.config.mail.scanner_window_s,
+        opening=name == "Email Opened",
+    )
+    properties = {
+        "mail_id": mail_id,
+        "workflow": row["workflow"],
+        "template": row["template"],
+        "run_id": row["run_id"],
+        "machine": reason is not None,
+        **extra,
+    }
+    if reason is not None:
+        properties["machine_reason"] = reason
+    message_id = f"rt-{name.split()[-1].lower()}-{mail_id}-{uuid.uuid4().hex}"
+    await _record(runtime, [person_event(row["person_id"], message_id, name, properties)])
+    return row
+
+
+async def pixel(request: Request) -> Response:
+    """``GET /o/<token>``: the open pixel."""
+    runtime = cast(Runtime, request.state.runtime)
+    mail_id = runtime.tokens.read_open(request.path_params["token"])
+    if mail_id is not None:
+        await _mail_event(request, mail_id, "Email Opened", {})
+    return Response(PIXEL, media_type="image/gif", headers=NO_STORE)
+
+
+async def click(request: Request) -> Response:
+    """``GET /c/<token>``: record the click, then redirect to the signed URL (or 404)."""
+    runtime = cast(Runtime, request.state.runtime)
+    signed = runtime.tokens.read_click(request.path_params["token"])
+    if signed is None:
+        return _not_found(request)
+    mail_id, url = signed
+    if await _mail_event(request, mail_id, "Email Clicked", {"url": url}) is None:
+        return _not_found(request)
+    return RedirectResponse(url, status_code=303, headers=NO_STORE)
+
+
+async def unsubscribe(request: Request) -> Response:
+    """``GET /u/<token>`` asks; ``POST /u/<token>`` unsubscribes (RFC 8058 one-click)."""
+    runtime = cast(Runtime, request.state.runtime)
+    mail_id = runtime.tokens.read_unsubscribe(request.path_params["token"])
+    row = None if mail_id is None else await runtime.store.mail.get(mail_id)
+    if row is None:
+        return _not_found(request)  # a bad token, or the mail of a person since erased
+    if request.method == "GET":
+        return _page(request, "unsubscribe.html", action=str(request.url.path))
+    if row["recipient"]:
+        # The suppression first: it is checked when each later mail is claimed, so it holds
+        # even for mails already queued, and for a profile that opts in again.
+        now = runtime.clock()
+        await runtime.store.mail.suppress(row["recipient"], "unsubscribe", now, row["id"])
+    event = person_event(
+        row["person_id"],
+        f"rt-unsubscribe-{row['id']}-{uuid.uuid4().hex}",
+        "Email Unsubscribed",
+        {"mail_id": row["id"], "workflow": row["workflow"]},
+    )
+    await _record(runtime, [event])
+    logger.info("unsubscribed %s (mail %s)", row["person_id"], row["id"])
+    return _page(request, "unsubscribed.html")
+
+
+async def confirm(request: Request) -> Response:
+    """``GET /confirm/<token>``: the double opt-in link verifies the claimed address."""
+    runtime = cast(Runtime, request.state.runtime)
+    signed = runtime.tokens.read_confirm(request.path_params["token"])
+    if signed is None:
+        return _not_found(request)
+    person_id, hashed = signed
+    profile = await runtime.store.profile(person_id)
+    claimed = (profile or {}).get("claimed_email")
+    # A token made before the digest was keyed carries the plain hash: still good for its week.
+    if not claimed or hashed not in (runtime.tokens.email_digest(claimed), email_hash(claimed)):
+        return _not_found(request)
+    unique = uuid.uuid4().hex
+    traits = {"email": claimed, "consent": "confirmed_opt_in"}
+    events = [
+        person_event(person_id, f"rt-confirm-id-{unique}", None, kind="identify", traits=traits),
+        person_event(person_id, f"rt-confirm-{unique}", "Email Confirmed", {}),
+    ]
+    await _record(runtime, events)
+    logger.info("double opt-in confirmed for %s", person_id)
+    return _page(request, "confirmed.html")
+
+
+routes = [
+    Route("/o/{token}", pixel, methods=["GET", "HEAD"]),
+    Route("/c/{token}", click, methods=["GET", "HEAD"]),
+    Route("/u/{token}", unsubscribe, methods=["GET", "POST"]),
+    Route("/confirm/{token}", confirm, methods=["GET"]),
+]

@@ -1,0 +1,1 @@
+"""The domain model: events, people, the facts decisions read and the actions they return. Pure."""

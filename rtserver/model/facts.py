@@ -1,0 +1,380 @@
+"""The facts decisions read and the actions they return: plain frozen dataclasses. Pure.
+
+:func:`rtserver.engine.decide.decide` reads a person's :class:`Facts` (profile, open runs, the end
+of their last runs, their last marketing mail) and answers with a list of :data:`Action`; the
+caller commits those and folds them back into the facts. :func:`observe` folds one event into
+the profile (orders, opens and clicks, time zone, verified email, recent history) before the
+decision, so conditions see the event that is being decided. :class:`Memory` keeps the facts
+of the persons decided lately, so the engine reads only the others from the store.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from rtserver.model.events import Event
+
+__all__ = [
+    "HISTORY_LIMIT",
+    "NAMES_BY_TYPE",
+    "Action",
+    "CallWebhook",
+    "CancelTimer",
+    "EmitEvent",
+    "EndRun",
+    "Facts",
+    "Memory",
+    "Person",
+    "Run",
+    "ScheduleTimer",
+    "Scheduled",
+    "SendMail",
+    "SkipStep",
+    "StartRun",
+    "TimerFired",
+    "UpdateRun",
+    "event_name",
+    "known_zone",
+    "observe",
+]
+
+ORDER_EVENT = "Order Completed"
+HISTORY_LIMIT = 200
+ORDER_TIMES_LIMIT = 100
+NAMES_BY_TYPE = {
+    "page": "Page Viewed",
+    "screen": "Screen Viewed",
+    "identify": "Identify",
+    "alias": "Alias",
+    "group": "Group",
+}
+"""The name of a non-track event (what triggers and waits match)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One person's way through one workflow (one per person and run key at a time)."""
+
+    id: str
+    workflow: str
+    person_id: str
+    key: str
+    started: float
+    step: int
+    """Index of the step the run waits at."""
+    step_kind: str
+    """That step's kind when the run reached it: a config change is detected against it."""
+    variant: str = ""
+    """The variants chosen so far, ``"2:B"`` (step 2, variant B), comma-separated."""
+    holdout: bool = False
+    wait_met: bool = False
+    sends: int = 0
+    due: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Person:
+    """What conditions may know of a person (``person.*`` in DESIGN.md)."""
+
+    id: str
+    email: str | None = None
+    traits: Mapping[str, Any] = field(default_factory=dict)
+    consent: str = "none"
+    first_seen: float = 0.0
+    last_seen: float = 0.0
+    orders_count: int = 0
+    total_spent: float = 0.0
+    last_order_at: float | None = None
+    opens: int = 0
+    clicks: int = 0
+    time_zone: str | None = None
+    order_times: tuple[float, ...] = ()
+    history: tuple[tuple[str, float], ...] = ()
+    """Recent (event name, time), oldest first, for ``events_since``."""
+
+    def orders_since(self, t: float) -> int:
+        """Orders completed at or after ``t``."""
+        return sum(1 for at in self.order_times if at >= t)
+
+    def events_since(self, name: str, t: float) -> int:
+        """Events named ``name`` at or after ``t`` (within the recent history)."""
+        return sum(1 for n, at in self.history if n == name and at >= t)
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """Everything ``decide`` may read about one person."""
+
+    person: Person
+    runs: tuple[Run, ...] = ()
+    """The person's open runs."""
+    last_ended: Mapping[tuple[str, str], float] = field(default_factory=dict)
+    """(workflow, run key) → when the last such run ended, for ``reentry``."""
+    last_sent: float | None = None
+    """When the person's last marketing mail was decided, for the frequency cap."""
+
+
+@dataclass(frozen=True, slots=True)
+class TimerFired:
+    """A run's timer came due."""
+
+    run_id: str
+    step: int
+
+
+@dataclass(frozen=True, slots=True)
+class Scheduled:
+    """A scheduled workflow's sweep reached this person (the fallback trigger)."""
+
+    workflow: str
+
+
+@dataclass(frozen=True, slots=True)
+class StartRun:
+    run: Run
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateRun:
+    run: Run
+
+
+@dataclass(frozen=True, slots=True)
+class EndRun:
+    run: Run
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleTimer:
+    """Arm (or re-arm) the run's one timer."""
+
+    run_id: str
+    step: int
+    due: float
+    person_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class CancelTimer:
+    run_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class SendMail:
+    run_id: str
+    step: int
+    person_id: str
+    workflow: str
+    template: str
+    variant: str
+
+
+@dataclass(frozen=True, slots=True)
+class SkipStep:
+    """A send that was decided against, with the reason (holdout, frequency cap, no email)."""
+
+    run_id: str
+    step: int
+    person_id: str
+    workflow: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class EmitEvent:
+    run_id: str
+    step: int
+    person_id: str
+    name: str
+    properties: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class CallWebhook:
+    run_id: str
+    step: int
+    person_id: str
+    url: str
+    payload: Mapping[str, Any]
+
+
+Action = (
+    StartRun
+    | UpdateRun
+    | EndRun
+    | ScheduleTimer
+    | CancelTimer
+    | SendMail
+    | SkipStep
+    | EmitEvent
+    | CallWebhook
+)
+
+
+def event_name(event: Event) -> str:
+    """The name triggers and waits match: a track's event name, else one per type."""
+    if event.type == "track" and event.name:
+        return event.name
+    return NAMES_BY_TYPE.get(event.type, event.type)
+
+
+def _amount(properties: Mapping[str, Any]) -> float:
+    """The order's amount: the first number of ``revenue``, ``total``, ``value``; else 0."""
+    for key in ("revenue", "total", "value"):
+        value = properties.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+    return 0.0
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_zone(name: str) -> bool:
+    # Cached: browsers send their zone with every event, and an unknown name is looked up on
+    # disk each time (ZoneInfo caches only the zones it found).
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: unreadable file
+        return False
+    return True
+
+
+def known_zone(*candidates: Any) -> str | None:
+    """The first candidate that names a time zone the system knows."""
+    for name in candidates:
+        if isinstance(name, str) and name and _is_zone(name):
+            return name
+    return None
+
+
+CONSENT_STATES = ("none", "confirmed_opt_in", "soft_opt_in_customer", "unsubscribed")
+"""A profile's marketing status (RELIABILITY.md G11); marketing mail needs one of the middle two."""
+MARKETING_CONSENT = ("confirmed_opt_in", "soft_opt_in_customer")
+
+
+def _consent(current: str, event: Event, name: str) -> str:
+    """The marketing status after ``event``.
+
+    Trusted sources (write key, rtserver's own mail events) set it; a browser only through an
+    identify whose email the shop's backend verified (``emailHash``): a shopper may opt in their
+    own address, never anybody else's (RELIABILITY.md G12).
+    """
+    trusted = event.source == "server"
+    if event.type == "identify" and (trusted or (event.email and event.email_verified)):
+        declared = event.traits.get("consent")
+        if declared in CONSENT_STATES:
+            return str(declared)
+    if not trusted:
+        return current
+    if name == "Email Unsubscribed":
+        return "unsubscribed"
+    if name == "Email Confirmed":
+        return "confirmed_opt_in"
+    if name == ORDER_EVENT and current == "none":
+        return "soft_opt_in_customer"  # a customer may get mail about similar products
+    return current
+
+
+def observe(person: Person, event: Event, now: float, *, history: bool = True) -> Person:
+    """The person after ``event``: last seen, traits, email, orders, opens, clicks, history.
+
+    ``history=False`` leaves the recent events alone (nothing reads them: no condition uses
+    ``events_since``). Built in one call, not a chain of ``replace``: it runs for every event.
+    """
+    name = event_name(event)
+    traits = person.traits
+    if event.type == "identify" and event.traits:
+        traits = {**traits, **{k: v for k, v in event.traits.items() if k != "email"}}
+    zone = known_zone(event.context.get("timezone"), event.traits.get("timezone"))
+    orders, spent, last_order, order_times = (
+        person.orders_count, person.total_spent, person.last_order_at, person.order_times
+    )  # fmt: skip
+    if name == ORDER_EVENT:
+        orders, spent, last_order = orders + 1, spent + _amount(event.properties), now
+        order_times = (*order_times, now)[-ORDER_TIMES_LIMIT:]
+    opens, clicks = person.opens, person.clicks
+    if name == "Email Opened" and not event.properties.get("machine"):
+        opens += 1
+    elif name == "Email Clicked" and not event.properties.get("machine"):
+        clicks += 1
+    return Person(
+        id=person.id,
+        email=event.email if event.email is not None and event.email_verified else person.email,
+        traits=traits,
+        consent=_consent(person.consent, event, name),
+        first_seen=min(person.first_seen, now) if person.first_seen else now,
+        last_seen=max(person.last_seen, now),
+        orders_count=orders,
+        total_spent=spent,
+        last_order_at=last_order,
+        opens=opens,
+        clicks=clicks,
+        time_zone=person.time_zone if zone is None else zone,
+        order_times=order_times,
+        history=(*person.history, (name, now))[-HISTORY_LIMIT:] if history else person.history,
+    )
+
+
+class Memory:
+    """The facts of the persons decided lately, exactly as the store holds them after the last
+    commit, so that a group reads from the store only the persons it has not seen lately.
+
+    Each entry is ``(facts, oldest)``: ``oldest`` is a lower bound of the times in the person's
+    recent history, so that trimming it to a window costs nothing until something is older.
+    Least recently kept entries are dropped first, past ``limit`` persons. What goes in, and
+    when an entry no longer matches the store, is the engine's business
+    (:mod:`rtserver.engine.engine`).
+    """
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.entries: OrderedDict[str, tuple[Facts, float]] = OrderedDict()
+
+    def recall(
+        self, person_ids: Iterable[str], since: float | None
+    ) -> tuple[dict[str, tuple[Facts, float]], list[str]]:
+        """The entries there are (history trimmed to events at or after ``since``), and the
+        persons missing."""
+        found: dict[str, tuple[Facts, float]] = {}
+        missing: list[str] = []
+        entries = self.entries
+        for person_id in person_ids:
+            entry = entries.get(person_id)
+            if entry is None:
+                missing.append(person_id)
+            elif since is not None and entry[1] < since:
+                found[person_id] = _trimmed(entry[0], since)
+            else:
+                found[person_id] = entry
+        return found, missing
+
+    def keep(self, known: Mapping[str, tuple[Facts, float]]) -> None:
+        """Remember (or refresh) these entries; drop the least recent past the limit."""
+        entries = self.entries
+        for person_id, entry in known.items():
+            entries[person_id] = entry
+            entries.move_to_end(person_id)
+        while len(entries) > self.limit:
+            entries.popitem(last=False)
+
+    def forget(self, person_ids: Iterable[str]) -> None:
+        """Drop these persons: read them from the store next time."""
+        for person_id in person_ids:
+            self.entries.pop(person_id, None)
+
+    def clear(self) -> None:
+        """Drop everything (the store was written behind the engine's back)."""
+        self.entries.clear()
+
+
+def _trimmed(facts: Facts, since: float) -> tuple[Facts, float]:
+    person = facts.person
+    recent = tuple(h for h in person.history if h[1] >= since)
+    oldest = min((at for _, at in recent), default=since)
+    return replace(facts, person=replace(person, history=recent)), oldest

@@ -1,0 +1,1 @@
+"""Commands beside serving: simulate, the demo, and the mail commands."""
