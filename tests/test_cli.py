@@ -18,7 +18,7 @@ from rtserver import __version__
 from rtserver.cli import RedactAddresses, _announce, _configure_logging, main
 from rtserver.config.schema import iter_settings
 from tests.conftest import ORIGIN, TIMEOUT_UNIT, make_config
-from tests.server_process import READY, ServerProcess, write_config
+from tests.support.server_process import READY, ServerProcess, write_config
 
 SECRET_ENV = ("RTSERVER_CONFIG", "RTSERVER_WRITE_KEY", "RTSERVER_IDENTITY_SECRET")
 

@@ -44,7 +44,7 @@ from tests.conftest import (
     make_config,
     run_server,
 )
-from tests.server_process import ServerProcess, free_port, write_config
+from tests.support.server_process import ServerProcess, free_port, write_config
 from tests.test_durability import kill_points
 
 G3_CARTS = int(os.environ.get("RTSERVER_G3_CARTS", "600"))

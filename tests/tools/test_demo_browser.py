@@ -21,14 +21,14 @@ from playwright.async_api import Browser, Page, expect
 
 from rtserver.tools.demo import demo_config
 from tests.conftest import TIMEOUT_UNIT, FakeClock, run_server
-from tests.dashboard_support import (  # noqa: F401 (sse_exit_flag_reset is autouse)
+from tests.support.dashboard import (  # noqa: F401 (sse_exit_flag_reset is autouse)
     PASSWORD,
     sse_exit_flag_reset,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 WAIT_MS = 4 * TIMEOUT_UNIT * 1000
-ARTIFACTS = Path(__file__).parent / "artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 SCREENSHOT = ARTIFACTS / "demo_tour.png"
 ADDRESS = "demo.shopper@example.com"
 LAMP = "[data-product=lamp]"

@@ -31,7 +31,7 @@ from rtserver.mail.tokens import Tokens
 from rtserver.model.events import parse_event
 from rtserver.store.database import Store
 from tests.conftest import TIMEOUT_UNIT, FakeClock, event, make_config
-from tests.smtp_server import DROP, Script, SMTPServer
+from tests.support.smtp_server import DROP, Script, SMTPServer
 
 NOW = 1_800_000_000.0
 SECRET = "tokens-secret-0123456789abcdefghijklmnop"

@@ -25,7 +25,7 @@ from tests.conftest import (
     shopper,
     tracked,
 )
-from tests.dashboard_support import (  # noqa: F401 (sse_exit_flag_reset is autouse)
+from tests.support.dashboard import (  # noqa: F401 (sse_exit_flag_reset is autouse)
     PASSWORD,
     XSS,
     dashboard_config,
@@ -33,7 +33,7 @@ from tests.dashboard_support import (  # noqa: F401 (sse_exit_flag_reset is auto
 )
 
 WAIT_MS = 4 * TIMEOUT_UNIT * 1000
-ARTIFACTS = Path(__file__).parent / "artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 SCREENSHOT = ARTIFACTS / "dashboard.png"
 IMG_XSS = '<img src=x onerror="alert(2)">'
 

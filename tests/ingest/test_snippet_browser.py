@@ -21,14 +21,14 @@ from playwright.async_api import Browser, Page
 
 from rtserver.config.schema import Config
 from rtserver.model.events import sign_identity
-from tests.browser_support import Shop, proxy_to, serve_shop
 from tests.conftest import (
     IDENTITY_SECRET,
     TIMEOUT_UNIT,
     make_config,
     run_server,
 )
-from tests.server_process import ServerProcess, free_port, write_config
+from tests.support.browser import Shop, proxy_to, serve_shop
+from tests.support.server_process import ServerProcess, free_port, write_config
 
 WAIT_MS = 6 * TIMEOUT_UNIT * 1000
 """The longest a page condition may take; reconnecting after a cut waits out a backoff."""

@@ -39,9 +39,9 @@ from rtserver.mail.render import (
 )
 from rtserver.mail.tokens import Tokens
 from tests.conftest import TIMEOUT_UNIT, FakeClock
-from tests.smtp_server import SMTPServer
+from tests.support.smtp_server import SMTPServer
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PUBLIC = "https://rt.example"
 SHOP = "https://shop.example"
 SECRET = "link-secret-0123456789"

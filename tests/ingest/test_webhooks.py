@@ -33,9 +33,8 @@ from tests.conftest import (
     shopper,
     tracked,
 )
-from tests.smtp_server import SMTPServer
-from tests.test_links import LAMP, smtp_config
-from tests.test_providers import (
+from tests.mail.test_links import LAMP, smtp_config
+from tests.mail.test_providers import (
     MAILGUN_KEY,
     NOW,
     SENDGRID_EVENTS,
@@ -44,6 +43,7 @@ from tests.test_providers import (
     public_b64,
     sendgrid_request,
 )
+from tests.support.smtp_server import SMTPServer
 
 PREVIOUS_SECRET = "whsec_AAECAwQFBgcICQoLDA0ODxAREhMUFRYX"
 OTHER_SECRET = "whsec_GBkaGxwdHh8gISIjJCUmJygpKissLS4v"

@@ -1,10 +1,11 @@
 """Outbound webhooks (RELIABILITY.md G18) against a real HTTP receiver.
 
-The courier runs on a real store and POSTs with httpx to pytest-httpserver (tests/receiver.py)
-over loopback: what each answer does to a delivery (2xx, 410, 3xx, 408/425/429/5xx, other 4xx,
-``Retry-After``), timeouts and refused connections, the Standard Webhooks signature and the
-stable ``webhook-id``, the destination checks (a resolver stub, no traffic), a real server end to
-end, and a ``kill -9`` mid-delivery of a real ``rtserver serve`` child.
+The courier runs on a real store and POSTs with httpx to pytest-httpserver
+(tests/support/receiver.py) over loopback: what each answer does to a delivery (2xx, 410, 3xx,
+408/425/429/5xx, other 4xx, ``Retry-After``), timeouts and refused connections, the Standard
+Webhooks signature and the stable ``webhook-id``, the destination checks (a resolver stub, no
+traffic), a real server end to end, and a ``kill -9`` mid-delivery of a real ``rtserver serve``
+child.
 
 Time is a fake clock that the tests move, then :meth:`Courier.wake`; the tests wait on the
 courier's ``progress`` (notified after every recorded attempt), on the receiver's arrivals, on
@@ -59,8 +60,8 @@ from tests.conftest import (
     make_config,
     run_server,
 )
-from tests.receiver import KeepAlive, Receiver
-from tests.server_process import ServerProcess, free_port
+from tests.support.receiver import KeepAlive, Receiver
+from tests.support.server_process import ServerProcess, free_port
 
 NOW = 1_800_000_000.0
 HOOKS_SECRET = "whsec_" + base64.b64encode(b"rtserver-courier-test-secret-32b").decode()

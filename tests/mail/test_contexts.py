@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 import rtserver.mail.contexts
-from tests.test_sender import (  # noqa: F401 (fixtures)
+from tests.mail.test_sender import (  # noqa: F401 (fixtures)
     Shop,
     clock,
     make_sender,

@@ -17,7 +17,7 @@ from rtserver.app import create_app
 from rtserver.ingest.snippet import MAX_AGE_S
 from tests.conftest import TIMEOUT_UNIT, make_config
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CLIENT = ROOT / "client-js"
 BUILT = ROOT / "rtserver" / "static" / "rt.js"
 BUDGET_BYTES = 3 * 1024

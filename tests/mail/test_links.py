@@ -29,9 +29,9 @@ from tests.conftest import (
     shopper,
     tracked,
 )
-from tests.smtp_server import SMTPServer
+from tests.support.smtp_server import SMTPServer
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = {wf["name"]: wf for wf in load_config(ROOT / "config.toml", env={}).workflow}
 BROWSER = {"user-agent": "Mozilla/5.0 (X11; Linux x86_64) Firefox/133.0"}
 

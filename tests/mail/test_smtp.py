@@ -13,7 +13,7 @@ import pytest
 from rtserver.mail.mime import RawMail
 from rtserver.mail.smtp import Outcome, Relay, classify, raw_mail, redact, wire_bytes
 from tests.conftest import TIMEOUT_UNIT
-from tests.smtp_server import DROP, Script, SMTPServer
+from tests.support.smtp_server import DROP, Script, SMTPServer
 
 
 def mail(to: str = "bob@example.com", body: str = "hello\n.leading dot\n") -> EmailMessage:

@@ -23,7 +23,7 @@ from tests.conftest import (
     shopper,
     tracked,
 )
-from tests.dashboard_support import (
+from tests.support.dashboard import (
     dashboard_config,
 )
 

@@ -68,7 +68,7 @@ async def anonymous_id(live: LiveServer) -> str:
     return str(row[0])
 
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_scaled_shortens_every_duration() -> None:

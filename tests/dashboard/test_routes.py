@@ -27,7 +27,7 @@ from tests.conftest import (
     shopper,
     tracked,
 )
-from tests.dashboard_support import (  # noqa: F401 (sse_exit_flag_reset is autouse)
+from tests.support.dashboard import (  # noqa: F401 (sse_exit_flag_reset is autouse)
     PASSWORD,
     XSS,
     dashboard_config,
@@ -344,7 +344,7 @@ async def test_static_files_are_served(tmp_path: Path, path: str) -> None:
 def test_page_script_never_writes_html() -> None:
     """The page script sets text only (no innerHTML), and sends a viewer whose stream gets a
     401 (never a redirect) to the login."""
-    script = (Path(__file__).parent.parent / "rtserver/static/dashboard.js").read_text()
+    script = (Path(__file__).resolve().parents[2] / "rtserver/static/dashboard.js").read_text()
     assert "r.status === 401" in script and "innerHTML" not in script
 
 

@@ -14,7 +14,7 @@ from rtserver.mail.tokens import email_hash
 from rtserver.store.database import Store
 from rtserver.store.outbox import NEVER, in_transaction
 from tests.conftest import event
-from tests.test_store import parse, store_group
+from tests.store.test_database import parse, store_group
 
 NOW = 1_800_000_000.0
 DAY = 86400.0
@@ -31,7 +31,7 @@ def row(
 async def person(store: Store, user: str, email: str, consent: str = "confirmed_opt_in") -> None:
     traits = {"email": email, "first_name": user.title()}
     await store_group(store, [parse(event("identify", userId=user, traits=traits))])
-    # Consent is a fact the engine derives (tests/test_workflows.py); set here directly.
+    # Consent is a fact the engine derives (tests/engine/test_decide.py); set here directly.
     await store._db.execute("UPDATE profiles SET consent = ? WHERE user_id = ?", (consent, user))
 
 

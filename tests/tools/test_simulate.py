@@ -13,7 +13,7 @@ from rtserver.config.schema import load_config
 from rtserver.errors import InvalidEvent
 from rtserver.tools.simulate import format_offset, read_events, simulate
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "cart.jsonl"
 CONFIG = ROOT / "config.toml"
 

@@ -30,11 +30,11 @@ from tests.conftest import (
     shopper,
     tracked,
 )
-from tests.dashboard_support import (
+from tests.dashboard.test_hub import StopAfter
+from tests.support.dashboard import (
     CART,
     dashboard_config,
 )
-from tests.test_hub import StopAfter
 
 
 class Ticks:
