@@ -46,7 +46,9 @@ from rtserver.engine.engine import Engine
 from rtserver.engine.rules import load_rules
 from rtserver.model.events import Event, parse_event
 from rtserver.store import writer
-from rtserver.store.database import Changes, Prepared, Source, Store
+from rtserver.store.changes import Changes, Prepared
+from rtserver.store.database import Store
+from rtserver.store.writer import Source
 
 ROOT = Path(__file__).resolve().parent.parent
 START = 1_800_000_000.0

@@ -182,7 +182,8 @@ def hook_url(port: int) -> str:
 
 def rows(url: str, deliveries: int, now: float) -> list[tuple[Any, ...]]:
     """``deliveries`` rows as decided ``webhook`` steps write them, one run each."""
-    from rtserver.model.facts import CallWebhook, Person
+    from rtserver.model.actions import CallWebhook
+    from rtserver.model.facts import Person
     from rtserver.store.deliveries import delivery_row
 
     person = Person("u:ann", "ann@bench.example", {"first_name": "Ann", "tier": "gold"})

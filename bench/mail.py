@@ -198,8 +198,8 @@ async def measure_rtserver(
     ``cold``: co-viewed products read for every mail (none kept), as if each mail were for
     a different shopper."""
     import rtserver.mail.contexts
-    from rtserver.mail.render import Relay
     from rtserver.mail.sender import Sender
+    from rtserver.mail.smtp import Relay
 
     kept = rtserver.mail.contexts.CO_VIEWED_SETS
     if cold:  # the bench's own process: set back below
@@ -239,8 +239,9 @@ def prebuilt(template: str) -> Any:
     from email.message import EmailMessage
     from email.utils import formatdate
 
+    from rtserver.mail.mime import POLICY
     from rtserver.mail.recommend import product_of
-    from rtserver.mail.render import POLICY, MailContext
+    from rtserver.mail.render import MailContext
 
     config = mail_config(template)
     now = time.time()

@@ -51,9 +51,10 @@ from rtserver.ingest.segment import receive
 from rtserver.ingest.websocket import Ingest
 from rtserver.mail import links
 from rtserver.mail.sender import Sender
-from rtserver.mail.sink import mail_transport
 from rtserver.mail.tokens import Tokens
-from rtserver.store.database import Changes, Prepared, Store
+from rtserver.mail.transport import mail_transport
+from rtserver.store.changes import Changes, Prepared
+from rtserver.store.database import Store
 from rtserver.tools import demo
 
 __all__ = [

@@ -33,7 +33,7 @@ import orjson
 from sse_starlette import ServerSentEvent
 
 from rtserver.model.events import Event
-from rtserver.store.database import Changes, Prepared
+from rtserver.store.changes import Changes, Prepared
 
 __all__ = ["Changed", "Hub", "HubClosed", "Subscription", "TooManyViewers", "Update"]
 

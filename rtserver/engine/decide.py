@@ -4,8 +4,8 @@ The input is a stored event of one person or a fired timer of one run; the facts
 person's profile, open runs and mail history as the store knows them; ``now`` is the server's
 receive (or firing) time. The answer is a list of small actions (start, update or end a run,
 arm or cancel its timer, send a mail, skip a step with a reason, emit an event, call a webhook)
-that the caller commits in one transaction with the event that caused them. The facts and the
-actions are defined in :mod:`rtserver.model.facts` and exported from here too.
+that the caller commits in one transaction with the event that caused them. The facts are
+defined in :mod:`rtserver.model.facts`, the actions in :mod:`rtserver.model.actions`.
 
 Semantics (DESIGN.md): exits first (``exit_on``), then waits (``wait_until`` met, ``wait_inactive``
 re-armed by activity), then triggers (one open run per person and ``run_key``; ``reentry`` counted
@@ -26,19 +26,12 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from rtserver.engine.definitions import WAIT_KINDS, Step, Workflow, Workflows, step_value
-from rtserver.model.events import Event
-from rtserver.model.facts import (
-    HISTORY_LIMIT,
-    MARKETING_CONSENT,
-    NAMES_BY_TYPE,
+from rtserver.model.actions import (
     Action,
     CallWebhook,
     CancelTimer,
     EmitEvent,
     EndRun,
-    Facts,
-    Person,
-    Run,
     Scheduled,
     ScheduleTimer,
     SendMail,
@@ -46,32 +39,18 @@ from rtserver.model.facts import (
     StartRun,
     TimerFired,
     UpdateRun,
+)
+from rtserver.model.events import Event
+from rtserver.model.facts import (
+    MARKETING_CONSENT,
+    Facts,
+    Run,
     event_name,
     known_zone,
-    observe,
 )
 
 __all__ = [
-    "HISTORY_LIMIT",
-    "NAMES_BY_TYPE",
-    "Action",
-    "CallWebhook",
-    "CancelTimer",
-    "EmitEvent",
-    "EndRun",
-    "Facts",
-    "Person",
-    "Run",
-    "ScheduleTimer",
-    "Scheduled",
-    "SendMail",
-    "SkipStep",
-    "StartRun",
-    "TimerFired",
-    "UpdateRun",
     "decide",
-    "event_name",
-    "observe",
     "quiet_until",
 ]
 

@@ -24,14 +24,18 @@ from typing import Any
 import orjson
 
 from rtserver.config.schema import MailConfig
-from rtserver.engine.decide import (
+from rtserver.engine.decide import decide
+from rtserver.engine.definitions import (
+    Workflows,
+)
+from rtserver.engine.memory import Memory
+from rtserver.engine.timers import TimerWheel
+from rtserver.model.actions import (
     Action,
     CallWebhook,
     CancelTimer,
     EmitEvent,
     EndRun,
-    Facts,
-    Person,
     Scheduled,
     ScheduleTimer,
     SendMail,
@@ -39,17 +43,13 @@ from rtserver.engine.decide import (
     StartRun,
     TimerFired,
     UpdateRun,
-    decide,
-    observe,
 )
-from rtserver.engine.definitions import (
-    Workflows,
-)
-from rtserver.engine.timers import TimerWheel
 from rtserver.model.events import Event, person_event
-from rtserver.model.facts import Memory
-from rtserver.store.database import Changes, Plan, Prepared, Source, Store
+from rtserver.model.facts import Facts, Person, observe
+from rtserver.store.changes import Changes, Prepared
+from rtserver.store.database import Store
 from rtserver.store.deliveries import delivery_row
+from rtserver.store.writer import Plan, Source
 
 __all__ = [
     "Engine",

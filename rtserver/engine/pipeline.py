@@ -24,7 +24,8 @@ from rtserver.engine.engine import Engine
 from rtserver.errors import StorageUnavailable, StoreError
 from rtserver.mail.tokens import Tokens
 from rtserver.model.events import Event
-from rtserver.store.database import Changes, Prepared, Store
+from rtserver.store.changes import Changes, Prepared
+from rtserver.store.database import Store
 
 if TYPE_CHECKING:  # the sender, courier and hub are started by the app; only types are named
     from rtserver.dashboard.hub import Hub

@@ -33,10 +33,7 @@ Links
     Marketing mail carries ``List-Unsubscribe`` (one click, RFC 8058), a footer link and the
     postal address (G8).
 
-Delivery
-    :class:`~rtserver.mail.smtp.Relay` and :class:`~rtserver.mail.smtp.Outcome` live in
-    :mod:`rtserver.mail.smtp` (this module would pass 500 lines with them, R1) and are exported
-    here too: ``mailer`` is the one door to templates and SMTP.
+Delivery is not this module's job: :mod:`rtserver.mail.smtp` hands the bytes to the relay.
 """
 
 from __future__ import annotations
@@ -71,21 +68,14 @@ from markupsafe import Markup
 from rtserver.config.schema import MailConfig
 from rtserver.errors import MailError
 from rtserver.mail.clicks import track_links
-from rtserver.mail.mime import POLICY, RawMail, compose, date_value, header, recipients_of, sign
+from rtserver.mail.mime import RawMail, compose, date_value, header, recipients_of, sign
 from rtserver.mail.recommend import Product
-from rtserver.mail.smtp import Outcome, Relay, classify, wire_bytes
 from rtserver.mail.tokens import Tokens
 
 __all__ = [
-    "POLICY",
     "MailContext",
     "Mailer",
-    "Outcome",
-    "RawMail",
-    "Relay",
     "check_address",
-    "classify",
-    "wire_bytes",
 ]
 
 DKIM_HEADERS = (

@@ -49,7 +49,9 @@ from rtserver.config.schema import MailConfig
 from rtserver.engine.conditions import parse_duration
 from rtserver.errors import MailError, StoreError
 from rtserver.mail.contexts import Contexts
-from rtserver.mail.render import MailContext, Mailer, Outcome, RawMail, Relay
+from rtserver.mail.mime import RawMail
+from rtserver.mail.render import MailContext, Mailer
+from rtserver.mail.smtp import Outcome, Relay
 from rtserver.store.database import Store
 from rtserver.store.outbox import NEVER, Claim, Dropped
 

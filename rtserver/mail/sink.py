@@ -9,20 +9,17 @@ over loopback exactly as it would to a real relay, so the demo exercises the who
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from email import policy
 from email.parser import BytesParser
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from rtserver.config.schema import Config
 from rtserver.errors import StoreError
-from rtserver.mail.smtp import Relay
 from rtserver.store.database import Store
 
-__all__ = ["Sink", "mail_transport", "start_sink"]
+__all__ = ["Sink", "start_sink"]
 
 logger = logging.getLogger(__name__)
 
@@ -146,32 +143,3 @@ def _session_ended(task: asyncio.Task[None]) -> None:
     """Retrieve how a session ended: a client that hangs up mid-command is no error of ours."""
     if not task.cancelled() and task.exception() is not None:
         logger.debug("sink session ended: %r", task.exception())
-
-
-@contextlib.asynccontextmanager
-async def mail_transport(
-    config: Config, store: Store, clock: Callable[[], float]
-) -> AsyncIterator[Relay]:
-    """The SMTP client mail goes out through: the embedded sink's, or ``mail.smtp``'s."""
-    sink: Sink | None = None
-    if config.mail.transport == "sink":
-        sink = await start_sink(store, clock)
-        logger.info("mail: the dev sink keeps every mail in the store (SMTP %s:%d)",
-                    sink.host, sink.port)  # fmt: skip
-        relay = Relay(sink.host, sink.port, timeout_s=config.mail.smtp.timeout_s)
-    else:
-        smtp = config.mail.smtp
-        relay = Relay(
-            smtp.host,
-            smtp.port,
-            username=smtp.username,
-            password=smtp.password.reveal() if smtp.password else None,
-            starttls=smtp.starttls,
-            timeout_s=smtp.timeout_s,
-        )
-    try:
-        yield relay
-    finally:
-        await relay.close()
-        if sink is not None:
-            await sink.close()

@@ -12,7 +12,6 @@ RCPT, DATA, the content) so each failure is classified (G6) into an :class:`Outc
 
 It sends a :class:`~rtserver.mail.mime.RawMail` as it is (its bytes are what DKIM signed), or an
 ``EmailMessage`` flattened by :func:`wire_bytes`. It never raises for SMTP or network errors.
-Exported through :mod:`rtserver.mail.render`.
 """
 
 from __future__ import annotations
@@ -30,7 +29,14 @@ from aiosmtplib.email import extract_recipients, extract_sender
 
 from rtserver.mail.mime import POLICY, RawMail
 
-__all__ = ["POLICY", "Outcome", "Relay", "classify", "raw_mail", "redact", "wire_bytes"]
+__all__ = [
+    "Outcome",
+    "Relay",
+    "classify",
+    "raw_mail",
+    "redact",
+    "wire_bytes",
+]
 
 _ENHANCED_5_1 = re.compile(r"\s*5\.1\.\d{1,3}\b")
 _ADDRESS = re.compile(r"[^\s<>()\[\],;:\"]+@[^\s<>()\[\],;:\"']+")

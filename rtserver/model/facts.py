@@ -1,20 +1,18 @@
-"""The facts decisions read and the actions they return: plain frozen dataclasses. Pure.
+"""The facts decisions read: a person, their open runs, what they did lately. Pure.
 
 :func:`rtserver.engine.decide.decide` reads a person's :class:`Facts` (profile, open runs, the end
-of their last runs, their last marketing mail) and answers with a list of :data:`Action`; the
-caller commits those and folds them back into the facts. :func:`observe` folds one event into
-the profile (orders, opens and clicks, time zone, verified email, recent history) before the
-decision, so conditions see the event that is being decided. :class:`Memory` keeps the facts
-of the persons decided lately, so the engine reads only the others from the store.
+of their last runs, their last marketing mail) and answers with actions
+(:mod:`rtserver.model.actions`). :func:`observe` folds one event into the profile (orders, opens
+and clicks, time zone, verified email, recent history) before the decision, so conditions see the
+event that is being decided.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from collections import OrderedDict
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -22,23 +20,12 @@ from rtserver.model.events import Event
 
 __all__ = [
     "HISTORY_LIMIT",
+    "MARKETING_CONSENT",
     "NAMES_BY_TYPE",
-    "Action",
-    "CallWebhook",
-    "CancelTimer",
-    "EmitEvent",
-    "EndRun",
+    "CONSENT_STATES",
     "Facts",
-    "Memory",
     "Person",
     "Run",
-    "ScheduleTimer",
-    "Scheduled",
-    "SendMail",
-    "SkipStep",
-    "StartRun",
-    "TimerFired",
-    "UpdateRun",
     "event_name",
     "known_zone",
     "observe",
@@ -118,104 +105,6 @@ class Facts:
     """(workflow, run key) → when the last such run ended, for ``reentry``."""
     last_sent: float | None = None
     """When the person's last marketing mail was decided, for the frequency cap."""
-
-
-@dataclass(frozen=True, slots=True)
-class TimerFired:
-    """A run's timer came due."""
-
-    run_id: str
-    step: int
-
-
-@dataclass(frozen=True, slots=True)
-class Scheduled:
-    """A scheduled workflow's sweep reached this person (the fallback trigger)."""
-
-    workflow: str
-
-
-@dataclass(frozen=True, slots=True)
-class StartRun:
-    run: Run
-
-
-@dataclass(frozen=True, slots=True)
-class UpdateRun:
-    run: Run
-
-
-@dataclass(frozen=True, slots=True)
-class EndRun:
-    run: Run
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class ScheduleTimer:
-    """Arm (or re-arm) the run's one timer."""
-
-    run_id: str
-    step: int
-    due: float
-    person_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class CancelTimer:
-    run_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class SendMail:
-    run_id: str
-    step: int
-    person_id: str
-    workflow: str
-    template: str
-    variant: str
-
-
-@dataclass(frozen=True, slots=True)
-class SkipStep:
-    """A send that was decided against, with the reason (holdout, frequency cap, no email)."""
-
-    run_id: str
-    step: int
-    person_id: str
-    workflow: str
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class EmitEvent:
-    run_id: str
-    step: int
-    person_id: str
-    name: str
-    properties: Mapping[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class CallWebhook:
-    run_id: str
-    step: int
-    person_id: str
-    url: str
-    payload: Mapping[str, Any]
-
-
-Action = (
-    StartRun
-    | UpdateRun
-    | EndRun
-    | ScheduleTimer
-    | CancelTimer
-    | SendMail
-    | SkipStep
-    | EmitEvent
-    | CallWebhook
-)
 
 
 def event_name(event: Event) -> str:
@@ -319,62 +208,3 @@ def observe(person: Person, event: Event, now: float, *, history: bool = True) -
         order_times=order_times,
         history=(*person.history, (name, now))[-HISTORY_LIMIT:] if history else person.history,
     )
-
-
-class Memory:
-    """The facts of the persons decided lately, exactly as the store holds them after the last
-    commit, so that a group reads from the store only the persons it has not seen lately.
-
-    Each entry is ``(facts, oldest)``: ``oldest`` is a lower bound of the times in the person's
-    recent history, so that trimming it to a window costs nothing until something is older.
-    Least recently kept entries are dropped first, past ``limit`` persons. What goes in, and
-    when an entry no longer matches the store, is the engine's business
-    (:mod:`rtserver.engine.engine`).
-    """
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self.entries: OrderedDict[str, tuple[Facts, float]] = OrderedDict()
-
-    def recall(
-        self, person_ids: Iterable[str], since: float | None
-    ) -> tuple[dict[str, tuple[Facts, float]], list[str]]:
-        """The entries there are (history trimmed to events at or after ``since``), and the
-        persons missing."""
-        found: dict[str, tuple[Facts, float]] = {}
-        missing: list[str] = []
-        entries = self.entries
-        for person_id in person_ids:
-            entry = entries.get(person_id)
-            if entry is None:
-                missing.append(person_id)
-            elif since is not None and entry[1] < since:
-                found[person_id] = _trimmed(entry[0], since)
-            else:
-                found[person_id] = entry
-        return found, missing
-
-    def keep(self, known: Mapping[str, tuple[Facts, float]]) -> None:
-        """Remember (or refresh) these entries; drop the least recent past the limit."""
-        entries = self.entries
-        for person_id, entry in known.items():
-            entries[person_id] = entry
-            entries.move_to_end(person_id)
-        while len(entries) > self.limit:
-            entries.popitem(last=False)
-
-    def forget(self, person_ids: Iterable[str]) -> None:
-        """Drop these persons: read them from the store next time."""
-        for person_id in person_ids:
-            self.entries.pop(person_id, None)
-
-    def clear(self) -> None:
-        """Drop everything (the store was written behind the engine's back)."""
-        self.entries.clear()
-
-
-def _trimmed(facts: Facts, since: float) -> tuple[Facts, float]:
-    person = facts.person
-    recent = tuple(h for h in person.history if h[1] >= since)
-    oldest = min((at for _, at in recent), default=since)
-    return replace(facts, person=replace(person, history=recent)), oldest

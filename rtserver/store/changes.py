@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from rtserver.engine.decide import Facts, Person, Run
 from rtserver.model.events import Event
+from rtserver.model.facts import Facts, Person, Run
 from rtserver.model.people import Link
 
 __all__ = ["Changes", "Prepared"]

@@ -27,9 +27,11 @@ from rtserver.store.changes import Changes, Prepared
 from rtserver.store.deliveries import DeliveryStore
 from rtserver.store.outbox import MailStore
 from rtserver.store.schema import MIGRATIONS, PROFILE_COLUMNS, RUN_COLUMNS
-from rtserver.store.writer import Plan, Source
+from rtserver.store.writer import Plan
 
-__all__ = ["MIGRATIONS", "Changes", "Plan", "Prepared", "Source", "Store"]
+__all__ = [
+    "Store",
+]
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from rtserver.engine.decide import CallWebhook
+from rtserver.model.actions import CallWebhook
 from rtserver.model.facts import Person
 from rtserver.store.outbox import in_transaction
 

@@ -18,8 +18,8 @@ from typing import Any
 
 import orjson
 
-from rtserver.engine.decide import HISTORY_LIMIT, NAMES_BY_TYPE, Facts, Person, Run
 from rtserver.model.events import Event
+from rtserver.model.facts import HISTORY_LIMIT, NAMES_BY_TYPE, Facts, Person, Run
 from rtserver.model.people import Link, ids_to_look_up, resolve_people
 from rtserver.store.changes import Changes, Prepared
 from rtserver.store.schema import (

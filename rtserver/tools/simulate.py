@@ -24,7 +24,8 @@ from rtserver.engine.pipeline import Pipeline
 from rtserver.engine.rules import load_rules
 from rtserver.errors import InvalidEvent
 from rtserver.model.events import Event, decode_json, parse_event
-from rtserver.store.database import Changes, Prepared, Store
+from rtserver.store.changes import Changes, Prepared
+from rtserver.store.database import Store
 
 __all__ = ["Decision", "format_offset", "read_events", "simulate"]
 

@@ -16,7 +16,6 @@ from rtserver.config.schema import (
     IngestConfig,
     KeysConfig,
     MailConfig,
-    Secret,
     ServerConfig,
     SmtpConfig,
     StoreConfig,
@@ -24,6 +23,7 @@ from rtserver.config.schema import (
     load_config,
     resolve_config_path,
 )
+from rtserver.config.settings import Secret
 from rtserver.errors import ConfigError, RtServerError
 
 STRONG = "wk_Q7v9Lx2Rb8Tn4Mc6Pz1Hs5Dy3"

@@ -13,7 +13,7 @@ import pytest
 from rtserver.config.schema import IngestConfig
 from rtserver.dashboard.hub import EVENTS_KEPT, Changed, Hub, HubClosed, TooManyViewers, Update
 from rtserver.model.events import parse_event
-from rtserver.store.database import Changes, Prepared
+from rtserver.store.changes import Changes, Prepared
 from tests.conftest import TIMEOUT_UNIT, event
 
 

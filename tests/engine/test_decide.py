@@ -14,16 +14,15 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from rtserver.config.schema import IngestConfig
-from rtserver.engine.decide import (
-    HISTORY_LIMIT,
+from rtserver.engine.decide import decide, quiet_until
+from rtserver.engine.definitions import Policy, Workflows, compile_workflows
+from rtserver.engine.memory import Memory
+from rtserver.model.actions import (
     Action,
     CallWebhook,
     CancelTimer,
     EmitEvent,
     EndRun,
-    Facts,
-    Person,
-    Run,
     Scheduled,
     ScheduleTimer,
     SendMail,
@@ -31,14 +30,9 @@ from rtserver.engine.decide import (
     StartRun,
     TimerFired,
     UpdateRun,
-    decide,
-    event_name,
-    observe,
-    quiet_until,
 )
-from rtserver.engine.definitions import Policy, Workflows, compile_workflows
 from rtserver.model.events import Event, parse_event, sign_identity, verify_identity
-from rtserver.model.facts import Memory
+from rtserver.model.facts import HISTORY_LIMIT, Facts, Person, Run, event_name, observe
 
 M, H, D = 60.0, 3600.0, 86400.0
 START = datetime(2026, 3, 2, 10, 0, tzinfo=UTC).timestamp()  # a Monday, 10:00 UTC

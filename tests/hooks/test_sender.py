@@ -47,7 +47,8 @@ from rtserver.errors import ConfigError, InvalidSignature
 from rtserver.hooks.sender import Courier, CourierStats
 from rtserver.hooks.signatures import verify
 from rtserver.mail.sender import retry_delay
-from rtserver.model.facts import CallWebhook, Person
+from rtserver.model.actions import CallWebhook
+from rtserver.model.facts import Person
 from rtserver.store.database import Store
 from rtserver.store.deliveries import delivery_row
 from rtserver.store.schema import INSERT_DELIVERY

@@ -19,7 +19,8 @@ import rtserver.mail.mime
 from rtserver.config.schema import BrandConfig, MailConfig
 from rtserver.errors import MailError
 from rtserver.mail.mime import POLICY, RawMail, compose, date_value, header, recipients_of
-from rtserver.mail.render import SAMPLE, SPARSE, MailContext, Mailer, wire_bytes
+from rtserver.mail.render import SAMPLE, SPARSE, MailContext, Mailer
+from rtserver.mail.smtp import wire_bytes
 from rtserver.mail.tokens import Tokens
 from tests.conftest import FakeClock
 

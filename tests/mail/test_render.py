@@ -27,16 +27,8 @@ from jinja2.sandbox import SecurityError
 from rtserver.config.schema import BrandConfig, DkimConfig, MailConfig
 from rtserver.errors import MailError
 from rtserver.mail.recommend import Product
-from rtserver.mail.render import (
-    SAMPLE,
-    SPARSE,
-    SPARSE_NOTE,
-    MailContext,
-    Mailer,
-    Relay,
-    check_address,
-    wire_bytes,
-)
+from rtserver.mail.render import SAMPLE, SPARSE, SPARSE_NOTE, MailContext, Mailer, check_address
+from rtserver.mail.smtp import Relay, wire_bytes
 from rtserver.mail.tokens import Tokens
 from tests.conftest import TIMEOUT_UNIT, FakeClock
 from tests.support.smtp_server import SMTPServer

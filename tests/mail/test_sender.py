@@ -24,9 +24,11 @@ from rtserver.config.schema import Config, IngestConfig
 from rtserver.engine.engine import Engine
 from rtserver.engine.rules import load_rules
 from rtserver.errors import StorageUnavailable
-from rtserver.mail.render import MailContext, Mailer, Outcome, RawMail, Relay
+from rtserver.mail.mime import RawMail
+from rtserver.mail.render import MailContext, Mailer
 from rtserver.mail.sender import Sender, SenderStats, retry_delay
 from rtserver.mail.sink import Sink, start_sink
+from rtserver.mail.smtp import Outcome, Relay
 from rtserver.mail.tokens import Tokens
 from rtserver.model.events import parse_event
 from rtserver.store.database import Store

@@ -16,7 +16,9 @@ import rtserver.store.writer
 from rtserver.config.schema import IngestConfig
 from rtserver.errors import StorageUnavailable, StoreError
 from rtserver.model.events import Event, Source, parse_event, sign_identity, verify_identity
-from rtserver.store.database import MIGRATIONS, Prepared, Store
+from rtserver.store.changes import Prepared
+from rtserver.store.database import Store
+from rtserver.store.schema import MIGRATIONS
 from tests.conftest import IDENTITY_SECRET, TIMEOUT_UNIT, event
 
 LIMITS = IngestConfig()

@@ -14,9 +14,10 @@ import orjson
 import pytest
 from hypothesis import given, strategies as st
 
-from rtserver.engine.decide import CallWebhook
+from rtserver.model.actions import CallWebhook
 from rtserver.model.facts import Person
-from rtserver.store.database import Changes, Store
+from rtserver.store.changes import Changes
+from rtserver.store.database import Store
 from rtserver.store.deliveries import DUE, EVENT_TYPE, Delivery, claim, delivery_row, finish_many
 from rtserver.store.schema import INSERT_DELIVERY, MIGRATIONS
 from tests.conftest import event

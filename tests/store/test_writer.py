@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 
 from rtserver.config.schema import IngestConfig
-from rtserver.engine.decide import Run
 from rtserver.model.events import Event, parse_event
+from rtserver.model.facts import Run
 from rtserver.store import writer
-from rtserver.store.database import Changes, Prepared, Store
+from rtserver.store.changes import Changes, Prepared
+from rtserver.store.database import Store
 from tests.conftest import event
 
 

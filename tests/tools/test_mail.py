@@ -146,7 +146,8 @@ def test_webhooks_command_lists_and_enables_endpoints(
     --enable turns one back on (exit 1 when it was not disabled)."""
     import asyncio
 
-    from rtserver.model.facts import CallWebhook, Person
+    from rtserver.model.actions import CallWebhook
+    from rtserver.model.facts import Person
     from rtserver.store.deliveries import delivery_row
     from rtserver.store.schema import INSERT_DELIVERY
 
