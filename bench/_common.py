@@ -486,8 +486,8 @@ def machine() -> dict[str, Any]:
 def rtserver_digest() -> str:
     """A digest of the rtserver sources measured (``rtserver/*.py`` next to this directory)."""
     digest = hashlib.sha256()
-    for path in sorted((ROOT / "rtserver").glob("*.py")):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    for path in sorted((ROOT / "rtserver").rglob("*.py")):
+        digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:12]
 
 

@@ -43,8 +43,8 @@ from bench.ws_latency import SHOP_CYCLE, SHOP_EVENTS, SHOP_TAIL
 from rtserver.config.schema import IngestConfig, load_config
 from rtserver.engine.definitions import Workflows
 from rtserver.engine.engine import Engine
-from rtserver.engine.rules import load_rules
 from rtserver.model.events import Event, parse_event
+from rtserver.runtime import load_rules
 from rtserver.store import writer
 from rtserver.store.changes import Changes, Prepared
 from rtserver.store.database import Store

@@ -24,8 +24,8 @@ from typing import Any
 from bench._common import free_port, machine, rss_kib
 from rtserver.config.schema import load_config
 from rtserver.engine.engine import Engine
-from rtserver.engine.rules import load_rules
 from rtserver.engine.timers import TimerWheel
+from rtserver.runtime import load_rules
 from rtserver.store.database import Store
 
 GOAL_S = 3.0

@@ -41,7 +41,6 @@ from rtserver.dashboard.hub import Changed, Hub
 from rtserver.dashboard.latency import Histogram
 from rtserver.engine.engine import Engine
 from rtserver.engine.pipeline import Clock, Keys, Pipeline, Runtime
-from rtserver.engine.rules import load_rules, make_mailer
 from rtserver.engine.timers import run_timer_driver
 from rtserver.errors import StoreError
 from rtserver.hooks.sender import Courier
@@ -53,6 +52,7 @@ from rtserver.mail import links
 from rtserver.mail.sender import Sender
 from rtserver.mail.tokens import Tokens
 from rtserver.mail.transport import mail_transport
+from rtserver.runtime import load_rules, make_mailer
 from rtserver.store.changes import Changes, Prepared
 from rtserver.store.database import Store
 from rtserver.tools import demo

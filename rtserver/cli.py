@@ -143,7 +143,7 @@ def _serve(config: Config, args: argparse.Namespace, tour: Sequence[str] = ()) -
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    from rtserver.engine.rules import load_rules
+    from rtserver.runtime import load_rules
 
     path = resolve_config_path(args.path)
     config = load_config(path)

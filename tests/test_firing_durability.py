@@ -34,7 +34,7 @@ import orjson
 import pytest
 
 from rtserver.engine.engine import Engine
-from rtserver.engine.rules import load_rules
+from rtserver.runtime import load_rules
 from rtserver.store.database import Store
 from tests.conftest import (
     IDENTITY_SECRET,

@@ -33,9 +33,9 @@ from typing import Any
 
 import orjson
 
+from rtserver.config.durations import parse_duration
 from rtserver.config.schema import DashboardConfig
 from rtserver.dashboard.latency import Histogram
-from rtserver.engine.conditions import parse_duration
 
 __all__ = ["Alert", "Alerts", "Sample", "post_json"]
 

@@ -32,8 +32,8 @@ from starlette.requests import HTTPConnection
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from rtserver.config.durations import parse_duration
 from rtserver.config.schema import Config
-from rtserver.engine.conditions import parse_duration
 from rtserver.store.database import Store
 
 __all__ = ["Auth", "RequireLogin", "Session", "hash_password", "resolve_auth", "verify_password"]

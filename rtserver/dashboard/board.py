@@ -24,11 +24,11 @@ from typing import Any
 
 import orjson
 
+from rtserver.config.durations import parse_duration
 from rtserver.dashboard.alerts import Alerts, Sample
 from rtserver.dashboard.funnel import Order, RunRow, funnel
 from rtserver.dashboard.hub import Changed
 from rtserver.dashboard.latency import Histogram, percentile
-from rtserver.engine.conditions import parse_duration
 from rtserver.engine.pipeline import Runtime
 from rtserver.errors import StoreError
 from rtserver.model.events import Event

@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from rtserver.config.durations import parse_duration
 from rtserver.config.schema import MailConfig
 from rtserver.engine.conditions import (
     NAMES,
     Condition,
     compile_condition,
     documented_names,
-    parse_duration,
 )
 from rtserver.errors import ConfigError
 

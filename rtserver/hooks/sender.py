@@ -42,8 +42,8 @@ from typing import Any
 import httpx
 
 from rtserver import __version__
+from rtserver.config.durations import parse_duration
 from rtserver.config.schema import HooksConfig
-from rtserver.engine.conditions import parse_duration
 from rtserver.errors import StoreError
 from rtserver.hooks.destinations import allowed, target, unsafe
 from rtserver.hooks.signatures import sign

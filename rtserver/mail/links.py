@@ -29,8 +29,8 @@ from starlette.templating import Jinja2Templates
 
 from rtserver.engine.pipeline import Runtime
 from rtserver.errors import StoreError
-from rtserver.mail.tokens import email_hash
 from rtserver.model.events import Event, person_event
+from rtserver.model.people import email_hash
 
 __all__ = ["PIXEL", "machine_reason", "routes"]
 

@@ -45,8 +45,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+from rtserver.config.durations import parse_duration
 from rtserver.config.schema import MailConfig
-from rtserver.engine.conditions import parse_duration
 from rtserver.errors import MailError, StoreError
 from rtserver.mail.contexts import Contexts
 from rtserver.mail.mime import RawMail

@@ -37,8 +37,9 @@ from urllib.parse import urlsplit
 from itsdangerous import BadData, TimestampSigner, URLSafeTimedSerializer
 
 from rtserver.errors import MailError
+from rtserver.model.people import email_hash
 
-__all__ = ["Clock", "Tokens", "email_hash"]
+__all__ = ["Clock", "Tokens"]
 
 Clock = Callable[[], float]
 
@@ -58,16 +59,6 @@ _TIMESTAMP = struct.Struct(">Q")
 
 def _b64(data: bytes) -> bytes:
     return base64.urlsafe_b64encode(data).rstrip(b"=")
-
-
-def email_hash(email: str, salt: bytes | None = None) -> str:
-    """The hex HMAC-SHA256 of the lowercased, stripped address keyed with ``salt`` (G10: the
-    store's suppressions and confirmations); without one the plain SHA-256 that stores kept
-    before migration ``0007_email_salt`` (still matched, never written)."""
-    normal = email.strip().lower().encode("utf-8")
-    if salt is None:
-        return hashlib.sha256(normal).hexdigest()
-    return hmac.new(salt, normal, hashlib.sha256).hexdigest()
 
 
 class _ClockSigner(TimestampSigner):

@@ -1,9 +1,9 @@
 """Events: the Segment-spec message, parsed and checked. Pure, no I/O.
 
 Every transport (WebSocket, Segment HTTP API, beacon) turns its input into :class:`Event` with
-:func:`parse_event`; a bad event raises :class:`InvalidEvent` whose message is the lowercase
-reason sent back to the client. Limits (depth, keys, string and event size) come from
-:class:`IngestConfig` and are checked after decoding, on the decoded value, so the parser never
+:func:`parse_event`; a bad event raises :class:`InvalidEvent` whose message is the lowercase reason
+sent back to the client. Limits (depth, keys, string and event size) come from :class:`Limits` (the
+``[ingest]`` settings) and are checked after decoding, on the decoded value, so the parser never
 sees more than one frame or body (their sizes are capped before decoding).
 """
 
@@ -14,16 +14,16 @@ import hmac
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, cast
+from typing import Any, Literal, Protocol, cast
 
 import orjson
 
-from rtserver.config.schema import IngestConfig
 from rtserver.errors import InvalidEvent, PolicyViolation
 
 __all__ = [
     "EVENT_TYPES",
     "Event",
+    "Limits",
     "decode_json",
     "message_id_of",
     "parse_batch",
@@ -41,6 +41,21 @@ MAX_NAME_CHARS = 200
 EMAIL_RE = re.compile(r"[^@\s\x00-\x1f\x7f]{1,64}@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]+")
 MAX_EMAIL_CHARS = 254
 MAX_ECHO_CHARS = 40
+
+
+class Limits(Protocol):
+    """The size limits events are checked against (the ``[ingest]`` settings)."""
+
+    @property
+    def max_json_depth(self) -> int: ...
+    @property
+    def max_keys(self) -> int: ...
+    @property
+    def max_string_bytes(self) -> int: ...
+    @property
+    def max_event_bytes(self) -> int: ...
+    @property
+    def max_batch_events(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +114,7 @@ def _echo(value: Any) -> str:
     return text if len(text) <= MAX_ECHO_CHARS else text[: MAX_ECHO_CHARS - 1] + "…"
 
 
-def _check_shape(value: dict[str, Any], limits: IngestConfig, *, strings: bool = True) -> None:
+def _check_shape(value: dict[str, Any], limits: Limits, *, strings: bool = True) -> None:
     """Depth, keys per object and (when ``strings``) string length, walked without recursion.
 
     The walk goes one nesting level at a time and visits containers only; scalars are looked at
@@ -134,7 +149,7 @@ def _check_shape(value: dict[str, Any], limits: IngestConfig, *, strings: bool =
         depth += 1
 
 
-def _fits_at_a_glance(body: bytes, limits: IngestConfig) -> bool:
+def _fits_at_a_glance(body: bytes, limits: Limits) -> bool:
     """Whether the compact JSON encoding ``body`` of a value proves it within every shape limit.
 
     Each container of the value writes one ``{`` or ``[`` outside any string, so the nesting
@@ -150,14 +165,14 @@ def _fits_at_a_glance(body: bytes, limits: IngestConfig) -> bool:
     )
 
 
-def _check_encoded(value: dict[str, Any], body: bytes, limits: IngestConfig) -> None:
+def _check_encoded(value: dict[str, Any], body: bytes, limits: Limits) -> None:
     """:func:`_check_shape` of ``value`` whose encoding is ``body``, skipped when it cannot fail."""
     if not _fits_at_a_glance(body, limits):
         # Strings need no look when the whole encoding is within the string limit.
         _check_shape(value, limits, strings=len(body) > limits.max_string_bytes)
 
 
-def parse_batch(text: str, limits: IngestConfig) -> list[Any]:
+def parse_batch(text: str, limits: Limits) -> list[Any]:
     """Decode one WebSocket frame ``{"batch": [...]}`` into its raw events.
 
     Raises:
@@ -221,7 +236,7 @@ def message_id_of(raw: Any) -> str | None:
 
 def parse_event(
     raw: Any,
-    limits: IngestConfig,
+    limits: Limits,
     *,
     source: Source = "server",
     default_type: str | None = None,

@@ -8,6 +8,8 @@ event with an unverified ``userId`` only ever acts for its own ``anonymousId`` (
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -17,10 +19,21 @@ __all__ = [
     "Link",
     "Resolution",
     "anonymous_person",
+    "email_hash",
     "ids_to_look_up",
     "resolve_people",
     "user_person",
 ]
+
+
+def email_hash(email: str, salt: bytes | None = None) -> str:
+    """The hex HMAC-SHA256 of the lowercased, stripped address keyed with ``salt`` (G10: the
+    store's suppressions and confirmations); without one the plain SHA-256 that stores kept
+    before migration ``0007_email_salt`` (still matched, never written)."""
+    normal = email.strip().lower().encode("utf-8")
+    if salt is None:
+        return hashlib.sha256(normal).hexdigest()
+    return hmac.new(salt, normal, hashlib.sha256).hexdigest()
 
 
 def user_person(user_id: str) -> str:

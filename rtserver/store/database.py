@@ -20,8 +20,8 @@ import aiosqlite
 import orjson
 
 from rtserver.errors import StorageUnavailable, StoreError
-from rtserver.mail.tokens import email_hash
 from rtserver.model.events import Event
+from rtserver.model.people import email_hash
 from rtserver.store import writer
 from rtserver.store.changes import Changes, Prepared
 from rtserver.store.deliveries import DeliveryStore

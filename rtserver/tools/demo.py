@@ -18,8 +18,8 @@ from typing import Any, cast
 from starlette.requests import Request
 from starlette.responses import Response
 
+from rtserver.config.durations import parse_duration
 from rtserver.config.schema import Config, load_config
-from rtserver.engine.conditions import parse_duration
 from rtserver.engine.pipeline import Runtime
 from rtserver.mail.links import pages
 

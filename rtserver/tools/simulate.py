@@ -21,9 +21,9 @@ import orjson
 from rtserver.config.schema import Config
 from rtserver.engine.engine import Engine
 from rtserver.engine.pipeline import Pipeline
-from rtserver.engine.rules import load_rules
 from rtserver.errors import InvalidEvent
 from rtserver.model.events import Event, decode_json, parse_event
+from rtserver.runtime import load_rules
 from rtserver.store.changes import Changes, Prepared
 from rtserver.store.database import Store
 

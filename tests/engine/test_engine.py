@@ -20,10 +20,10 @@ from rtserver.config.schema import IngestConfig, MailConfig, load_config
 from rtserver.engine.definitions import policy_from
 from rtserver.engine.engine import HISTORY_WINDOW_S, MAX_EMIT_DEPTH, Engine, emitted_event
 from rtserver.engine.pipeline import Pipeline
-from rtserver.engine.rules import load_rules
 from rtserver.errors import ConfigError
 from rtserver.model.actions import EmitEvent
 from rtserver.model.events import parse_event, sign_identity
+from rtserver.runtime import load_rules
 from rtserver.store import writer
 from rtserver.store.changes import Changes, Prepared
 from rtserver.store.database import Store

@@ -37,8 +37,8 @@ from rtserver.config.schema import IngestConfig
 from rtserver.engine.definitions import Workflows
 from rtserver.engine.engine import Engine
 from rtserver.engine.pipeline import Pipeline
-from rtserver.engine.rules import load_rules
 from rtserver.model.events import Event, parse_event
+from rtserver.runtime import load_rules
 from rtserver.store.database import Store
 from tests.conftest import FakeClock, make_config
 

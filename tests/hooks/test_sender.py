@@ -42,13 +42,13 @@ from werkzeug import Request, Response
 
 from rtserver import __version__
 from rtserver.config.schema import HooksConfig
-from rtserver.engine.rules import load_rules
 from rtserver.errors import ConfigError, InvalidSignature
 from rtserver.hooks.sender import Courier, CourierStats
 from rtserver.hooks.signatures import verify
 from rtserver.mail.sender import retry_delay
 from rtserver.model.actions import CallWebhook
 from rtserver.model.facts import Person
+from rtserver.runtime import load_rules
 from rtserver.store.database import Store
 from rtserver.store.deliveries import delivery_row
 from rtserver.store.schema import INSERT_DELIVERY

@@ -15,7 +15,7 @@ from starlette.requests import Request
 
 from rtserver.config.schema import load_config
 from rtserver.mail.links import PIXEL, machine_reason
-from rtserver.mail.tokens import email_hash
+from rtserver.model.people import email_hash
 from tests.conftest import (
     TIMEOUT_UNIT,
     FakeClock,

@@ -22,7 +22,6 @@ import pytest
 
 from rtserver.config.schema import Config, IngestConfig
 from rtserver.engine.engine import Engine
-from rtserver.engine.rules import load_rules
 from rtserver.errors import StorageUnavailable
 from rtserver.mail.mime import RawMail
 from rtserver.mail.render import MailContext, Mailer
@@ -31,6 +30,7 @@ from rtserver.mail.sink import Sink, start_sink
 from rtserver.mail.smtp import Outcome, Relay
 from rtserver.mail.tokens import Tokens
 from rtserver.model.events import parse_event
+from rtserver.runtime import load_rules
 from rtserver.store.database import Store
 from tests.conftest import TIMEOUT_UNIT, FakeClock, event, make_config
 from tests.support.smtp_server import DROP, Script, SMTPServer

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, strategies as st
 
 from rtserver.errors import MailError
-from rtserver.mail.tokens import Tokens, email_hash
+from rtserver.mail.tokens import Tokens
+from rtserver.model.people import email_hash
 from tests.conftest import FakeClock
 
 DAY = 86400.0

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from rtserver.mail.tokens import email_hash
+from rtserver.model.people import email_hash
 from rtserver.store.database import Store
 from rtserver.store.outbox import NEVER, in_transaction
 from tests.conftest import event
