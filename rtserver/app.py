@@ -1,10 +1,13 @@
 """The application factory, its lifespan, and the uvicorn server that drains before it stops.
 
-``create_app(config)`` is the one place where every layer meets. The lifespan opens the store,
-settles the keys, starts the pipeline and the retention task, and yields the
-:class:`~rtserver.engine.pipeline.Runtime` to every request. :class:`Server` is uvicorn's
-server with one change: on shutdown it first drains the ingest (final commit, acks, close 1001),
-because uvicorn closes WebSockets itself (1012) before the lifespan's shutdown runs.
+``create_app(config)`` is where the routes meet the parts. Its lifespan builds the running
+server with :func:`rtserver.runtime.start` and hands each route module only what it uses, as
+typed lifespan state (:class:`State`): the ingest routes an :class:`~rtserver.ingest.intake.Intake`,
+the mail links their :class:`~rtserver.mail.links.Links`, the dashboard its
+:class:`~rtserver.dashboard.routes.Dashboard`. :class:`Server` is uvicorn's server with two
+changes: on shutdown it first drains the ingest (final commit, acks, close 1001), because uvicorn
+closes WebSockets itself (1012) before the lifespan's shutdown runs; and it stops, so that the
+process exits non-zero, when one of the server's tasks died.
 """
 
 from __future__ import annotations
@@ -13,15 +16,13 @@ import asyncio
 import contextlib
 import logging
 import math
-import secrets
 import signal
 import socket
 import threading
 import time
-import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypedDict
 
 import uvicorn
 from starlette.applications import Starlette
@@ -32,146 +33,40 @@ from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route, WebSocketRoute
 
 from rtserver import __version__
+from rtserver.clock import Clock, Monotonic
 from rtserver.config.schema import Config
 from rtserver.dashboard import metrics, routes as dashboard
-from rtserver.dashboard.alerts import Alerts
-from rtserver.dashboard.auth import RequireLogin, resolve_auth
-from rtserver.dashboard.board import Board
-from rtserver.dashboard.hub import Changed, Hub
-from rtserver.dashboard.latency import Histogram
-from rtserver.engine.engine import Engine
-from rtserver.engine.pipeline import Clock, Keys, Pipeline, Runtime
-from rtserver.engine.timers import run_timer_driver
+from rtserver.dashboard.auth import Auth, RequireLogin, resolve_auth
+from rtserver.dashboard.metrics import Metrics
+from rtserver.dashboard.routes import Dashboard
 from rtserver.errors import StoreError
-from rtserver.hooks.sender import Courier
-from rtserver.hooks.signatures import new_secret
 from rtserver.ingest import snippet, webhooks
+from rtserver.ingest.intake import Intake
 from rtserver.ingest.segment import receive
 from rtserver.ingest.websocket import Ingest
 from rtserver.mail import links
-from rtserver.mail.sender import Sender
-from rtserver.mail.tokens import Tokens
-from rtserver.mail.transport import mail_transport
-from rtserver.runtime import load_rules, make_mailer
-from rtserver.store.changes import Changes, Prepared
-from rtserver.store.database import Store
+from rtserver.mail.links import Links
+from rtserver.runtime import Runtime, Supervisor, check_public_url, load_rules, start
 from rtserver.tools import demo
+from rtserver.tools.demo import Shop
 
-__all__ = [
-    "Server",
-    "build_server",
-    "create_app",
-    "purge_old_events",
-    "resolve_keys",
-    "server_config",
-]
+__all__ = ["Server", "State", "build_server", "create_app", "server_config"]
 
 logger = logging.getLogger(__name__)
 
-RETENTION_INTERVAL_S = 3600.0
 
+class State(TypedDict):
+    """What the lifespan hands the routes (``request.state``): each takes its own part."""
 
-def _new_webhook_secret() -> str:
-    return new_secret(secrets.token_bytes(32))
-
-
-async def resolve_keys(config: Config, store: Store, now: float) -> Keys:
-    """The keys in force: configured ones, else generated once and kept in the store."""
-    keys = config.keys
-    write = keys.write.reveal() if keys.write else None
-    identity = keys.identity_secret.reveal() if keys.identity_secret else None
-    webhook = keys.webhook_secret.reveal() if keys.webhook_secret else None
-    previous = keys.webhook_secret_previous
-    return Keys(
-        public=keys.public,
-        write=write
-        or await store.secret("write_key", lambda: "wk_" + secrets.token_urlsafe(32), now),
-        identity_secret=identity
-        or await store.secret("identity_secret", lambda: secrets.token_urlsafe(32), now),
-        link_secret=await store.secret("link_secret", lambda: secrets.token_urlsafe(32), now),
-        webhook_secrets=(
-            webhook
-            or await store.secret(
-                "webhook_secret", lambda: new_secret(secrets.token_bytes(32)), now
-            ),
-            *([previous.reveal()] if previous else []),
-        ),
-        hooks_secret=keys.hooks_secret.reveal()
-        if keys.hooks_secret
-        else await store.secret("hooks_secret", _new_webhook_secret, now),
-    )
-
-
-def check_public_url(config: Config) -> str | None:
-    """A warning when mail links would go out over plain http to a non-loopback host."""
-    url = urllib.parse.urlsplit(config.server.public_url)
-    if url.scheme == "https" or url.hostname in ("localhost", "127.0.0.1", "::1"):
-        return None
-    return (
-        f"server.public_url = {config.server.public_url!r} is not https: mail links "
-        "(clicks, one-click unsubscribe, RFC 8058) should use https outside loopback"
-    )
-
-
-async def purge_old_events(store: Store, clock: Clock, retention_days: int) -> int:
-    """One retention round: delete raw events older than ``retention_days``, and webhook
-    deliveries that ended before then; return how many events.
-
-    Failures are logged, not raised: the next round tries again.
-    """
-    before = clock() - retention_days * 86400.0
-    try:
-        purged = await store.purge_events(before)
-        ended = await store.deliveries.purge(before)
-    except Exception:  # the task boundary: log and try again next round
-        logger.exception("retention purge failed")
-        return 0
-    if purged or ended:
-        logger.info(
-            "retention: purged %d events and %d ended webhook deliveries older than %d days",
-            purged, ended, retention_days,
-        )  # fmt: skip
-    return purged
-
-
-async def _purge_forever(
-    store: Store,
-    clock: Clock,
-    retention_days: int,
-    stop: asyncio.Event,
-    interval_s: float = RETENTION_INTERVAL_S,
-) -> None:
-    """Purge every ``interval_s`` until ``stop`` is set (the lifespan already purged once)."""
-    while True:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), interval_s)
-        if stop.is_set():
-            return
-        await purge_old_events(store, clock, retention_days)
-
-
-def _record_latency(latency: Histogram, clock: Clock) -> Callable[[Prepared, Changes], None]:
-    """A pipeline listener: event received → its decision committed, for every new event."""
-
-    def listener(prepared: Prepared, changes: Changes) -> None:
-        if prepared.received_at:
-            now = clock()
-            latency.observe_all(now - at for at in prepared.received_at)
-
-    return listener
-
-
-async def _watch_progress(progress: asyncio.Condition, hub: Hub) -> None:
-    """Tell the hub whenever the sender or the courier made progress (outcomes change the
-    outbox or the deliveries)."""
-    while True:
-        async with progress:
-            await progress.wait()
-        hub.touch(mail=True)
-
-
-async def _not_started(changed: Changed | None) -> dict[str, Any]:
-    raise RuntimeError("the dashboard starts with the lifespan")
+    runtime: Runtime
+    """The parts themselves: for the health routes here, and for tests."""
+    intake: Intake
+    links: Links
+    dashboard: Dashboard
+    auth: Auth
+    """Also read by :class:`~rtserver.dashboard.auth.RequireLogin`."""
+    metrics: Metrics
+    shop: Shop
 
 
 async def healthz(request: Request) -> JSONResponse:
@@ -204,7 +99,7 @@ async def readyz(request: Request) -> JSONResponse:
 
 
 def create_app(
-    config: Config, *, clock: Clock = time.time, monotonic: Callable[[], float] = time.monotonic
+    config: Config, *, clock: Clock = time.time, monotonic: Monotonic = time.monotonic
 ) -> Starlette:
     """Build the ASGI application for ``config``; ``clock`` is injected for tests and simulation.
 
@@ -212,122 +107,49 @@ def create_app(
         ConfigError: a workflow is invalid (checked here, before anything starts).
     """
     ingest = Ingest(config, monotonic)
-    viewing = config.dashboard
-    hub = Hub(
-        _not_started,
-        interval_s=1.0 / viewing.updates_per_s,
-        max_queue=viewing.viewer_queue,
-        history=viewing.replay,
-        max_subscribers=viewing.max_viewers,
-        monotonic=monotonic,
-    )
+    supervisor = Supervisor()
     rules, warnings = load_rules(config)
     for warning in filter(None, (*warnings, check_public_url(config))):
         logger.warning("config: %s", warning)
 
     @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        store = await Store.open(config.store.path)
-        stop = asyncio.Event()
-        tasks: list[asyncio.Task[None]] = []
-        stack = contextlib.AsyncExitStack()
-        try:
-            keys = await resolve_keys(config, store, clock())
-            engine = Engine(rules, store, confirmations_per_ip=config.mail.confirmations_per_ip)
-            restored = await engine.restore(clock())
-            if restored:
-                logger.info("timer wheel: %d armed from the store (run timers, sweeps)", restored)
-            pipeline = Pipeline(
-                store,
-                max_queue=config.ingest.max_queue,
-                max_group_events=config.store.max_group_events,
-                queue_timeout_s=config.ingest.queue_timeout_s,
-                engine=engine,
-                clock=clock,
-            )
-            tokens = Tokens(keys.link_secret, clock)
-            relay = await stack.enter_async_context(mail_transport(config, store, clock))
-            sender = Sender(store, make_mailer(config, tokens), relay, config.mail, clock)
-            pipeline.listeners.append(lambda _, changes: sender.wake() if changes.outbox else None)
-            courier = Courier(store, config.hooks, keys.hooks_secret, clock)
-            pipeline.listeners.append(
-                lambda _, changes: courier.wake() if changes.deliveries else None
-            )
-            latency = Histogram()
-            pipeline.listeners.append(_record_latency(latency, clock))
-            pipeline.listeners.append(hub.on_commit)
-            runtime = Runtime(
-                config=config,
-                store=store,
-                pipeline=pipeline,
-                keys=keys,
-                clock=clock,
-                engine=engine,
-                tokens=tokens,
-                sender=sender,
-                hub=hub,
-                courier=courier,
-            )
-            alerts = Alerts(config.dashboard)
-            board = Board(
-                runtime,
-                websockets=lambda: len(ingest.sessions),
-                latency=latency,
-                alerts=alerts,
-                monotonic=monotonic,
-            )
-            hub.compose = board.compose
+    async def lifespan(app: Starlette) -> AsyncIterator[State]:
+        async with start(
+            config,
+            rules,
+            supervisor,
+            websockets=lambda: len(ingest.sessions),
+            clock=clock,
+            monotonic=monotonic,
+        ) as runtime:
+            store, keys = runtime.store, runtime.keys
             auth = await resolve_auth(config, store, clock(), clock)
-            collector = metrics.Metrics(
-                runtime, websockets=board.websockets, latency=latency, alerts=alerts
+            yield State(
+                runtime=runtime,
+                intake=Intake(config, keys, runtime.pipeline.submit, store, clock),
+                links=Links(store, runtime.tokens, runtime.pipeline.submit, config.mail, clock),
+                dashboard=Dashboard(
+                    store, runtime.board, auth, runtime.hub, config.server.public_url, clock
+                ),
+                auth=auth,
+                metrics=Metrics(
+                    store,
+                    runtime.board.readings,
+                    latency=runtime.latency,
+                    alerts=runtime.board.alerts,
+                ),
+                shop=Shop(config.mail.brand, keys.public),
             )
-            # One purge before serving: a server that restarts often still enforces retention,
-            # and the hourly task below never has to race the first requests.
-            await purge_old_events(store, clock, config.store.retention_days)
-            tasks.append(asyncio.create_task(pipeline.run(), name="pipeline"))
-            tasks.append(
-                asyncio.create_task(
-                    run_timer_driver(engine.wheel, clock, engine.wake, pipeline.fire, stop=stop),
-                    name="timer-driver",
-                )
-            )
-            tasks.append(
-                asyncio.create_task(
-                    _purge_forever(store, clock, config.store.retention_days, stop),
-                    name="retention",
-                )
-            )
-            tasks.append(asyncio.create_task(sender.run(stop), name="sender"))
-            tasks.append(asyncio.create_task(courier.run(stop), name="courier"))
-            tasks.append(asyncio.create_task(hub.run(stop), name="dashboard-hub"))
-            tasks.append(
-                asyncio.create_task(_watch_progress(sender.progress, hub), name="dashboard-mail")
-            )
-            tasks.append(
-                asyncio.create_task(_watch_progress(courier.progress, hub), name="dashboard-hooks")
-            )
-            tasks.append(asyncio.create_task(board.watch(stop), name="alerts"))
-            yield {"runtime": runtime, "board": board, "auth": auth, "metrics": collector}
             try:
                 async with asyncio.timeout(config.server.shutdown_timeout_s):
                     await ingest.drain()  # a no-op when the Server already drained
-                    await pipeline.drain()
+                    await runtime.pipeline.drain()
             except TimeoutError:
                 logger.error(
                     "shutdown: %d batches still uncommitted after %.1fs; their clients will resend",
-                    pipeline.queue.qsize(),
+                    runtime.pipeline.queue.qsize(),
                     config.server.shutdown_timeout_s,
                 )
-        finally:
-            hub.close()
-            stop.set()
-            for task in tasks:
-                task.cancel(msg="rtserver shutting down")
-            await asyncio.gather(*tasks, return_exceptions=True)
-            try:
-                await stack.aclose()
-            finally:
-                await store.close()
 
     cors = Middleware(
         CORSMiddleware,
@@ -357,10 +179,10 @@ def create_app(
     ]
     app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(RequireLogin)])
     # No "add or strip the slash" redirects: a link path never answers with a 3xx that its
-    # signed token did not ask for (RELIABILITY.md G15).
+    # signed token did not ask for.
     app.router.redirect_slashes = False
     app.state.ingest = ingest
-    app.state.hub = hub
+    app.state.supervisor = supervisor
     return app
 
 
@@ -389,7 +211,8 @@ class Server(uvicorn.Server):
 
     Shutdown order: stop accepting connections, drain the ingest (stop reading, commit, final
     acks, close 1001) within ``timeout_s``, then uvicorn's own shutdown (close what is left,
-    wait for HTTP requests in flight, then the lifespan's shutdown).
+    wait for HTTP requests in flight, then the lifespan's shutdown, which stops the tasks).
+    A task of the server that died (``supervisor.failure``) stops the server the same way.
     """
 
     def __init__(
@@ -398,11 +221,23 @@ class Server(uvicorn.Server):
         drain: Callable[[], Awaitable[None]],
         timeout_s: float,
         on_ready: Callable[[str, int], None] | None = None,
+        supervisor: Supervisor | None = None,
     ):
         super().__init__(config)
         self._drain = drain
         self._drain_timeout_s = timeout_s
         self._on_ready = on_ready
+        self._supervisor = supervisor
+
+    @property
+    def failure(self) -> str | None:
+        """Why the server stopped by itself (a task died), or None."""
+        return self._supervisor.failure if self._supervisor is not None else None
+
+    async def on_tick(self, counter: int) -> bool:
+        if self.failure is not None:
+            return True
+        return await super().on_tick(counter)
 
     @property
     def port(self) -> int:
@@ -466,10 +301,10 @@ def build_server(
     """The uvicorn server for ``app``, wired to end its dashboard streams and drain its ingest
     first (uvicorn waits for open responses, and a stream never ends by itself)."""
     ingest: Ingest = app.state.ingest
-    hub: Hub = app.state.hub
+    supervisor: Supervisor = app.state.supervisor
 
     async def drain() -> None:
-        hub.close()
+        supervisor.draining.set()
         await ingest.drain()
 
     return Server(
@@ -477,4 +312,5 @@ def build_server(
         drain,
         config.server.shutdown_timeout_s,
         on_ready,
+        supervisor,
     )

@@ -139,6 +139,9 @@ def _serve(config: Config, args: argparse.Namespace, tour: Sequence[str] = ()) -
     except SystemExit as exc:
         # uvicorn exits with 3 when the lifespan startup or the bind fails (and logged why).
         return exc.code if isinstance(exc.code, int) else 1
+    if server.failure is not None:
+        print(f"rtserver stopped: {server.failure}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -178,7 +181,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 async def _keys(config: Config) -> None:
-    from rtserver.app import resolve_keys
+    from rtserver.runtime import resolve_keys
     from rtserver.store.database import Store
 
     try:

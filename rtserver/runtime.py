@@ -1,18 +1,40 @@
-"""The shop's workflows as the engine runs them: compiled, checked and ready (``load_rules``).
+"""The one wiring point: the running server's parts, built in order, started and stopped in order.
 
-Everything a workflow refers to is checked here, at start and by ``check-config``, never first
-when a step runs: each template is compiled and rendered against sample data, and each webhook
-step's destination is held against ``hooks.allow`` and the address rules of
-:mod:`rtserver.hooks.destinations`.
+:func:`start` opens the store, settles the keys, restores the timer wheel and builds the
+pipeline, the mail and webhook senders, the dashboard's board and then its hub, each handed only
+what it uses; then it starts the long-running tasks by name (:class:`Supervisor`) and yields the
+:class:`Runtime`. On exit it stops them in an order that loses nothing: the timer driver first
+(no new decisions), then the pipeline, once every queued batch is committed, then the senders
+(they give back what they had not tried), the rest, and the hub last. A task that dies logs why
+and stops the server, which then exits non-zero.
+
+Everything a workflow refers to is checked here too (:func:`load_rules`), at start and by
+``check-config``, never first when a step runs: each template is compiled and rendered against
+sample data, and each webhook step's destination is held against ``hooks.allow`` and the address
+rules of :mod:`rtserver.hooks.destinations`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
+import logging
 import secrets
+import urllib.parse
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
+from rtserver.clock import Clock, Monotonic
+from rtserver.config.keys import Keys
 from rtserver.config.schema import Config, MailConfig
+from rtserver.dashboard.alerts import Alerts
+from rtserver.dashboard.board import Board
+from rtserver.dashboard.hub import Hub
+from rtserver.dashboard.latency import Histogram
+from rtserver.dashboard.readings import Readings
 from rtserver.engine.definitions import (
     Workflows,
     compile_workflows,
@@ -20,12 +42,49 @@ from rtserver.engine.definitions import (
     sent_templates,
     webhook_steps,
 )
+from rtserver.engine.engine import Engine
+from rtserver.engine.pipeline import Pipeline
+from rtserver.engine.timers import run_timer_driver
 from rtserver.errors import ConfigError
 from rtserver.hooks.destinations import Resolve, check_steps, resolve_host
+from rtserver.hooks.sender import Courier
+from rtserver.hooks.signatures import new_secret
 from rtserver.mail.render import Mailer
+from rtserver.mail.sender import Sender
 from rtserver.mail.tokens import Tokens
+from rtserver.mail.transport import mail_transport
+from rtserver.store.changes import Changes, Prepared
+from rtserver.store.database import Store
+from rtserver.store.retention import purge_forever, purge_old_events
 
-__all__ = ["SYSTEM_TEMPLATES", "load_rules", "make_mailer"]
+__all__ = [
+    "SYSTEM_TEMPLATES",
+    "Runtime",
+    "Supervisor",
+    "check_public_url",
+    "load_rules",
+    "make_mailer",
+    "resolve_keys",
+    "start",
+]
+
+logger = logging.getLogger(__name__)
+
+STOP_ORDER = (
+    "timer-driver",
+    "pipeline",
+    "sender",
+    "courier",
+    "retention",
+    "alerts",
+    "dashboard-mail",
+    "dashboard-hooks",
+    "dashboard-close",
+    "dashboard-hub",
+)
+"""The order the long-running tasks stop in: no new decisions (timers), then the pipeline (the
+lifespan has drained it), the senders (they give back what they had not tried), the rest, and
+the dashboard last."""
 
 
 SYSTEM_TEMPLATES = ("confirm", "test")
@@ -70,3 +129,260 @@ def load_rules(config: Config, resolve: Resolve = resolve_host) -> tuple[Workflo
     hooks = config.hooks
     warnings += check_steps(webhook_steps(rules), hooks.allow, hooks.allow_private, resolve)
     return rules, warnings
+
+
+def _new_webhook_secret() -> str:
+    return new_secret(secrets.token_bytes(32))
+
+
+async def resolve_keys(config: Config, store: Store, now: float) -> Keys:
+    """The keys in force: configured ones, else generated once and kept in the store."""
+    keys = config.keys
+    write = keys.write.reveal() if keys.write else None
+    identity = keys.identity_secret.reveal() if keys.identity_secret else None
+    webhook = keys.webhook_secret.reveal() if keys.webhook_secret else None
+    previous = keys.webhook_secret_previous
+    return Keys(
+        public=keys.public,
+        write=write
+        or await store.secret("write_key", lambda: "wk_" + secrets.token_urlsafe(32), now),
+        identity_secret=identity
+        or await store.secret("identity_secret", lambda: secrets.token_urlsafe(32), now),
+        link_secret=await store.secret("link_secret", lambda: secrets.token_urlsafe(32), now),
+        webhook_secrets=(
+            webhook or await store.secret("webhook_secret", _new_webhook_secret, now),
+            *([previous.reveal()] if previous else []),
+        ),
+        hooks_secret=keys.hooks_secret.reveal()
+        if keys.hooks_secret
+        else await store.secret("hooks_secret", _new_webhook_secret, now),
+    )
+
+
+def check_public_url(config: Config) -> str | None:
+    """A warning when mail links would go out over plain http to a non-loopback host."""
+    url = urllib.parse.urlsplit(config.server.public_url)
+    if url.scheme == "https" or url.hostname in ("localhost", "127.0.0.1", "::1"):
+        return None
+    return (
+        f"server.public_url = {config.server.public_url!r} is not https: mail links "
+        "(clicks, one-click unsubscribe, RFC 8058) should use https outside loopback"
+    )
+
+
+class Supervisor:
+    """The long-running tasks: started by name, stopped in :data:`STOP_ORDER`, and watched.
+
+    A task that ends by itself while the server runs is a fault: it is logged with its cause,
+    :attr:`failure` says which, and the server (which polls it) stops and exits non-zero,
+    instead of serving on with a part missing.
+    """
+
+    def __init__(self) -> None:
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.failure: str | None = None
+        """Why the server must stop: the task that died, and how."""
+        self.draining = asyncio.Event()
+        """Set when the server starts draining: the dashboard's streams end then."""
+        self.stopping = asyncio.Event()
+        """Set when the tasks are told to stop (their loops end at their next check)."""
+
+    def start(self, name: str, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` as the task ``name``."""
+        if not self.tasks:  # a new lifespan of the same app
+            self.failure = None
+            self.draining.clear()
+            self.stopping.clear()
+        task = asyncio.create_task(work, name=name)
+        self.tasks[name] = task
+        task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        if self.stopping.is_set() or self.failure is not None:
+            return
+        if task.cancelled():
+            self.failure = f"task {task.get_name()} was cancelled"
+            logger.error("%s; stopping the server", self.failure)
+            return
+        exc = task.exception()
+        self.failure = f"task {task.get_name()} " + (f"died: {exc!r}" if exc else "ended")
+        logger.error("%s; stopping the server", self.failure, exc_info=exc)
+
+    async def stop(self, order: tuple[str, ...] = STOP_ORDER) -> None:
+        """Tell every task to stop, then cancel them one by one in ``order`` (then any other),
+        waiting for each before the next."""
+        self.stopping.set()
+        names = [n for n in order if n in self.tasks]
+        names += [n for n in self.tasks if n not in names]
+        for name in names:
+            task = self.tasks.pop(name)
+            task.cancel(msg="rtserver shutting down")
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            if not task.cancelled() and task.exception() is not None:
+                logger.error("task %s failed while stopping", name, exc_info=task.exception())
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """The running server's parts, as :func:`start` built them.
+
+    ``create_app`` hands each route module its own slice of these (``request.state``); no part
+    receives this object. Tests read the parts here.
+    """
+
+    config: Config
+    store: Store
+    keys: Keys
+    clock: Clock
+    engine: Engine
+    pipeline: Pipeline
+    tokens: Tokens
+    sender: Sender
+    courier: Courier
+    latency: Histogram
+    """Event received → its decision committed, for every new event."""
+    board: Board
+    hub: Hub
+    supervisor: Supervisor
+
+
+def _record_latency(latency: Histogram, clock: Clock) -> Callable[[Prepared, Changes], None]:
+    """A pipeline listener: event received → its decision committed, for every new event."""
+
+    def listener(prepared: Prepared, changes: Changes) -> None:
+        if prepared.received_at:
+            now = clock()
+            latency.observe_all(now - at for at in prepared.received_at)
+
+    return listener
+
+
+async def _watch_progress(progress: asyncio.Condition, hub: Hub) -> None:
+    """Tell the hub whenever the sender or the courier made progress (outcomes change the
+    outbox or the deliveries)."""
+    while True:
+        async with progress:
+            await progress.wait()
+        hub.touch(mail=True)
+
+
+async def _close_on(supervisor: Supervisor, hub: Hub) -> None:
+    """End the dashboard's streams once the server drains (uvicorn waits for open responses),
+    or when stopped."""
+    try:
+        await supervisor.draining.wait()
+        hub.close()
+        await supervisor.stopping.wait()
+    finally:
+        hub.close()
+
+
+@contextlib.asynccontextmanager
+async def start(
+    config: Config,
+    rules: Workflows,
+    supervisor: Supervisor,
+    *,
+    websockets: Callable[[], int],
+    clock: Clock,
+    monotonic: Monotonic,
+) -> AsyncIterator[Runtime]:
+    """Build the parts for ``config`` and ``rules``, run their tasks, and stop them in order."""
+    store = await Store.open(config.store.path)
+    stop = supervisor.stopping
+    stack = contextlib.AsyncExitStack()
+    try:
+        keys = await resolve_keys(config, store, clock())
+        engine = Engine(rules, store, confirmations_per_ip=config.mail.confirmations_per_ip)
+        restored = await engine.restore(clock())
+        if restored:
+            logger.info("timer wheel: %d armed from the store (run timers, sweeps)", restored)
+        pipeline = Pipeline(
+            store,
+            max_queue=config.ingest.max_queue,
+            max_group_events=config.store.max_group_events,
+            queue_timeout_s=config.ingest.queue_timeout_s,
+            engine=engine,
+            clock=clock,
+        )
+        tokens = Tokens(keys.link_secret, clock)
+        relay = await stack.enter_async_context(mail_transport(config, store, clock))
+        sender = Sender(store, make_mailer(config, tokens), relay, config.mail, clock)
+        courier = Courier(store, config.hooks, keys.hooks_secret, clock)
+        latency = Histogram()
+        viewing = config.dashboard
+        # The hub composes its updates with the board, so the board comes first (nothing is
+        # patched in later); the board reads the hub's viewers through these two callables.
+        readings = Readings(
+            commits=lambda: asdict(pipeline.stats),
+            queue_depth=pipeline.queue.qsize,
+            websockets=websockets,
+            timers_armed=lambda: len(engine.wheel),
+            viewers=lambda: len(hub.subscribers),
+            dropped_viewers=lambda: hub.dropped,
+            mails=lambda: asdict(sender.stats),
+            mail_sender=lambda: sender.waiting or "sending",
+            webhooks=lambda: asdict(courier.stats),
+        )
+        board = Board(
+            store,
+            readings,
+            latency=latency,
+            alerts=Alerts(viewing),
+            dashboard=viewing,
+            sink=config.mail.transport == "sink",
+            clock=clock,
+            monotonic=monotonic,
+        )
+        hub = Hub(
+            board.compose,
+            interval_s=1.0 / viewing.updates_per_s,
+            max_queue=viewing.viewer_queue,
+            history=viewing.replay,
+            max_subscribers=viewing.max_viewers,
+            monotonic=monotonic,
+        )
+        pipeline.listeners.append(lambda _, changes: sender.wake() if changes.outbox else None)
+        pipeline.listeners.append(lambda _, changes: courier.wake() if changes.deliveries else None)
+        pipeline.listeners.append(_record_latency(latency, clock))
+        pipeline.listeners.append(hub.on_commit)
+        # One purge before serving: a server that restarts often still enforces retention,
+        # and the hourly task below never has to race the first requests.
+        await purge_old_events(store, clock, config.store.retention_days)
+        supervisor.start("pipeline", pipeline.run())
+        supervisor.start(
+            "timer-driver",
+            run_timer_driver(engine.wheel, clock, engine.wake, pipeline.fire, stop=stop),
+        )
+        supervisor.start(
+            "retention", purge_forever(store, clock, config.store.retention_days, stop)
+        )
+        supervisor.start("sender", sender.run(stop))
+        supervisor.start("courier", courier.run(stop))
+        supervisor.start("dashboard-hub", hub.run(stop))
+        supervisor.start("dashboard-close", _close_on(supervisor, hub))
+        supervisor.start("dashboard-mail", _watch_progress(sender.progress, hub))
+        supervisor.start("dashboard-hooks", _watch_progress(courier.progress, hub))
+        supervisor.start("alerts", board.watch(stop))
+        yield Runtime(
+            config=config,
+            store=store,
+            keys=keys,
+            clock=clock,
+            engine=engine,
+            pipeline=pipeline,
+            tokens=tokens,
+            sender=sender,
+            courier=courier,
+            latency=latency,
+            board=board,
+            hub=hub,
+            supervisor=supervisor,
+        )
+    finally:
+        await supervisor.stop()
+        try:
+            await stack.aclose()
+        finally:
+            await store.close()

@@ -21,9 +21,9 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from rtserver.app import Server, build_server, create_app
 from rtserver.config.schema import Config, load_config
-from rtserver.engine.pipeline import Runtime
 from rtserver.ingest.websocket import Ingest
 from rtserver.model.events import sign_identity
+from rtserver.runtime import Runtime
 from rtserver.store.database import Store
 
 TIMEOUT_UNIT = float(os.environ.get("RTSERVER_TESTS_TIMEOUT_FACTOR", "1")) * 5.0

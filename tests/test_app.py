@@ -17,21 +17,13 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosedError
 
 from rtserver import __version__
-from rtserver.app import (
-    Server,
-    _purge_forever,
-    _sigterm_absorbed,
-    build_server,
-    check_public_url,
-    create_app,
-    purge_old_events,
-    resolve_keys,
-    server_config,
-)
+from rtserver.app import Server, _sigterm_absorbed, build_server, create_app, server_config
+from rtserver.config.keys import Keys
 from rtserver.config.schema import IngestConfig, KeysConfig
-from rtserver.engine.pipeline import Keys
 from rtserver.model.events import parse_event
+from rtserver.runtime import check_public_url, resolve_keys
 from rtserver.store.database import Store
+from rtserver.store.retention import purge_forever, purge_old_events
 from tests.conftest import (
     IDENTITY_SECRET,
     ORIGIN,
@@ -126,7 +118,7 @@ async def test_retention_task_purges_every_interval(tmp_path: Path) -> None:
 
     try:
         await _store_events(store, [(event(), NOW - 2 * DAY), (event(), NOW)])
-        await _purge_forever(store, clock, 1, stop, interval_s=0)
+        await purge_forever(store, clock, 1, stop, interval_s=0)
         assert len(rounds) == 2
         assert await store.count_events() == 1
     finally:

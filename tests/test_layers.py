@@ -1,119 +1,151 @@
-"""The import layers of STYLE.md: a module imports its own layer or lower ones, never higher,
-and there are no cycles."""
+"""The package layers: which subsystem may import which, declared once, and no cycles.
+
+Each package of ``rtserver`` (and each module at its root) lists the packages it may import.
+The important edges are also spelled out as "never" rules, so that breaking one names the rule
+and not just an edge missing from the table.
+"""
 
 from __future__ import annotations
 
 import ast
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "rtserver"
 
-LAYERS = {
-    "errors": 0,
-    "config.schema": 0,
-    "model.events": 0,
-    "model.facts": 0,
-    "model.actions": 0,
-    "engine.memory": 1,
-    "mail.transport": 1,
-    "mail.tokens": 0,
-    "dashboard.latency": 0,
-    "hooks.signatures": 0,
-    "config.settings": 0,
-    "model.people": 1,
-    "engine.conditions": 1,
-    "engine.definitions": 1,
-    "engine.decide": 1,
-    "engine.timers": 1,
-    "store.schema": 1,
-    "store.changes": 1,
-    "store.writer": 1,
-    "store.outbox": 1,
-    "store.database": 1,
-    "mail.render": 1,
-    "mail.smtp": 1,
-    "mail.mime": 1,
-    "mail.clicks": 1,
-    "mail.recommend": 1,
-    "mail.sink": 1,
-    "dashboard.funnel": 1,
-    "mail.feedback": 1,
-    "mail.providers": 1,
-    "engine.rules": 1,
-    "hooks.destinations": 0,
-    "store.deliveries": 1,
-    "engine.engine": 2,
-    "hooks.sender": 2,
-    "mail.contexts": 1,
-    "mail.sender": 2,
-    "engine.pipeline": 2,
-    "dashboard.hub": 2,
-    "dashboard.alerts": 2,
-    "ingest.websocket": 3,
-    "ingest.segment": 3,
-    "dashboard.routes": 3,
-    "dashboard.board": 3,
-    "dashboard.auth": 3,
-    "dashboard.metrics": 3,
-    "mail.links": 3,
-    "tools.demo": 3,
-    "ingest.snippet": 3,
-    "ingest.webhooks": 3,
-    "app": 4,
-    "tools.simulate": 4,
-    "cli": 5,
-    "tools.mail": 5,
+BASE = {"errors", "clock"}
+"""Imported by everything: the exception tree and the clock type."""
+
+ALLOWED: dict[str, set[str]] = {
+    "errors": set(),
+    "clock": set(),
+    "config": BASE,
+    "model": BASE,
+    "store": BASE | {"model"},
+    "engine": BASE | {"config", "model", "store"},
+    "mail": BASE | {"config", "model", "store"},
+    "hooks": BASE | {"config", "model", "store", "mail"},
+    "ingest": BASE | {"config", "model", "store", "engine", "mail", "hooks"},
+    "dashboard": BASE | {"config", "model", "store"},
+    "runtime": BASE
+    | {"config", "model", "store", "engine", "mail", "hooks", "dashboard", "ingest"},
+    "tools": BASE | {"config", "model", "store", "engine", "mail", "runtime"},
+    "app": BASE
+    | {"config", "model", "store", "engine", "mail", "hooks", "dashboard", "ingest"}
+    | {"runtime", "tools"},
+    "cli": BASE | {"config", "model", "store", "engine", "mail", "app", "runtime", "tools"},
 }
+"""Package (or root module) -> what it may import. ``__init__`` and ``__main__`` are left out."""
+
+IO_MODULES = {"asyncio", "socket", "time", "aiosqlite", "sqlite3", "aiosmtplib", "httpx", "os"}
+"""Modules that do I/O or read a clock: a pure module imports none of them."""
 
 
-def _imports(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text())
-    found: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("rtserver"):
-            parts = node.module.split(".")
-            if len(parts) > 2:
-                found.add(".".join(parts[1:3]))
-            elif len(parts) == 2 and parts[1] in ("app", "cli", "errors"):
-                found.add(parts[1])
-            else:
-                prefix = ".".join(parts[1:])
-                found.update(
-                    f"{prefix}.{alias.name}" if prefix else alias.name for alias in node.names
-                )
+def _unit(path: Path) -> str:
+    """The package of a module, or the module's own name at the root."""
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    return parts[0]
+
+
+def _imports(path: Path) -> Iterator[tuple[str, str]]:
+    """(imported module, first name it gives) for every import of ``path``, ours or not."""
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for alias in node.names:
+                yield node.module, alias.name
         elif isinstance(node, ast.Import):
-            found.update(
-                ".".join(a.name.split(".")[1:3])
-                for a in node.names
-                if a.name.startswith("rtserver.")
-            )
-    return found
+            for alias in node.names:
+                yield alias.name, ""
 
 
-def _graph() -> dict[str, set[str]]:
-    modules = {
-        ".".join(p.relative_to(PACKAGE).with_suffix("").parts): p
-        for p in PACKAGE.rglob("*.py")
-        if p.stem not in ("__init__", "__main__")
-    }
-    return {name: _imports(path) - {"__version__"} for name, path in modules.items()}
+def _ours(module: str, name: str) -> str | None:
+    """The package (or root module) of rtserver an import reaches, if any."""
+    parts = module.split(".")
+    if parts[0] != "rtserver":
+        return None
+    if len(parts) > 1:
+        return parts[1]
+    return None if name.startswith("__") else name
 
 
-def test_every_module_has_a_layer() -> None:
-    """Each module of the package is placed in the layer table."""
-    assert set(_graph()) <= set(LAYERS), set(_graph()) - set(LAYERS)
+def _modules() -> list[Path]:
+    return [p for p in PACKAGE.rglob("*.py") if p.stem not in ("__init__", "__main__")]
 
 
-def test_imports_point_down() -> None:
-    """No module imports a module of a higher layer."""
-    for module, imported in _graph().items():
-        for other in imported:
-            assert LAYERS[other] <= LAYERS[module], f"{module} imports higher {other}"
+def _edges() -> dict[str, dict[str, set[str]]]:
+    """Unit -> imported unit -> the files that import it."""
+    edges: dict[str, dict[str, set[str]]] = {}
+    for path in _modules():
+        unit = _unit(path)
+        for module, name in _imports(path):
+            other = _ours(module, name)
+            if other is not None and other != unit:
+                where = str(path.relative_to(PACKAGE))
+                edges.setdefault(unit, {}).setdefault(other, set()).add(where)
+    return edges
+
+
+def _imported_by(relative: str) -> set[str]:
+    return {module for module, _ in _imports(PACKAGE / relative)}
+
+
+def test_every_unit_is_declared() -> None:
+    """Each package and root module appears in the table of allowed imports."""
+    units = {_unit(p) for p in _modules()}
+    assert units <= set(ALLOWED), units - set(ALLOWED)
+    assert len([p for p in PACKAGE.glob("*.py")]) <= 8, "the root holds only the wiring"
+
+
+def test_imports_follow_the_table() -> None:
+    """No package imports one it is not allowed to."""
+    wrong = [
+        f"{unit} -> {other} ({', '.join(sorted(files))})"
+        for unit, imported in _edges().items()
+        for other, files in imported.items()
+        if other not in ALLOWED[unit]
+    ]
+    assert wrong == []
+
+
+@pytest.mark.parametrize("unit", ["model", "config"])
+def test_model_and_config_import_nothing_of_ours_but_the_base(unit: str) -> None:
+    """The domain model and the config stand on their own."""
+    assert set(_edges().get(unit, {})) <= BASE
+
+
+def test_decide_is_pure() -> None:
+    """The engine's decisions never import the store, mail, webhooks, sockets or clocks."""
+    imported = _imported_by("engine/decide.py")
+    ours = {module.split(".")[1] for module in imported if module.startswith("rtserver.")}
+    assert not ours & {"store", "mail", "hooks", "ingest", "dashboard", "runtime", "app"}
+    assert not {module.split(".")[0] for module in imported} & IO_MODULES
+
+
+def test_the_store_never_imports_the_engine() -> None:
+    """The store keeps rows, never decisions."""
+    assert "engine" not in _edges().get("store", {})
+
+
+def test_the_dashboard_never_imports_the_pipeline() -> None:
+    """The dashboard only reads: the store, and the counters it is handed."""
+    assert "engine" not in _edges().get("dashboard", {})
 
 
 def test_no_import_cycles() -> None:
-    """The import graph is acyclic."""
-    graph = _graph()
+    """The import graph between modules is acyclic."""
+    graph: dict[str, set[str]] = {}
+    for path in _modules():
+        name = ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
+        graph[name] = set()
+        for module, imported in _imports(path):
+            if module.startswith("rtserver."):
+                target = module.removeprefix("rtserver.")
+                sub = f"{target}.{imported}"
+                graph[name].add(
+                    sub if (PACKAGE / (sub.replace(".", "/") + ".py")).exists() else target
+                )
     done: set[str] = set()
 
     def visit(node: str, path: tuple[str, ...]) -> None:

@@ -23,7 +23,6 @@ import logging
 import secrets
 import urllib.parse
 from collections import OrderedDict, deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +31,7 @@ from starlette.requests import HTTPConnection
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from rtserver.clock import Clock
 from rtserver.config.durations import parse_duration
 from rtserver.config.schema import Config
 from rtserver.store.database import Store
@@ -40,7 +40,6 @@ __all__ = ["Auth", "RequireLogin", "Session", "hash_password", "resolve_auth", "
 
 logger = logging.getLogger(__name__)
 
-Clock = Callable[[], float]
 
 COOKIE = "rt_dashboard"
 PREFIX = "/dashboard"

@@ -18,21 +18,23 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
-from dataclasses import asdict
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
 
+from rtserver.clock import Clock, Monotonic
 from rtserver.config.durations import parse_duration
+from rtserver.config.schema import DashboardConfig
 from rtserver.dashboard.alerts import Alerts, Sample
 from rtserver.dashboard.funnel import Order, RunRow, funnel
 from rtserver.dashboard.hub import Changed
 from rtserver.dashboard.latency import Histogram, percentile
-from rtserver.engine.pipeline import Runtime
+from rtserver.dashboard.readings import Readings
 from rtserver.errors import StoreError
 from rtserver.model.events import Event
 from rtserver.model.facts import NAMES_BY_TYPE, event_name
+from rtserver.store.database import Store
 
 __all__ = ["OUTBOX_STATES", "Board"]
 
@@ -112,23 +114,28 @@ class Board:
 
     def __init__(
         self,
-        runtime: Runtime,
+        store: Store,
+        readings: Readings,
         *,
-        websockets: Callable[[], int],
         latency: Histogram,
         alerts: Alerts,
-        monotonic: Callable[[], float] = time.monotonic,
+        dashboard: DashboardConfig,
+        sink: bool,
+        clock: Clock,
+        monotonic: Monotonic = time.monotonic,
     ) -> None:
-        self.runtime = runtime
-        self.websockets = websockets
+        self.store = store
+        self.readings = readings
         self.latency = latency
         self.alerts = alerts
+        self.sink = sink
+        """Whether mail goes to the dev sink (its inbox is shown)."""
+        self.clock = clock
         self.monotonic = monotonic
-        dashboard = runtime.config.dashboard
         self.click_window_s = parse_duration(dashboard.click_window)
         self.open_window_s = parse_duration(dashboard.open_window)
         self.rates: deque[tuple[float, float]] = deque(maxlen=RATE_POINTS)
-        self._mark = (monotonic(), runtime.pipeline.stats.stored)
+        self._mark = (monotonic(), readings.commits()["stored"])
         self._stale = {"latency": True, "funnel": True}
         """Whether something changed since each slow panel was last composed."""
         self._composed_at = {"latency": -math.inf, "funnel": -math.inf}
@@ -137,38 +144,32 @@ class Board:
 
     def counters(self) -> dict[str, Any]:
         """The in-memory counters (no store read)."""
-        runtime = self.runtime
-        stats, hub, engine, sender = (
-            runtime.pipeline.stats,
-            runtime.hub,
-            runtime.engine,
-            runtime.sender,
-        )
+        readings = self.readings
         return {
-            **asdict(stats),
-            "queue": runtime.pipeline.queue.qsize(),
-            "websockets": self.websockets(),
-            "viewers": len(hub.subscribers) if hub is not None else 0,
-            "dropped_viewers": hub.dropped if hub is not None else 0,
-            "timers_armed": len(engine.wheel) if engine is not None else 0,
-            "mails": asdict(sender.stats) if sender is not None else {},
-            "sender": (sender.waiting or "sending") if sender is not None else "off",
+            **readings.commits(),
+            "queue": readings.queue_depth(),
+            "websockets": readings.websockets(),
+            "viewers": readings.viewers(),
+            "dropped_viewers": readings.dropped_viewers(),
+            "timers_armed": readings.timers_armed(),
+            "mails": dict(readings.mails()),
+            "sender": readings.mail_sender(),
         }
 
     def _rate_point(self) -> tuple[float, float]:
         """Events stored per second since the previous point; appended to the chart."""
-        now, stored = self.monotonic(), self.runtime.pipeline.stats.stored
+        now, stored = self.monotonic(), self.readings.commits()["stored"]
         then, before = self._mark
         self._mark = (now, stored)
-        point = (self.runtime.clock(), round((stored - before) / max(now - then, 1e-3), 2))
+        point = (self.clock(), round((stored - before) / max(now - then, 1e-3), 2))
         self.rates.append(point)
         return point
 
     async def compose(self, changed: Changed | None) -> dict[str, Any]:
         """A snapshot (``changed`` None) or an update with what ``changed`` says changed."""
-        store, full = self.runtime.store, changed is None
+        store, full = self.store, changed is None
         data: dict[str, Any] = {
-            "at": self.runtime.clock(),
+            "at": self.clock(),
             "counters": self.counters(),
             "alerts": self.alerts.view(),
         }
@@ -199,21 +200,21 @@ class Board:
 
     async def timers(self) -> list[dict[str, Any]]:
         """Pending timers, soonest first, with the person and run key (the cart) of each."""
-        rows = await self.runtime.store.timers(ROWS)
-        return [{**row, "due_in_s": round(row["due"] - self.runtime.clock(), 1)} for row in rows]
+        rows = await self.store.timers(ROWS)
+        return [{**row, "due_in_s": round(row["due"] - self.clock(), 1)} for row in rows]
 
     async def runs(self) -> dict[str, Any]:
         """Open runs, newest first, and how many each workflow has."""
-        store = self.runtime.store
+        store = self.store
         return {"active": await store.active_runs(), "rows": await store.runs("active", ROWS)}
 
     async def mail(self) -> dict[str, Any]:
         """The outbox by state, its newest rows, the failures, the dev sink's inbox, and the
         webhook deliveries by state with the newest ones."""
-        mail = self.runtime.store.mail
+        mail = self.store.mail
         counts = await mail.counts()
         sink = []
-        if self.runtime.config.mail.transport == "sink":
+        if self.sink:
             sink = [
                 {k: row[k] for k in ("id", "subject", "recipients", "received_at")}
                 for row in await mail.sunk(SINK_ROWS)
@@ -222,7 +223,7 @@ class Board:
                    "attempts", "created_at", "sent_at", "last_code", "last_error")  # fmt: skip
         recent = [{k: row[k] for k in columns} for row in await mail.outbox(limit=ROWS)]
         failed = [{k: row[k] for k in columns} for row in await mail.outbox("failed", limit=10)]
-        hooks = self.runtime.store.deliveries
+        hooks = self.store.deliveries
         hook_counts = await hooks.counts()
         return {
             "counts": {state: counts.get(state, 0) for state in OUTBOX_STATES},
@@ -242,7 +243,7 @@ class Board:
     async def latencies(self) -> dict[str, Any]:
         """Event → decision committed (the ack follows it at once) since start and over the
         alert window, and due → sent of the newest mails, as percentiles in ms."""
-        delays = await self.runtime.store.delivery_delays()
+        delays = await self.store.delivery_delays()
         recent = self.latency
         if self.alerts.samples:
             recent = self.latency.minus(self.alerts.samples[0].latency)
@@ -257,8 +258,8 @@ class Board:
 
     async def funnel(self) -> list[dict[str, Any]]:
         """The funnel rows of runs started in the last ``FUNNEL_DAYS`` (see funnel.py)."""
-        since = self.runtime.clock() - FUNNEL_DAYS * 86400.0
-        runs, touches, orders = await self.runtime.store.funnel_rows(since)
+        since = self.clock() - FUNNEL_DAYS * 86400.0
+        runs, touches, orders = await self.store.funnel_rows(since)
         first: dict[tuple[str, str], float] = {(name, run): at for name, run, at in touches}
         rows = [
             RunRow(run_id, workflow, variant, bool(holdout), person, started, sent,
@@ -274,7 +275,7 @@ class Board:
     async def person(self, person_id: str, limit: int) -> dict[str, Any] | None:
         """One person's profile and timeline (events, runs, mails; opens and clicks marked),
         newest first; None when the person is unknown."""
-        store = self.runtime.store
+        store = self.store
         profile = await store.profile(person_id)
         events = await store.recent_events(limit, person_id=person_id)
         if profile is None and not events:
@@ -307,25 +308,22 @@ class Board:
 
     async def sample(self) -> Sample:
         """The counters the alert rules compare (one outbox read)."""
-        runtime = self.runtime
-        counts = await runtime.store.mail.counts()
-        stats = runtime.sender.stats if runtime.sender is not None else None
-        attempts = failures = 0
-        if stats is not None:
-            failures = stats.retried + stats.failed + stats.ambiguous
-            attempts = stats.sent + stats.suppressed + failures
-        now = runtime.clock()
+        counts = await self.store.mail.counts()
+        mails = self.readings.mails()
+        failures = sum(mails.get(k, 0) for k in ("retried", "failed", "ambiguous"))
+        attempts = mails.get("sent", 0) + mails.get("suppressed", 0) + failures
+        now = self.clock()
         checked_at, inconsistencies = self._consistency
         if not checked_at <= now < checked_at + CONSISTENCY_EVERY_S:
-            inconsistencies = await runtime.store.inconsistencies()
+            inconsistencies = await self.store.inconsistencies()
             self._consistency = (now, inconsistencies)
         return Sample(
             at=now,
-            failed_commits=runtime.pipeline.stats.failed_commits,
+            failed_commits=self.readings.commits()["failed_commits"],
             smtp_attempts=attempts,
             smtp_failures=failures,
             latency=self.latency.copy(),
-            queue_depth=runtime.pipeline.queue.qsize(),
+            queue_depth=self.readings.queue_depth(),
             outbox_backlog=counts.get("queued", 0) + counts.get("retry_wait", 0),
             inconsistencies=inconsistencies,
         )

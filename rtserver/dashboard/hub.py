@@ -32,6 +32,7 @@ from typing import Any
 import orjson
 from sse_starlette import ServerSentEvent
 
+from rtserver.clock import Monotonic
 from rtserver.model.events import Event
 from rtserver.store.changes import Changes, Prepared
 
@@ -112,7 +113,7 @@ class Hub:
         history: int = 240,
         max_subscribers: int = 200,
         idle_s: float = 1.0,
-        monotonic: Callable[[], float] = time.monotonic,
+        monotonic: Monotonic = time.monotonic,
     ) -> None:
         self.compose = compose
         self.interval_s = interval_s

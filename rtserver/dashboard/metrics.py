@@ -11,8 +11,7 @@ histogram every commit feeds (:mod:`rtserver.dashboard.latency`), exposed with i
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
-from dataclasses import asdict
+from collections.abc import Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -30,8 +29,9 @@ from rtserver import __version__
 from rtserver.dashboard.alerts import Alerts
 from rtserver.dashboard.board import OUTBOX_STATES
 from rtserver.dashboard.latency import Histogram
-from rtserver.engine.pipeline import Runtime
+from rtserver.dashboard.readings import Readings
 from rtserver.errors import StoreError
+from rtserver.store.database import Store
 
 __all__ = ["Metrics", "endpoint"]
 
@@ -42,15 +42,10 @@ class Metrics(Collector):
     """The collector of one app, registered in its own registry."""
 
     def __init__(
-        self,
-        runtime: Runtime,
-        *,
-        websockets: Callable[[], int],
-        latency: Histogram,
-        alerts: Alerts,
+        self, store: Store, readings: Readings, *, latency: Histogram, alerts: Alerts
     ) -> None:
-        self.runtime = runtime
-        self.websockets = websockets
+        self.store = store
+        self.readings = readings
         self.latency = latency
         self.alerts = alerts
         self.outbox: dict[str, int] | None = None
@@ -61,56 +56,55 @@ class Metrics(Collector):
     async def render(self) -> bytes:
         """Read what needs the store, then generate the exposition."""
         try:
-            self.outbox = await self.runtime.store.mail.counts()
+            self.outbox = await self.store.mail.counts()
         except StoreError:
             self.outbox = None
         return generate_latest(self.registry)
 
     def collect(self) -> Iterator[Metric]:
-        runtime = self.runtime
+        readings = self.readings
         info = InfoMetricFamily(PREFIX + "build", "rtserver version")
         info.add_metric([], {"version": __version__})
         yield info
-        stats = runtime.pipeline.stats
+        stats = readings.commits()
         for name, value, help_text in (
-            ("events_stored", stats.stored, "Events stored (each messageId once)."),
-            ("events_duplicate", stats.duplicates, "Events received again and dropped."),
-            ("commits", stats.commits, "Group commits."),
-            ("commits_failed", stats.failed_commits, "Group commits that failed (nacked)."),
+            ("events_stored", stats["stored"], "Events stored (each messageId once)."),
+            ("events_duplicate", stats["duplicates"], "Events received again and dropped."),
+            ("commits", stats["commits"], "Group commits."),
+            ("commits_failed", stats["failed_commits"], "Group commits that failed (nacked)."),
         ):
             yield CounterMetricFamily(PREFIX + name, help_text, value=value)
-        if runtime.sender is not None:
+        if mail_outcomes := readings.mails():
             mails = CounterMetricFamily(
                 PREFIX + "mail_outcomes", "Mail attempts and drops by outcome.", labels=["outcome"]
             )
-            for outcome, count in asdict(runtime.sender.stats).items():
+            for outcome, count in mail_outcomes.items():
                 mails.add_metric([outcome], count)
             yield mails
-        if runtime.courier is not None:
+        if hook_outcomes := readings.webhooks():
             hooks = CounterMetricFamily(
                 PREFIX + "webhook_outcomes",
                 "Outbound webhook attempts by outcome (disabled: endpoints turned off by a 410).",
                 labels=["outcome"],
             )
-            for outcome, count in asdict(runtime.courier.stats).items():
+            for outcome, count in hook_outcomes.items():
                 hooks.add_metric([outcome], count)
             yield hooks
         gauges = [
-            ("websockets", self.websockets(), "Open browser WebSockets."),
-            ("ingest_queue_depth", runtime.pipeline.queue.qsize(), "Batches waiting to commit."),
+            ("websockets", readings.websockets(), "Open browser WebSockets."),
+            ("ingest_queue_depth", readings.queue_depth(), "Batches waiting to commit."),
             (
                 "timers_armed",
-                len(runtime.engine.wheel) if runtime.engine is not None else 0,
+                readings.timers_armed(),
                 "Timers armed in the wheel (run timers and scheduled sweeps).",
             ),
+            ("dashboard_viewers", readings.viewers(), "Live viewers."),
         ]
-        if runtime.hub is not None:
-            gauges.append(("dashboard_viewers", len(runtime.hub.subscribers), "Live viewers."))
-            yield CounterMetricFamily(
-                PREFIX + "dashboard_viewers_dropped",
-                "Dashboard viewers dropped for falling behind.",
-                value=runtime.hub.dropped,
-            )
+        yield CounterMetricFamily(
+            PREFIX + "dashboard_viewers_dropped",
+            "Dashboard viewers dropped for falling behind.",
+            value=readings.dropped_viewers(),
+        )
         for name, value, help_text in gauges:
             yield GaugeMetricFamily(PREFIX + name, help_text, value=value)
         if self.outbox is not None:

@@ -19,9 +19,10 @@ import hmac
 import logging
 import re
 import urllib.parse
+from dataclasses import dataclass
 from email.parser import BytesParser
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
@@ -30,12 +31,13 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
+from rtserver.clock import Clock
 from rtserver.dashboard.auth import Auth, Session
 from rtserver.dashboard.board import Board
 from rtserver.dashboard.hub import Hub, HubClosed, TooManyViewers
-from rtserver.engine.pipeline import Runtime
+from rtserver.store.database import Store
 
-__all__ = ["CSP", "routes"]
+__all__ = ["CSP", "Dashboard", "routes"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +79,19 @@ def _ms(value: float | None) -> str:
     return "–" if value is None else f"{value:g} ms"
 
 
+@dataclass(frozen=True, slots=True)
+class Dashboard:
+    """What the dashboard's routes use, handed to them as ``request.state.dashboard``."""
+
+    store: Store
+    board: Board
+    auth: Auth
+    hub: Hub
+    public_url: str
+    """``server.public_url``: a POST from this origin is same-origin too."""
+    clock: Clock
+
+
 templates = Jinja2Templates(directory=str(HERE / "templates" / "pages"))
 templates.env.filters["clock"] = _clock_time
 templates.env.filters["ms"] = _ms
@@ -93,8 +108,8 @@ def _same_origin(request: Request) -> bool:
     origin = request.headers.get("origin")
     if origin is None:
         return True
-    runtime: Runtime = request.state.runtime
-    public = urllib.parse.urlsplit(runtime.config.server.public_url)
+    dashboard: Dashboard = request.state.dashboard
+    public = urllib.parse.urlsplit(dashboard.public_url)
     own = {f"{request.url.scheme}://{request.url.netloc}", f"{public.scheme}://{public.netloc}"}
     return origin in own
 
@@ -120,7 +135,7 @@ def _next_path(value: str | None) -> str:
 
 async def page(request: Request) -> Response:
     """``GET /dashboard``: the live page, rendered from a snapshot."""
-    hub: Hub = request.app.state.hub
+    hub = cast(Dashboard, request.state.dashboard).hub
     since, data = await hub.snapshot()
     session: Session = request.state.session
     return _render(request, "dashboard.html", data=data, since=since, csrf=session.csrf)
@@ -128,7 +143,7 @@ async def page(request: Request) -> Response:
 
 async def stream(request: Request) -> Response:
     """``GET /dashboard/stream``: batched updates as Server-Sent Events (resumable)."""
-    hub: Hub = request.app.state.hub
+    hub = cast(Dashboard, request.state.dashboard).hub
     last_id = request.headers.get("last-event-id") or request.query_params.get("since")
     if hub.closed or len(hub.subscribers) >= hub.max_subscribers:
         return PlainTextResponse("too many dashboard viewers", status_code=503, headers=HEADERS)
@@ -152,7 +167,7 @@ async def stream(request: Request) -> Response:
 
 async def person(request: Request) -> Response:
     """``GET /dashboard/person/<id>``: one profile's timeline (events, runs, mails, clicks)."""
-    board: Board = request.state.board
+    board = cast(Dashboard, request.state.dashboard).board
     person_id = request.path_params["person_id"]
     view = await board.person(person_id, TIMELINE_ROWS)
     erased = request.query_params.get("erased")
@@ -169,8 +184,8 @@ async def person(request: Request) -> Response:
 
 async def mail(request: Request) -> Response:
     """``GET /dashboard/mail/<id>``: a mail the dev sink received, for a sandboxed iframe."""
-    runtime: Runtime = request.state.runtime
-    found = await runtime.store.sunk_mail(request.path_params["sunk_id"])
+    dashboard: Dashboard = request.state.dashboard
+    found = await dashboard.store.sunk_mail(request.path_params["sunk_id"])
     if found is None:
         return PlainTextResponse("no such mail", status_code=404, headers=HEADERS)
     message = BytesParser(policy=email.policy.default).parsebytes(found["body"])
@@ -195,18 +210,18 @@ async def forget(request: Request) -> Response:
     """``POST /dashboard/person/<id>/forget``: erase everyone with this person's address, as
     ``rtserver forget`` does (G10: data gone, a salted-hash suppression kept). Needs the CSRF
     token and the ``confirm`` box ticked."""
-    runtime: Runtime = request.state.runtime
+    dashboard: Dashboard = request.state.dashboard
     form = await _checked_form(request)
     if form is None:
         return _refused()
     person_id = request.path_params["person_id"]
     if form.get("confirm") != "yes":
         return PlainTextResponse("tick the box to confirm", status_code=400, headers=HEADERS)
-    profile = await runtime.store.profile(person_id)
+    profile = await dashboard.store.profile(person_id)
     address = (profile or {}).get("email") or (profile or {}).get("claimed_email")
     if not address:
         return PlainTextResponse("no address to erase by", status_code=409, headers=HEADERS)
-    erased = await runtime.store.mail.forget(address, runtime.clock())
+    erased = await dashboard.store.mail.forget(address, dashboard.clock())
     logger.info("dashboard: erased %d person(s) on request", erased)
     target = f"/dashboard/person/{urllib.parse.quote(person_id, safe='')}?erased={erased}"
     return RedirectResponse(target, status_code=303, headers=HEADERS)
@@ -214,7 +229,7 @@ async def forget(request: Request) -> Response:
 
 async def login(request: Request) -> Response:
     """``GET /dashboard/login`` shows the form; ``POST`` checks the password (throttled)."""
-    auth: Auth = request.state.auth
+    auth = cast(Dashboard, request.state.dashboard).auth
     address = request.client.host if request.client else "unknown"
     next_path = _next_path(request.query_params.get("next"))
     if request.method == "GET":
@@ -261,14 +276,14 @@ def _refused() -> Response:
 
 async def logout(request: Request) -> Response:
     """``POST /dashboard/logout``: needs the session's CSRF token; ends the session."""
-    auth: Auth = request.state.auth
+    auth = cast(Dashboard, request.state.dashboard).auth
     if await _checked_form(request) is None:
         return _refused()
-    runtime: Runtime = request.state.runtime
+    dashboard: Dashboard = request.state.dashboard
     session: Session = request.state.session
-    now = runtime.clock()
+    now = dashboard.clock()
     auth.revoke(session, now)
-    await runtime.store.revoke_session(session.id, now, now + auth.session_s)
+    await dashboard.store.revoke_session(session.id, now, now + auth.session_s)
     response = RedirectResponse("/dashboard/login", status_code=303, headers=HEADERS)
     auth.clear_cookie(response)
     return response

@@ -1,58 +1,32 @@
 """The pipeline: the single consumer of the ingest queue.
 
-Ingest and tracking hand over batches with :meth:`Pipeline.submit` (a bounded queue, so a flood
-pushes back instead of growing memory). The pipeline takes every batch that arrived while the
-previous commit ran, drops duplicates, resolves persons, and commits the whole group in one
-transaction (group commit), then resolves each batch's future: only then do clients get their
-ack. A transient storage failure resolves the futures with :class:`StorageUnavailable`: nack.
-When the task stops (cancelled at shutdown), every batch it has not committed gets
-:class:`StorageUnavailable` too, so no client waits forever and each one resends.
+Ingest (the WebSocket, the HTTP API, webhooks, mail links) hands over batches with
+:meth:`Pipeline.submit` (a bounded queue, so a flood pushes back instead of growing memory). The
+pipeline takes every batch that arrived while the previous commit ran, drops duplicates, resolves
+persons, and commits the whole group in one transaction (group commit), then resolves each batch's
+future: only then do clients get their ack. A transient storage failure resolves the futures with
+:class:`StorageUnavailable`: nack. When the task stops (cancelled at shutdown), every batch it has
+not committed gets :class:`StorageUnavailable` too, so no client waits forever and each one resends.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-from rtserver.config.schema import Config
+from rtserver.clock import Clock
 from rtserver.engine.engine import Engine
 from rtserver.errors import StorageUnavailable, StoreError
-from rtserver.mail.tokens import Tokens
 from rtserver.model.events import Event
 from rtserver.store.changes import Changes, Prepared
 from rtserver.store.database import Store
 
-if TYPE_CHECKING:  # the sender, courier and hub are started by the app; only types are named
-    from rtserver.dashboard.hub import Hub
-    from rtserver.hooks.sender import Courier
-    from rtserver.mail.sender import Sender
-
-__all__ = ["Clock", "Keys", "Pipeline", "Runtime", "Submission"]
+__all__ = ["Pipeline", "Stats", "Submission"]
 
 logger = logging.getLogger(__name__)
-
-Clock = Callable[[], float]
-"""Seconds since the epoch (``time.time``); tests pass a fake one."""
-
-
-@dataclass(frozen=True, slots=True)
-class Keys:
-    """The keys in force: from the config or the environment, else generated and stored."""
-
-    public: str
-    write: str
-    identity_secret: str
-    link_secret: str = ""
-    """Signs mail links; generated once and kept in the store, like the others."""
-    webhook_secrets: tuple[str, ...] = ()
-    """Verify signed inbound webhooks: the current secret, then the one rotated out."""
-    hooks_secret: str = ""
-    """Signs the webhooks workflows send (receivers verify with it)."""
 
 
 def _new_future() -> asyncio.Future[None]:
@@ -233,22 +207,3 @@ class Pipeline:
     async def drain(self) -> None:
         """Wait until every queued batch is committed (or has failed)."""
         await self.queue.join()
-
-
-@dataclass(frozen=True, slots=True)
-class Runtime:
-    """What the lifespan built, handed to every request as ``request.state.runtime``."""
-
-    config: Config
-    store: Store
-    pipeline: Pipeline
-    keys: Keys
-    clock: Clock
-    engine: Engine | None = None
-    tokens: Tokens = field(default_factory=lambda: Tokens(secrets.token_urlsafe(32)))
-    """Signs the links in mail (open, click, unsubscribe, confirm)."""
-    sender: Sender | None = None
-    hub: Hub | None = None
-    """The dashboard's hub: batched live updates for its viewers."""
-    courier: Courier | None = None
-    """Delivers the webhooks workflows decided."""

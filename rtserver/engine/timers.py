@@ -13,12 +13,20 @@ from collections.abc import Awaitable, Callable, Hashable
 from operator import itemgetter
 from typing import Generic, TypeVar
 
-__all__ = ["LEVELS", "MAX_SLEEP_S", "MAX_TICK", "SLOTS", "Clock", "TimerWheel", "run_timer_driver"]
+from rtserver.clock import Clock
+
+__all__ = [
+    "LEVELS",
+    "MAX_SLEEP_S",
+    "MAX_TICK",
+    "SLOTS",
+    "TimerWheel",
+    "run_timer_driver",
+]
 
 logger = logging.getLogger(__name__)
 
 K = TypeVar("K", bound=Hashable)
-Clock = Callable[[], float]
 
 SLOTS = 64
 """Slots per level; a slot of level ``n`` spans ``64**n`` ticks."""

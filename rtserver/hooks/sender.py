@@ -42,6 +42,7 @@ from typing import Any
 import httpx
 
 from rtserver import __version__
+from rtserver.clock import Clock
 from rtserver.config.durations import parse_duration
 from rtserver.config.schema import HooksConfig
 from rtserver.errors import StoreError
@@ -128,7 +129,7 @@ class Courier:
         store: Store,
         config: HooksConfig,
         secret: str,
-        clock: Callable[[], float],
+        clock: Clock,
         *,
         resolve: AsyncResolve = resolve_async,
         transports: Callable[[], httpx.AsyncBaseTransport] | None = None,

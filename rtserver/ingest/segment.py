@@ -20,8 +20,8 @@ from starlette import status
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-from rtserver.engine.pipeline import Runtime
 from rtserver.errors import InvalidEvent, StorageUnavailable, StoreError
+from rtserver.ingest.intake import Intake
 from rtserver.ingest.websocket import key_matches, origin_allowed
 from rtserver.model.events import (
     Event,
@@ -123,15 +123,15 @@ async def read_body(request: Request, limit: int) -> bytes:
     return body
 
 
-def _authenticate(request: Request, runtime: Runtime, body_key: Any) -> Source:
+def _authenticate(request: Request, intake: Intake, body_key: Any) -> Source:
     # The query string carries only the public key: a secret there would end up in access logs.
     key = _basic_user(request) or (body_key if isinstance(body_key, str) else None)
-    if key_matches(key, runtime.keys.write):
+    if key_matches(key, intake.keys.write):
         return "server"
-    if key_matches(key or request.query_params.get("key"), runtime.keys.public):
+    if key_matches(key or request.query_params.get("key"), intake.keys.public):
         origin = request.headers.get("origin")
         host = request.headers.get("host")
-        if not origin_allowed(origin, runtime.config.server.allowed_origins, host):
+        if not origin_allowed(origin, intake.config.server.allowed_origins, host):
             raise HTTPFailure(status.HTTP_403_FORBIDDEN, "origin not allowed for the public key")
         return "browser"
     raise HTTPFailure(status.HTTP_401_UNAUTHORIZED, "invalid write key")
@@ -139,13 +139,13 @@ def _authenticate(request: Request, runtime: Runtime, body_key: Any) -> Source:
 
 def parse_all(
     raws: list[Any],
-    runtime: Runtime,
+    intake: Intake,
     source: Source,
     kind: str | None,
     context: Any,
     client_ip: str | None,
 ) -> tuple[list[Event], list[dict[str, Any]]]:
-    limits = runtime.config.ingest
+    limits = intake.config.ingest
     batch_context = context if isinstance(context, dict) else None
     accepted: list[Event] = []
     rejected: list[dict[str, Any]] = []
@@ -161,20 +161,20 @@ def parse_all(
                 context=batch_context,
                 client_ip=client_ip,
             )
-            accepted.append(verify_identity(event, runtime.keys.identity_secret))
+            accepted.append(verify_identity(event, intake.keys.identity_secret))
         except InvalidEvent as exc:
             rejected.append({"messageId": message_id_of(raw), "error": str(exc)})
     return accepted, rejected
 
 
-async def commit(runtime: Runtime, events: list[Event]) -> None:
+async def commit(intake: Intake, events: list[Event]) -> None:
     """Store ``events`` through the pipeline and wait for the commit.
 
     Raises:
         HTTPFailure: 503 while the storage is unavailable or the queue full, 500 if it failed.
     """
     try:
-        await (await runtime.pipeline.submit(events, runtime.clock()))
+        await (await intake.submit(events, intake.clock()))
     except (TimeoutError, StorageUnavailable):
         raise HTTPFailure(
             status.HTTP_503_SERVICE_UNAVAILABLE, "storage unavailable, retry later"
@@ -187,8 +187,8 @@ def failure_response(request: Request, failure: HTTPFailure) -> JSONResponse:
     """The JSON answer of ``failure``; a 503 says when to retry."""
     headers = None
     if failure.status_code == status.HTTP_503_SERVICE_UNAVAILABLE:
-        runtime = cast(Runtime, request.state.runtime)
-        seconds = math.ceil(runtime.config.ingest.retry_after_ms / 1000)
+        intake = cast(Intake, request.state.intake)
+        seconds = math.ceil(intake.config.ingest.retry_after_ms / 1000)
         headers = {"Retry-After": str(seconds)}
     return JSONResponse(failure.body, failure.status_code, headers=headers)
 
@@ -209,10 +209,10 @@ def json_object(body: bytes) -> dict[str, Any]:
 
 
 async def _ingest(request: Request, kind: str | None) -> JSONResponse:
-    runtime = cast(Runtime, request.state.runtime)
-    body = await read_body(request, runtime.config.ingest.max_request_bytes)
+    intake = cast(Intake, request.state.intake)
+    body = await read_body(request, intake.config.ingest.max_request_bytes)
     payload = json_object(body)
-    source = _authenticate(request, runtime, payload.get("writeKey"))
+    source = _authenticate(request, intake, payload.get("writeKey"))
     context = None
     if kind is None:
         raws = payload.get("batch")
@@ -222,11 +222,11 @@ async def _ingest(request: Request, kind: str | None) -> JSONResponse:
     else:
         raws = [payload]
     client_ip = request.client.host if request.client else None
-    accepted, rejected = parse_all(raws, runtime, source, kind, context, client_ip)
+    accepted, rejected = parse_all(raws, intake, source, kind, context, client_ip)
     if not accepted:
         error = rejected[0]["error"] if rejected else "empty batch"
         raise HTTPFailure(status.HTTP_400_BAD_REQUEST, error, rejected=rejected)
-    await commit(runtime, accepted)
+    await commit(intake, accepted)
     result: dict[str, Any] = {"success": True}
     if rejected:
         result["rejected"] = rejected

@@ -29,9 +29,9 @@ from starlette import status
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-from rtserver.engine.pipeline import Runtime
 from rtserver.errors import InvalidEvent, InvalidSignature, StoreError
 from rtserver.hooks.signatures import verify
+from rtserver.ingest.intake import Intake
 from rtserver.ingest.segment import (
     HTTPFailure,
     commit,
@@ -55,7 +55,7 @@ EVENT_NAMES = {"bounce": "Email Bounced", "complaint": "Email Marked as Spam"}
 
 
 def _segment_events(
-    request: Request, runtime: Runtime, body: bytes, webhook_id: str
+    request: Request, intake: Intake, body: bytes, webhook_id: str
 ) -> tuple[list[Event], list[dict[str, Any]]]:
     payload = json_object(body)
     batch = "batch" in payload
@@ -68,22 +68,22 @@ def _segment_events(
     ]
     client_ip = request.client.host if request.client else None
     context = payload.get("context") if batch else None
-    events, rejected = parse_all(raws, runtime, "server", None, context, client_ip)
+    events, rejected = parse_all(raws, intake, "server", None, context, client_ip)
     if not events:
         raise HTTPFailure(status.HTTP_400_BAD_REQUEST, rejected[0]["error"], rejected=rejected)
     return events, rejected
 
 
 async def _apply(
-    runtime: Runtime, report: Feedback, message_id: str, now: float
+    intake: Intake, report: Feedback, message_id: str, now: float
 ) -> tuple[Event | None, str | None]:
     """Suppress as ``report`` says; the event for the mail's person, and who it was about."""
-    row = await runtime.store.mail.get(report.mail_id) if report.mail_id else None
+    row = await intake.store.mail.get(report.mail_id) if report.mail_id else None
     address = report.address or (row["recipient"] if row else None)
     if address is None:
         return None, None  # a mail since erased, and no address: nothing left to act on
     if report.suppress is not None:
-        await runtime.store.mail.suppress(address, report.suppress, now, report.status)
+        await intake.store.mail.suppress(address, report.suppress, now, report.status)
     if row is None:
         return None, address
     properties = {
@@ -99,14 +99,12 @@ async def _apply(
     return person_event(row["person_id"], message_id, name, properties), address
 
 
-async def _feedback_events(
-    runtime: Runtime, reports: list[Feedback], webhook_id: str
-) -> list[Event]:
+async def _feedback_events(intake: Intake, reports: list[Feedback], webhook_id: str) -> list[Event]:
     """Apply each report (suppressions); the events for the mails' persons."""
-    now = runtime.clock()
+    now = intake.clock()
     events: list[Event] = []
     for i, report in enumerate(reports):
-        event, address = await _apply(runtime, report, f"{webhook_id}-{i}", now)
+        event, address = await _apply(intake, report, f"{webhook_id}-{i}", now)
         if event is not None:
             events.append(event)
         logger.info(
@@ -125,15 +123,15 @@ def _not_configured(source: str, key: str) -> HTTPFailure:
     )
 
 
-def _verified(request: Request, runtime: Runtime, source: str, body: bytes) -> tuple[str, Any]:
+def _verified(request: Request, intake: Intake, source: str, body: bytes) -> tuple[str, Any]:
     """The replay id of an authentic, fresh webhook, and what the source's verification
     parsed already (the relays' reports), or None.
 
     Raises:
         HTTPFailure: 401 not authentic or not fresh, 404 a relay not configured, 400 malformed.
     """
-    keys, now = runtime.config.keys, runtime.clock()
-    tolerance_s = runtime.config.ingest.webhook_tolerance_s
+    keys, now = intake.config.keys, intake.clock()
+    tolerance_s = intake.config.ingest.webhook_tolerance_s
     try:
         if source == "mailgun":
             if keys.mailgun_signing_key is None:
@@ -144,7 +142,7 @@ def _verified(request: Request, runtime: Runtime, source: str, body: bytes) -> t
             if not keys.sendgrid_public_key:
                 raise _not_configured(source, "sendgrid_public_key")
             return sendgrid(body, request.headers, keys.sendgrid_public_key, now, tolerance_s)
-        webhook_id = verify(runtime.keys.webhook_secrets, request.headers, body, now, tolerance_s)
+        webhook_id = verify(intake.keys.webhook_secrets, request.headers, body, now, tolerance_s)
         return webhook_id, None
     except InvalidSignature as exc:
         raise HTTPFailure(status.HTTP_401_UNAUTHORIZED, str(exc)) from None
@@ -153,18 +151,18 @@ def _verified(request: Request, runtime: Runtime, source: str, body: bytes) -> t
 
 
 async def _receive(request: Request, source: str) -> JSONResponse:
-    runtime = cast(Runtime, request.state.runtime)
+    intake = cast(Intake, request.state.intake)
     if request.headers.get("content-encoding", "identity").strip().lower() != "identity":
         raise HTTPFailure(
             status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, "webhooks are signed uncompressed"
         )
-    body = await read_body(request, runtime.config.ingest.max_webhook_bytes)
-    webhook_id, reports = _verified(request, runtime, source, body)
-    if await runtime.store.webhook_seen(webhook_id):
+    body = await read_body(request, intake.config.ingest.max_webhook_bytes)
+    webhook_id, reports = _verified(request, intake, source, body)
+    if await intake.store.webhook_seen(webhook_id):
         return JSONResponse({"success": True, "duplicate": True})
     result: dict[str, Any] = {"success": True}
     if source == "segment":
-        events, rejected = _segment_events(request, runtime, body, webhook_id)
+        events, rejected = _segment_events(request, intake, body, webhook_id)
         if rejected:
             result["rejected"] = rejected
         processed = len(events)
@@ -174,13 +172,13 @@ async def _receive(request: Request, source: str) -> JSONResponse:
                 reports = parse(body, request.headers.get("content-type", ""))
             except InvalidEvent as exc:
                 raise HTTPFailure(status.HTTP_400_BAD_REQUEST, str(exc)) from None
-        events = await _feedback_events(runtime, reports, webhook_id)
+        events = await _feedback_events(intake, reports, webhook_id)
         processed = len(reports)
     if events:
-        await commit(runtime, events)
+        await commit(intake, events)
     # Noted only once done: a failure before it leaves the sender to retry, and each step
     # above is idempotent (events by messageId, suppressions by address).
-    await runtime.store.webhook_done(webhook_id, source, runtime.clock())
+    await intake.store.webhook_done(webhook_id, source, intake.clock())
     result["processed"] = processed
     return JSONResponse(result)
 

@@ -22,7 +22,6 @@ import logging
 import re
 import urllib.parse
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -30,9 +29,10 @@ import orjson
 from starlette import status
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from rtserver.clock import Clock, Monotonic
 from rtserver.config.schema import Config
-from rtserver.engine.pipeline import Runtime
 from rtserver.errors import InvalidEvent, PolicyViolation, StorageUnavailable, StoreError
+from rtserver.ingest.intake import Intake
 from rtserver.model.events import Event, message_id_of, parse_batch, parse_event, verify_identity
 
 __all__ = ["Ingest", "TokenBucket", "nesting_of", "origin_allowed"]
@@ -83,7 +83,7 @@ class TokenBucket:
 
     rate: float
     burst: float
-    clock: Callable[[], float]
+    clock: Clock
     tokens: float = field(init=False)
     updated: float = field(init=False)
 
@@ -135,19 +135,17 @@ class Session:
         "peer",
         "reader",
         "replies",
-        "runtime",
+        "intake",
         "stopping",
         "ws",
     )
 
-    def __init__(
-        self, websocket: WebSocket, runtime: Runtime, peer: str, monotonic: Callable[[], float]
-    ):
+    def __init__(self, websocket: WebSocket, intake: Intake, peer: str, monotonic: Monotonic):
         self.id = next(_ids)
         self.ws = websocket
-        self.runtime = runtime
+        self.intake = intake
         self.peer = peer
-        limits = runtime.config.ingest
+        limits = intake.config.ingest
         self.bucket = TokenBucket(limits.events_per_s, limits.burst_events, monotonic)
         self.replies: list[Reply] = []
         """Replies not yet sent, at most ``max_in_flight`` (and one :class:`Close`), in order."""
@@ -182,9 +180,7 @@ class Session:
     async def put(self, reply: Reply) -> None:
         """Queue a reply for the writer, waiting while ``max_in_flight`` are queued already."""
         replies = self.replies
-        if len(replies) >= self.runtime.config.ingest.max_in_flight and not isinstance(
-            reply, Close
-        ):
+        if len(replies) >= self.intake.config.ingest.max_in_flight and not isinstance(reply, Close):
             self._putter = asyncio.get_running_loop().create_future()
             try:
                 await self._putter
@@ -234,7 +230,7 @@ class Session:
     def _on_idle_timer(self, when: float) -> None:
         """The idle timer: expire a receive waiting since ``when - idle_timeout_s`` or before,
         else look again when the current wait (or the next) could be over."""
-        timeout = self.runtime.config.ingest.idle_timeout_s
+        timeout = self.intake.config.ingest.idle_timeout_s
         due = self.idle_since + timeout
         if self._waiting and due <= when:
             self.interrupt()
@@ -249,7 +245,7 @@ class Session:
         """Read frames until the client leaves, breaks a rule, or the server stops."""
         loop = asyncio.get_running_loop()
         self.idle_since = loop.time()
-        when = self.idle_since + self.runtime.config.ingest.idle_timeout_s
+        when = self.idle_since + self.intake.config.ingest.idle_timeout_s
         self._timer = loop.call_at(when, self._on_idle_timer, when)
         try:
             close = await self._read_frames()
@@ -306,8 +302,8 @@ class Session:
             PolicyViolation: the frame breaks a limit (close 1008).
             TimeoutError: the pipeline's queue stayed full (close 1013).
         """
-        runtime = self.runtime
-        limits = runtime.config.ingest
+        intake = self.intake
+        limits = intake.config.ingest
         try:
             raw_events = parse_batch(text, limits)
         except PolicyViolation:
@@ -321,7 +317,7 @@ class Session:
         self._spend(max(1, len(raw_events)))
         accepted: list[Event] = []
         rejected: list[dict[str, Any]] = []
-        secret = runtime.keys.identity_secret
+        secret = intake.keys.identity_secret
         for raw in raw_events:
             try:
                 event = parse_event(raw, limits, source="browser", client_ip=self.peer)
@@ -333,17 +329,17 @@ class Session:
         if rejected:
             await self.put({"reject": rejected})
         if accepted:
-            done = await runtime.pipeline.submit(accepted, runtime.clock())
+            done = await intake.submit(accepted, intake.clock())
             await self.put((done, [e.message_id for e in accepted]))
 
     def _spend(self, events: int) -> None:
         if not self.bucket.take(events):
-            limits = self.runtime.config.ingest
+            limits = self.intake.config.ingest
             raise PolicyViolation(f"more than {limits.events_per_s:g} events per second")
 
     async def write(self) -> None:
         """Send replies in order until a :class:`Close` comes through."""
-        retry_after_ms = self.runtime.config.ingest.retry_after_ms
+        retry_after_ms = self.intake.config.ingest.retry_after_ms
         send_text = self.ws.send_text
         while True:
             reply = await self.get()
@@ -368,7 +364,7 @@ class Session:
 class Ingest:
     """The WebSocket endpoint and the registry of open sessions (for limits and the drain)."""
 
-    def __init__(self, config: Config, monotonic: Callable[[], float]):
+    def __init__(self, config: Config, monotonic: Monotonic):
         self.config = config
         self.monotonic = monotonic
         self.sessions: set[Session] = set()
@@ -387,10 +383,10 @@ class Ingest:
 
     async def endpoint(self, websocket: WebSocket) -> None:
         """``GET /v1/ws``: check key and Origin, then read and reply until closed."""
-        runtime = cast(Runtime, websocket.state.runtime)
+        intake = cast(Intake, websocket.state.intake)
         config = self.config
         peer = websocket.client.host if websocket.client else "unknown"
-        if not key_matches(websocket.query_params.get("key"), runtime.keys.public):
+        if not key_matches(websocket.query_params.get("key"), intake.keys.public):
             return await self._refuse(websocket, "invalid key")
         origin, host = websocket.headers.get("origin"), websocket.headers.get("host")
         if not origin_allowed(origin, config.server.allowed_origins, host):
@@ -401,7 +397,7 @@ class Ingest:
             return await self._turn_away(
                 websocket, status.WS_1008_POLICY_VIOLATION, "too many connections from this address"
             )
-        session = Session(websocket, runtime, peer, self.monotonic)
+        session = Session(websocket, intake, peer, self.monotonic)
         self.per_ip[peer] += 1
         self.sessions.add(session)
         try:

@@ -19,6 +19,7 @@ import base64
 import logging
 import re
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -27,12 +28,15 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
-from rtserver.engine.pipeline import Runtime
+from rtserver.clock import Clock
+from rtserver.config.schema import MailConfig
 from rtserver.errors import StoreError
-from rtserver.model.events import Event, person_event
+from rtserver.mail.tokens import Tokens
+from rtserver.model.events import Event, Submit, person_event
 from rtserver.model.people import email_hash
+from rtserver.store.database import Store
 
-__all__ = ["PIXEL", "machine_reason", "routes"]
+__all__ = ["PIXEL", "Links", "machine_reason", "routes"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +52,18 @@ SCANNER_AGENTS = re.compile(
 PROXY_AGENTS = re.compile(r"googleimageproxy|yahoomailproxy|ggpht\.com", re.IGNORECASE)
 
 pages = Jinja2Templates(directory=str(Path(__file__).parent.parent / "templates" / "pages"))
+
+
+@dataclass(frozen=True, slots=True)
+class Links:
+    """What the link routes use, handed to them as ``request.state.links``."""
+
+    store: Store
+    tokens: Tokens
+    submit: Submit
+    """Records opens, clicks, unsubscribes and confirmations through the pipeline."""
+    mail: MailConfig
+    clock: Clock
 
 
 def machine_reason(
@@ -69,8 +85,8 @@ def machine_reason(
 
 
 def _page(request: Request, name: str, status: int = 200, **values: Any) -> Response:
-    runtime = cast(Runtime, request.state.runtime)
-    context = {"brand": runtime.config.mail.brand, **values}
+    links = cast(Links, request.state.links)
+    context = {"brand": links.mail.brand, **values}
     return pages.TemplateResponse(request, name, context, status_code=status, headers=NO_STORE)
 
 
@@ -78,10 +94,10 @@ def _not_found(request: Request) -> Response:
     return _page(request, "link_invalid.html", 404)
 
 
-async def _record(runtime: Runtime, events: list[Event]) -> None:
+async def _record(links: Links, events: list[Event]) -> None:
     """Commit ``events``; a storage failure is logged, not shown (the person's click matters)."""
     try:
-        await (await runtime.pipeline.submit(events, runtime.clock()))
+        await (await links.submit(events, links.clock()))
     except (StoreError, TimeoutError) as exc:
         logger.warning("could not record %s: %s", events[0].name, exc)
 
@@ -90,16 +106,16 @@ async def _mail_event(
     request: Request, mail_id: str, name: str, extra: dict[str, Any]
 ) -> dict[str, Any] | None:
     """Record ``name`` for the mail ``mail_id``; its outbox row, or None if it is unknown."""
-    runtime = cast(Runtime, request.state.runtime)
-    row = await runtime.store.mail.get(mail_id)
+    links = cast(Links, request.state.links)
+    row = await links.store.mail.get(mail_id)
     if row is None:
         return None
-    now = runtime.clock()
+    now = links.clock()
     reason = machine_reason(
         request,
         row["sent_at"],
         now,
-        runtime.config.mail.scanner_window_s,
+        links.mail.scanner_window_s,
         opening=name == "Email Opened",
     )
     properties = {
@@ -113,14 +129,14 @@ async def _mail_event(
     if reason is not None:
         properties["machine_reason"] = reason
     message_id = f"rt-{name.split()[-1].lower()}-{mail_id}-{uuid.uuid4().hex}"
-    await _record(runtime, [person_event(row["person_id"], message_id, name, properties)])
+    await _record(links, [person_event(row["person_id"], message_id, name, properties)])
     return row
 
 
 async def pixel(request: Request) -> Response:
     """``GET /o/<token>``: the open pixel."""
-    runtime = cast(Runtime, request.state.runtime)
-    mail_id = runtime.tokens.read_open(request.path_params["token"])
+    links = cast(Links, request.state.links)
+    mail_id = links.tokens.read_open(request.path_params["token"])
     if mail_id is not None:
         await _mail_event(request, mail_id, "Email Opened", {})
     return Response(PIXEL, media_type="image/gif", headers=NO_STORE)
@@ -128,8 +144,8 @@ async def pixel(request: Request) -> Response:
 
 async def click(request: Request) -> Response:
     """``GET /c/<token>``: record the click, then redirect to the signed URL (or 404)."""
-    runtime = cast(Runtime, request.state.runtime)
-    signed = runtime.tokens.read_click(request.path_params["token"])
+    links = cast(Links, request.state.links)
+    signed = links.tokens.read_click(request.path_params["token"])
     if signed is None:
         return _not_found(request)
     mail_id, url = signed
@@ -140,9 +156,9 @@ async def click(request: Request) -> Response:
 
 async def unsubscribe(request: Request) -> Response:
     """``GET /u/<token>`` asks; ``POST /u/<token>`` unsubscribes (RFC 8058 one-click)."""
-    runtime = cast(Runtime, request.state.runtime)
-    mail_id = runtime.tokens.read_unsubscribe(request.path_params["token"])
-    row = None if mail_id is None else await runtime.store.mail.get(mail_id)
+    links = cast(Links, request.state.links)
+    mail_id = links.tokens.read_unsubscribe(request.path_params["token"])
+    row = None if mail_id is None else await links.store.mail.get(mail_id)
     if row is None:
         return _not_found(request)  # a bad token, or the mail of a person since erased
     if request.method == "GET":
@@ -150,30 +166,30 @@ async def unsubscribe(request: Request) -> Response:
     if row["recipient"]:
         # The suppression first: it is checked when each later mail is claimed, so it holds
         # even for mails already queued, and for a profile that opts in again.
-        now = runtime.clock()
-        await runtime.store.mail.suppress(row["recipient"], "unsubscribe", now, row["id"])
+        now = links.clock()
+        await links.store.mail.suppress(row["recipient"], "unsubscribe", now, row["id"])
     event = person_event(
         row["person_id"],
         f"rt-unsubscribe-{row['id']}-{uuid.uuid4().hex}",
         "Email Unsubscribed",
         {"mail_id": row["id"], "workflow": row["workflow"]},
     )
-    await _record(runtime, [event])
+    await _record(links, [event])
     logger.info("unsubscribed %s (mail %s)", row["person_id"], row["id"])
     return _page(request, "unsubscribed.html")
 
 
 async def confirm(request: Request) -> Response:
     """``GET /confirm/<token>``: the double opt-in link verifies the claimed address."""
-    runtime = cast(Runtime, request.state.runtime)
-    signed = runtime.tokens.read_confirm(request.path_params["token"])
+    links = cast(Links, request.state.links)
+    signed = links.tokens.read_confirm(request.path_params["token"])
     if signed is None:
         return _not_found(request)
     person_id, hashed = signed
-    profile = await runtime.store.profile(person_id)
+    profile = await links.store.profile(person_id)
     claimed = (profile or {}).get("claimed_email")
     # A token made before the digest was keyed carries the plain hash: still good for its week.
-    if not claimed or hashed not in (runtime.tokens.email_digest(claimed), email_hash(claimed)):
+    if not claimed or hashed not in (links.tokens.email_digest(claimed), email_hash(claimed)):
         return _not_found(request)
     unique = uuid.uuid4().hex
     traits = {"email": claimed, "consent": "confirmed_opt_in"}
@@ -181,7 +197,7 @@ async def confirm(request: Request) -> Response:
         person_event(person_id, f"rt-confirm-id-{unique}", None, kind="identify", traits=traits),
         person_event(person_id, f"rt-confirm-{unique}", "Email Confirmed", {}),
     ]
-    await _record(runtime, events)
+    await _record(links, events)
     logger.info("double opt-in confirmed for %s", person_id)
     return _page(request, "confirmed.html")
 

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+from rtserver.clock import Clock
 from rtserver.config.durations import parse_duration
 from rtserver.config.schema import MailConfig
 from rtserver.errors import MailError, StoreError
@@ -59,7 +60,6 @@ __all__ = ["Sender", "SenderStats", "retry_delay", "wake_on"]
 
 logger = logging.getLogger(__name__)
 
-Clock = Callable[[], float]
 
 BATCH = 32
 """Most mails claimed per round (their outcomes are written together)."""

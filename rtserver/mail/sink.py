@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from email import policy
 from email.parser import BytesParser
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from rtserver.clock import Clock
 from rtserver.errors import StoreError
 from rtserver.store.database import Store
 
@@ -23,7 +23,6 @@ __all__ = ["Sink", "start_sink"]
 
 logger = logging.getLogger(__name__)
 
-Clock = Callable[[], float]
 
 HOSTNAME = "rtserver-sink"
 """What the sink calls itself in its greeting (aiosmtpd would look up the FQDN per connection)."""

@@ -30,18 +30,20 @@ import json
 import re
 import struct
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
 from itsdangerous import BadData, TimestampSigner, URLSafeTimedSerializer
 
+from rtserver.clock import Clock
 from rtserver.errors import MailError
 from rtserver.model.people import email_hash
 
-__all__ = ["Clock", "Tokens"]
+__all__ = [
+    "Tokens",
+]
 
-Clock = Callable[[], float]
 
 DAY_S = 86400
 CLICK_MAX_AGE_S = 400 * DAY_S

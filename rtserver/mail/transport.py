@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
+from rtserver.clock import Clock
 from rtserver.config.schema import Config
 from rtserver.mail.sink import Sink, start_sink
 from rtserver.mail.smtp import Relay
@@ -17,9 +18,7 @@ logger = logging.getLogger(__name__)
 
 
 @contextlib.asynccontextmanager
-async def mail_transport(
-    config: Config, store: Store, clock: Callable[[], float]
-) -> AsyncIterator[Relay]:
+async def mail_transport(config: Config, store: Store, clock: Clock) -> AsyncIterator[Relay]:
     """The SMTP client mail goes out through: the embedded sink's, or ``mail.smtp``'s."""
     sink: Sink | None = None
     if config.mail.transport == "sink":

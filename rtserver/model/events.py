@@ -12,18 +12,23 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, Protocol, cast
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
 import orjson
 
 from rtserver.errors import InvalidEvent, PolicyViolation
 
+if TYPE_CHECKING:
+    import asyncio
+
 __all__ = [
     "EVENT_TYPES",
     "Event",
     "Limits",
+    "Submit",
     "decode_json",
     "message_id_of",
     "parse_batch",
@@ -41,6 +46,11 @@ MAX_NAME_CHARS = 200
 EMAIL_RE = re.compile(r"[^@\s\x00-\x1f\x7f]{1,64}@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]+")
 MAX_EMAIL_CHARS = 254
 MAX_ECHO_CHARS = 40
+
+
+Submit = Callable[[Sequence["Event"], float], Awaitable["asyncio.Future[None]"]]
+"""How accepted events reach the pipeline: ``await submit(events, received_at)`` queues them and
+gives a future that resolves once they are committed (the ack), or fails (the nack)."""
 
 
 class Limits(Protocol):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -19,11 +20,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from rtserver.config.durations import parse_duration
-from rtserver.config.schema import Config, load_config
-from rtserver.engine.pipeline import Runtime
+from rtserver.config.schema import BrandConfig, Config, load_config
 from rtserver.mail.links import pages
 
-__all__ = ["DEMO_STORE", "PRODUCTS", "demo_config", "scaled", "shop"]
+__all__ = ["DEMO_STORE", "PRODUCTS", "Shop", "demo_config", "scaled", "shop"]
 
 DEMO_STORE = "rtserver-demo.db"
 """The demo's own store, so a demo never mixes with (or fills) the real one."""
@@ -41,12 +41,20 @@ PRODUCTS: tuple[dict[str, Any], ...] = (
 """The demo catalog (prices in the brand's currency)."""
 
 
+@dataclass(frozen=True, slots=True)
+class Shop:
+    """What the demo page shows: the shop's brand and the public key its snippet sends with."""
+
+    brand: BrandConfig
+    public_key: str
+
+
 async def shop(request: Request) -> Response:
     """The demo shop page."""
-    runtime = cast(Runtime, request.state.runtime)
+    demo = cast(Shop, request.state.shop)
     context = {
-        "brand": runtime.config.mail.brand,
-        "key": runtime.keys.public,
+        "brand": demo.brand,
+        "key": demo.public_key,
         "products": PRODUCTS,
         "base": str(request.base_url).rstrip("/"),
     }

@@ -17,7 +17,6 @@ from contextlib import asynccontextmanager
 from email.message import EmailMessage
 from typing import Any
 
-from rtserver.app import resolve_keys
 from rtserver.config.schema import Config
 from rtserver.errors import MailError
 from rtserver.mail.contexts import Contexts
@@ -25,7 +24,7 @@ from rtserver.mail.render import MailContext, Mailer, check_address
 from rtserver.mail.smtp import wire_bytes
 from rtserver.mail.tokens import Tokens
 from rtserver.mail.transport import mail_transport
-from rtserver.runtime import make_mailer
+from rtserver.runtime import make_mailer, resolve_keys
 from rtserver.store.database import Store
 from rtserver.store.outbox import Claim
 

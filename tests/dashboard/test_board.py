@@ -16,9 +16,10 @@ from rtserver.dashboard.alerts import Alerts
 from rtserver.dashboard.board import DELIVERY_STATES, OUTBOX_STATES, Board, _amount
 from rtserver.dashboard.hub import Changed
 from rtserver.dashboard.latency import Histogram
-from rtserver.engine.pipeline import Runtime
+from rtserver.dashboard.readings import Readings
 from rtserver.errors import StoreError
 from rtserver.model.events import person_event
+from rtserver.runtime import Runtime
 from tests.conftest import (
     ORIGIN,
     FakeClock,
@@ -50,10 +51,13 @@ class Ticks:
 def board_of(runtime: Runtime, ticks: Ticks | None = None, **alerts: Any) -> Board:
     config = dataclasses.replace(runtime.config.dashboard, **alerts)
     return Board(
-        runtime,
-        websockets=lambda: 7,
+        runtime.store,
+        dataclasses.replace(runtime.board.readings, websockets=lambda: 7),
         latency=Histogram(),
         alerts=Alerts(config),
+        dashboard=config,
+        sink=runtime.config.mail.transport == "sink",
+        clock=runtime.clock,
         monotonic=ticks or Ticks(),
     )
 
@@ -179,12 +183,27 @@ async def test_person_view_of_an_unknown_person_is_none(tmp_path: Path) -> None:
 
 
 async def test_without_sender_hub_or_engine(tmp_path: Path) -> None:
-    """Counters and samples still work for a runtime without its optional parts, and an SMTP
-    transport shows no sink inbox."""
+    """Counters and samples still work when the board reads no sender, hub or engine, and an
+    SMTP transport shows no sink inbox."""
     config = dashboard_config(tmp_path, mail={"transport": "smtp"}, workflow=[CART])
     async with run_server(config) as live:
-        runtime = dataclasses.replace(live.runtime, sender=None, hub=None, engine=None)
-        board = board_of(runtime)
+        readings = Readings(
+            commits=live.runtime.board.readings.commits,
+            queue_depth=lambda: 0,
+            websockets=lambda: 0,
+            timers_armed=lambda: 0,
+            viewers=lambda: 0,
+            dropped_viewers=lambda: 0,
+        )
+        board = Board(
+            live.runtime.store,
+            readings,
+            latency=Histogram(),
+            alerts=Alerts(config.dashboard),
+            dashboard=config.dashboard,
+            sink=False,
+            clock=live.runtime.clock,
+        )
         counters = board.counters()
         assert counters["viewers"] == 0 and counters["timers_armed"] == 0
         assert counters["sender"] == "off" and counters["mails"] == {}

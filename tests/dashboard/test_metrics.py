@@ -78,7 +78,7 @@ async def test_metrics_show_raised_alerts_and_survive_a_store_failure(tmp_path: 
     """A raised alert is a labelled gauge; when the store fails the outbox family is left
     out, the rest still served."""
     async with run_server(dashboard_config(tmp_path)) as live:
-        board = live.server.lifespan.state["board"]
+        board = live.runtime.board
         await board.check_alerts()
         live.runtime.pipeline.stats.failed_commits += 1
         await board.check_alerts()

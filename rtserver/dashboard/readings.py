@@ -1,0 +1,44 @@
+"""What the dashboard reads of the running server: its counters, handed in as plain callables.
+
+The dashboard only reads. It never holds the pipeline, the engine or the senders; the wiring
+(:mod:`rtserver.runtime`) hands it these callables instead, each giving the value of the moment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+__all__ = ["Readings"]
+
+
+def _nothing() -> Mapping[str, int]:
+    return {}
+
+
+def _off() -> str:
+    return "off"
+
+
+@dataclass(frozen=True, slots=True)
+class Readings:
+    """The running server's counters, read when the dashboard or a scrape asks."""
+
+    commits: Callable[[], Mapping[str, int]]
+    """The pipeline's counters: ``stored``, ``duplicates``, ``commits``, ``failed_commits``."""
+    queue_depth: Callable[[], int]
+    """Batches waiting to be committed."""
+    websockets: Callable[[], int]
+    """Open browser WebSockets."""
+    timers_armed: Callable[[], int]
+    """Timers in the wheel (run timers and scheduled sweeps)."""
+    viewers: Callable[[], int]
+    """Live dashboard viewers."""
+    dropped_viewers: Callable[[], int]
+    """Viewers dropped for falling behind."""
+    mails: Callable[[], Mapping[str, int]] = _nothing
+    """The mail sender's outcomes (empty while no sender runs)."""
+    mail_sender: Callable[[], str] = _off
+    """What the mail sender is doing: ``sending``, what it waits for, or ``off``."""
+    webhooks: Callable[[], Mapping[str, int]] = _nothing
+    """The webhook sender's outcomes."""

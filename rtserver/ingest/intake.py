@@ -1,0 +1,28 @@
+"""What the ingest routes are handed: the settings, the keys in force, where accepted events go,
+the store and the clock. Built once by the lifespan (:mod:`rtserver.runtime`) and read by the
+WebSocket, the HTTP API and the signed webhooks as ``request.state.intake``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rtserver.clock import Clock
+from rtserver.config.keys import Keys
+from rtserver.config.schema import Config
+from rtserver.model.events import Submit
+from rtserver.store.database import Store
+
+__all__ = ["Intake"]
+
+
+@dataclass(frozen=True, slots=True)
+class Intake:
+    """The ingest routes' dependencies, and nothing else of the running server."""
+
+    config: Config
+    keys: Keys
+    submit: Submit
+    """The pipeline's :meth:`~rtserver.engine.pipeline.Pipeline.submit`."""
+    store: Store
+    """Replayed webhook ids and the mails that bounce and complaint reports name."""
+    clock: Clock
