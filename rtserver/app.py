@@ -36,7 +36,7 @@ from rtserver import __version__
 from rtserver.clock import Clock, Monotonic
 from rtserver.config.schema import Config
 from rtserver.dashboard import metrics, routes as dashboard
-from rtserver.dashboard.auth import Auth, RequireLogin, resolve_auth
+from rtserver.dashboard.auth import Auth, RequireLogin
 from rtserver.dashboard.metrics import Metrics
 from rtserver.dashboard.routes import Dashboard
 from rtserver.errors import StoreError
@@ -122,8 +122,7 @@ def create_app(
             clock=clock,
             monotonic=monotonic,
         ) as runtime:
-            store, keys = runtime.store, runtime.keys
-            auth = await resolve_auth(config, store, clock(), clock)
+            store, keys, auth = runtime.store, runtime.keys, runtime.auth
             yield State(
                 runtime=runtime,
                 intake=Intake(config, keys, runtime.pipeline.submit, store, clock),

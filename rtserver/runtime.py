@@ -31,6 +31,7 @@ from rtserver.clock import Clock, Monotonic
 from rtserver.config.keys import Keys
 from rtserver.config.schema import Config, MailConfig
 from rtserver.dashboard.alerts import Alerts
+from rtserver.dashboard.auth import Auth, resolve_auth
 from rtserver.dashboard.board import Board
 from rtserver.dashboard.hub import Hub
 from rtserver.dashboard.latency import Histogram
@@ -216,9 +217,10 @@ class Supervisor:
         names += [n for n in self.tasks if n not in names]
         for name in names:
             task = self.tasks.pop(name)
+            if task.done():  # it ended before: already reported
+                continue
             task.cancel(msg="rtserver shutting down")
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await asyncio.wait([task])
             if not task.cancelled() and task.exception() is not None:
                 logger.error("task %s failed while stopping", name, exc_info=task.exception())
 
@@ -244,6 +246,8 @@ class Runtime:
     """Event received → its decision committed, for every new event."""
     board: Board
     hub: Hub
+    auth: Auth
+    """The dashboard's login: password hash and session key."""
     supervisor: Supervisor
 
 
@@ -347,6 +351,7 @@ async def start(
         pipeline.listeners.append(lambda _, changes: courier.wake() if changes.deliveries else None)
         pipeline.listeners.append(_record_latency(latency, clock))
         pipeline.listeners.append(hub.on_commit)
+        auth = await resolve_auth(config, store, clock(), clock)
         # One purge before serving: a server that restarts often still enforces retention,
         # and the hourly task below never has to race the first requests.
         await purge_old_events(store, clock, config.store.retention_days)
@@ -378,6 +383,7 @@ async def start(
             latency=latency,
             board=board,
             hub=hub,
+            auth=auth,
             supervisor=supervisor,
         )
     finally:

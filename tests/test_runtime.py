@@ -1,0 +1,130 @@
+"""The wiring point: tasks started by name and stopped in order, and a task that dies stops the
+server instead of leaving the others running."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import pytest
+
+from rtserver.runtime import STOP_ORDER, Supervisor
+from tests.conftest import TIMEOUT_UNIT, make_config, run_server
+
+
+async def _started(supervisor: Supervisor, names: list[str], ended: list[str]) -> None:
+    """Start a task per name that records when it ends; return once all of them run."""
+    running = {name: asyncio.Event() for name in names}
+
+    async def work(name: str) -> None:
+        running[name].set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            ended.append(name)
+
+    for name in names:
+        supervisor.start(name, work(name))
+    async with asyncio.timeout(TIMEOUT_UNIT):
+        for event in running.values():
+            await event.wait()
+
+
+async def test_tasks_stop_in_order_then_the_rest() -> None:
+    """stop() cancels the named tasks in the given order, each awaited before the next, then
+    any other; none of that counts as a failure."""
+    supervisor = Supervisor()
+    ended: list[str] = []
+    await _started(supervisor, ["sender", "extra", "pipeline", "timer-driver"], ended)
+    await supervisor.stop(("timer-driver", "pipeline", "sender"))
+    assert ended == ["timer-driver", "pipeline", "sender", "extra"]
+    assert supervisor.failure is None and supervisor.tasks == {}
+    assert supervisor.stopping.is_set()
+
+
+def test_the_stop_order_ends_with_the_dashboard() -> None:
+    """Timers stop first (no new decisions), then the pipeline, the senders, the hub last."""
+    assert STOP_ORDER[:4] == ("timer-driver", "pipeline", "sender", "courier")
+    assert STOP_ORDER[-1] == "dashboard-hub"
+
+
+@pytest.mark.parametrize(
+    ("outcome", "reason"),
+    [("raise", "died: RuntimeError('disk on fire')"), ("return", "ended"), ("cancel", "cancelled")],
+)
+async def test_a_task_that_ends_by_itself_is_a_failure(
+    outcome: str, reason: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A task that raises, returns or is cancelled while the server runs is logged with its
+    cause and recorded as the failure (the first one only)."""
+    supervisor = Supervisor()
+    release = asyncio.Event()
+
+    async def work() -> None:
+        await release.wait()
+        if outcome == "raise":
+            raise RuntimeError("disk on fire")
+
+    supervisor.start("sender", work())
+    with caplog.at_level(logging.ERROR, logger="rtserver.runtime"):
+        if outcome == "cancel":
+            supervisor.tasks["sender"].cancel()
+        release.set()
+        await asyncio.wait([supervisor.tasks["sender"]])
+    assert supervisor.failure is not None and reason in supervisor.failure
+    assert "stopping the server" in caplog.text
+    await supervisor.stop()
+    assert reason in supervisor.failure
+
+
+async def test_a_new_lifespan_starts_without_the_old_failure() -> None:
+    """The same app served again starts with no failure and fresh events."""
+    supervisor = Supervisor()
+
+    async def done() -> None:
+        return None
+
+    supervisor.start("sender", done())
+    await asyncio.wait([supervisor.tasks["sender"]])
+    supervisor.draining.set()
+    await supervisor.stop()
+    assert supervisor.failure is not None
+    await _started(supervisor, ["pipeline"], [])
+    assert supervisor.failure is None
+    assert not supervisor.draining.is_set() and not supervisor.stopping.is_set()
+    await supervisor.stop()
+
+
+async def test_a_dead_task_stops_the_server(tmp_path: Path) -> None:
+    """When one of the server's tasks dies, uvicorn stops serving, the lifespan stops the other
+    tasks, and the server reports why (the command then exits 1)."""
+    async with run_server(make_config(tmp_path)) as live:
+        supervisor = live.runtime.supervisor
+        assert set(supervisor.tasks) == set(STOP_ORDER)
+        supervisor.tasks["retention"].cancel()
+        await asyncio.wait_for(live.task, 4 * TIMEOUT_UNIT)
+        assert live.server.failure == "task retention was cancelled"
+        assert supervisor.tasks == {}
+
+
+async def test_a_task_that_fails_while_stopping_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """A task that raises instead of stopping is logged, and the others still stop."""
+    supervisor = Supervisor()
+    running = asyncio.Event()
+    ended: list[str] = []
+
+    async def stubborn() -> None:
+        running.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            raise RuntimeError("could not flush") from None
+
+    supervisor.start("sender", stubborn())
+    await _started(supervisor, ["hub"], ended)
+    await asyncio.wait_for(running.wait(), TIMEOUT_UNIT)
+    with caplog.at_level(logging.ERROR, logger="rtserver.runtime"):
+        await supervisor.stop(("sender", "hub"))
+    assert "task sender failed while stopping" in caplog.text
+    assert ended == ["hub"] and supervisor.failure is None
