@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from rtserver.config.durations import Duration
 from rtserver.config.settings import (
     Secret,
     Setting,
     build,
-    duration,
     ec_public_key,
     http_url,
     iter_settings as _iter_settings,
@@ -51,6 +51,11 @@ __all__ = [
     "load_config",
     "resolve_config_path",
 ]
+
+
+def durations(*texts: str) -> tuple[Duration, ...]:
+    """Default waits, as the config would give them."""
+    return tuple(Duration(text) for text in texts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,13 +254,12 @@ class MailConfig:
     daily_limit: int = setting(
         10000, "Most mails sent per UTC day (then they wait).", check=positive
     )
-    retry: tuple[str, ...] = setting(
-        ("1m", "5m", "15m", "1h", "4h"),
+    retry: tuple[Duration, ...] = setting(
+        durations("1m", "5m", "15m", "1h", "4h"),
         "Waits before each retry after a 4xx or a lost connection (the last repeats).",
-        check=duration,
     )
-    max_age: str = setting(
-        "24h", "A marketing mail not delivered this long after its decision fails.", check=duration
+    max_age: Duration = setting(
+        Duration("24h"), "A marketing mail not delivered this long after its decision fails."
     )
     ambiguous: Literal["resend", "drop"] = setting(
         "resend",
@@ -287,10 +291,9 @@ class HooksConfig:
         False, "Allow destinations on private, loopback or link-local addresses."
     )
     timeout_s: float = setting(15.0, "Timeout of one delivery attempt.", check=positive)
-    retry: tuple[str, ...] = setting(
-        ("5s", "5m", "30m", "2h", "5h", "10h", "14h", "20h", "24h"),
+    retry: tuple[Duration, ...] = setting(
+        durations("5s", "5m", "30m", "2h", "5h", "10h", "14h", "20h", "24h"),
         "Waits before each retry (±20 % jitter); after the last, the delivery fails.",
-        check=duration,
     )
     lease_s: float = setting(
         60.0, "A delivery left in flight this long (a crash) is tried again.", check=positive
@@ -307,7 +310,7 @@ class DashboardConfig:
         check=long_password,
         env="RTSERVER_DASHBOARD_PASSWORD",
     )
-    session: str = setting("12h", "How long a dashboard login lasts.", check=duration)
+    session: Duration = setting(Duration("12h"), "How long a dashboard login lasts.")
     login_attempts: int = setting(
         5, "Failed logins one client address may make per 15 minutes.", check=positive
     )
@@ -321,19 +324,19 @@ class DashboardConfig:
     replay: int = setting(
         240, "Recent updates kept for viewers resuming with Last-Event-ID.", check=positive
     )
-    click_window: str = setting(
-        "5d", "Revenue: an order this soon after a click counts for the mail.", check=duration
+    click_window: Duration = setting(
+        Duration("5d"), "Revenue: an order this soon after a click counts for the mail."
     )
-    open_window: str = setting(
-        "1d", "Revenue: an order this soon after an open counts for the mail.", check=duration
+    open_window: Duration = setting(
+        Duration("1d"), "Revenue: an order this soon after an open counts for the mail."
     )
     alert_webhook: str = setting(
         "",
         "URL that alerts are POSTed to as JSON when raised and resolved ('': none).",
         check=lambda value: http_url(value) if value else None,
     )
-    alert_window: str = setting(
-        "15m", "The recent span the alert rates are measured over.", check=duration
+    alert_window: Duration = setting(
+        Duration("15m"), "The recent span the alert rates are measured over."
     )
     alert_trigger_failures: int = setting(
         1, "Alert: failed group commits (events not decided) within the window.", check=positive

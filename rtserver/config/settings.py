@@ -24,6 +24,7 @@ from typing import Any, Literal
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
+from rtserver.config.durations import Duration
 from rtserver.errors import ConfigError
 
 __all__ = [
@@ -31,7 +32,6 @@ __all__ = [
     "Secret",
     "Setting",
     "build",
-    "duration",
     "ec_public_key",
     "http_url",
     "iter_settings",
@@ -158,6 +158,15 @@ def _leaf(key: str, hint: Any, value: Any) -> Any:
             # Not the value: a mistyped secret is still a secret.
             raise ConfigError(f"{key}: expected str, got {type(value).__name__}")
         return Secret(value)
+    if hint is Duration:
+        if isinstance(value, Duration):
+            return value
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a duration like '30m', got {value!r}")
+        try:
+            return Duration(value)
+        except ValueError as exc:
+            raise ConfigError(f"{key}: {exc}") from None
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
@@ -246,14 +255,6 @@ def standard_webhooks_secret(value: Secret) -> str | None:
     if not raw.startswith("whsec_") or len(key) < 24:
         return "a webhook secret is 'whsec_' and at least 24 base64-encoded random bytes"
     return None
-
-
-def duration(value: str) -> str | None:
-    return (
-        None
-        if re.fullmatch(r"[0-9]+(\.[0-9]+)?(s|m|h|d)", value)
-        else "expected like '90s', '30m', '2h', '7d'"
-    )
 
 
 def long_password(value: Secret) -> str | None:

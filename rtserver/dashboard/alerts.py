@@ -33,7 +33,6 @@ from typing import Any
 
 import orjson
 
-from rtserver.config.durations import parse_duration
 from rtserver.config.schema import DashboardConfig
 from rtserver.dashboard.latency import Histogram
 
@@ -106,7 +105,7 @@ class Alerts:
 
     def __init__(self, config: DashboardConfig, post: Post = _post_in_thread) -> None:
         self.config = config
-        self.window_s = parse_duration(config.alert_window)
+        self.window_s = config.alert_window
         self.post = post
         self.samples: deque[Sample] = deque()
         self.active: dict[str, Alert] = {}

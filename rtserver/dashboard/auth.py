@@ -32,7 +32,6 @@ from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from rtserver.clock import Clock
-from rtserver.config.durations import parse_duration
 from rtserver.config.schema import Config
 from rtserver.store.database import Store
 
@@ -207,7 +206,7 @@ async def resolve_auth(config: Config, store: Store, now: float, clock: Clock) -
         password_hash,
         key,
         secure=config.server.public_url.startswith("https://"),
-        session_s=parse_duration(dashboard.session),
+        session_s=dashboard.session,
         attempts=dashboard.login_attempts,
         clock=clock,
     )

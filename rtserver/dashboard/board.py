@@ -24,7 +24,6 @@ from typing import Any
 import orjson
 
 from rtserver.clock import Clock, Monotonic
-from rtserver.config.durations import parse_duration
 from rtserver.config.schema import DashboardConfig
 from rtserver.dashboard.alerts import Alerts, Sample
 from rtserver.dashboard.funnel import Order, RunRow, funnel
@@ -132,8 +131,8 @@ class Board:
         """Whether mail goes to the dev sink (its inbox is shown)."""
         self.clock = clock
         self.monotonic = monotonic
-        self.click_window_s = parse_duration(dashboard.click_window)
-        self.open_window_s = parse_duration(dashboard.open_window)
+        self.click_window_s = dashboard.click_window
+        self.open_window_s = dashboard.open_window
         self.rates: deque[tuple[float, float]] = deque(maxlen=RATE_POINTS)
         self._mark = (monotonic(), readings.commits()["stored"])
         self._stale = {"latency": True, "funnel": True}

@@ -43,7 +43,6 @@ import httpx
 
 from rtserver import __version__
 from rtserver.clock import Clock
-from rtserver.config.durations import parse_duration
 from rtserver.config.schema import HooksConfig
 from rtserver.errors import StoreError
 from rtserver.hooks.destinations import allowed, target, unsafe
@@ -142,7 +141,7 @@ class Courier:
         """Notified after every recorded attempt (tests and the dashboard wait on it)."""
         self._secret = secret
         self._resolve = resolve
-        self._waits = [parse_duration(wait) for wait in config.retry]
+        self._waits: list[float] = list(config.retry)
         self._wake = asyncio.Event()
         self._transports = transports
         """Makes each destination's transport (tests); None: httpx's own, one per client."""

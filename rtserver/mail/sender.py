@@ -46,7 +46,6 @@ from functools import partial
 from typing import Any
 
 from rtserver.clock import Clock
-from rtserver.config.durations import parse_duration
 from rtserver.config.schema import MailConfig
 from rtserver.errors import MailError, StoreError
 from rtserver.mail.contexts import Contexts
@@ -143,8 +142,8 @@ class Sender:
         self.progress = asyncio.Condition()
         """Notified when mails are claimed, when outcomes are recorded and when the sender
         starts waiting (tests and the dashboard wait on it)."""
-        self._waits = [parse_duration(wait) for wait in config.retry]
-        self._max_age_s = parse_duration(config.max_age)
+        self._waits: list[float] = list(config.retry)
+        self._max_age_s: float = config.max_age
         self._wake = asyncio.Event()
         self._bucket = _Bucket(config.rate_per_s, clock())
         self._day = -1.0

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from rtserver.config.durations import MAX_DURATION_S, parse_duration
+from rtserver.config.durations import MAX_DURATION_S, Duration, parse_duration
+from rtserver.config.schema import load_config
+from rtserver.errors import ConfigError
 
 
 @pytest.mark.parametrize(
@@ -42,3 +47,37 @@ def test_parse_duration_rejects_absurd_lengths() -> None:
         parse_duration("36501d")
     with pytest.raises(ValueError, match="longer than 100 years"):
         parse_duration("9" * 400 + "d")
+
+
+def test_duration_is_seconds_that_show_as_text() -> None:
+    """A Duration is a float of seconds that prints, reprs, copies and pickles as its text."""
+    wait = Duration("1h30m")
+    assert wait == 5400.0 and wait + 1 == 5401.0 and isinstance(wait, float)
+    assert str(wait) == "1h30m" and repr(wait) == "'1h30m'"
+    assert copy.deepcopy(wait).text == "1h30m" and pickle.loads(pickle.dumps(wait)).text == "1h30m"
+
+
+def test_duration_settings_are_parsed_once_at_load(tmp_path: Path) -> None:
+    """Duration settings are seconds as soon as the config is loaded."""
+    path = tmp_path / "config.toml"
+    path.write_text('[mail]\nmax_age = "2h"\nretry = ["30s", "1m"]\n[dashboard]\nsession = "1d"\n')
+    config = load_config(path, env={})
+    assert config.mail.max_age == 7200.0 and config.mail.retry == (30.0, 60.0)
+    assert config.dashboard.session == 86400.0 and config.hooks.retry[0] == 5.0
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ('[mail]\nmax_age = "soon"', "mail.max_age: expected a duration like '90s'"),
+        ("[mail]\nmax_age = 3600", "mail.max_age: expected a duration like '30m', got 3600"),
+        ('[hooks]\nretry = ["5s", "1.5h"]', r"hooks.retry\[1\]: expected a duration"),
+        ('[dashboard]\nsession = "0s"', "dashboard.session: duration must be positive"),
+    ],
+)
+def test_a_bad_duration_setting_names_its_key(tmp_path: Path, toml: str, message: str) -> None:
+    """A duration that does not parse fails at load, naming the dotted key and the value."""
+    path = tmp_path / "config.toml"
+    path.write_text(toml + "\n")
+    with pytest.raises(ConfigError, match=message):
+        load_config(path, env={})

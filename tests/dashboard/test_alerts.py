@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from rtserver.config.durations import Duration
 from rtserver.config.schema import DashboardConfig
 from rtserver.dashboard.alerts import Alerts, Sample
 from rtserver.dashboard.latency import Histogram
@@ -59,7 +60,7 @@ def test_each_rule_raises_and_resolves_once() -> None:
 
 def test_rates_are_over_the_window() -> None:
     """Failed commits count within the window; older samples leave it."""
-    alerts = Alerts(DashboardConfig(alert_trigger_failures=2, alert_window="15m"))
+    alerts = Alerts(DashboardConfig(alert_trigger_failures=2, alert_window=Duration("15m")))
     alerts.check(sample(0.0))
     assert alerts.check(sample(60.0, failed_commits=1)) == []
     assert names(alerts.check(sample(120.0, failed_commits=2))) == [("trigger_failures", "raised")]

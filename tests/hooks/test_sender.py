@@ -41,7 +41,7 @@ from standardwebhooks import Webhook
 from werkzeug import Request, Response
 
 from rtserver import __version__
-from rtserver.config.schema import HooksConfig
+from rtserver.config.schema import HooksConfig, durations
 from rtserver.errors import ConfigError, InvalidSignature
 from rtserver.hooks.sender import Courier, CourierStats
 from rtserver.hooks.signatures import verify
@@ -68,7 +68,7 @@ NOW = 1_800_000_000.0
 HOOKS_SECRET = "whsec_" + base64.b64encode(b"rtserver-courier-test-secret-32b").decode()
 OTHER_SECRET = "whsec_" + base64.b64encode(b"someone-else-s-secret-0123456789").decode()
 ANN = Person("u:ann", "ann@shop.test", {"first_name": "Ann"})
-WAITS = ("5s", "1m")
+WAITS = durations("5s", "1m")
 WAITS_S = [5.0, 60.0]
 
 # Helpers.
@@ -312,7 +312,7 @@ async def test_a_scripted_mix_is_delivered_with_one_webhook_id(
     """500 (backoff: hooks.retry[0] ±20 %), 429 ``Retry-After: 120`` (120 s, not the backoff),
     503 with an HTTP-date ``Retry-After``, then 200: delivered after 4 attempts, all with the
     delivery's id as ``webhook-id`` and each signed at its own time."""
-    waits = ("5s", "1m", "10m")
+    waits = durations("5s", "1m", "10m")
     url = receiver.url_for("/h")
     delivery = str((await queue(store, url))[0])
     backoff = retry_delay(delivery, 1, [5.0, 60.0, 600.0])
@@ -570,7 +570,7 @@ async def test_retries_exhausted_fail(
     receiver.expect_ordered_request("/h").respond_with_response(answer(500))
     receiver.expect_ordered_request("/h").respond_with_response(last)
     delivery = str((await queue(store, receiver.url_for("/h")))[0])
-    courier = make_courier(store, clock, hooks(retry=("5s",)))
+    courier = make_courier(store, clock, hooks(retry=durations("5s")))
     async with running(courier):
         await attempts(courier, 1)
         due = (await state(store, delivery))["next_attempt_at"]
