@@ -362,7 +362,7 @@ def test_log_lines_carry_no_email_address(restore_logging: None) -> None:
         ("u:ann@example.com", "r1-2"), None,
     )  # fmt: skip
     assert RedactAddresses().filter(record) and record.getMessage() == (
-        "unsubscribed u:address (mail r1-2)"
+        "unsubscribed u:<address> (mail r1-2)"
     )
     plain = logging.LogRecord("rtserver", logging.INFO, __file__, 1, "ready %d", (1,), None)
     assert RedactAddresses().filter(plain) and (plain.msg, plain.args) == ("ready %d", (1,))

@@ -39,14 +39,17 @@ __all__ = [
 ]
 
 _ENHANCED_5_1 = re.compile(r"\s*5\.1\.\d{1,3}\b")
-_ADDRESS = re.compile(r"[^\s<>()\[\],;:\"]+@[^\s<>()\[\],;:\"']+")
+_ADDR = r"[^\s<>()\[\],;:\"'][^\s<>()\[\],;:\"]*@[^\s<>()\[\],;:\"']+"
+_ADDRESS = re.compile(rf"<{_ADDR}>|{_ADDR}")
+"""An address, with its angle brackets if it has them. A local part may hold an apostrophe
+(``o'neil@``), but not start with one: that is a quote around the address."""
 
 
 def redact(text: str) -> str:
     """``text`` with every email address replaced by ``<address>``: SMTP replies quote the
     recipient, and reasons end up in logs and on the dashboard (G10: an erased address must
     not stay behind anywhere)."""
-    return _ADDRESS.sub("address", text)
+    return _ADDRESS.sub("<address>", text)
 
 
 _LINE_END = re.compile(rb"\r\n|\r|\n")

@@ -98,8 +98,9 @@ class Store:
         # and a statement from another task on the same connection would join it.
         self._write_lock = asyncio.Lock()
         self.mail = MailStore(self._in_writer, self._read)
-        self.deliveries = DeliveryStore(self._in_writer, self._read)
         """The outbox, suppressions and the dev sink's mails."""
+        self.deliveries = DeliveryStore(self._in_writer, self._read)
+        """The webhook steps' deliveries and the endpoints a 410 disabled."""
 
     @classmethod
     async def open(cls, path: str | Path) -> Store:

@@ -291,5 +291,6 @@ def test_addresses_in_replies_are_redacted() -> None:
     outcome = classify(550, "5.1.1 <ann.o'neil+x@example.com>: Recipient address rejected")
     assert outcome == Outcome("suppress", 550, "550 5.1.1 <address>: Recipient address rejected")
     assert redact("mailbox bob@example.com full (bob@example.com)") == (
-        "mailbox address full (address)"
+        "mailbox <address> full (<address>)"
     )
+    assert redact("invalid address 'bob@example.com': no") == "invalid address '<address>': no"
