@@ -20,7 +20,13 @@ from typing import Any
 import orjson
 
 from rtserver import __version__
-from rtserver.config.schema import Config, iter_settings, load_config, resolve_config_path
+from rtserver.config.schema import (
+    EXAMPLE_CONFIG,
+    Config,
+    iter_settings,
+    load_config,
+    resolve_config_path,
+)
 from rtserver.errors import ConfigError, StoreError
 from rtserver.mail.smtp import redact
 
@@ -107,10 +113,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if not args.speed > 0:
         print("rtserver: --speed must be positive", file=sys.stderr)
         return 2
+    path = resolve_config_path(args.config)
     config = demo_config(
-        resolve_config_path(args.config), args.speed, args.store, host=args.host, port=args.port
+        path or EXAMPLE_CONFIG, args.speed, args.store, host=args.host, port=args.port
     )
     tour = [
+        f"demo: config {path or 'the shipped example (no config.toml here)'}",
         f"demo: workflows run {args.speed:g}x faster (a 30 min wait takes "
         f"{max(1, math.ceil(1800 / args.speed))} s); store {config.store.path}",
         "  1. open the demo shop (above) and sign up with any address",

@@ -16,7 +16,8 @@ import pytest
 
 from rtserver import __version__
 from rtserver.cli import RedactAddresses, _announce, _configure_logging, main
-from rtserver.config.schema import iter_settings
+from rtserver.config.schema import EXAMPLE_CONFIG, iter_settings
+from rtserver.tools.demo import demo_config
 from tests.conftest import ORIGIN, TIMEOUT_UNIT, make_config
 from tests.support.server_process import READY, ServerProcess, write_config
 
@@ -316,6 +317,33 @@ async def test_demo_subprocess_serves_a_fast_demo_on_its_own_store(tmp_path: Pat
     assert "demo: workflows run 120x faster (a 30 min wait takes 15 s); store tour.db" in log
     assert "3. back in the shop, add a product to the cart" in log
     assert (tmp_path / "tour.db").exists() and not (tmp_path / "rtserver.db").exists()
+
+
+async def test_demo_without_a_config_file_serves_the_shipped_example(tmp_path: Path) -> None:
+    """`rtserver demo` where no config.toml is found serves the packaged example config, with
+    every shipped workflow (not the bare defaults, which have none)."""
+    server = ServerProcess(tmp_path / "absent.toml", "--port", "0", "--store", "tour.db")
+    at = server.argv.index("--config")
+    del server.argv[at : at + 2]
+    server.argv[server.argv.index("serve")] = "demo"
+    try:
+        await server.start()
+        code = await server.terminate(4 * TIMEOUT_UNIT)
+    finally:
+        await server.kill()
+    assert code == 0, server.tail()
+    log = "\n".join(server.log)
+    assert "demo: config the shipped example (no config.toml here)" in log
+    assert "invalid" not in log and (tmp_path / "tour.db").exists()
+
+
+def test_the_packaged_example_config_is_the_shipped_config_toml() -> None:
+    """The example config in the package is the repository's config.toml, byte for byte, and
+    demo_config reads its workflows."""
+    shipped = Path(__file__).resolve().parent.parent / "config.toml"
+    assert EXAMPLE_CONFIG.read_bytes() == shipped.read_bytes()
+    names = [w["name"] for w in demo_config(EXAMPLE_CONFIG, 60.0, "d.db").workflow]
+    assert "cart_abandonment" in names and len(names) >= 7
 
 
 def test_demo_refuses_a_speed_that_is_not_positive(

@@ -47,6 +47,7 @@ __all__ = [
     "ServerConfig",
     "SmtpConfig",
     "StoreConfig",
+    "EXAMPLE_CONFIG",
     "iter_settings",
     "load_config",
     "resolve_config_path",
@@ -410,6 +411,11 @@ def _workflows(value: Any) -> tuple[Mapping[str, Any], ...]:
             raise ConfigError(f"workflow[{i}].name: duplicate workflow name {name!r}")
         names.add(name)
     return tuple(value)
+
+
+EXAMPLE_CONFIG = Path(__file__).with_name("example.toml")
+"""The shipped example config (the repository's ``config.toml``, with every shipped workflow),
+packaged so that ``rtserver demo`` has workflows wherever it runs."""
 
 
 def resolve_config_path(
