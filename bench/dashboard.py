@@ -4,7 +4,7 @@ following the live SSE stream, in the same run; the ratio of the two ingest rate
 Each measurement starts a fresh rtserver (same config, a dashboard password set), opens the SSE
 viewers first (each logged in, each reading its stream as a browser would and counting the
 updates it gets), waits until every viewer has its first frame, then runs the closed-loop
-WebSocket ingest of ``bench.ws_ingest``. The goal (DESIGN.md, issue 7) is that 100 viewers do
+WebSocket ingest of ``bench.ws_ingest``. The goal is that 100 viewers do
 not slow ingest by more than 10%: ratio ≥ 0.9. Also reported: the updates each viewer got per
 second (the batching: a few a second, whatever the event rate) and viewers dropped.
 

@@ -22,7 +22,7 @@ client's.
   ``--mails`` times; aiosmtplib flattens it for each send.
 
 Reported: mails/s of each (median over ``--repeat``), client CPU per mail, and their ratio.
-Goal (DESIGN.md): rtserver ≥ 0.8× the bare loop.
+Goal: rtserver ≥ 0.8× the bare loop.
 """
 
 from __future__ import annotations

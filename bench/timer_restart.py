@@ -3,7 +3,7 @@
 Builds a store holding N open runs with their timers (due over the next 48 h), then measures,
 in this process, reading the timers from SQLite and rebuilding the engine's wheel from them
 (``Engine.restore``), and, end to end, a real ``rtserver serve`` from spawn to its first
-``/healthz`` 200. Goal (DESIGN.md): ready in < 3 s with 1,000,000 timers.
+``/healthz`` 200. Goal: ready in < 3 s with 1,000,000 timers.
 """
 
 from __future__ import annotations

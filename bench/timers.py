@@ -21,8 +21,8 @@ collector stays on, as in production; deadlines spread over 48 h at a 1 s tick):
   elsewhere).
 
 Baselines: "call_at" keeps its handles in a list, the least any caller keeps; "call_at+dict"
-keeps a dict key → handle, which cancelling by key needs (the wheel cancels by key). Goals
-(DESIGN.md): schedule and re-arm ≥ 2×, cancel ≥ 1.2× faster, memory ≤ 0.35×, checked against
+keeps a dict key → handle, which cancelling by key needs (the wheel cancels by key). Goals:
+schedule and re-arm ≥ 2×, cancel ≥ 1.2× faster, memory ≤ 0.35×, checked against
 every baseline; the server runs on uvloop.
 """
 

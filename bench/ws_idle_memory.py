@@ -4,7 +4,7 @@ For each server and each permessage-deflate setting, a few connections are opene
 first (so lazily imported code and first-use caches are not counted), then ``VmRSS`` of the server
 process is read, N connections are opened (offering permessage-deflate as browsers do when it is
 on), and ``VmRSS`` is read again after ``--settle-s``. rtserver's ``/healthz`` must then count N
-open sockets. The goal (DESIGN.md) is 10,000 sockets per process at ≤ 30 KiB each.
+open sockets. The goal is 10,000 sockets per process at ≤ 30 KiB each.
 
 The open-file limit is raised for this process and its server subprocesses; if the hard limit
 is too low for N, N is lowered to what fits and the report says so.

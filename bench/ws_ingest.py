@@ -3,7 +3,7 @@
 Every connection is one browser sending ``{"batch": [...]}`` frames with up to ``--window``
 frames unacknowledged, and counts ``{"ack": [...]}`` replies (checked id by id). rtserver acks
 only after the SQLite commit (``synchronous=FULL``); the bare servers ack right after decoding.
-The goal (DESIGN.md) is rtserver ≥ 0.6× the bare ``websockets`` server, measured in the same run.
+The goal is rtserver ≥ 0.6× the bare ``websockets`` server, measured in the same run.
 
 Also printed: server CPU per event (robust on a shared machine) and the client's CPU share (it
 should stay well under the server's, or the client is what is measured).

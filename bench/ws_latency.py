@@ -5,7 +5,7 @@ Open loop: one event per frame, sent on schedule (``--rate`` events/s spread rou
 instead of slowing the sender down. Latency is taken from just before the frame is written to the
 ack's arrival; how late the sender itself was against its schedule is printed as well (if that is
 large, the client was the bottleneck). The first ``--warmup-s`` seconds are not counted.
-The goal (DESIGN.md) is p99 < 10 ms at 5,000 events/s over 1,000 connections.
+The goal is p99 < 10 ms at 5,000 events/s over 1,000 connections.
 
 With ``--workflows CONFIG`` rtserver decides every event against that config's workflows before
 it acks it (the decisions are committed with the event, in the same transaction), so send → ack

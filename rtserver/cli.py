@@ -40,7 +40,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
 class RedactAddresses(logging.Filter):
-    """No email address reaches a log line (G10: after ``forget``, the logs hold none either):
+    """No email address reaches a log line (so after ``forget``, the logs hold none either):
     a person id may be ``u:<an email>`` when a shop uses addresses as user ids."""
 
     def filter(self, record: logging.LogRecord) -> bool:

@@ -1,8 +1,9 @@
 """Durability across crashes and restarts, on a real ``rtserver serve`` child process.
 
-G1 (RELIABILITY.md), Jepsen style: browsers with Segment-like retry queues stream events over
-WebSockets while a nemesis ``kill -9``s the server at random points of the history and restarts
-it; a checker then reads the database. G23: SIGTERM under load drains, acks, closes 1001, exits 0.
+Every acked event is stored exactly once, checked Jepsen style: browsers with Segment-like retry
+queues stream events over WebSockets while a nemesis ``kill -9``s the server at random points of
+the history and restarts it; a checker then reads the database. And SIGTERM under load drains,
+acks, closes 1001, exits 0.
 
 Sizes scale with ``RTSERVER_G1_EVENTS`` / ``RTSERVER_G1_KILLS`` / ``RTSERVER_G1_SEED``.
 """
@@ -221,7 +222,7 @@ def kill_points(rng: random.Random, events: int, kills: int) -> list[int]:
 
 @pytest.mark.slow
 async def test_every_acked_event_is_stored_exactly_once_across_kill_9(tmp_path: Path) -> None:
-    """G1: 20 browsers, a nemesis SIGKILLs and restarts the server; nothing acked is lost."""
+    """20 browsers, a nemesis SIGKILLs and restarts the server; nothing acked is lost."""
     rng = random.Random(G1_SEED)
     port = free_port()
     server = ServerProcess(server_config(tmp_path, port))
@@ -265,7 +266,8 @@ async def test_every_acked_event_is_stored_exactly_once_across_kill_9(tmp_path: 
     stored = {mid for mid, _ in rows}
     duplicates = [mid for mid, count in rows if count != 1]
     print(
-        f"\nG1: {len(sent)} events, {kills} kills, {len(acked)} acked, {len(stored)} stored "
+        f"\nacked events across kill -9: {len(sent)} events, {kills} kills, {len(acked)} acked, "
+        f"{len(stored)} stored "
         f"({total} rows), {len(duplicates)} duplicates, "
         f"{sum(b.resent_unacked for b in browsers)} resent unacked, "
         f"{sum(b.resent_acked for b in browsers)} resent acked, "
@@ -282,7 +284,7 @@ async def test_every_acked_event_is_stored_exactly_once_across_kill_9(tmp_path: 
 
 
 async def test_sigterm_drains_acks_closes_1001_and_exits_0(tmp_path: Path) -> None:
-    """G23: SIGTERM under load: every event the server took is acked, then 1001, exit 0."""
+    """SIGTERM under load: every event the server took is acked, then 1001, exit 0."""
     port = free_port()
     server = ServerProcess(server_config(tmp_path, port))
     history = History()

@@ -1,4 +1,4 @@
-"""G3 across ``kill -9``: abandonment timers are durable and each step is decided exactly once.
+"""Across ``kill -9``, abandonment timers are durable and each step is decided exactly once.
 
 A real ``rtserver serve`` child on the real wall clock (a fake clock cannot cross processes), so
 the workflow uses the shortest waits: ``wait 1s; send; wait 1s; send; wait 1s; send``. Jepsen
@@ -515,7 +515,7 @@ def check_runs(outcome: dict[str, Any], carts: list[Cart]) -> list[str]:
 async def test_each_step_is_decided_exactly_once_across_kill_9_while_timers_fire(
     tmp_path: Path,
 ) -> None:
-    """G3: carts, purchases and a nemesis that kills the server mid-firing; the checker finds
+    """Carts, purchases and a nemesis that kills the server mid-firing; the checker finds
     one run per cart, each step decided once and only as the run's history allows."""
     began = time.monotonic()
     began_at = time.time()
@@ -563,7 +563,7 @@ async def test_each_step_is_decided_exactly_once_across_kill_9_while_timers_fire
     bought = [c for c in carts if c.purchase is not None]
     exited = [r for r in outcome["runs"] if r[5] == EXIT_REASON]
     print(
-        f"\nG3: {len(carts)} carts of {len(users)} users, {len(bought)} bought, "
+        f"\ntimers across kill -9: {len(carts)} carts of {len(users)} users, {len(bought)} bought, "
         f"{len(lives) - 1} kills ({sum(life.killed_while_pending for life in lives)} "
         f"with timers pending, {sum(life.owed_at_kill > 0 for life in lives)} with "
         f"{sum(life.owed_at_kill for life in lives)} due timers undecided; "
@@ -597,7 +597,7 @@ async def test_each_step_is_decided_exactly_once_across_kill_9_while_timers_fire
     assert sum(life.owed_at_kill > 0 for life in lives) >= G3_KILLS // 4  # mid-firing
     assert overdue > 0 and fired > 0
     for life in restarts:
-        # G3: overdue timers fire within 5 s of the restart (unless killed again before).
+        # Overdue timers fire within 5 s of the restart (unless killed again before).
         assert life.ended is not None
         if life.ended - life.spawned >= TIMEOUT_UNIT:
             assert life.caught_up_s is not None

@@ -1,8 +1,9 @@
 // The snippet: the `rt(command, ...args)` API (configuration, identity, consent, page views and
 // implicit signals) and the delivery of its events: a queue kept until the server acks, one
 // WebSocket per tab, an HTTP fallback, the beacon on the way out, and a copy of the queue in
-// localStorage (DESIGN.md, wire protocol). One closure, so that the minifier can shorten every
-// name: the size budget is 3 KB gzipped.
+// localStorage; the frames are those of the server's WebSocket protocol (batch in; ack, reject
+// or nack out). One closure, so that the minifier can shorten every name: the size budget is
+// 3 KB gzipped.
 
 import { MAX_BATCH_CHARS, backoff, eventName, object, parse, storage, take, uuid } from './util.js'
 
@@ -346,7 +347,7 @@ export function install(win) {
       send('track', { event: String(event), properties: object(properties) })
     },
 
-    // The hashes are HMACs computed by the shop's backend (DESIGN.md, Identity): without them
+    // The hashes are HMACs the shop's backend computes with the identity secret: without them
     // the server treats the userId and the email as unverified claims.
     identify(id, traits, o) {
       if (id != null) userId = id

@@ -281,7 +281,7 @@ class Hub:
             if self._changed or due:
                 try:
                     await self.flush()
-                except Exception:  # the task boundary: log it, try again next interval (R13)
+                except Exception:  # the task boundary: log it, try again next interval
                     logger.exception("dashboard update failed")
 
 

@@ -62,7 +62,7 @@ HEADERS = {
 }
 PING_S = 15.0
 SEND_TIMEOUT_S = 10.0
-"""A viewer that takes this long to accept one write (data or ping) is dropped (G20)."""
+"""A viewer that takes this long to accept one write (data or ping) is dropped, not waited on."""
 RETRY_MS = 2000
 """How long a browser waits before reconnecting a stream that ended."""
 MAX_FORM_BYTES = 4096
@@ -208,7 +208,7 @@ async def mail(request: Request) -> Response:
 
 async def forget(request: Request) -> Response:
     """``POST /dashboard/person/<id>/forget``: erase everyone with this person's address, as
-    ``rtserver forget`` does (G10: data gone, a salted-hash suppression kept). Needs the CSRF
+    ``rtserver forget`` does (the data goes, a salted-hash suppression stays). Needs the CSRF
     token and the ``confirm`` box ticked."""
     dashboard: Dashboard = request.state.dashboard
     form = await _checked_form(request)

@@ -1,6 +1,6 @@
 """Conditions and durations of workflows: Jinja2 expressions in the sandbox, ``"30m"`` strings.
 
-One language for templates and conditions (DESIGN.md): a condition is a Jinja2 expression
+One language for templates and conditions: a condition is a Jinja2 expression
 compiled once with :meth:`SandboxedEnvironment.compile_expression`, evaluated over ``event``,
 ``person``, ``run`` and ``now``. A missing name is undefined and false; an expression that fails
 at run time (comparing an undefined value, say) is false too.
@@ -53,7 +53,7 @@ NAMES: dict[str, frozenset[str]] = {
     ),
     "now": frozenset(),
 }  # fmt: skip
-"""The names conditions may use (DESIGN.md); anything else gets a warning at check time."""
+"""The documented names conditions may use; anything else gets a warning at check time."""
 
 
 def _glob(value: Any, pattern: str) -> bool:

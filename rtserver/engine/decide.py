@@ -7,7 +7,7 @@ arm or cancel its timer, send a mail, skip a step with a reason, emit an event, 
 that the caller commits in one transaction with the event that caused them. The facts are
 defined in :mod:`rtserver.model.facts`, the actions in :mod:`rtserver.model.actions`.
 
-Semantics (DESIGN.md): exits first (``exit_on``), then waits (``wait_until`` met, ``wait_inactive``
+Semantics: exits first (``exit_on``), then waits (``wait_until`` met, ``wait_inactive``
 re-armed by activity), then triggers (one open run per person and ``run_key``; ``reentry`` counted
 from the end of the last run). A run walks its steps until it reaches a wait; a timer moves it
 on. Runs whose current step changed kind in the config end with the reason. A paused workflow
@@ -58,7 +58,7 @@ EMAIL_EVENT_PREFIX = "Email "
 EVENT_WAITS = frozenset({"wait_until", "wait_inactive"})
 """The steps an event can move (the others wait for their timer)."""
 IMPLICIT_SIGNALS = frozenset({"Time On Page", "Scroll Depth Reached"})
-"""Engagement signals of the snippet: not activity for ``wait_inactive`` (DESIGN.md)."""
+"""Engagement signals of the snippet: not activity for ``wait_inactive``."""
 PAUSED_RECHECK_S = 3600.0
 """A due step of a paused workflow waits this long, then looks again."""
 

@@ -7,7 +7,7 @@ facts of the group's persons (those it decided lately from memory, as committed:
 :class:`~rtserver.store.database.Changes` that the pipeline commits with the events in one
 transaction.
 Only after that commit does the engine arm or cancel timers in its in-memory wheel, so the wheel
-never runs ahead of the store, which stays the source of truth (R11).
+never runs ahead of the store, which stays the source of truth.
 """
 
 from __future__ import annotations
@@ -295,7 +295,7 @@ class Engine:
     def _confirm(
         self, event: Event, person: Person, at: float, source: Source, changes: Changes
     ) -> None:
-        """Queue one double opt-in mail to a claimed address (RELIABILITY.md G11, G12).
+        """Queue one double opt-in mail to a claimed address.
 
         At most one per address a day and ``mail.confirmations_per_ip`` per client address, so
         a browser cannot make rtserver mail anybody: nothing else goes to a claimed address

@@ -70,7 +70,7 @@ class TimerWheel(Generic[K]):
           5     2**30 ticks      2**36 ticks         (2 177 years)
        overflow                  beyond the current 2**36-tick era
 
-    Six levels, not STYLE.md's four (194 days): two more cost 128 empty lists, and timers
+    Six levels rather than four (which span 194 days): two more cost 128 empty lists, and timers
     then reach the overflow only across a 2**36-tick boundary (in the year 4147 for 1 s ticks
     of the Unix clock), not every 194 days.
     An ``occupied`` bitmask per level finds the next busy slot without scanning, so ``poll``

@@ -1,4 +1,4 @@
-"""Where a workflow's ``webhook`` step may send (G18: not an SSRF tool).
+"""Where a workflow's ``webhook`` step may send (never an SSRF tool).
 
 A destination must start with one of ``hooks.allow`` (an admin allow-list of URL prefixes,
 matched on a path boundary, so ``https://crm.example/`` never admits

@@ -1,4 +1,4 @@
-"""Outbound webhooks: deliver what ``webhook`` steps decided, signed, at least once (G18).
+"""Outbound webhooks: deliver what ``webhook`` steps decided, signed, at least once.
 
 One task, :meth:`Courier.run`. Each round it leases due deliveries (a lease a crash left
 behind counts as due, so nothing decided is lost) and POSTs each one with httpx:
@@ -165,7 +165,7 @@ class Courier:
                 except StoreError as exc:
                     logger.warning("courier: the store failed, trying again: %s", exc)
                     delay = ERROR_WAIT_S
-                except Exception:  # the task boundary: log it and keep delivering (R13)
+                except Exception:  # the task boundary: log it and keep delivering
                     logger.exception("courier round failed")
                     delay = ERROR_WAIT_S
                 if delay > 0:
@@ -265,7 +265,7 @@ class Courier:
         delivery can never stop the others of its batch."""
         try:
             return await self._attempt(delivery)
-        except Exception as exc:  # the boundary of one delivery (R13)
+        except Exception as exc:  # the boundary of one delivery
             logger.exception("webhook %s: unexpected error", delivery.id)
             return self._retry(delivery, f"unexpected error: {type(exc).__name__}")
 

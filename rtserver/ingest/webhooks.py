@@ -1,4 +1,4 @@
-"""Signed inbound webhooks: ``POST /v1/webhooks/<source>`` (G17).
+"""Signed inbound webhooks: ``POST /v1/webhooks/<source>``.
 
 Every request is verified with Standard Webhooks (:mod:`rtserver.hooks.signatures`) over the raw
 body, against ``keys.webhook_secret`` (and ``keys.webhook_secret_previous`` during a
@@ -11,7 +11,7 @@ does nothing again; ids are kept 7 days. Sources:
     without ``messageId`` gets ``<webhook-id>-<index>``, so a replay stores nothing twice.
 ``mail``
     Bounces and complaints from the relay (:mod:`rtserver.mail.feedback`): the address is
-    suppressed as the rules say (G9), and the person of the mail gets an ``Email Bounced`` or
+    suppressed if the report calls for it, and the person of the mail gets an ``Email Bounced`` or
     ``Email Marked as Spam`` event.
 
 Answers: 200 ``{"success": true, "processed": n}`` (``"duplicate": true`` for a replay), 401

@@ -1,6 +1,6 @@
 """WebSocket ingest: ``GET /v1/ws?key=<public key>``, the browsers' persistent connection.
 
-Protocol (DESIGN.md, fixed): text frames ``{"batch": [event, ...]}`` in; ``{"ack": [...]}`` only
+Protocol (fixed): text frames ``{"batch": [event, ...]}`` in; ``{"ack": [...]}`` only
 after commit, ``{"reject": [...]}`` for events that will never be accepted, ``{"nack": [...],
 "retry_after_ms": N}`` after a transient storage failure. Bad key or Origin: HTTP 403 at the
 handshake. Oversize frame: 1009 (uvicorn's ``ws_max_size``). Rate, depth, batch size or a binary

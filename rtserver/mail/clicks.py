@@ -6,7 +6,7 @@ becomes ``{public_url}/c/{token}``, whose signed target carries ``utm_source=rts
 ``rt_run=<run id>`` (parameters the link already has are kept). rtserver's own ``/u/``,
 ``/o/`` and ``/c/`` links and the urls in ``keep`` stay as they are; a target that cannot be
 signed (no host, say) stays as the template has it. One token per target and mail.
-Split off :mod:`rtserver.mail.render` (R1).
+Split off :mod:`rtserver.mail.render`, so that each module has one job.
 """
 
 from __future__ import annotations

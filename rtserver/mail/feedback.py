@@ -1,4 +1,4 @@
-"""What a relay reports after it took a mail: bounces and complaints (G9), as :class:`Feedback`.
+"""What a relay reports after it took a mail: bounces and complaints, as :class:`Feedback`.
 
 The ``mail`` webhook (``POST /v1/webhooks/mail``) takes three forms:
 

@@ -3,7 +3,7 @@
 ``GET /o/<token>`` answers a 1x1 GIF whatever the token (no write for a bad one) and records
 ``Email Opened``. ``GET /c/<token>`` redirects to the URL signed in the token and records
 ``Email Clicked``; a bad, tampered or expired token gets a 404 page, never a redirect (no open
-redirect, RELIABILITY.md G15). ``GET /u/<token>`` shows a confirmation page and changes nothing
+redirect). ``GET /u/<token>`` shows a confirmation page and changes nothing
 (link scanners follow GETs); ``POST /u/<token>`` unsubscribes at once, without a redirect
 (RFC 8058 one-click). ``GET /confirm/<token>`` verifies a claimed address (double opt-in).
 

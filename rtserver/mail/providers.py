@@ -4,7 +4,7 @@ The big relays post their events their way, not as Standard Webhooks, so each ge
 its own (``POST /v1/webhooks/mailgun``, ``/v1/webhooks/sendgrid``). Each is verified the way
 its relay signs, checked for freshness on the injected clock, given an id for the replay check,
 and translated into :mod:`rtserver.mail.feedback`'s JSON reports, so the suppression rules are
-the same for every relay (G9):
+the same for every relay:
 
 ``mailgun``
     One event a request: ``{"signature": {"timestamp", "token", "signature"}, "event-data":

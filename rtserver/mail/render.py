@@ -1,4 +1,4 @@
-"""Mail: templates in, the mail's wire bytes out (pure); sending is :mod:`rtserver.mail.smtp` (R15).
+"""Mail: templates in, the mail's wire bytes out (pure); sending is :mod:`rtserver.mail.smtp`.
 
 :meth:`Mailer.render_bytes` gives a :class:`~rtserver.mail.mime.RawMail` (the bytes built directly,
 :mod:`rtserver.mail.mime`); :meth:`Mailer.render_mail` the same mail as an ``EmailMessage``.
@@ -31,7 +31,7 @@ Links
     ``/o/`` and ``/c/`` links and ``extra.confirm_url`` stay as they are
     (:mod:`rtserver.mail.clicks`). The HTML ends with the open pixel ``{public_url}/o/{token}``.
     Marketing mail carries ``List-Unsubscribe`` (one click, RFC 8058), a footer link and the
-    postal address (G8).
+    postal address, as CAN-SPAM requires.
 
 Delivery is not this module's job: :mod:`rtserver.mail.smtp` hands the bytes to the relay.
 """

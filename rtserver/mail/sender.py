@@ -7,10 +7,9 @@ one after the other on the one long-lived :class:`~rtserver.mail.render.Relay` c
 batch's contexts (cart, recommendations) are read at once when it is claimed; each next mail
 is rendered while the relay digests the current one's content (the longest wait of an SMTP
 transaction), and the outcomes of a batch are written in one transaction at its end. So a
-crash can leave at most one batch delivered but still ``sending``; those turn ``ambiguous``
-(G5).
+crash can leave at most one batch delivered but still ``sending``; those turn ``ambiguous``.
 
-Outcomes (the relay classifies SMTP replies, RELIABILITY.md G6)::
+Outcomes (the relay classifies SMTP replies: :func:`rtserver.mail.smtp.classify`)::
 
     relay says   outbox row                                        counted as
     sent         sent                                              sent
@@ -169,7 +168,7 @@ class Sender:
                 except StoreError as exc:
                     logger.warning("sender: the store failed, trying again: %s", exc)
                     delay, why = ERROR_WAIT_S, "store failed"
-                except Exception:  # the task boundary: log it and keep sending (R13)
+                except Exception:  # the task boundary: log it and keep sending
                     logger.exception("sender round failed")
                     delay, why = ERROR_WAIT_S, "error"
                 if delay > 0:
@@ -305,7 +304,7 @@ class Sender:
             return Outcome("retry", None, f"reading the mail's products failed: {exc}")
         except MailError as exc:
             return Outcome("failed", None, f"render failed: {exc}")
-        except Exception as exc:  # a bug in one mail must not stop the others (R13)
+        except Exception as exc:  # a bug in one mail must not stop the others
             logger.exception("mail %s could not be prepared", claim.id)
             return Outcome("failed", None, f"render failed: {exc!r}")
         return mail

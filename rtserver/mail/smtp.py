@@ -1,13 +1,13 @@
 """SMTP delivery: one long-lived ``aiosmtplib.SMTP`` connection, and what each hand-off meant.
 
 :class:`Relay` connects on first use and again after any error, then sends step by step (MAIL,
-RCPT, DATA, the content) so each failure is classified (G6) into an :class:`Outcome`:
+RCPT, DATA, the content) so each failure is classified into an :class:`Outcome`:
 
     2xx                                                 sent
     4xx; connect errors and timeouts before the content  retry
     5.1.x (550 5.1.1 user unknown)                       suppress
     other 5xx (5.7.x, 554)                               failed
-    connection lost or timeout after the content went    ambiguous (G5: the relay may
+    connection lost or timeout after the content went    ambiguous (the relay may
     out, before the final reply                          have taken it)
 
 It sends a :class:`~rtserver.mail.mime.RawMail` as it is (its bytes are what DKIM signed), or an
@@ -47,7 +47,7 @@ _ADDRESS = re.compile(rf"<{_ADDR}>|{_ADDR}")
 
 def redact(text: str) -> str:
     """``text`` with every email address replaced by ``<address>``: SMTP replies quote the
-    recipient, and reasons end up in logs and on the dashboard (G10: an erased address must
+    recipient, and reasons end up in logs and on the dashboard (an erased address must
     not stay behind anywhere)."""
     return _ADDRESS.sub("<address>", text)
 
@@ -91,7 +91,7 @@ class Outcome:
 
 
 def classify(code: int, message: str) -> Outcome:
-    """The outcome an SMTP reply means (G6)."""
+    """The outcome an SMTP reply means."""
     reason = redact(f"{code} {message}".strip())
     if 200 <= code < 300:
         return Outcome("sent", code, reason)

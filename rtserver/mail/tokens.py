@@ -5,10 +5,10 @@ One salt per kind, so a token of one kind never reads as another::
     kind          carries                  valid     used by
     open          mail id                  400 days  the pixel   /o/{token}
     click         mail id, target url      400 days  each link   /c/{token}
-    unsubscribe   mail id, person id       400 days  one click   /u/{token}   (G8: >= 30 days)
+    unsubscribe   mail id, person id       400 days  one click   /u/{token}   (CAN-SPAM: >= 30 days)
     confirm       person id, email digest   7 days   double opt-in
 
-A token holds ids, urls and hashes only, never an email address (G15). Its timestamp comes from
+A token holds ids, urls and hashes only, never an email address. Its timestamp comes from
 the injected clock (a :class:`itsdangerous.TimestampSigner` subclass), so tests move time by
 hand. Reading never raises: a bad, tampered or expired token reads as ``None``.
 
@@ -147,7 +147,7 @@ class Tokens:
 
     def unsubscribe(self, mail_id: str) -> str:
         """The one-click unsubscribe token of a mail; the person is looked up from the mail, so
-        no user id (which may be an email address) is ever in a URL (RELIABILITY.md G15)."""
+        no user id (which may be an email address) is ever in a URL."""
         return self._dump("unsubscribe", mail_id)
 
     def confirm(self, person_id: str, email: str) -> str:

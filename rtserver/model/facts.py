@@ -67,7 +67,7 @@ class Run:
 
 @dataclass(frozen=True, slots=True)
 class Person:
-    """What conditions may know of a person (``person.*`` in DESIGN.md)."""
+    """What conditions may know of a person (``person.*`` in a condition)."""
 
     id: str
     email: str | None = None
@@ -143,7 +143,7 @@ def known_zone(*candidates: Any) -> str | None:
 
 
 CONSENT_STATES = ("none", "confirmed_opt_in", "soft_opt_in_customer", "unsubscribed")
-"""A profile's marketing status (RELIABILITY.md G11); marketing mail needs one of the middle two."""
+"""A profile's marketing status; marketing mail needs one of the middle two."""
 MARKETING_CONSENT = ("confirmed_opt_in", "soft_opt_in_customer")
 
 
@@ -152,7 +152,7 @@ def _consent(current: str, event: Event, name: str) -> str:
 
     Trusted sources (write key, rtserver's own mail events) set it; a browser only through an
     identify whose email the shop's backend verified (``emailHash``): a shopper may opt in their
-    own address, never anybody else's (RELIABILITY.md G12).
+    own address, never anybody else's.
     """
     trusted = event.source == "server"
     if event.type == "identify" and (trusted or (event.email and event.email_verified)):

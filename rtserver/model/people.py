@@ -3,7 +3,7 @@
 A person id is ``u:<userId>`` once the user is known (a trusted or verified ``userId``), else
 ``a:<anonymousId>``. An event that proves a user links its ``anonymousId`` to that user, and the
 anonymous history moves over (a *merge*); ``alias`` does the same for ``previousId``. A browser
-event with an unverified ``userId`` only ever acts for its own ``anonymousId`` (G12).
+event with an unverified ``userId`` only ever acts for its own ``anonymousId``.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ __all__ = [
 
 
 def email_hash(email: str, salt: bytes | None = None) -> str:
-    """The hex HMAC-SHA256 of the lowercased, stripped address keyed with ``salt`` (G10: the
-    store's suppressions and confirmations); without one the plain SHA-256 that stores kept
+    """The hex HMAC-SHA256 of the lowercased, stripped address keyed with ``salt`` (as the
+    store keys its suppressions and confirmations); without one the plain SHA-256 that stores kept
     before migration ``0007_email_salt`` (still matched, never written)."""
     normal = email.strip().lower().encode("utf-8")
     if salt is None:

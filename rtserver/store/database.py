@@ -38,7 +38,7 @@ T = TypeVar("T")
 
 PURGE_CHUNK = 5000
 WEBHOOK_IDS_KEPT_S = 7 * 86400.0
-"""How long a processed webhook's id is kept to refuse its replays (G17: at least 24 h)."""
+"""How long a processed webhook's id is kept to refuse its replays (at least 24 h)."""
 TRANSIENT_CODES = frozenset(
     (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR)
 )
@@ -73,7 +73,7 @@ async def _rollback(db: aiosqlite.Connection) -> None:
 
 
 async def _hash_functions(writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
-    """Register ``email_hash(address)`` (keyed with the store's salt, G10) and
+    """Register ``email_hash(address)`` (keyed with the store's salt) and
     ``legacy_email_hash(address)`` (plain SHA-256, before migration 0007) on both connections:
     SQL hashes addresses itself, so no caller needs the salt."""
     (row,) = await writer.execute_fetchall("SELECT value FROM secrets WHERE name = 'email_salt'")
@@ -268,7 +268,7 @@ class Store:
                 return total
 
     async def webhook_done(self, webhook_id: str, source: str, now: float) -> None:
-        """Note that the webhook ``webhook_id`` was processed (G17); ids older than
+        """Note that the webhook ``webhook_id`` was processed, to refuse replays; ids older than
         :data:`WEBHOOK_IDS_KEPT_S` go, in the same transaction."""
         async with self._write_lock, _sqlite_errors():
             await self._db.execute(

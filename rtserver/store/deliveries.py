@@ -1,4 +1,4 @@
-"""The webhook half of the store: deliveries of ``webhook`` steps and disabled endpoints (G18).
+"""The webhook half of the store: deliveries of ``webhook`` steps and disabled endpoints.
 
 :class:`DeliveryStore` is reached as ``store.deliveries``; like ``_outbox.py`` it is part of
 ``store.py``, split off to keep each file readable. A delivery is written in the group commit

@@ -4,7 +4,7 @@
 (all SQL stays behind the store), split off to keep each file readable. Writes run as plain
 functions on the writer's thread in one hop each; reads use the read-only connection.
 
-Outbox states (DESIGN.md): ``queued`` → ``sending`` (a lease, one attempt more) → ``sent`` |
+Outbox states: ``queued`` → ``sending`` (a lease, one attempt more) → ``sent`` |
 ``retry_wait`` | ``failed`` | ``ambiguous`` | ``suppressed``. A row left ``sending`` past its
 lease (the process died mid-send) turns ``ambiguous``: it may or may not have been delivered.
 Suppressions and consent are checked when a row is claimed, so an unsubscribe takes effect for
@@ -34,7 +34,7 @@ SUPPRESSION = (
     "SELECT reason FROM suppressions "
     "WHERE email_hash IN (email_hash(?), legacy_email_hash(?)) LIMIT 1"
 )
-"""An address's suppression: salted (G10), or plain from before migration 0007."""
+"""An address's suppression: salted, or plain from before migration 0007."""
 SUPPRESS_ALL = ("hard_bounce", "complaint", "erased", "manual")
 """Reasons that stop every mail; an unsubscribe stops marketing mail only."""
 MARKETING_CONSENT = ("confirmed_opt_in", "soft_opt_in_customer")

@@ -184,7 +184,7 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
             WHERE name = 'Product Viewed';
         """,
     ),
-    # The ids of signed inbound webhooks processed (G17): a replay within the retention
+    # The ids of signed inbound webhooks processed: a replay within the retention
     # answers 200 without doing anything twice.
     (
         "0006_webhooks",
@@ -197,7 +197,7 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         CREATE INDEX webhooks_received ON webhooks (received_at);
         """,
     ),
-    # G10: suppressions and confirmations key their address hashes with a salt of this store
+    # Suppressions and confirmations key their address hashes with a salt of this store
     # (the SQL function email_hash(address), registered by Store.open). Entries made before
     # hold the plain SHA-256: lookups match legacy_email_hash(address) too, erasure drops it.
     (
@@ -208,7 +208,7 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
             ON CONFLICT (name) DO NOTHING;
         """,
     ),
-    # G18: the webhooks workflows send, decided in the group commit like mails; their id is
+    # The webhooks workflows send, decided in the group commit like mails; their id is
     # the webhook-id of every attempt. An endpoint that answered 410 Gone is disabled.
     (
         "0008_deliveries",

@@ -265,7 +265,7 @@ async def test_person_view_shows_one_timeline(tmp_path: Path) -> None:
 
 
 async def test_a_person_is_erased_from_their_page(tmp_path: Path) -> None:
-    """G10 as an admin action: the person page's Erase form (CSRF token, same origin, the
+    """Erasure as an admin action: the person page's Erase form (CSRF token, same origin, the
     box ticked) erases the address's persons and keeps a salted-hash suppression; without
     the token, from another origin or unticked it changes nothing."""
     async with run_server(dashboard_config(tmp_path)) as live, live.http() as client:

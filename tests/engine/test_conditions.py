@@ -153,7 +153,7 @@ def test_documented_names_warns_outside_the_list() -> None:
 
 
 def test_documented_names_accepts_the_documented_ones() -> None:
-    """The names DESIGN.md documents give no warning, nor do nested property paths."""
+    """The documented names give no warning, nor do nested property paths."""
     source = (
         "person.orders_since(run.started) == 0 and not run.wait_met and person.traits.vip"
         " and event.properties.value > 50 and person.events_since('X', now - 60) > 0"

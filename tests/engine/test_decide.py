@@ -161,7 +161,7 @@ class Sim:
         return [a.run for _, a in self.log if isinstance(a, StartRun)]
 
 
-# --- the cart sequence of DESIGN.md -----------------------------------------------------------
+# --- the abandoned-cart sequence --------------------------------------------------------------
 
 
 def test_cart_inactivity_is_rearmed_by_activity() -> None:
@@ -979,7 +979,7 @@ def test_scheduled_sweep_starts_runs_only_in_the_segment() -> None:
 
 
 def test_consent_comes_only_from_trusted_sources_or_the_persons_own_verified_email() -> None:
-    """G11/G12: the backend, rtserver's own mail events and a verified identify set consent;
+    """The backend, rtserver's own mail events and a verified identify set consent;
     an order makes a customer (soft opt-in); a browser cannot opt anybody in."""
     person = Person("u:u1")
     assert observe(person, ev("Order Completed"), 1.0).consent == "soft_opt_in_customer"

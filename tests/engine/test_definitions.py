@@ -14,7 +14,7 @@ TEMPLATES = frozenset({"cart_reminder", "cart_reminder_2"})
 
 
 def cart(**changes: Any) -> dict[str, Any]:
-    """The cart workflow of DESIGN.md, with ``changes``."""
+    """The abandoned-cart example workflow, with ``changes``."""
     raw: dict[str, Any] = {
         "name": "cart",
         "trigger": "Product Added",
@@ -48,7 +48,7 @@ def error_of(*raw: Any, templates: frozenset[str] | None = TEMPLATES) -> str:
 
 
 def test_compiles_the_design_example() -> None:
-    """The DESIGN.md cart workflow compiles to the steps, durations and conditions it says."""
+    """The example cart workflow compiles to the steps, durations and conditions it says."""
     rules, warnings = compile_workflows([cart()], templates=TEMPLATES)
     assert warnings == []
     wf = rules.by_name["cart"]

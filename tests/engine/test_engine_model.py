@@ -1,4 +1,4 @@
-"""G4 by model-based testing: at most one abandonment mail per cart episode, never after a
+"""Model-based testing of the engine: at most one abandonment mail per cart episode, never after a
 purchase, within one tick of the deadline; on the real store, engine and pipeline.
 
 A Hypothesis state machine drives a :class:`Stack` (a :class:`Store` on a SQLite file, an
@@ -422,7 +422,7 @@ class CartMachine(RuleBasedStateMachine):
 
     @rule(seconds=st.sampled_from([1.0, 0.5, 60.0, 1800.0, 7200.0]) | st.integers(1, 7200))
     def jump_back(self, seconds: float) -> None:
-        """The wall clock goes back (G24): nothing fires, early or twice."""
+        """The wall clock goes back: nothing fires, early or twice."""
         self.clock.now -= seconds
         self.model.now -= seconds
 
@@ -469,7 +469,7 @@ class CartMachine(RuleBasedStateMachine):
 
 
 async def check(stack: Stack, model: Model) -> None:
-    """The store and the wheel against the model, then G4's invariants on the store alone."""
+    """The store and wheel against the model, then at most one mail per episode, on the store."""
     assert stack.clock.now == model.now
     store, wheel = stack.store, stack.engine.wheel
     runs = await store.runs(limit=10_000)
@@ -510,7 +510,7 @@ async def check(stack: Stack, model: Model) -> None:
     for run_id in timers:
         assert wheel.deadline(run_id) == episodes[run_id].fire_tick
 
-    # G4 from the store alone.
+    # At most one mail per cart episode, from the store alone.
     active = [(r["workflow"], r["person_id"], r["key"]) for r in runs if r["state"] == "active"]
     assert len(active) == len(set(active)), "two open runs for one person and cart"
     sends = [s for s in steps if s["action"] == "send"]
@@ -652,7 +652,7 @@ async def test_duplicate_product_added_after_a_restart(tmp_path: Path) -> None:
 
 async def test_reentry_always_survives_a_backward_clock_jump(tmp_path: Path) -> None:
     """reentry = "always": a Product Added after the cart's last run ended starts a new one,
-    even when the clock has since gone back (G24: a backward jump delays, never drops)."""
+    even when the clock has since gone back (a backward jump delays, never drops)."""
     clock, events = FakeClock(START), Events()
     async with opened(tmp_path / "cart.db", clock) as stack:
         await stack.send(parse([events.identify("u1"), events.added("u1", "c1")]))

@@ -175,7 +175,7 @@ def test_ten_year_jump_fires_everything_once_without_walking_the_ticks(
 
 
 def test_backward_poll_fires_nothing_and_loses_nothing() -> None:
-    """A clock that goes back fires nothing; the timers fire when time catches up (G24)."""
+    """A clock that goes back fires nothing; the timers fire when time catches up."""
     wheel: TimerWheel[str] = TimerWheel(10_000)
     wheel.insert("a", 10_000 + 7200)
     assert wheel.poll(10_000 - 7200) == []
@@ -485,7 +485,7 @@ async def test_driver_notices_a_forward_clock_jump_within_max_sleep() -> None:
 
 
 async def test_driver_fires_nothing_when_the_clock_goes_back() -> None:
-    """A backward jump delays timers, it never fires or repeats them (G24)."""
+    """A backward jump delays timers, it never fires or repeats them."""
     clock = WatchedClock()
     now = int(clock.now)
     wheel: TimerWheel[str] = TimerWheel(now)

@@ -1,4 +1,4 @@
-"""Where a workflow's webhook step may send (G18, ``rtserver.hooks.destinations``): the allow-list's
+"""Where a workflow's webhook step may send (``rtserver.hooks.destinations``): the allow-list's
 boundaries, refused addresses, URL targets and the configuration check, all with a stub
 resolver: no DNS and no connection (one test resolves ``localhost``)."""
 

@@ -1,4 +1,4 @@
-"""Outbound webhooks (RELIABILITY.md G18) against a real HTTP receiver.
+"""Outbound webhooks against a real HTTP receiver.
 
 The courier runs on a real store and POSTs with httpx to pytest-httpserver
 (tests/support/receiver.py) over loopback: what each answer does to a delivery (2xx, 410, 3xx,
@@ -1025,7 +1025,7 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 def test_a_refused_address_is_a_config_error(
     tmp_path: Path, no_network: list[str], url: str, addresses: list[str], named: str
 ) -> None:
-    """G18 pass criterion: rejected at configuration time, without any traffic."""
+    """A refused address is rejected at configuration time, without any traffic."""
     host = url.split("/")[2]
     allow = [f"http://{host}/"]
     resolver = Resolver(*addresses)
@@ -1187,7 +1187,7 @@ properties = {{ tier = "gold" }}
 async def test_kill_9_mid_delivery_delivers_again_with_the_same_webhook_id(
     tmp_path: Path,
 ) -> None:
-    """G18 test 2: the child is killed while the receiver holds its request; restarted, it
+    """The child is killed while the receiver holds its request; restarted, it
     claims the delivery again once the lease (0.5 s, the child's real clock) runs out: the
     receiver gets it again with the same ``webhook-id`` and body, and it ends delivered."""
     async with Receiver.running() as receiver:

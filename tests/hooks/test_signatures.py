@@ -1,4 +1,4 @@
-"""Standard Webhooks signatures (G17): round trips, interoperability with the reference
+"""Standard Webhooks signatures: round trips, interoperability with the reference
 library both ways, secret rotation, several signatures in one header, the freshness window on
 the injected clock, and every malformed header or tampered body refused with its reason."""
 

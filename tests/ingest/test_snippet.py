@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CLIENT = ROOT / "client-js"
 BUILT = ROOT / "rtserver" / "static" / "rt.js"
 BUDGET_BYTES = 3 * 1024
-"""The snippet's size budget, minified and gzipped (STYLE.md R20)."""
+"""The snippet's size budget, minified and gzipped."""
 
 
 @pytest.fixture

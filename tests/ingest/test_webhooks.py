@@ -1,5 +1,5 @@
-"""Signed inbound webhooks against a real server (G17), and relay feedback into the
-suppression list (G9): a real SMTP server, a real store, requests signed with the reference
+"""Signed inbound webhooks against a real server, and relay feedback into the
+suppression list: a real SMTP server, a real store, requests signed with the reference
 Standard Webhooks library."""
 
 from __future__ import annotations
@@ -217,7 +217,7 @@ async def _mailed(live: LiveServer, clock: FakeClock, smtpd: SMTPServer) -> Any:
 async def test_a_hard_bounce_webhook_suppresses_and_later_mail_is_skipped(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """G9: a posted 5.1.1 bounce suppresses the address (hard_bounce) and records Email
+    """A posted 5.1.1 bounce suppresses the address (hard_bounce) and records Email
     Bounced for the person; the next mail for her ends suppressed, with the reason logged."""
     caplog.set_level(logging.INFO, logger="rtserver")
     clock = FakeClock()
@@ -362,7 +362,7 @@ async def test_a_store_failure_is_a_503_and_the_webhook_is_not_noted(tmp_path: P
 
 
 async def test_webhook_ids_are_kept_seven_days(tmp_path: Path) -> None:
-    """An id is forgotten once 7 days old (G17 asks for at least 24 h), when the next
+    """An id is forgotten once 7 days old (well past the 24 h minimum), when the next
     webhook is noted."""
     clock = FakeClock()
     async with run_server(make_config(tmp_path), clock=clock) as live:

@@ -1,4 +1,4 @@
-"""Mail feedback (G9): JSON reports, ARF complaints (RFC 5965) and DSN bounces (RFC 3464)
+"""Mail feedback: JSON reports, ARF complaints (RFC 5965) and DSN bounces (RFC 3464)
 become Feedback with the relay's suppression rules (5.1.x and hard bounces suppress, 4.x.x and
 other 5.x.x never, every complaint does); every malformed report is an InvalidEvent."""
 
@@ -231,7 +231,7 @@ def test_a_json_events_list() -> None:
 def test_bounce_suppression_rules(
     fields: dict[str, Any], status: str, suppress: str | None
 ) -> None:
-    """Only 5.1.x, or a hard bounce without a status, suppresses (G9); 4.x.x never does."""
+    """Only 5.1.x, or a hard bounce without a status, suppresses; 4.x.x never does."""
     [report_] = parse(js(bounce(**fields)), JSON)
     assert (report_.kind, report_.status, report_.suppress) == ("bounce", status, suppress)
 

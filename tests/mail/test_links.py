@@ -231,7 +231,7 @@ async def test_unknown_mail_and_bad_tokens_never_redirect(tmp_path: Path) -> Non
 async def test_tampered_click_tokens_never_redirect(
     live_links: tuple[LiveServer, httpx.AsyncClient, str], garbage: str, query: str
 ) -> None:
-    """G15: anything but a token we signed gets a 404, never a 3xx, whatever the query says;
+    """Anything but a token we signed gets a 404, never a 3xx, whatever the query says;
     a signed token with characters flipped too."""
     live, http, valid = live_links
     for token in (garbage, valid[:-2] + ("AA" if not valid.endswith("AA") else "BB")):
@@ -285,7 +285,7 @@ def claim(anon: str, email: str) -> dict[str, Any]:
 
 
 async def test_double_opt_in_end_to_end_with_caps(tmp_path: Path) -> None:
-    """G11/G12: a claimed address gets one confirmation (a second claim the same day gets
+    """A claimed address gets one confirmation (a second claim the same day gets
     none); one client causes at most ``confirmations_per_ip``; the link verifies the address
     and opts it in."""
     clock = FakeClock()

@@ -239,7 +239,7 @@ def test_open_pixel_ends_the_html(tmp_path: Path) -> None:
 
 
 def test_marketing_mail_has_one_click_unsubscribe() -> None:
-    """List-Unsubscribe(-Post) headers, a footer link and the postal address (G8)."""
+    """List-Unsubscribe(-Post) headers, a footer link and the postal address."""
     mailer = make_mailer()
     message = mailer.render_mail("win_back", SAMPLE)
     header = message["List-Unsubscribe"]
@@ -501,7 +501,7 @@ def test_ssti_corpus_is_contained(tmp_path: Path, payload: str) -> None:
         assert "BEGINEND" in html_of(message)
 
 
-# Hypothesis: context never injects markup (G16)
+# Hypothesis: context never injects markup
 
 
 class _Tags(HTMLParser):

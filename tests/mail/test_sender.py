@@ -1,6 +1,6 @@
 """The outbox drain against a real store, the real mailer and relay, and real SMTP servers on
-port 0: what each SMTP reply does to a mail (G6), lost acks and crashes (G5), a hung server
-(G7), the rate and daily limits (G25). Time is a fake clock; the tests wait on the sender's
+port 0: what each SMTP reply does to a mail, lost acks and crashes, a hung server (ingest
+goes on), the rate and daily limits. Time is a fake clock; the tests wait on the sender's
 progress, never on the wall clock."""
 
 from __future__ import annotations
@@ -240,7 +240,7 @@ async def advance(sender: Sender, clock: FakeClock, seconds: float, why: str = "
     await idle(sender, why)
 
 
-# SMTP replies (G6)
+# SMTP replies
 
 
 async def test_accepted_mail_is_sent_once_with_a_stable_message_id(
@@ -402,7 +402,7 @@ async def test_tarpit_times_out_and_the_batch_waits_to_retry(
 async def test_a_hung_server_does_not_hold_up_other_tasks(
     shop: Shop, templates: Path, tmp_path: Path
 ) -> None:
-    """G7: while the sender waits on a server that never answers, events still commit on the
+    """While the sender waits on a server that never answers, events still commit on the
     same loop and store; a cancelled send leaves the row 'sending' for recovery."""
     ann = await shop.person("ann", "ann@example.com")
     await shop.queue("m1", ann)
@@ -422,7 +422,7 @@ async def test_a_hung_server_does_not_hold_up_other_tasks(
     assert (await shop.row("m1"))["state"] == "sending"
 
 
-# Delivery in doubt (G5)
+# Delivery in doubt
 
 
 async def test_lost_ack_is_ambiguous_and_resent_with_resend(
@@ -504,7 +504,7 @@ async def test_leases_that_ran_out_while_down_are_recovered_at_start(
     assert sender.stats == SenderStats(sent=1, ambiguous=1)
 
 
-# Freshness (G6, G25)
+# Freshness
 
 
 async def test_marketing_mail_past_max_age_expires_at_claim(
@@ -583,7 +583,7 @@ async def test_test_recipients_reroute_every_mail(
     assert (await shop.row("m1"))["recipient"] == "ann@example.com"
 
 
-# Limits (G25)
+# Limits
 
 
 async def test_rate_limit_holds_mail_until_the_clock_moves(
@@ -900,7 +900,7 @@ async def test_a_failed_read_of_the_products_retries_the_mail(
     assert smtpd.received == []
 
 
-# G5 in small: lost acks and 4xx on many mails
+# Delivery in doubt, in small: lost acks and 4xx on many mails
 
 
 @pytest.mark.parametrize("policy", ["resend", "drop"])

@@ -1,5 +1,5 @@
 """The SMTP relay against a real, scripted aiosmtpd server on port 0: every reply class,
-lost connections, a tarpit, connection reuse and reconnects (G5, G6). No sleeps."""
+lost connections, a tarpit, connection reuse and reconnects. No sleeps."""
 
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ async def test_relay_sends_and_reuses_the_connection() -> None:
     ],
 )
 async def test_relay_classifies_replies(script: Script, state: str, code: int) -> None:
-    """Each reply maps to its outcome (G6), and the next mail still goes out."""
+    """Each reply maps to its outcome, and the next mail still goes out."""
     async with SMTPServer([script]) as server:
         relay = relay_for(server)
         outcome = await relay.send(mail())
@@ -76,7 +76,7 @@ async def test_relay_classifies_replies(script: Script, state: str, code: int) -
 
 
 async def test_relay_lost_connection_after_content_is_ambiguous() -> None:
-    """The content arrived but the reply never did: ambiguous (G5); the next mail reconnects."""
+    """The content arrived but the reply never did: ambiguous; the next mail reconnects."""
     async with SMTPServer([Script(data=DROP)]) as server:
         relay = relay_for(server)
         outcome = await relay.send(mail())
@@ -247,7 +247,7 @@ async def test_relay_refuses_a_message_without_addresses() -> None:
 
 
 def test_classify() -> None:
-    """Reply codes and enhanced status codes map to outcomes (G6)."""
+    """Reply codes and enhanced status codes map to outcomes."""
     assert classify(250, "ok").state == "sent"
     assert classify(421, "bye").state == "retry"
     assert classify(550, "5.1.1 no such user").state == "suppress"
@@ -287,7 +287,7 @@ def test_raw_mail_of_a_message() -> None:
 
 def test_addresses_in_replies_are_redacted() -> None:
     """An SMTP reply quoting the recipient keeps no address in the outcome's reason (it is
-    logged, stored with the mail and shown on the dashboard: G10)."""
+    logged, stored with the mail and shown on the dashboard)."""
     outcome = classify(550, "5.1.1 <ann.o'neil+x@example.com>: Recipient address rejected")
     assert outcome == Outcome("suppress", 550, "550 5.1.1 <address>: Recipient address rejected")
     assert redact("mailbox bob@example.com full (bob@example.com)") == (

@@ -112,7 +112,7 @@ def test_expiry_follows_the_clock() -> None:
     assert tokens.read_confirm(confirm) is not None
     clock.advance(1)
     assert tokens.read_confirm(confirm) is None
-    clock.advance(31 * DAY)  # CAN-SPAM: unsubscribe still works after 30 days (G8)
+    clock.advance(31 * DAY)  # CAN-SPAM: unsubscribe still works after 30 days
     assert tokens.read_unsubscribe(unsubscribe) is not None
     clock.now += 400 * DAY - 38 * DAY - 1
     assert tokens.read_open(opened) == "m1"

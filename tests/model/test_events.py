@@ -589,7 +589,7 @@ def test_browser_alias_of_another_anonymous_id_is_refused() -> None:
 
 
 def test_hash_comparison_uses_compare_digest(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Both hashes are compared in constant time (G12), via hmac.compare_digest."""
+    """Both hashes are compared in constant time, via hmac.compare_digest."""
     calls: list[tuple[Any, Any]] = []
     real: Callable[[Any, Any], bool] = hmac.compare_digest
 

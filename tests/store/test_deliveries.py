@@ -1,6 +1,6 @@
-"""The webhook half of the store (``store.deliveries``, G18): rows decided in the group commit,
+"""The webhook half of the store (``store.deliveries``): rows decided in the group commit,
 leases and crash recovery (at least once), outcomes, endpoints disabled by a 410, reads, and
-erasure (G10). A real store on a temporary SQLite file, driven with explicit times."""
+erasure. A real store on a temporary SQLite file, driven with explicit times."""
 
 from __future__ import annotations
 
@@ -503,7 +503,7 @@ async def test_disabled_lists_endpoints_by_url(store: Store) -> None:
     assert list(disabled) == sorted([URL, OTHER])
 
 
-# Erasure (G10)
+# Erasure
 
 
 async def test_forget_erases_a_persons_deliveries(store: Store, db_path: Path) -> None:

@@ -140,7 +140,7 @@ async def test_suppression_keeps_erasure(store: Store) -> None:
 
 
 async def test_forget_leaves_no_trace_on_disk(store: Store, db_path: Path) -> None:
-    """G10: the address is in none of the database files after erasure; only its hash stays."""
+    """The address is in none of the database files after erasure; only its hash stays."""
     address = "alice.erased@example.com"
     await person(store, "alice", address)
     other = parse(event("track", anonymousId="anon-x", properties={"note": address.upper()}))
@@ -157,7 +157,7 @@ async def test_forget_leaves_no_trace_on_disk(store: Store, db_path: Path) -> No
         assert address.encode() not in path.read_bytes().lower(), path
     rows = await store._read("SELECT email_hash FROM suppressions", ())
     ((salt,),) = await store._read("SELECT value FROM secrets WHERE name = 'email_salt'", ())
-    assert rows == [(email_hash(address, bytes.fromhex(salt)),)]  # salted (G10)
+    assert rows == [(email_hash(address, bytes.fromhex(salt)),)]  # salted
     assert rows != [(email_hash(address),)]
 
 
