@@ -190,7 +190,9 @@ class IngestConfig:
         1048576, "Largest signed webhook body (bigger: 413).", check=positive
     )
     webhook_tolerance_s: int = setting(
-        300, "How far a webhook's timestamp may be from now (G17).", check=positive
+        300,
+        "How far a signed webhook's timestamp may be from now (further: 401, a replay guard).",
+        check=positive,
     )
 
 
