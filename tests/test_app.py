@@ -24,7 +24,8 @@ from rtserver.model.events import parse_event
 from rtserver.runtime import check_public_url, resolve_keys
 from rtserver.store.database import Store
 from rtserver.store.retention import purge_forever, purge_old_events
-from tests.conftest import (
+from tests.support.events import event
+from tests.support.server import (
     IDENTITY_SECRET,
     ORIGIN,
     TIMEOUT_UNIT,
@@ -32,7 +33,6 @@ from tests.conftest import (
     WRITE_KEY,
     FakeClock,
     LiveServer,
-    event,
     make_config,
     recv_json,
     run_server,

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import TIMEOUT_UNIT
+from tests.support.server import TIMEOUT_UNIT
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -18,7 +18,7 @@ from rtserver import __version__
 from rtserver.cli import RedactAddresses, _announce, _configure_logging, main
 from rtserver.config.schema import EXAMPLE_CONFIG, iter_settings
 from rtserver.tools.demo import demo_config
-from tests.conftest import ORIGIN, TIMEOUT_UNIT, make_config
+from tests.support.server import ORIGIN, TIMEOUT_UNIT, make_config
 from tests.support.server_process import READY, ServerProcess, write_config
 
 SECRET_ENV = ("RTSERVER_CONFIG", "RTSERVER_WRITE_KEY", "RTSERVER_IDENTITY_SECRET")

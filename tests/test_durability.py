@@ -24,7 +24,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
-from tests.conftest import ORIGIN, TIMEOUT_UNIT
+from tests.support.server import ORIGIN, TIMEOUT_UNIT
 from tests.support.server_process import ServerProcess, free_port, write_config
 
 G1_EVENTS = int(os.environ.get("RTSERVER_G1_EVENTS", "10000"))

@@ -36,7 +36,7 @@ import pytest
 from rtserver.engine.engine import Engine
 from rtserver.runtime import load_rules
 from rtserver.store.database import Store
-from tests.conftest import (
+from tests.support.server import (
     IDENTITY_SECRET,
     TIMEOUT_UNIT,
     WRITE_KEY,

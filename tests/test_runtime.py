@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from rtserver.runtime import STOP_ORDER, Supervisor
-from tests.conftest import TIMEOUT_UNIT, make_config, run_server
+from tests.support.server import TIMEOUT_UNIT, make_config, run_server
 
 
 async def _started(supervisor: Supervisor, names: list[str], ended: list[str]) -> None:

@@ -19,7 +19,7 @@ from rtserver.config.durations import Duration
 from rtserver.config.schema import DashboardConfig
 from rtserver.dashboard.alerts import Alerts, Sample
 from rtserver.dashboard.latency import Histogram
-from tests.conftest import TIMEOUT_UNIT
+from tests.support.server import TIMEOUT_UNIT
 
 WINDOW = 900.0
 

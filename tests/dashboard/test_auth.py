@@ -17,7 +17,7 @@ from starlette.routing import Route
 from rtserver.dashboard import auth as auth_module
 from rtserver.dashboard.auth import Auth, RequireLogin, hash_password, resolve_auth, verify_password
 from rtserver.store.database import Store
-from tests.conftest import FakeClock, make_config
+from tests.support.server import FakeClock, make_config
 
 HOUR = 3600.0
 

@@ -20,7 +20,13 @@ from rtserver.dashboard.readings import Readings
 from rtserver.errors import StoreError
 from rtserver.model.events import person_event
 from rtserver.runtime import Runtime
-from tests.conftest import (
+from tests.dashboard.test_hub import StopAfter
+from tests.support.dashboard import (
+    CART,
+    dashboard_config,
+)
+from tests.support.events import shopper, tracked
+from tests.support.server import (
     ORIGIN,
     FakeClock,
     LiveServer,
@@ -28,13 +34,6 @@ from tests.conftest import (
     run_server,
     send_batch,
     sent,
-    shopper,
-    tracked,
-)
-from tests.dashboard.test_hub import StopAfter
-from tests.support.dashboard import (
-    CART,
-    dashboard_config,
 )
 
 

@@ -11,26 +11,20 @@ page (Playwright's ``expect``), never on time.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from playwright.async_api import Browser, Dialog, Page, expect
-
-from tests.conftest import (
-    ORIGIN,
-    TIMEOUT_UNIT,
-    FakeClock,
-    advance,
-    event,
-    run_server,
-    send_batch,
-    shopper,
-    tracked,
-)
+from tests.support.browser import expect
 from tests.support.dashboard import (  # noqa: F401 (sse_exit_flag_reset is autouse)
     PASSWORD,
     XSS,
     dashboard_config,
     sse_exit_flag_reset,
 )
+from tests.support.events import event, shopper, tracked
+from tests.support.server import ORIGIN, TIMEOUT_UNIT, FakeClock, advance, run_server, send_batch
+
+if TYPE_CHECKING:
+    from playwright.async_api import Browser, Dialog, Page
 
 WAIT_MS = 4 * TIMEOUT_UNIT * 1000
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"

@@ -14,7 +14,8 @@ from rtserver.config.schema import IngestConfig
 from rtserver.dashboard.hub import EVENTS_KEPT, Changed, Hub, HubClosed, TooManyViewers, Update
 from rtserver.model.events import parse_event
 from rtserver.store.changes import Changes, Prepared
-from tests.conftest import TIMEOUT_UNIT, event
+from tests.support.events import event
+from tests.support.server import TIMEOUT_UNIT
 
 
 class Recorder:

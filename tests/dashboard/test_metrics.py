@@ -13,19 +13,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from rtserver.app import create_app
 from rtserver.dashboard.board import OUTBOX_STATES
 from rtserver.errors import StoreError
-from tests.conftest import (
-    ORIGIN,
-    LiveServer,
-    event,
-    run_server,
-    send_batch,
-    sent,
-    shopper,
-    tracked,
-)
 from tests.support.dashboard import (
     dashboard_config,
 )
+from tests.support.events import event, shopper, tracked
+from tests.support.server import ORIGIN, LiveServer, run_server, send_batch, sent
 
 
 async def scrape(live: LiveServer) -> dict[str, Any]:

@@ -15,18 +15,6 @@ from starlette.routing import Mount, Route
 
 from rtserver.dashboard.hub import HubClosed, Subscription
 from rtserver.dashboard.routes import CSP, _clock_time, _next_path
-from tests.conftest import (
-    ORIGIN,
-    TIMEOUT_UNIT,
-    FakeClock,
-    advance,
-    event,
-    run_server,
-    send_batch,
-    sent,
-    shopper,
-    tracked,
-)
 from tests.support.dashboard import (  # noqa: F401 (sse_exit_flag_reset is autouse)
     PASSWORD,
     XSS,
@@ -34,6 +22,16 @@ from tests.support.dashboard import (  # noqa: F401 (sse_exit_flag_reset is auto
     login,
     sse_exit_flag_reset,
     stream,
+)
+from tests.support.events import event, shopper, tracked
+from tests.support.server import (
+    ORIGIN,
+    TIMEOUT_UNIT,
+    FakeClock,
+    advance,
+    run_server,
+    send_batch,
+    sent,
 )
 
 

@@ -27,12 +27,12 @@ from rtserver.runtime import load_rules
 from rtserver.store import writer
 from rtserver.store.changes import Changes, Prepared
 from rtserver.store.database import Store
-from tests.conftest import (
+from tests.support.events import event
+from tests.support.server import (
     IDENTITY_SECRET,
     TIMEOUT_UNIT,
     FakeClock,
     LiveServer,
-    event,
     make_config,
     run_server,
     send_batch,

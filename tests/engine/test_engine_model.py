@@ -40,7 +40,7 @@ from rtserver.engine.pipeline import Pipeline
 from rtserver.model.events import Event, parse_event
 from rtserver.runtime import load_rules
 from rtserver.store.database import Store
-from tests.conftest import FakeClock, make_config
+from tests.support.server import FakeClock, make_config
 
 T = TypeVar("T")
 

@@ -18,7 +18,8 @@ from rtserver.engine.pipeline import Pipeline
 from rtserver.errors import StorageUnavailable, StoreError
 from rtserver.model.events import Event, parse_event
 from rtserver.store.database import Store
-from tests.conftest import TIMEOUT_UNIT, event
+from tests.support.events import event
+from tests.support.server import TIMEOUT_UNIT
 
 
 def batch(count: int, **fields: Any) -> list[Event]:

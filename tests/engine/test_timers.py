@@ -18,7 +18,7 @@ from hypothesis.stateful import (
 
 from rtserver.engine import timers
 from rtserver.engine.timers import MAX_TICK, TimerWheel, run_timer_driver
-from tests.conftest import TIMEOUT_UNIT, FakeClock
+from tests.support.server import TIMEOUT_UNIT, FakeClock
 
 YEAR_S = 365 * 24 * 3600
 BOUNDARIES = [1, 2, 63, 64, 65, 4095, 4096, 4097, 2**18 - 1, 2**18, 2**24, 2**30, 2**36 - 1, 2**36]

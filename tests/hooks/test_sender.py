@@ -52,16 +52,9 @@ from rtserver.runtime import load_rules
 from rtserver.store.database import Store
 from rtserver.store.deliveries import delivery_row
 from rtserver.store.schema import INSERT_DELIVERY
-from tests.conftest import (
-    ORIGIN,
-    TIMEOUT_UNIT,
-    WRITE_KEY,
-    FakeClock,
-    event,
-    make_config,
-    run_server,
-)
+from tests.support.events import event
 from tests.support.receiver import KeepAlive, Receiver
+from tests.support.server import ORIGIN, TIMEOUT_UNIT, WRITE_KEY, FakeClock, make_config, run_server
 from tests.support.server_process import ServerProcess, free_port
 
 NOW = 1_800_000_000.0

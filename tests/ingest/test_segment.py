@@ -21,13 +21,13 @@ from segment.analytics import Client
 from segment.analytics.request import APIError, parse_retry_after
 
 from rtserver.model.events import sign_identity
-from tests.conftest import (
+from tests.support.events import event
+from tests.support.server import (
     IDENTITY_SECRET,
     ORIGIN,
     TIMEOUT_UNIT,
     WRITE_KEY,
     LiveServer,
-    event,
     leave_mid_body,
     make_config,
     run_server,

@@ -15,7 +15,7 @@ import pytest
 
 from rtserver.app import create_app
 from rtserver.ingest.snippet import MAX_AGE_S
-from tests.conftest import TIMEOUT_UNIT, make_config
+from tests.support.server import TIMEOUT_UNIT, make_config
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENT = ROOT / "client-js"

@@ -13,22 +13,19 @@ import statistics
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import pytest
-from playwright.async_api import Browser, Page
 
 from rtserver.config.schema import Config
 from rtserver.model.events import sign_identity
-from tests.conftest import (
-    IDENTITY_SECRET,
-    TIMEOUT_UNIT,
-    make_config,
-    run_server,
-)
 from tests.support.browser import Shop, proxy_to, serve_shop
+from tests.support.server import IDENTITY_SECRET, TIMEOUT_UNIT, make_config, run_server
 from tests.support.server_process import ServerProcess, free_port, write_config
+
+if TYPE_CHECKING:
+    from playwright.async_api import Browser, Page
 
 WAIT_MS = 6 * TIMEOUT_UNIT * 1000
 """The longest a page condition may take; reconnecting after a cut waits out a backoff."""

@@ -19,20 +19,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import HealthCheck, given, settings, strategies as st
 from standardwebhooks import Webhook
 
-from tests.conftest import (
-    WEBHOOK_SECRET,
-    FakeClock,
-    LiveServer,
-    advance,
-    event,
-    leave_mid_body,
-    make_config,
-    run_server,
-    send_batch,
-    sent,
-    shopper,
-    tracked,
-)
 from tests.mail.test_links import LAMP, smtp_config
 from tests.mail.test_providers import (
     MAILGUN_KEY,
@@ -42,6 +28,18 @@ from tests.mail.test_providers import (
     mailgun_body,
     public_b64,
     sendgrid_request,
+)
+from tests.support.events import event, shopper, tracked
+from tests.support.server import (
+    WEBHOOK_SECRET,
+    FakeClock,
+    LiveServer,
+    advance,
+    leave_mid_body,
+    make_config,
+    run_server,
+    send_batch,
+    sent,
 )
 from tests.support.smtp_server import SMTPServer
 

@@ -28,11 +28,11 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from rtserver.config.schema import Config
 from rtserver.ingest.websocket import Ingest, Session
 from rtserver.store.database import Store
-from tests.conftest import (
+from tests.support.events import event
+from tests.support.server import (
     ORIGIN,
     TIMEOUT_UNIT,
     LiveServer,
-    event,
     make_config,
     recv_json,
     run_server,

@@ -16,18 +16,16 @@ from starlette.requests import Request
 from rtserver.config.schema import load_config
 from rtserver.mail.links import PIXEL, machine_reason
 from rtserver.model.people import email_hash
-from tests.conftest import (
+from tests.support.events import event, shopper, tracked
+from tests.support.server import (
     TIMEOUT_UNIT,
     FakeClock,
     LiveServer,
     advance,
-    event,
     make_config,
     run_server,
     send_batch,
     sent,
-    shopper,
-    tracked,
 )
 from tests.support.smtp_server import SMTPServer
 

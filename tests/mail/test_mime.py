@@ -22,7 +22,7 @@ from rtserver.mail.mime import POLICY, RawMail, compose, date_value, header, rec
 from rtserver.mail.render import SAMPLE, SPARSE, MailContext, Mailer
 from rtserver.mail.smtp import wire_bytes
 from rtserver.mail.tokens import Tokens
-from tests.conftest import FakeClock
+from tests.support.server import FakeClock
 
 BOUNDARY = "===============1234567890123456789=="
 CONFIG = MailConfig(

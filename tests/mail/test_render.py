@@ -30,7 +30,7 @@ from rtserver.mail.recommend import Product
 from rtserver.mail.render import SAMPLE, SPARSE, SPARSE_NOTE, MailContext, Mailer, check_address
 from rtserver.mail.smtp import Relay, wire_bytes
 from rtserver.mail.tokens import Tokens
-from tests.conftest import TIMEOUT_UNIT, FakeClock
+from tests.support.server import TIMEOUT_UNIT, FakeClock
 from tests.support.smtp_server import SMTPServer
 
 ROOT = Path(__file__).resolve().parents[2]

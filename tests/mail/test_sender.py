@@ -32,7 +32,8 @@ from rtserver.mail.tokens import Tokens
 from rtserver.model.events import parse_event
 from rtserver.runtime import load_rules
 from rtserver.store.database import Store
-from tests.conftest import TIMEOUT_UNIT, FakeClock, event, make_config
+from tests.support.events import event
+from tests.support.server import TIMEOUT_UNIT, FakeClock, make_config
 from tests.support.smtp_server import DROP, Script, SMTPServer
 
 NOW = 1_800_000_000.0

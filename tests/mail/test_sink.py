@@ -13,7 +13,7 @@ import pytest
 
 from rtserver.mail.sink import Sink, _session_ended, headers_of, start_sink
 from rtserver.store.database import Store
-from tests.conftest import TIMEOUT_UNIT, FakeClock
+from tests.support.server import TIMEOUT_UNIT, FakeClock
 
 
 @pytest.fixture

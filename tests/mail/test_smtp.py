@@ -12,7 +12,7 @@ import pytest
 
 from rtserver.mail.mime import RawMail
 from rtserver.mail.smtp import Outcome, Relay, classify, raw_mail, redact, wire_bytes
-from tests.conftest import TIMEOUT_UNIT
+from tests.support.server import TIMEOUT_UNIT
 from tests.support.smtp_server import DROP, Script, SMTPServer
 
 

@@ -11,7 +11,7 @@ from hypothesis import given, strategies as st
 from rtserver.errors import MailError
 from rtserver.mail.tokens import Tokens
 from rtserver.model.people import email_hash
-from tests.conftest import FakeClock
+from tests.support.server import FakeClock
 
 DAY = 86400.0
 SECRET = "token-secret-0123456789"

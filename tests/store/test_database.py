@@ -19,7 +19,8 @@ from rtserver.model.events import Event, Source, parse_event, sign_identity, ver
 from rtserver.store.changes import Prepared
 from rtserver.store.database import Store
 from rtserver.store.schema import MIGRATIONS
-from tests.conftest import IDENTITY_SECRET, TIMEOUT_UNIT, event
+from tests.support.events import event
+from tests.support.server import IDENTITY_SECRET, TIMEOUT_UNIT
 
 LIMITS = IngestConfig()
 

@@ -17,7 +17,7 @@ from rtserver.model.facts import Run
 from rtserver.store import writer
 from rtserver.store.changes import Changes, Prepared
 from rtserver.store.database import Store
-from tests.conftest import event
+from tests.support.events import event
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ import socket
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
@@ -24,7 +25,27 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse
 from starlette.routing import Route
 
-from tests.conftest import TIMEOUT_UNIT
+from tests.support.server import TIMEOUT_UNIT
+
+CHROMIUM = "/usr/bin/chromium"
+"""Debian's chromium (apt): Playwright's own browsers cannot be downloaded here."""
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def expect(actual: Any) -> Any:
+    """Playwright's ``expect``, imported when a browser test first uses it (so that only the
+    browser tests need Playwright)."""
+    from playwright.async_api import expect as playwright_expect
+
+    return playwright_expect(actual)
+
 
 STUB = "window.rt = window.rt || function(){(rt.q = rt.q || []).push(arguments)};"
 """The install stub, as client-js/README.md shows it (test/bundle.test.js checks the README)."""

@@ -16,10 +16,7 @@ import pytest
 from sse_starlette.sse import AppStatus
 
 from rtserver.config.schema import Config
-from tests.conftest import (
-    TIMEOUT_UNIT,
-    make_config,
-)
+from tests.support.server import TIMEOUT_UNIT, make_config
 
 PASSWORD = "correct horse battery staple"
 CART = {

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from tests.conftest import TIMEOUT_UNIT
+from tests.support.server import TIMEOUT_UNIT
 
 __all__ = ["KeepAlive", "Receiver"]
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from tests.conftest import TIMEOUT_UNIT
+from tests.support.server import TIMEOUT_UNIT
 
 GO_AHEAD = "354 End data with <CR><LF>.<CR><LF>"
 DROP = "drop"

@@ -8,23 +8,22 @@ import email.policy
 import re
 import urllib.parse
 from pathlib import Path
-from typing import Any
-
-from playwright.async_api import async_playwright
+from typing import TYPE_CHECKING, Any
 
 from rtserver.config.schema import load_config
 from rtserver.tools.demo import demo_config, scaled
-from tests.conftest import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
+from tests.support.events import event
+from tests.support.server import (
     TIMEOUT_UNIT,
     FakeClock,
     LiveServer,
-    event,
     make_config,
     run_server,
     send_batch,
 )
+
+if TYPE_CHECKING:
+    from playwright.async_api import Browser
 
 
 async def test_demo_shop_page(live: LiveServer) -> None:
@@ -35,24 +34,23 @@ async def test_demo_shop_page(live: LiveServer) -> None:
     assert "Brass Desk Lamp" in page.text and '"product_id": "lamp"' in page.text
 
 
-async def test_demo_shop_in_a_browser_streams_to_its_own_origin(tmp_path: Path) -> None:
+async def test_demo_shop_in_a_browser_streams_to_its_own_origin(
+    browser: Browser, tmp_path: Path
+) -> None:
     """In Chromium, the demo page (no allowed_origins entry needed: it is rtserver's own
     origin) sends its product view and cart add; both are stored, and the sign-up queues the
     double opt-in mail."""
     config = make_config(tmp_path, server={"allowed_origins": []})
-    async with run_server(config) as live, async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = await browser.new_page()
-            page.set_default_timeout(6 * TIMEOUT_UNIT * 1000)
-            await page.goto(f"{live.http_url}/demo")
-            await page.click("[data-product=lamp] >> text=View")
-            await page.click("[data-product=lamp] >> text=Add to cart")
-            await page.fill("#email", "demo.shopper@example.com")
-            await page.click("form >> button")
-            await page.wait_for_function("window.rt && rt.v && (rt('stats').acked || 0) >= 5")
-        finally:
-            await browser.close()
+    async with run_server(config) as live:
+        page = await browser.new_page()
+        page.set_default_timeout(6 * TIMEOUT_UNIT * 1000)
+        await page.goto(f"{live.http_url}/demo")
+        await page.click("[data-product=lamp] >> text=View")
+        await page.click("[data-product=lamp] >> text=Add to cart")
+        await page.fill("#email", "demo.shopper@example.com")
+        await page.click("form >> button")
+        await page.wait_for_function("window.rt && rt.v && (rt('stats').acked || 0) >= 5")
+        await page.close()
         person = "a:" + await anonymous_id(live)
         events = await live.runtime.store.events_of(person, limit=50)
         names = {e.get("event") or e["type"] for e in events}

@@ -15,16 +15,20 @@ from __future__ import annotations
 import re
 import urllib.parse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-from playwright.async_api import Browser, Page, expect
 
 from rtserver.tools.demo import demo_config
-from tests.conftest import TIMEOUT_UNIT, FakeClock, run_server
+from tests.support.browser import expect
 from tests.support.dashboard import (  # noqa: F401 (sse_exit_flag_reset is autouse)
     PASSWORD,
     sse_exit_flag_reset,
 )
+from tests.support.server import TIMEOUT_UNIT, FakeClock, run_server
+
+if TYPE_CHECKING:
+    from playwright.async_api import Browser, Page
 
 ROOT = Path(__file__).resolve().parents[2]
 WAIT_MS = 4 * TIMEOUT_UNIT * 1000

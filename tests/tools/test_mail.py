@@ -10,8 +10,9 @@ from rtserver.cli import main
 from rtserver.config.schema import Config
 from rtserver.store.database import Store
 from rtserver.tools.mail import forget, preview, send_test_mail
-from tests.conftest import event, make_config
 from tests.store.test_database import parse, store_group
+from tests.support.events import event
+from tests.support.server import make_config
 from tests.support.smtp_server import Script, SMTPServer
 
 NOW = 1_800_000_000.0
