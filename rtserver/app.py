@@ -34,21 +34,13 @@ from starlette.routing import Mount, Route, WebSocketRoute
 
 from rtserver import __version__
 from rtserver.clock import Clock, Monotonic
-from rtserver.config.schema import Config
-from rtserver.dashboard import metrics, routes as dashboard
-from rtserver.dashboard.auth import Auth, RequireLogin
-from rtserver.dashboard.metrics import Metrics
-from rtserver.dashboard.routes import Dashboard
+from rtserver.config import Config
+from rtserver.dashboard import Auth, Dashboard, Metrics, RequireLogin, metrics, routes as dashboard
 from rtserver.errors import StoreError
-from rtserver.ingest import snippet, webhooks
-from rtserver.ingest.intake import Intake
-from rtserver.ingest.segment import receive
-from rtserver.ingest.websocket import Ingest
-from rtserver.mail import links
-from rtserver.mail.links import Links
+from rtserver.ingest import Ingest, Intake, receive, snippet, webhooks
+from rtserver.mail import Links, links
 from rtserver.runtime import Runtime, Supervisor, check_public_url, load_rules, start
-from rtserver.tools import demo
-from rtserver.tools.demo import Shop
+from rtserver.tools import Shop, demo
 
 __all__ = ["Server", "State", "build_server", "create_app", "server_config"]
 

@@ -20,15 +20,9 @@ from typing import Any
 import orjson
 
 from rtserver import __version__
-from rtserver.config.schema import (
-    EXAMPLE_CONFIG,
-    Config,
-    iter_settings,
-    load_config,
-    resolve_config_path,
-)
+from rtserver.config import EXAMPLE_CONFIG, Config, iter_settings, load_config, resolve_config_path
 from rtserver.errors import ConfigError, StoreError
-from rtserver.mail.smtp import redact
+from rtserver.mail import redact
 
 __all__ = ["main"]
 
@@ -108,7 +102,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from rtserver.tools.demo import demo_config
+    from rtserver.tools import demo_config
 
     if not args.speed > 0:
         print("rtserver: --speed must be positive", file=sys.stderr)
@@ -167,7 +161,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from rtserver.errors import InvalidEvent
-    from rtserver.tools.simulate import read_events, simulate
+    from rtserver.tools import read_events, simulate
 
     config = _load(args.config)
     try:
@@ -179,7 +173,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     except InvalidEvent as exc:
         print(f"rtserver: {args.events}: {exc}", file=sys.stderr)
         return 2
-    decisions = asyncio.run(simulate(config, events, tail_s=args.days * 86400.0))
+    decisions = asyncio.run(simulate.simulate(config, events, tail_s=args.days * 86400.0))
     for decision in decisions:
         if args.json:
             print(orjson.dumps(decision.as_json()).decode())
@@ -190,7 +184,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 async def _keys(config: Config) -> None:
     from rtserver.runtime import resolve_keys
-    from rtserver.store.database import Store
+    from rtserver.store import Store
 
     try:
         store = await Store.open(config.store.path)
@@ -284,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     settings = sub.add_parser("settings", help="print the config reference as a Markdown table")
     settings.set_defaults(func=_cmd_settings)
 
-    from rtserver.tools.mail import add_commands
+    from rtserver.tools import add_commands
 
     add_commands(sub, _load)
     return parser

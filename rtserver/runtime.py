@@ -28,35 +28,22 @@ from pathlib import Path
 from typing import Any
 
 from rtserver.clock import Clock, Monotonic
-from rtserver.config.keys import Keys
-from rtserver.config.schema import Config, MailConfig
-from rtserver.dashboard.alerts import Alerts
-from rtserver.dashboard.auth import Auth, resolve_auth
-from rtserver.dashboard.board import Board
-from rtserver.dashboard.hub import Hub
-from rtserver.dashboard.latency import Histogram
-from rtserver.dashboard.readings import Readings
-from rtserver.engine.definitions import (
+from rtserver.config import Config, Keys, MailConfig
+from rtserver.dashboard import Alerts, Auth, Board, Histogram, Hub, Readings, resolve_auth
+from rtserver.engine import (
+    Engine,
+    Pipeline,
     Workflows,
     compile_workflows,
     policy_from,
+    run_timer_driver,
     sent_templates,
     webhook_steps,
 )
-from rtserver.engine.engine import Engine
-from rtserver.engine.pipeline import Pipeline
-from rtserver.engine.timers import run_timer_driver
 from rtserver.errors import ConfigError
-from rtserver.hooks.destinations import Resolve, check_steps, resolve_host
-from rtserver.hooks.sender import Courier
-from rtserver.hooks.signatures import new_secret
-from rtserver.mail.render import Mailer
-from rtserver.mail.sender import Sender
-from rtserver.mail.tokens import Tokens
-from rtserver.mail.transport import mail_transport
-from rtserver.store.changes import Changes, Prepared
-from rtserver.store.database import Store
-from rtserver.store.retention import purge_forever, purge_old_events
+from rtserver.hooks import Courier, Resolve, check_steps, new_secret, resolve_host
+from rtserver.mail import Mailer, Sender, Tokens, mail_transport
+from rtserver.store import Changes, Prepared, Store, purge_forever, purge_old_events
 
 __all__ = [
     "SYSTEM_TEMPLATES",

@@ -115,6 +115,46 @@ def test_model_and_config_import_nothing_of_ours_but_the_base(unit: str) -> None
     assert set(_edges().get(unit, {})) <= BASE
 
 
+def _public(package: str) -> set[str]:
+    """What a package's ``__init__`` lists in ``__all__``: the only names other packages use."""
+    tree = ast.parse((PACKAGE / package / "__init__.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "__all__":
+            return {ast.literal_eval(element) for element in node.value.elts}  # type: ignore[attr-defined]
+    return set()
+
+
+def test_packages_are_used_through_their_public_names() -> None:
+    """Outside a package, code imports only the package itself (never one of its modules), and
+    only names its ``__init__`` lists in ``__all__`` (the httpx way of keeping the rest
+    private)."""
+    packages = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()}
+    wrong = []
+    for path in _modules():
+        unit = _unit(path)
+        for module, name in _imports(path):
+            parts = module.split(".")
+            if parts[0] != "rtserver" or len(parts) < 2 or parts[1] not in packages:
+                continue
+            if parts[1] == unit:
+                continue
+            where = str(path.relative_to(PACKAGE))
+            if len(parts) > 2:
+                wrong.append(f"{where}: from {module} import {name} (a private module)")
+            elif name not in _public(parts[1]):
+                wrong.append(f"{where}: {name} is not in rtserver.{parts[1]}.__all__")
+    assert wrong == []
+
+
+def test_each_public_name_is_defined_in_its_package() -> None:
+    """Every name a package's ``__all__`` lists is importable from it."""
+    import importlib
+
+    for package in sorted(p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()):
+        face = importlib.import_module(f"rtserver.{package}")
+        assert [n for n in _public(package) if not hasattr(face, n)] == [], package
+
+
 def test_decide_is_pure() -> None:
     """The engine's decisions never import the store, mail, webhooks, sockets or clocks."""
     imported = _imported_by("engine/decide.py")

@@ -33,7 +33,7 @@ from typing import Any
 
 import orjson
 
-from rtserver.config.schema import DashboardConfig
+from rtserver.config import DashboardConfig
 from rtserver.dashboard.latency import Histogram
 
 __all__ = ["Alert", "Alerts", "Sample", "post_json"]

@@ -32,8 +32,8 @@ from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from rtserver.clock import Clock
-from rtserver.config.schema import Config
-from rtserver.store.database import Store
+from rtserver.config import Config
+from rtserver.store import Store
 
 __all__ = ["Auth", "RequireLogin", "Session", "hash_password", "resolve_auth", "verify_password"]
 

@@ -24,16 +24,15 @@ from typing import Any
 import orjson
 
 from rtserver.clock import Clock, Monotonic
-from rtserver.config.schema import DashboardConfig
+from rtserver.config import DashboardConfig
 from rtserver.dashboard.alerts import Alerts, Sample
 from rtserver.dashboard.funnel import Order, RunRow, funnel
 from rtserver.dashboard.hub import Changed
 from rtserver.dashboard.latency import Histogram, percentile
 from rtserver.dashboard.readings import Readings
 from rtserver.errors import StoreError
-from rtserver.model.events import Event
-from rtserver.model.facts import NAMES_BY_TYPE, event_name
-from rtserver.store.database import Store
+from rtserver.model import NAMES_BY_TYPE, Event, event_name
+from rtserver.store import Store
 
 __all__ = ["OUTBOX_STATES", "Board"]
 

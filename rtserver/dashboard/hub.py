@@ -33,8 +33,8 @@ import orjson
 from sse_starlette import ServerSentEvent
 
 from rtserver.clock import Monotonic
-from rtserver.model.events import Event
-from rtserver.store.changes import Changes, Prepared
+from rtserver.model import Event
+from rtserver.store import Changes, Prepared
 
 __all__ = ["Changed", "Hub", "HubClosed", "Subscription", "TooManyViewers", "Update"]
 

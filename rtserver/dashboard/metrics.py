@@ -31,7 +31,7 @@ from rtserver.dashboard.board import OUTBOX_STATES
 from rtserver.dashboard.latency import Histogram
 from rtserver.dashboard.readings import Readings
 from rtserver.errors import StoreError
-from rtserver.store.database import Store
+from rtserver.store import Store
 
 __all__ = ["Metrics", "endpoint"]
 

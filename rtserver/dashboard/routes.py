@@ -35,7 +35,7 @@ from rtserver.clock import Clock
 from rtserver.dashboard.auth import Auth, Session
 from rtserver.dashboard.board import Board
 from rtserver.dashboard.hub import Hub, HubClosed, TooManyViewers
-from rtserver.store.database import Store
+from rtserver.store import Store
 
 __all__ = ["CSP", "Dashboard", "routes"]
 

@@ -26,12 +26,16 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from rtserver.engine.definitions import WAIT_KINDS, Step, Workflow, Workflows, step_value
-from rtserver.model.actions import (
+from rtserver.model import (
+    MARKETING_CONSENT,
     Action,
     CallWebhook,
     CancelTimer,
     EmitEvent,
     EndRun,
+    Event,
+    Facts,
+    Run,
     Scheduled,
     ScheduleTimer,
     SendMail,
@@ -39,12 +43,6 @@ from rtserver.model.actions import (
     StartRun,
     TimerFired,
     UpdateRun,
-)
-from rtserver.model.events import Event
-from rtserver.model.facts import (
-    MARKETING_CONSENT,
-    Facts,
-    Run,
     event_name,
     known_zone,
 )

@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from rtserver.config.durations import parse_duration
-from rtserver.config.schema import MailConfig
+from rtserver.config import MailConfig, parse_duration
 from rtserver.engine.conditions import (
     NAMES,
     Condition,

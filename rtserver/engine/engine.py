@@ -23,19 +23,22 @@ from typing import Any
 
 import orjson
 
-from rtserver.config.schema import MailConfig
+from rtserver.config import MailConfig
 from rtserver.engine.decide import decide
 from rtserver.engine.definitions import (
     Workflows,
 )
 from rtserver.engine.memory import Memory
 from rtserver.engine.timers import TimerWheel
-from rtserver.model.actions import (
+from rtserver.model import (
     Action,
     CallWebhook,
     CancelTimer,
     EmitEvent,
     EndRun,
+    Event,
+    Facts,
+    Person,
     Scheduled,
     ScheduleTimer,
     SendMail,
@@ -43,13 +46,10 @@ from rtserver.model.actions import (
     StartRun,
     TimerFired,
     UpdateRun,
+    observe,
+    person_event,
 )
-from rtserver.model.events import Event, person_event
-from rtserver.model.facts import Facts, Person, observe
-from rtserver.store.changes import Changes, Prepared
-from rtserver.store.database import Store
-from rtserver.store.deliveries import delivery_row
-from rtserver.store.writer import Plan, Source
+from rtserver.store import Changes, Plan, Prepared, Source, Store, delivery_row
 
 __all__ = [
     "Engine",

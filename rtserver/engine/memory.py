@@ -6,7 +6,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 
-from rtserver.model.facts import Facts
+from rtserver.model import Facts
 
 __all__ = ["Memory"]
 

@@ -20,9 +20,8 @@ from dataclasses import dataclass, field
 from rtserver.clock import Clock
 from rtserver.engine.engine import Engine
 from rtserver.errors import StorageUnavailable, StoreError
-from rtserver.model.events import Event
-from rtserver.store.changes import Changes, Prepared
-from rtserver.store.database import Store
+from rtserver.model import Event
+from rtserver.store import Changes, Prepared, Store
 
 __all__ = ["Pipeline", "Stats", "Submission"]
 

@@ -43,14 +43,12 @@ import httpx
 
 from rtserver import __version__
 from rtserver.clock import Clock
-from rtserver.config.schema import HooksConfig
+from rtserver.config import HooksConfig
 from rtserver.errors import StoreError
 from rtserver.hooks.destinations import allowed, target, unsafe
 from rtserver.hooks.signatures import sign
-from rtserver.mail.sender import retry_delay, wake_on
-from rtserver.mail.smtp import redact
-from rtserver.store.database import Store
-from rtserver.store.deliveries import Delivery
+from rtserver.mail import redact, retry_delay, wake_on
+from rtserver.store import Delivery, Store
 
 __all__ = ["Courier", "CourierStats", "resolve_async"]
 

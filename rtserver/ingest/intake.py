@@ -7,10 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rtserver.clock import Clock
-from rtserver.config.keys import Keys
-from rtserver.config.schema import Config
-from rtserver.model.events import Submit
-from rtserver.store.database import Store
+from rtserver.config import Config, Keys
+from rtserver.model import Submit
+from rtserver.store import Store
 
 __all__ = ["Intake"]
 

@@ -23,14 +23,7 @@ from starlette.responses import JSONResponse, Response
 from rtserver.errors import InvalidEvent, StorageUnavailable, StoreError
 from rtserver.ingest.intake import Intake
 from rtserver.ingest.websocket import key_matches, origin_allowed
-from rtserver.model.events import (
-    Event,
-    Source,
-    decode_json,
-    message_id_of,
-    parse_event,
-    verify_identity,
-)
+from rtserver.model import Event, Source, decode_json, message_id_of, parse_event, verify_identity
 
 __all__ = [
     "SINGLE_TYPES",

@@ -30,7 +30,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from rtserver.errors import InvalidEvent, InvalidSignature, StoreError
-from rtserver.hooks.signatures import verify
+from rtserver.hooks import verify
 from rtserver.ingest.intake import Intake
 from rtserver.ingest.segment import (
     HTTPFailure,
@@ -40,9 +40,8 @@ from rtserver.ingest.segment import (
     parse_all,
     read_body,
 )
-from rtserver.mail.feedback import Feedback, parse
-from rtserver.mail.providers import mailgun, sendgrid
-from rtserver.model.events import Event, person_event
+from rtserver.mail import Feedback, mailgun, parse_feedback, sendgrid
+from rtserver.model import Event, person_event
 
 __all__ = ["SOURCES", "receive"]
 
@@ -169,7 +168,7 @@ async def _receive(request: Request, source: str) -> JSONResponse:
     else:
         if reports is None:
             try:
-                reports = parse(body, request.headers.get("content-type", ""))
+                reports = parse_feedback(body, request.headers.get("content-type", ""))
             except InvalidEvent as exc:
                 raise HTTPFailure(status.HTTP_400_BAD_REQUEST, str(exc)) from None
         events = await _feedback_events(intake, reports, webhook_id)

@@ -30,10 +30,10 @@ from starlette import status
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from rtserver.clock import Clock, Monotonic
-from rtserver.config.schema import Config
+from rtserver.config import Config
 from rtserver.errors import InvalidEvent, PolicyViolation, StorageUnavailable, StoreError
 from rtserver.ingest.intake import Intake
-from rtserver.model.events import Event, message_id_of, parse_batch, parse_event, verify_identity
+from rtserver.model import Event, message_id_of, parse_batch, parse_event, verify_identity
 
 __all__ = ["Ingest", "TokenBucket", "nesting_of", "origin_allowed"]
 

@@ -1,1 +1,38 @@
-"""Mail: templates, MIME, SMTP, the dev sink, the sender, and the links in every mail."""
+"""Mail: templates, MIME, SMTP, the dev sink, the sender, and the links in every mail.
+
+Other packages import from here; what is not listed below is private to the package.
+"""
+
+from __future__ import annotations
+
+from rtserver.mail import links
+from rtserver.mail.contexts import Contexts
+from rtserver.mail.feedback import Feedback, parse_feedback
+from rtserver.mail.links import Links, pages
+from rtserver.mail.providers import mailgun, sendgrid
+from rtserver.mail.render import MailContext, Mailer, check_address
+from rtserver.mail.sender import Sender, retry_delay, wake_on
+from rtserver.mail.smtp import redact, wire_bytes
+from rtserver.mail.tokens import Tokens
+from rtserver.mail.transport import mail_transport
+
+__all__ = [
+    "Contexts",
+    "Feedback",
+    "Links",
+    "MailContext",
+    "Mailer",
+    "Sender",
+    "Tokens",
+    "check_address",
+    "links",
+    "mail_transport",
+    "mailgun",
+    "pages",
+    "parse_feedback",
+    "redact",
+    "retry_delay",
+    "sendgrid",
+    "wake_on",
+    "wire_bytes",
+]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from rtserver.config.schema import MailConfig
+from rtserver.config import MailConfig
 from rtserver.mail.recommend import (
     Product,
     bought_of,
@@ -23,8 +23,7 @@ from rtserver.mail.recommend import (
     viewed_of,
 )
 from rtserver.mail.render import MailContext, Mailer
-from rtserver.store.database import Store
-from rtserver.store.outbox import Claim
+from rtserver.store import Claim, Store
 
 __all__ = ["Contexts"]
 

@@ -32,9 +32,9 @@ from typing import Any, Literal
 
 from rtserver.errors import InvalidEvent, MailError
 from rtserver.mail.render import check_address
-from rtserver.model.events import decode_json
+from rtserver.model import decode_json
 
-__all__ = ["MAX_REPORTS", "Feedback", "from_json", "parse"]
+__all__ = ["MAX_REPORTS", "Feedback", "from_json", "parse_feedback"]
 
 MAX_REPORTS = 100
 """Most reports in one JSON webhook."""
@@ -191,7 +191,7 @@ def _from_report(body: bytes, content_type: str) -> list[Feedback]:
     return found
 
 
-def parse(body: bytes, content_type: str) -> list[Feedback]:
+def parse_feedback(body: bytes, content_type: str) -> list[Feedback]:
     """The reports in a ``mail`` webhook body.
 
     Raises:

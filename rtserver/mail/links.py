@@ -29,12 +29,11 @@ from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
 from rtserver.clock import Clock
-from rtserver.config.schema import MailConfig
+from rtserver.config import MailConfig
 from rtserver.errors import StoreError
 from rtserver.mail.tokens import Tokens
-from rtserver.model.events import Event, Submit, person_event
-from rtserver.model.people import email_hash
-from rtserver.store.database import Store
+from rtserver.model import Event, Submit, email_hash, person_event
+from rtserver.store import Store
 
 __all__ = ["PIXEL", "Links", "machine_reason", "routes"]
 

@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.serialization import load_der_public_key
 
 from rtserver.errors import InvalidEvent, InvalidSignature
 from rtserver.mail.feedback import MAX_REPORTS, Feedback, from_json
-from rtserver.model.events import decode_json
+from rtserver.model import decode_json
 
 __all__ = ["SENDGRID_SIGNATURE", "SENDGRID_TIMESTAMP", "mailgun", "sendgrid", "sendgrid_key"]
 

@@ -65,7 +65,7 @@ from jinja2 import (
 from jinja2.sandbox import SandboxedEnvironment
 from markupsafe import Markup
 
-from rtserver.config.schema import MailConfig
+from rtserver.config import MailConfig
 from rtserver.errors import MailError
 from rtserver.mail.clicks import track_links
 from rtserver.mail.mime import RawMail, compose, date_value, header, recipients_of, sign

@@ -45,14 +45,13 @@ from functools import partial
 from typing import Any
 
 from rtserver.clock import Clock
-from rtserver.config.schema import MailConfig
+from rtserver.config import MailConfig
 from rtserver.errors import MailError, StoreError
 from rtserver.mail.contexts import Contexts
 from rtserver.mail.mime import RawMail
 from rtserver.mail.render import MailContext, Mailer
 from rtserver.mail.smtp import Outcome, Relay
-from rtserver.store.database import Store
-from rtserver.store.outbox import NEVER, Claim, Dropped
+from rtserver.store import NEVER, Claim, Dropped, Store
 
 __all__ = ["Sender", "SenderStats", "retry_delay", "wake_on"]
 

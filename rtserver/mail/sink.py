@@ -17,7 +17,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from rtserver.clock import Clock
 from rtserver.errors import StoreError
-from rtserver.store.database import Store
+from rtserver.store import Store
 
 __all__ = ["Sink", "start_sink"]
 

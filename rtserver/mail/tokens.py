@@ -38,7 +38,7 @@ from itsdangerous import BadData, TimestampSigner, URLSafeTimedSerializer
 
 from rtserver.clock import Clock
 from rtserver.errors import MailError
-from rtserver.model.people import email_hash
+from rtserver.model import email_hash
 
 __all__ = [
     "Tokens",

@@ -7,10 +7,10 @@ import logging
 from collections.abc import AsyncIterator
 
 from rtserver.clock import Clock
-from rtserver.config.schema import Config
+from rtserver.config import Config
 from rtserver.mail.sink import Sink, start_sink
 from rtserver.mail.smtp import Relay
-from rtserver.store.database import Store
+from rtserver.store import Store
 
 __all__ = ["mail_transport"]
 

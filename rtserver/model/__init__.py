@@ -1,1 +1,81 @@
-"""The domain model: events, people, the facts decisions read and the actions they return. Pure."""
+"""The domain model: events, people, the facts decisions read and the actions they return. Pure.
+
+Other packages import from here; what is not listed below is private to the package.
+"""
+
+from __future__ import annotations
+
+from rtserver.model.actions import (
+    Action,
+    CallWebhook,
+    CancelTimer,
+    EmitEvent,
+    EndRun,
+    Scheduled,
+    ScheduleTimer,
+    SendMail,
+    SkipStep,
+    StartRun,
+    TimerFired,
+    UpdateRun,
+)
+from rtserver.model.events import (
+    Event,
+    Source,
+    Submit,
+    decode_json,
+    message_id_of,
+    parse_batch,
+    parse_event,
+    person_event,
+    verify_identity,
+)
+from rtserver.model.facts import (
+    HISTORY_LIMIT,
+    MARKETING_CONSENT,
+    NAMES_BY_TYPE,
+    Facts,
+    Person,
+    Run,
+    event_name,
+    known_zone,
+    observe,
+)
+from rtserver.model.people import Link, email_hash, ids_to_look_up, resolve_people
+
+__all__ = [
+    "Action",
+    "CallWebhook",
+    "CancelTimer",
+    "EmitEvent",
+    "EndRun",
+    "Event",
+    "Facts",
+    "HISTORY_LIMIT",
+    "Link",
+    "MARKETING_CONSENT",
+    "NAMES_BY_TYPE",
+    "Person",
+    "Run",
+    "ScheduleTimer",
+    "Scheduled",
+    "SendMail",
+    "SkipStep",
+    "Source",
+    "StartRun",
+    "Submit",
+    "TimerFired",
+    "UpdateRun",
+    "decode_json",
+    "email_hash",
+    "event_name",
+    "ids_to_look_up",
+    "known_zone",
+    "message_id_of",
+    "observe",
+    "parse_batch",
+    "parse_event",
+    "person_event",
+    "resolve_people",
+    "verify_identity",
+]

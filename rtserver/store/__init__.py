@@ -1,1 +1,28 @@
-"""The store: every line of SQL, over one SQLite file (schema, writer, outbox, deliveries)."""
+"""The store: every line of SQL, over one SQLite file (schema, writer, outbox, deliveries).
+
+Other packages import from here; what is not listed below is private to the package.
+"""
+
+from __future__ import annotations
+
+from rtserver.store.changes import Changes, Prepared
+from rtserver.store.database import Store
+from rtserver.store.deliveries import Delivery, delivery_row
+from rtserver.store.outbox import NEVER, Claim, Dropped
+from rtserver.store.retention import purge_forever, purge_old_events
+from rtserver.store.writer import Plan, Source
+
+__all__ = [
+    "Changes",
+    "Claim",
+    "Delivery",
+    "Dropped",
+    "NEVER",
+    "Plan",
+    "Prepared",
+    "Source",
+    "Store",
+    "delivery_row",
+    "purge_forever",
+    "purge_old_events",
+]

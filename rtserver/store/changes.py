@@ -9,9 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from rtserver.model.events import Event
-from rtserver.model.facts import Facts, Person, Run
-from rtserver.model.people import Link
+from rtserver.model import Event, Facts, Link, Person, Run
 
 __all__ = ["Changes", "Prepared"]
 

@@ -20,8 +20,7 @@ import aiosqlite
 import orjson
 
 from rtserver.errors import StorageUnavailable, StoreError
-from rtserver.model.events import Event
-from rtserver.model.people import email_hash
+from rtserver.model import Event, email_hash
 from rtserver.store import writer
 from rtserver.store.changes import Changes, Prepared
 from rtserver.store.deliveries import DeliveryStore

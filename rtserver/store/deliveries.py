@@ -20,8 +20,7 @@ from typing import Any
 
 import orjson
 
-from rtserver.model.actions import CallWebhook
-from rtserver.model.facts import Person
+from rtserver.model import CallWebhook, Person
 from rtserver.store.outbox import in_transaction
 
 __all__ = ["Delivery", "DeliveryStore", "Outcome", "delivery_row"]

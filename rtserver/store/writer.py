@@ -18,9 +18,17 @@ from typing import Any
 
 import orjson
 
-from rtserver.model.events import Event
-from rtserver.model.facts import HISTORY_LIMIT, NAMES_BY_TYPE, Facts, Person, Run
-from rtserver.model.people import Link, ids_to_look_up, resolve_people
+from rtserver.model import (
+    HISTORY_LIMIT,
+    NAMES_BY_TYPE,
+    Event,
+    Facts,
+    Link,
+    Person,
+    Run,
+    ids_to_look_up,
+    resolve_people,
+)
 from rtserver.store.changes import Changes, Prepared
 from rtserver.store.schema import (
     DROP_ENDED_TIMERS,

@@ -1,1 +1,13 @@
-"""Commands beside serving: simulate, the demo, and the mail commands."""
+"""Commands beside serving: simulate, the demo, and the mail commands.
+
+Other packages import from here; what is not listed below is private to the package.
+"""
+
+from __future__ import annotations
+
+from rtserver.tools import demo, simulate
+from rtserver.tools.demo import Shop, demo_config
+from rtserver.tools.mail import add_commands
+from rtserver.tools.simulate import read_events
+
+__all__ = ["Shop", "add_commands", "demo", "demo_config", "read_events", "simulate"]

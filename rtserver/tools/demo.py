@@ -19,9 +19,8 @@ from typing import Any, cast
 from starlette.requests import Request
 from starlette.responses import Response
 
-from rtserver.config.durations import parse_duration
-from rtserver.config.schema import BrandConfig, Config, load_config
-from rtserver.mail.links import pages
+from rtserver.config import BrandConfig, Config, load_config, parse_duration
+from rtserver.mail import pages
 
 __all__ = ["DEMO_STORE", "PRODUCTS", "Shop", "demo_config", "scaled", "shop"]
 

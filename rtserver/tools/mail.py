@@ -17,16 +17,19 @@ from contextlib import asynccontextmanager
 from email.message import EmailMessage
 from typing import Any
 
-from rtserver.config.schema import Config
+from rtserver.config import Config
 from rtserver.errors import MailError
-from rtserver.mail.contexts import Contexts
-from rtserver.mail.render import MailContext, Mailer, check_address
-from rtserver.mail.smtp import wire_bytes
-from rtserver.mail.tokens import Tokens
-from rtserver.mail.transport import mail_transport
+from rtserver.mail import (
+    Contexts,
+    MailContext,
+    Mailer,
+    Tokens,
+    check_address,
+    mail_transport,
+    wire_bytes,
+)
 from rtserver.runtime import make_mailer, resolve_keys
-from rtserver.store.database import Store
-from rtserver.store.outbox import Claim
+from rtserver.store import Claim, Store
 
 __all__ = ["add_commands"]
 

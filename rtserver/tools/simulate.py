@@ -18,14 +18,12 @@ from typing import Any
 
 import orjson
 
-from rtserver.config.schema import Config
-from rtserver.engine.engine import Engine
-from rtserver.engine.pipeline import Pipeline
+from rtserver.config import Config
+from rtserver.engine import Engine, Pipeline
 from rtserver.errors import InvalidEvent
-from rtserver.model.events import Event, decode_json, parse_event
+from rtserver.model import Event, decode_json, parse_event
 from rtserver.runtime import load_rules
-from rtserver.store.changes import Changes, Prepared
-from rtserver.store.database import Store
+from rtserver.store import Changes, Prepared, Store
 
 __all__ = ["Decision", "format_offset", "read_events", "simulate"]
 

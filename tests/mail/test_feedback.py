@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from rtserver.errors import InvalidEvent
-from rtserver.mail.feedback import MAX_REPORTS, Feedback, _fields, _original, parse
+from rtserver.mail.feedback import MAX_REPORTS, Feedback, _fields, _original, parse_feedback
 
 JSON = "application/json"
 
@@ -161,7 +161,7 @@ def content_type_of(raw: bytes) -> str:
 
 
 def parsed(raw: bytes) -> list[Feedback]:
-    return parse(raw, content_type_of(raw))
+    return parse_feedback(raw, content_type_of(raw))
 
 
 # --- JSON --------------------------------------------------------------------------------------
@@ -170,7 +170,7 @@ def parsed(raw: bytes) -> list[Feedback]:
 def test_a_single_json_bounce() -> None:
     """One JSON report: a 5.1.1 bounce suppresses the address as a hard bounce."""
     body = js(bounce(status="5.1.1", bounce_type="hard", mail_id="r1-2", reason="user unknown"))
-    assert parse(body, JSON) == [
+    assert parse_feedback(body, JSON) == [
         Feedback("bounce", "ann@example.com", "r1-2", "5.1.1", "hard_bounce", "user unknown")
     ]
 
@@ -186,7 +186,7 @@ def test_a_json_events_list() -> None:
             ]
         }
     )
-    assert parse(body, "application/json; charset=utf-8") == [
+    assert parse_feedback(body, "application/json; charset=utf-8") == [
         Feedback("bounce", "ann@example.com", None, "5.1.1", "hard_bounce"),
         Feedback("complaint", "bob@example.com", "r2-1", "abuse", "complaint"),
         Feedback("bounce", "carol@example.com", None, "4.2.2", None),
@@ -232,7 +232,7 @@ def test_bounce_suppression_rules(
     fields: dict[str, Any], status: str, suppress: str | None
 ) -> None:
     """Only 5.1.x, or a hard bounce without a status, suppresses; 4.x.x never does."""
-    [report_] = parse(js(bounce(**fields)), JSON)
+    [report_] = parse_feedback(js(bounce(**fields)), JSON)
     assert (report_.kind, report_.status, report_.suppress) == ("bounce", status, suppress)
 
 
@@ -243,7 +243,7 @@ def test_bounce_suppression_rules(
 )
 def test_default_bounce_type_follows_the_status(status: str, suppress: str | None) -> None:
     """Without bounce_type a 5.x.x status counts as hard and 4.x.x as soft; the status is kept."""
-    assert parse(js(bounce(status=status)), JSON)[0].suppress == suppress
+    assert parse_feedback(js(bounce(status=status)), JSON)[0].suppress == suppress
 
 
 @settings(deadline=None, max_examples=100)
@@ -256,20 +256,20 @@ def test_any_valid_status_suppresses_exactly_when_5_1_x(
 ) -> None:
     """For every enhanced status code, the address is suppressed iff the code is 5.1.x."""
     fields = {"status": status} | ({"bounce_type": bounce_type} if bounce_type else {})
-    [report_] = parse(js(bounce(**fields)), JSON)
+    [report_] = parse_feedback(js(bounce(**fields)), JSON)
     assert report_.status == status
     assert report_.suppress == ("hard_bounce" if status.startswith("5.1.") else None)
 
 
 def test_a_complaint() -> None:
     """A complaint always suppresses, with feedback_type 'abuse' unless given."""
-    assert parse(js({"type": "complaint", "email": "ann@example.com"}), JSON) == [
+    assert parse_feedback(js({"type": "complaint", "email": "ann@example.com"}), JSON) == [
         Feedback("complaint", "ann@example.com", None, "abuse", "complaint")
     ]
     given_type = {"type": "complaint", "email": "ann@example.com", "feedback_type": "fraud"}
-    assert parse(js(given_type), JSON)[0].status == "fraud"
+    assert parse_feedback(js(given_type), JSON)[0].status == "fraud"
     long_type = {**given_type, "feedback_type": "x" * 100, "status": "5.1.1"}
-    assert parse(js(long_type), JSON)[0].status == "x" * 40
+    assert parse_feedback(js(long_type), JSON)[0].status == "x" * 40
 
 
 @pytest.mark.parametrize(
@@ -305,15 +305,15 @@ def test_the_mail_is_found_by_mail_id_or_message_id(
     fields: dict[str, Any], mail_id: str | None
 ) -> None:
     """mail_id is taken as given, else the local part of an rtserver Message-ID."""
-    assert parse(js(bounce(**fields)), JSON)[0].mail_id == mail_id
+    assert parse_feedback(js(bounce(**fields)), JSON)[0].mail_id == mail_id
 
 
 def test_a_report_by_mail_id_alone_has_no_address() -> None:
     """Without email the address is None: the recipient of the mail is meant."""
     for fields in ({"mail_id": "r1-2"}, {"message_id": "<r1-2@shop.example>"}):
-        [report_] = parse(js({"type": "complaint", **fields}), JSON)
+        [report_] = parse_feedback(js({"type": "complaint", **fields}), JSON)
         assert (report_.address, report_.mail_id) == (None, "r1-2")
-    [report_] = parse(js({"type": "bounce", "email": "", "mail_id": "r1-2"}), JSON)
+    [report_] = parse_feedback(js({"type": "bounce", "email": "", "mail_id": "r1-2"}), JSON)
     assert report_.address is None
 
 
@@ -340,15 +340,18 @@ def test_a_report_by_mail_id_alone_has_no_address() -> None:
 )
 def test_the_address_is_normalised(given_: str, normalised: str) -> None:
     """The address is check_address()'s normal form: domain lowercased, local part kept."""
-    assert parse(js(bounce(email=given_)), JSON)[0].address == normalised
+    assert parse_feedback(js(bounce(email=given_)), JSON)[0].address == normalised
 
 
 def test_the_reason_is_kept_and_truncated() -> None:
     """reason becomes the detail, cut at 500 characters; a missing one is ''."""
-    assert parse(js(bounce(reason="mailbox unavailable")), JSON)[0].detail == "mailbox unavailable"
-    assert parse(js(bounce(reason="é" * 600)), JSON)[0].detail == "é" * 500
-    assert parse(js(bounce(reason=None)), JSON)[0].detail == ""
-    assert parse(js(bounce()), JSON)[0].detail == ""
+    assert (
+        parse_feedback(js(bounce(reason="mailbox unavailable")), JSON)[0].detail
+        == "mailbox unavailable"
+    )
+    assert parse_feedback(js(bounce(reason="é" * 600)), JSON)[0].detail == "é" * 500
+    assert parse_feedback(js(bounce(reason=None)), JSON)[0].detail == ""
+    assert parse_feedback(js(bounce()), JSON)[0].detail == ""
 
 
 @pytest.mark.parametrize(
@@ -420,20 +423,22 @@ def test_the_reason_is_kept_and_truncated() -> None:
 def test_malformed_json_is_refused(payload: Any, message: str) -> None:
     """Each malformed JSON report is an InvalidEvent saying what is wrong and where."""
     with pytest.raises(InvalidEvent, match=message):
-        parse(js(payload), JSON)
+        parse_feedback(js(payload), JSON)
 
 
 def test_max_reports_is_allowed() -> None:
     """Exactly MAX_REPORTS reports are taken."""
     assert MAX_REPORTS == 100
-    reports = parse(js({"events": [bounce(mail_id=f"r{i}") for i in range(MAX_REPORTS)]}), JSON)
+    reports = parse_feedback(
+        js({"events": [bounce(mail_id=f"r{i}") for i in range(MAX_REPORTS)]}), JSON
+    )
     assert [r.mail_id for r in reports] == [f"r{i}" for i in range(MAX_REPORTS)]
 
 
 def test_null_events_is_not_a_list() -> None:
     """{"events": null} is refused as an events list that is not a list."""
     with pytest.raises(InvalidEvent, match="^events must be a non-empty list$"):
-        parse(js({"events": None}), JSON)
+        parse_feedback(js({"events": None}), JSON)
 
 
 @pytest.mark.parametrize(
@@ -445,7 +450,7 @@ def test_null_events_is_not_a_list() -> None:
 def test_a_body_that_is_not_json_is_refused(body: bytes, content_type: str) -> None:
     """A body that is no report type and not JSON is an InvalidEvent, whatever it is labelled."""
     with pytest.raises(InvalidEvent, match="^malformed json: "):
-        parse(body, content_type)
+        parse_feedback(body, content_type)
 
 
 # --- ARF complaints (RFC 5965) ---------------------------------------------------------------
@@ -571,7 +576,7 @@ def test_a_bare_feedback_report() -> None:
         b"Version: 1\r\n"
         b"Original-Rcpt-To: <ann@example.com>\r\n"
     )
-    assert parse(raw, "message/feedback-report") == [
+    assert parse_feedback(raw, "message/feedback-report") == [
         Feedback("complaint", "ann@example.com", None, "abuse", "complaint")
     ]
 
@@ -589,7 +594,7 @@ def test_a_bare_feedback_report() -> None:
 def test_the_content_type_only_routes(content_type: str) -> None:
     """Any spelling of the two report types reads the body as a report (the body's own
     headers describe its structure)."""
-    assert parse(arf(), content_type)[0].mail_id == "r7-3"
+    assert parse_feedback(arf(), content_type)[0].mail_id == "r7-3"
 
 
 def test_the_boundary_may_come_with_the_http_content_type() -> None:
@@ -599,7 +604,7 @@ def test_the_boundary_may_come_with_the_http_content_type() -> None:
     content_type = content_type_of(raw)
     body = raw[raw.index(b"\r\n\r\n") + 4 :]
     assert body.startswith(b"This is a multi-part message")
-    assert parse(body, content_type)[0].mail_id == "r7-3"
+    assert parse_feedback(body, content_type)[0].mail_id == "r7-3"
 
 
 def test_encoded_original_headers_are_decoded() -> None:
@@ -646,7 +651,7 @@ def test_unusable_arf_is_refused(raw: bytes, message: str) -> None:
     """An ARF report naming no one, naming an invalid address, or without a feedback part
     is an InvalidEvent."""
     with pytest.raises(InvalidEvent, match=message):
-        parse(raw, "multipart/report; report-type=feedback-report")
+        parse_feedback(raw, "multipart/report; report-type=feedback-report")
 
 
 # --- DSN bounces (RFC 3464) ------------------------------------------------------------------
@@ -837,7 +842,7 @@ def test_a_corrupted_report_is_a_reason_never_a_crash(data: st.DataObject) -> No
     byte = data.draw(st.integers(0, 255), label="byte")
     corrupted = raw[:at] + bytes([byte]) + raw[at + 1 :]
     try:
-        reports = parse(corrupted, "multipart/report")
+        reports = parse_feedback(corrupted, "multipart/report")
     except InvalidEvent:
         return
     assert reports and all(isinstance(r, Feedback) for r in reports)
@@ -848,7 +853,7 @@ def test_a_corrupted_report_is_a_reason_never_a_crash(data: st.DataObject) -> No
 def test_arbitrary_bytes_are_a_reason_never_a_crash(body: bytes, content_type: str) -> None:
     """Any body at all gives reports or an InvalidEvent, never another exception."""
     try:
-        reports = parse(body, content_type)
+        reports = parse_feedback(body, content_type)
     except InvalidEvent:
         return
     assert all(isinstance(r, Feedback) for r in reports)
