@@ -1,5 +1,6 @@
 """What the dashboard tests share: a config with a known password and a cart workflow, a logged-in
-HTTP client, a Server-Sent Events reader, shoppers' events, and moving a fake clock."""
+HTTP client, a Server-Sent Events reader, and a stop event that ends a loop after a known number
+of rounds."""
 
 from __future__ import annotations
 
@@ -99,6 +100,21 @@ class SSE:
             assert frame is not None, "the stream ended"
             if check(frame):
                 return frame
+
+
+class StopAfter(asyncio.Event):
+    """A stop event that sets itself after being looked at ``looks`` times (so a loop runs a
+    known number of rounds, without any waiting on time)."""
+
+    def __init__(self, looks: int) -> None:
+        super().__init__()
+        self.looks = looks
+
+    def is_set(self) -> bool:
+        self.looks -= 1
+        if self.looks <= 0:
+            self.set()
+        return super().is_set()
 
 
 @contextlib.asynccontextmanager
