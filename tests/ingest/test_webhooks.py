@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import HealthCheck, given, settings, strategies as st
 from standardwebhooks import Webhook
 
-from tests.mail.test_links import LAMP, smtp_config
 from tests.support.events import event, shopper, tracked
+from tests.support.mail import LAMP, smtp_config
 from tests.support.relays import (
     MAILGUN_KEY,
     NOW,
