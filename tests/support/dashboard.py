@@ -18,15 +18,14 @@ from sse_starlette.sse import AppStatus
 
 from rtserver.config.schema import Config
 from tests.support.server import TIMEOUT_UNIT, make_config
+from tests.support.workflows import cart_workflow
 
 PASSWORD = "correct horse battery staple"
-CART = {
-    "name": "cart",
-    "trigger": "Product Added",
-    "run_key": "properties.cart_id",
-    "exit_on": ["Order Completed"],
-    "step": [{"wait_inactive": "30m"}, {"send": "cart_reminder"}],
-}
+CART = cart_workflow(
+    name="cart",
+    reentry="always",
+    step=[{"wait_inactive": "30m"}, {"send": "cart_reminder"}],
+)
 WELCOME = {"name": "welcome", "trigger": "Signed Up", "step": [{"send": "welcome"}]}
 XSS = "<script>alert(1)</script>"
 
