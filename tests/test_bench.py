@@ -9,16 +9,11 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.server import TIMEOUT_UNIT
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.bench import ROOT, run_bench
 
 TINY: dict[str, list[str]] = {
     "ws_ingest": ["--connections", "5", "--events", "200"],
@@ -32,19 +27,6 @@ BASELINES = {
     "ws_idle_memory": "bare-websockets",
     "http_batch": "bare-starlette",
 }
-
-
-def run_bench(script: str, *flags: str) -> str:
-    """Run ``python -m bench.<script>`` (warnings as errors); return its stdout."""
-    done = subprocess.run(
-        [sys.executable, "-W", "error", "-m", f"bench.{script}", *flags],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=24 * TIMEOUT_UNIT,
-    )
-    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
-    return done.stdout
 
 
 @pytest.mark.slow

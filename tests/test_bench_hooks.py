@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.test_bench import run_bench
+from tests.support.bench import run_bench
 
 
 @pytest.mark.slow

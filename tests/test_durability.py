@@ -25,7 +25,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from tests.support.server import ORIGIN, TIMEOUT_UNIT
-from tests.support.server_process import ServerProcess, free_port, write_config
+from tests.support.server_process import ServerProcess, free_port, kill_points, write_config
 
 G1_EVENTS = int(os.environ.get("RTSERVER_G1_EVENTS", "10000"))
 G1_KILLS = int(os.environ.get("RTSERVER_G1_KILLS", "20"))
@@ -207,17 +207,6 @@ class Browser:
             else:
                 self.history.errors.append(f"browser {self.index}: {reply!r} for {ids!r}")
                 raise AssertionError(f"unexpected reply {reply!r}")
-
-
-def kill_points(rng: random.Random, events: int, kills: int) -> list[int]:
-    """Ack counts at which to kill: random gaps spread over 5%..90% of the history."""
-    gaps = [rng.uniform(0.5, 1.5) for _ in range(kills)]
-    start, span = 0.05 * events, 0.85 * events
-    points, at = [], start
-    for gap in gaps:
-        at += gap * span / sum(gaps)
-        points.append(int(at))
-    return points
 
 
 @pytest.mark.slow

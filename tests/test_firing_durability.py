@@ -44,8 +44,7 @@ from tests.support.server import (
     make_config,
     run_server,
 )
-from tests.support.server_process import ServerProcess, free_port, write_config
-from tests.test_durability import kill_points
+from tests.support.server_process import ServerProcess, free_port, kill_points, write_config
 
 G3_CARTS = int(os.environ.get("RTSERVER_G3_CARTS", "600"))
 G3_KILLS = int(os.environ.get("RTSERVER_G3_KILLS", "12"))

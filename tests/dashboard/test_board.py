@@ -20,9 +20,9 @@ from rtserver.dashboard.readings import Readings
 from rtserver.errors import StoreError
 from rtserver.model.events import person_event
 from rtserver.runtime import Runtime
-from tests.dashboard.test_hub import StopAfter
 from tests.support.dashboard import (
     CART,
+    StopAfter,
     dashboard_config,
 )
 from tests.support.events import shopper, tracked

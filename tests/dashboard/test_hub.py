@@ -14,6 +14,7 @@ from rtserver.config.schema import IngestConfig
 from rtserver.dashboard.hub import EVENTS_KEPT, Changed, Hub, HubClosed, TooManyViewers, Update
 from rtserver.model.events import parse_event
 from rtserver.store.changes import Changes, Prepared
+from tests.support.dashboard import StopAfter
 from tests.support.events import event
 from tests.support.server import TIMEOUT_UNIT
 
@@ -262,21 +263,6 @@ async def test_run_publishes_while_someone_watches() -> None:
             assert data_of(await subscription.queue.get())[1]["stored"] == 0  # an idle tick
     stop.set()
     await asyncio.wait_for(task, TIMEOUT_UNIT)
-
-
-class StopAfter(asyncio.Event):
-    """A stop event that sets itself after being looked at ``looks`` times (so a loop runs a
-    known number of rounds, without any waiting on time)."""
-
-    def __init__(self, looks: int) -> None:
-        super().__init__()
-        self.looks = looks
-
-    def is_set(self) -> bool:
-        self.looks -= 1
-        if self.looks <= 0:
-            self.set()
-        return super().is_set()
 
 
 async def test_run_does_nothing_while_nobody_watches() -> None:

@@ -33,6 +33,7 @@ from rtserver.model.actions import (
 )
 from rtserver.model.events import Event, parse_event, sign_identity, verify_identity
 from rtserver.model.facts import HISTORY_LIMIT, Facts, Person, Run, event_name, observe
+from tests.support.workflows import cart_workflow
 
 M, H, D = 60.0, 3600.0, 86400.0
 START = datetime(2026, 3, 2, 10, 0, tzinfo=UTC).timestamp()  # a Monday, 10:00 UTC
@@ -40,22 +41,9 @@ DEFAULT = Policy()
 NO_CAP = Policy(frequency_cap_s=0.0)
 IDS = itertools.count()
 
-CART: dict[str, Any] = {
-    "name": "cart",
-    "trigger": "Product Added",
-    "run_key": "properties.cart_id",
-    "exit_on": ["Order Completed"],
-    "reentry": "7d",
-    "step": [
-        {"wait_inactive": "30m"},
-        {"send": "cart_reminder"},
-        {"wait_until": "Email Clicked", "timeout": "24h"},
-        {
-            "if": "not run.wait_met and person.orders_since(run.started) == 0",
-            "send": "cart_reminder_2",
-        },
-    ],
-}
+CART = cart_workflow(name="cart")
+"""The shared cart workflow, named as these tests always named it (run ids, holdout buckets and
+variant arms hash the name)."""
 
 
 def rules(*raw: dict[str, Any], policy: Policy = DEFAULT) -> Workflows:

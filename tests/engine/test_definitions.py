@@ -9,30 +9,14 @@ import pytest
 
 from rtserver.engine.definitions import Policy, Workflow, Workflows, compile_workflows, step_value
 from rtserver.errors import ConfigError
+from tests.support.workflows import cart_workflow
 
 TEMPLATES = frozenset({"cart_reminder", "cart_reminder_2"})
 
 
 def cart(**changes: Any) -> dict[str, Any]:
-    """The abandoned-cart example workflow, with ``changes``."""
-    raw: dict[str, Any] = {
-        "name": "cart",
-        "trigger": "Product Added",
-        "run_key": "properties.cart_id",
-        "exit_on": ["Order Completed"],
-        "reentry": "7d",
-        "step": [
-            {"wait_inactive": "30m"},
-            {"send": "cart_reminder"},
-            {"wait_until": "Email Clicked", "timeout": "24h"},
-            {
-                "if": "not run.wait_met and person.orders_since(run.started) == 0",
-                "send": "cart_reminder_2",
-            },
-        ],
-    }
-    raw.update(changes)
-    return raw
+    """The shared cart workflow (:mod:`tests.support.workflows`), named 'cart', with ``changes``."""
+    return cart_workflow(name="cart", **changes)
 
 
 def with_step(step: Any, **changes: Any) -> dict[str, Any]:

@@ -37,23 +37,7 @@ from tests.support.server import (
     run_server,
     send_batch,
 )
-
-CART_WORKFLOW: dict[str, Any] = {
-    "name": "cart_abandonment",
-    "trigger": "Product Added",
-    "run_key": "properties.cart_id",
-    "exit_on": ["Order Completed"],
-    "reentry": "7d",
-    "step": [
-        {"wait_inactive": "30m"},
-        {"send": "cart_reminder"},
-        {"wait_until": "Email Clicked", "timeout": "24h"},
-        {
-            "if": "not run.wait_met and person.orders_since(run.started) == 0",
-            "send": "cart_reminder_2",
-        },
-    ],
-}
+from tests.support.workflows import CART_WORKFLOW
 
 
 class Commits:

@@ -41,6 +41,7 @@ from rtserver.model.events import Event, parse_event
 from rtserver.runtime import load_rules
 from rtserver.store.database import Store
 from tests.support.server import FakeClock, make_config
+from tests.support.workflows import cart_workflow
 
 T = TypeVar("T")
 
@@ -49,14 +50,12 @@ TICK_S = 1.0
 START = 1_800_000_000.0
 WORKFLOW = "cart_abandonment"
 ORDER = "Order Completed"
-CART_WORKFLOW: dict[str, Any] = {
-    "name": WORKFLOW,
-    "trigger": "Product Added",
-    "run_key": "properties.cart_id",
-    "exit_on": [ORDER],
-    "reentry": "always",  # every Product Added after a run ended starts a new episode
-    "step": [{"wait_inactive": "30m"}, {"send": "cart_reminder"}],
-}
+CART_WORKFLOW = cart_workflow(
+    name=WORKFLOW,
+    exit_on=[ORDER],
+    reentry="always",  # every Product Added after a run ended starts a new episode
+    step=[{"wait_inactive": "30m"}, {"send": "cart_reminder"}],
+)
 USERS = ("u0", "u1", "u2")
 CARTS = ("c0", "c1")
 SCRATCH = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None

@@ -19,8 +19,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import HealthCheck, given, settings, strategies as st
 from standardwebhooks import Webhook
 
-from tests.mail.test_links import LAMP, smtp_config
-from tests.mail.test_providers import (
+from tests.support.events import event, shopper, tracked
+from tests.support.mail import LAMP, smtp_config
+from tests.support.relays import (
     MAILGUN_KEY,
     NOW,
     SENDGRID_EVENTS,
@@ -29,7 +30,6 @@ from tests.mail.test_providers import (
     public_b64,
     sendgrid_request,
 )
-from tests.support.events import event, shopper, tracked
 from tests.support.server import (
     WEBHOOK_SECRET,
     FakeClock,

@@ -10,18 +10,18 @@ from typing import Any
 import pytest
 
 import rtserver.mail.contexts
-from tests.mail.test_sender import (  # noqa: F401 (fixtures)
+from tests.support.mail import (  # noqa: F401 (fixtures)
     Shop,
-    clock,
+    clock_fixture,
     make_sender,
-    shop,
-    templates,
+    shop_fixture,
+    templates_fixture,
 )
 
 
 async def test_co_viewed_products_are_read_once_per_set_for_a_while(
-    shop: Shop,  # noqa: F811 (the fixture)
-    templates: Path,  # noqa: F811 (the fixture)
+    shop: Shop,
+    templates: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

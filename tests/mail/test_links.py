@@ -13,12 +13,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from starlette.requests import Request
 
-from rtserver.config.schema import load_config
 from rtserver.mail.links import PIXEL, machine_reason
 from rtserver.model.people import email_hash
 from tests.support.events import event, shopper, tracked
+from tests.support.mail import LAMP, smtp_config
 from tests.support.server import (
-    TIMEOUT_UNIT,
     FakeClock,
     LiveServer,
     advance,
@@ -29,33 +28,7 @@ from tests.support.server import (
 )
 from tests.support.smtp_server import SMTPServer
 
-ROOT = Path(__file__).resolve().parents[2]
-SHIPPED = {wf["name"]: wf for wf in load_config(ROOT / "config.toml", env={}).workflow}
 BROWSER = {"user-agent": "Mozilla/5.0 (X11; Linux x86_64) Firefox/133.0"}
-
-
-LAMP = {
-    "cart_id": "c1",
-    "product_id": "sku-lamp",
-    "name": "Brass Desk Lamp",
-    "price": 49.5,
-    "currency": "EUR",
-    "url": "https://shop.example/products/lamp",
-    "image_url": "https://shop.example/img/lamp.jpg",
-}
-
-
-def smtp_config(tmp_path: Path, smtpd: SMTPServer, **mail: Any) -> Any:
-    return make_config(
-        tmp_path,
-        workflow=[SHIPPED["cart_abandonment"]],
-        mail={
-            "transport": "smtp",
-            "smtp": {"host": smtpd.host, "port": smtpd.port, "timeout_s": TIMEOUT_UNIT},
-            "frequency_cap": "off",
-            **mail,
-        },
-    )
 
 
 def links_of(text: str, kind: str) -> list[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,29 +12,13 @@ import pytest
 
 import rtserver.store.database
 import rtserver.store.writer
-from rtserver.config.schema import IngestConfig
 from rtserver.errors import StorageUnavailable, StoreError
-from rtserver.model.events import Event, Source, parse_event, sign_identity, verify_identity
-from rtserver.store.changes import Prepared
+from rtserver.model.events import Event, sign_identity
 from rtserver.store.database import Store
 from rtserver.store.schema import MIGRATIONS
 from tests.support.events import event
 from tests.support.server import IDENTITY_SECRET, TIMEOUT_UNIT
-
-LIMITS = IngestConfig()
-
-
-def parse(raw: dict[str, Any], source: Source = "server") -> Event:
-    """An accepted event; a browser one goes through identity verification as ingest does."""
-    parsed = parse_event(raw, LIMITS, source=source)
-    return verify_identity(parsed, IDENTITY_SECRET) if source == "browser" else parsed
-
-
-async def store_group(store: Store, events: Sequence[Event], at: float = 1000.0) -> Prepared:
-    """Prepare and commit one group, as the pipeline does."""
-    prepared = await store.prepare(events, [at] * len(events))
-    await store.commit_batch(prepared)
-    return prepared
+from tests.support.store import parse, store_group
 
 
 async def writer_rows(store: Store, sql: str, *params: Any) -> list[Any]:

@@ -20,8 +20,8 @@ from rtserver.store.changes import Changes
 from rtserver.store.database import Store
 from rtserver.store.deliveries import DUE, EVENT_TYPE, Delivery, claim, delivery_row, finish_many
 from rtserver.store.schema import INSERT_DELIVERY, MIGRATIONS
-from tests.store.test_database import parse, store_group
 from tests.support.events import event
+from tests.support.store import parse, store_group
 
 NOW = 1_800_000_000.0
 """2027-01-15T08:00:00Z."""

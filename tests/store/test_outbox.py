@@ -13,8 +13,8 @@ import pytest
 from rtserver.model.people import email_hash
 from rtserver.store.database import Store
 from rtserver.store.outbox import NEVER, in_transaction
-from tests.store.test_database import parse, store_group
 from tests.support.events import event
+from tests.support.store import parse, store_group
 
 NOW = 1_800_000_000.0
 DAY = 86400.0

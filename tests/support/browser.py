@@ -39,12 +39,22 @@ CHROMIUM_ARGS = [
 ]
 
 
-def expect(actual: Any) -> Any:
-    """Playwright's ``expect``, imported when a browser test first uses it (so that only the
-    browser tests need Playwright)."""
-    from playwright.async_api import expect as playwright_expect
+class _Expect:
+    """Playwright's ``expect`` (calls and ``set_options``), imported when a browser test first
+    uses it (so that only the browser tests need Playwright)."""
 
-    return playwright_expect(actual)
+    def __call__(self, actual: Any) -> Any:
+        from playwright.async_api import expect as playwright_expect
+
+        return playwright_expect(actual)
+
+    def set_options(self, **options: Any) -> None:
+        from playwright.async_api import expect as playwright_expect
+
+        playwright_expect.set_options(**options)
+
+
+expect = _Expect()
 
 
 STUB = "window.rt = window.rt || function(){(rt.q = rt.q || []).push(arguments)};"

@@ -1,5 +1,6 @@
 """What the dashboard tests share: a config with a known password and a cart workflow, a logged-in
-HTTP client, a Server-Sent Events reader, shoppers' events, and moving a fake clock."""
+HTTP client, a Server-Sent Events reader, and a stop event that ends a loop after a known number
+of rounds."""
 
 from __future__ import annotations
 
@@ -17,15 +18,14 @@ from sse_starlette.sse import AppStatus
 
 from rtserver.config.schema import Config
 from tests.support.server import TIMEOUT_UNIT, make_config
+from tests.support.workflows import cart_workflow
 
 PASSWORD = "correct horse battery staple"
-CART = {
-    "name": "cart",
-    "trigger": "Product Added",
-    "run_key": "properties.cart_id",
-    "exit_on": ["Order Completed"],
-    "step": [{"wait_inactive": "30m"}, {"send": "cart_reminder"}],
-}
+CART = cart_workflow(
+    name="cart",
+    reentry="always",
+    step=[{"wait_inactive": "30m"}, {"send": "cart_reminder"}],
+)
 WELCOME = {"name": "welcome", "trigger": "Signed Up", "step": [{"send": "welcome"}]}
 XSS = "<script>alert(1)</script>"
 
@@ -99,6 +99,21 @@ class SSE:
             assert frame is not None, "the stream ended"
             if check(frame):
                 return frame
+
+
+class StopAfter(asyncio.Event):
+    """A stop event that sets itself after being looked at ``looks`` times (so a loop runs a
+    known number of rounds, without any waiting on time)."""
+
+    def __init__(self, looks: int) -> None:
+        super().__init__()
+        self.looks = looks
+
+    def is_set(self) -> bool:
+        self.looks -= 1
+        if self.looks <= 0:
+            self.set()
+        return super().is_set()
 
 
 @contextlib.asynccontextmanager

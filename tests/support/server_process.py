@@ -1,5 +1,6 @@
 """rtserver as a real child process (``python -m rtserver serve``), for the tests that need real
-signals: ``kill -9`` (durability), SIGTERM (graceful shutdown) and the CLI end to end.
+signals: ``kill -9`` (durability), SIGTERM (graceful shutdown) and the CLI end to end; and the
+points of a history at which a nemesis kills it (:func:`kill_points`).
 
 Readiness is the ready banner on the child's stderr, not a sleep or a polling loop.
 """
@@ -7,6 +8,7 @@ Readiness is the ready banner on the child's stderr, not a sleep or a polling lo
 from __future__ import annotations
 
 import asyncio
+import random
 import re
 import signal
 import socket
@@ -25,6 +27,17 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
     return port
+
+
+def kill_points(rng: random.Random, events: int, kills: int) -> list[int]:
+    """Ack counts at which to kill: random gaps spread over 5%..90% of the history."""
+    gaps = [rng.uniform(0.5, 1.5) for _ in range(kills)]
+    start, span = 0.05 * events, 0.85 * events
+    points, at = [], start
+    for gap in gaps:
+        at += gap * span / sum(gaps)
+        points.append(int(at))
+    return points
 
 
 def _toml_value(value: Any) -> str:

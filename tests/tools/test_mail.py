@@ -10,10 +10,10 @@ from rtserver.cli import main
 from rtserver.config.schema import Config
 from rtserver.store.database import Store
 from rtserver.tools.mail import forget, preview, send_test_mail
-from tests.store.test_database import parse, store_group
 from tests.support.events import event
 from tests.support.server import make_config
 from tests.support.smtp_server import Script, SMTPServer
+from tests.support.store import parse, store_group
 
 NOW = 1_800_000_000.0
 
