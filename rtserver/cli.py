@@ -116,7 +116,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         f"demo: workflows run {args.speed:g}x faster (a 30 min wait takes "
         f"{max(1, math.ceil(1800 / args.speed))} s); store {config.store.path}",
         "  1. open the demo shop (above) and sign up with any address",
-        "  2. open the dashboard, find the confirmation mail in the inbox, follow its link",
+        "  2. open the dashboard, find the confirmation mail in the inbox, open its link, confirm",
         "  3. back in the shop, add a product to the cart and leave it: the reminder arrives",
     ]
     return _serve(config, args, tour)

@@ -46,6 +46,7 @@ from rtserver.model import (
     StartRun,
     TimerFired,
     UpdateRun,
+    may_describe,
     observe,
     person_event,
 )
@@ -213,7 +214,12 @@ class Engine:
                 changes.people[person_id] = person
             if event.traits:  # the profile's traits and email are merged by SQL, not here
                 changes.stale.add(person_id)
-            if event.type == "identify" and event.email and not event.email_verified:
+            if (
+                event.type == "identify"
+                and event.email
+                and not event.email_verified
+                and may_describe(event, person_id)
+            ):
                 self._confirm(event, person, at, source, changes)
             known = Facts(person, known.runs, known.last_ended, known.last_sent)
             if not rules.items:

@@ -5,7 +5,8 @@
 ``Email Clicked``; a bad, tampered or expired token gets a 404 page, never a redirect (no open
 redirect). ``GET /u/<token>`` shows a confirmation page and changes nothing
 (link scanners follow GETs); ``POST /u/<token>`` unsubscribes at once, without a redirect
-(RFC 8058 one-click). ``GET /confirm/<token>`` verifies a claimed address (double opt-in).
+(RFC 8058 one-click). ``GET /confirm/<token>`` shows a button that POSTs, and the ``POST``
+verifies a claimed address (double opt-in), once per token.
 
 Opens and clicks that a machine made are recorded but flagged (``properties.machine``) and do
 not count as engagement: HEAD requests, known scanner or image-proxy agents, and clicks within
@@ -16,8 +17,10 @@ person's and cannot be told apart by the request alone.
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
 import re
+import urllib.parse
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +51,9 @@ SCANNER_AGENTS = re.compile(
     r"microsoft office|ms-office|urlscan|headlesschrome",
     re.IGNORECASE,
 )
+MAX_FORM_BYTES = 4096
+MAX_NAME_CHARS = 60
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 PROXY_AGENTS = re.compile(r"googleimageproxy|yahoomailproxy|ggpht\.com", re.IGNORECASE)
 
 pages = Jinja2Templates(directory=str(Path(__file__).parent.parent / "templates" / "pages"))
@@ -93,12 +99,27 @@ def _not_found(request: Request) -> Response:
     return _page(request, "link_invalid.html", 404)
 
 
-async def _record(links: Links, events: list[Event]) -> None:
-    """Commit ``events``; a storage failure is logged, not shown (the person's click matters)."""
+async def _record(links: Links, events: list[Event]) -> bool:
+    """Commit ``events``; a storage failure is logged, not shown (the person's click matters).
+    Whether they were committed."""
     try:
         await (await links.submit(events, links.clock()))
     except (StoreError, TimeoutError) as exc:
         logger.warning("could not record %s: %s", events[0].name, exc)
+        return False
+    return True
+
+
+async def _first_name(request: Request) -> str:
+    """The optional first name typed on the confirm page: one line, at most 60 characters."""
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM_BYTES:
+            return ""
+    fields = urllib.parse.parse_qs(body.decode(errors="replace"), max_num_fields=4)
+    value = fields.get("first_name", [""])[0]
+    return " ".join(CONTROL.sub(" ", value).split())[:MAX_NAME_CHARS]
 
 
 async def _mail_event(
@@ -179,24 +200,43 @@ async def unsubscribe(request: Request) -> Response:
 
 
 async def confirm(request: Request) -> Response:
-    """``GET /confirm/<token>``: the double opt-in link verifies the claimed address."""
+    """``GET /confirm/<token>`` shows a page whose button confirms the claimed address;
+    ``POST`` confirms it, once per token (a second use shows "already confirmed").
+
+    A GET never confirms: corporate link scanners fetch every link in a mail, some of them
+    running its scripts, so the page has a plain form and no script. A first name typed on the
+    page is the mailbox owner's own, and is kept as a trusted trait.
+    """
     links = cast(Links, request.state.links)
-    signed = links.tokens.read_confirm(request.path_params["token"])
+    token = request.path_params["token"]
+    signed = links.tokens.read_confirm(token)
     if signed is None:
         return _not_found(request)
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    if await links.store.mail.token_used(digest):
+        return _page(request, "confirmed.html", already=True)
     person_id, hashed = signed
     profile = await links.store.profile(person_id)
     claimed = (profile or {}).get("claimed_email")
     # A token made before the digest was keyed carries the plain hash: still good for its week.
     if not claimed or hashed not in (links.tokens.email_digest(claimed), email_hash(claimed)):
         return _not_found(request)
+    if request.method == "GET":
+        return _page(request, "confirm.html", action=request.url.path, address=claimed)
+    first_name = await _first_name(request)
+    if not await links.store.mail.use_token(digest, "confirm", links.clock()):
+        return _page(request, "confirmed.html", already=True)
     unique = uuid.uuid4().hex
     traits = {"email": claimed, "consent": "confirmed_opt_in"}
+    if first_name:
+        traits["first_name"] = first_name
     events = [
         person_event(person_id, f"rt-confirm-id-{unique}", None, kind="identify", traits=traits),
         person_event(person_id, f"rt-confirm-{unique}", "Email Confirmed", {}),
     ]
-    await _record(links, events)
+    if not await _record(links, events):
+        await links.store.mail.give_back_token(digest)
+        return _page(request, "confirm_failed.html", 503)
     logger.info("double opt-in confirmed for %s", person_id)
     return _page(request, "confirmed.html")
 
@@ -205,5 +245,5 @@ routes = [
     Route("/o/{token}", pixel, methods=["GET", "HEAD"]),
     Route("/c/{token}", click, methods=["GET", "HEAD"]),
     Route("/u/{token}", unsubscribe, methods=["GET", "POST"]),
-    Route("/confirm/{token}", confirm, methods=["GET"]),
+    Route("/confirm/{token}", confirm, methods=["GET", "POST"]),
 ]

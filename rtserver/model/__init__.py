@@ -41,7 +41,7 @@ from rtserver.model.facts import (
     known_zone,
     observe,
 )
-from rtserver.model.people import Link, email_hash, ids_to_look_up, resolve_people
+from rtserver.model.people import Link, email_hash, ids_to_look_up, may_describe, resolve_people
 
 __all__ = [
     "Action",
@@ -71,6 +71,7 @@ __all__ = [
     "event_name",
     "ids_to_look_up",
     "known_zone",
+    "may_describe",
     "message_id_of",
     "observe",
     "parse_batch",

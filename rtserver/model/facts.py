@@ -17,6 +17,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from rtserver.model.events import Event
+from rtserver.model.people import may_describe
 
 __all__ = [
     "HISTORY_LIMIT",
@@ -178,7 +179,8 @@ def observe(person: Person, event: Event, now: float, *, history: bool = True) -
     """
     name = event_name(event)
     traits = person.traits
-    if event.type == "identify" and event.traits:
+    describes = may_describe(event, person.id)
+    if event.type == "identify" and event.traits and describes:
         traits = {**traits, **{k: v for k, v in event.traits.items() if k != "email"}}
     zone = known_zone(event.context.get("timezone"), event.traits.get("timezone"))
     orders, spent, last_order, order_times = (
@@ -194,9 +196,11 @@ def observe(person: Person, event: Event, now: float, *, history: bool = True) -
         clicks += 1
     return Person(
         id=person.id,
-        email=event.email if event.email is not None and event.email_verified else person.email,
+        email=event.email
+        if event.email is not None and event.email_verified and describes
+        else person.email,
         traits=traits,
-        consent=_consent(person.consent, event, name),
+        consent=_consent(person.consent, event, name) if describes else person.consent,
         first_seen=min(person.first_seen, now) if person.first_seen else now,
         last_seen=max(person.last_seen, now),
         orders_count=orders,

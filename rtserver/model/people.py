@@ -21,6 +21,7 @@ __all__ = [
     "anonymous_person",
     "email_hash",
     "ids_to_look_up",
+    "may_describe",
     "resolve_people",
     "user_person",
 ]
@@ -34,6 +35,20 @@ def email_hash(email: str, salt: bytes | None = None) -> str:
     if salt is None:
         return hashlib.sha256(normal).hexdigest()
     return hmac.new(salt, normal, hashlib.sha256).hexdigest()
+
+
+def may_describe(event: Event, person_id: str) -> bool:
+    """Whether ``event`` may change what ``person_id``'s profile says (traits, email, consent).
+
+    A trusted source may (the write key, rtserver itself), and so may a browser whose user id
+    the shop's backend signed for this very person, or a browser describing its own anonymous
+    profile. A browser that only knows a known user's anonymous id acts for that user's
+    behaviour (its events count, its cart starts the user's run) but never describes them: an
+    anonymous id is no password.
+    """
+    if event.source == "server" or not person_id.startswith("u:"):
+        return True
+    return event.known_user is not None and person_id == user_person(event.known_user)
 
 
 def user_person(user_id: str) -> str:

@@ -397,6 +397,7 @@ class Store:
             return None
         profile = dict(zip(PROFILE_COLUMNS, rows[0], strict=True))
         profile["traits"] = orjson.loads(profile["traits"])
+        profile["claimed_traits"] = orjson.loads(profile["claimed_traits"])
         return profile
 
     # Reads for the dashboard: the read-only connection, bounded by a limit or a time window.

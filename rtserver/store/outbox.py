@@ -20,7 +20,13 @@ from typing import Any
 
 import orjson
 
-from rtserver.store.schema import INSERT_OUTBOX, OUTBOX_COLUMNS
+from rtserver.store.schema import (
+    GIVE_BACK_TOKEN,
+    INSERT_OUTBOX,
+    OUTBOX_COLUMNS,
+    TOKEN_USED,
+    USE_TOKEN,
+)
 
 __all__ = ["Claim", "MailStore", "NEVER", "in_transaction"]
 
@@ -372,6 +378,30 @@ class MailStore:
         return result
 
     # Reads.
+
+    async def use_token(self, digest: str, kind: str, now: float) -> bool:
+        """Mark a one-time link token (by its digest) used; False if it was used before."""
+
+        def work(conn: sqlite3.Connection) -> bool:
+            inserted: int = in_transaction(
+                conn, lambda: conn.execute(USE_TOKEN, (digest, kind, now)).rowcount
+            )
+            return inserted == 1
+
+        used: bool = await self._in_writer(work)
+        return used
+
+    async def give_back_token(self, digest: str) -> None:
+        """Make a token usable again (what it was used for could not be recorded)."""
+
+        def work(conn: sqlite3.Connection) -> None:
+            in_transaction(conn, lambda: conn.execute(GIVE_BACK_TOKEN, (digest,)))
+
+        await self._in_writer(work)
+
+    async def token_used(self, digest: str) -> bool:
+        """Whether a one-time link token has been used."""
+        return bool(await self._read(TOKEN_USED, (digest,)))
 
     async def suppressed(self, address: str) -> str | None:
         """The suppression reason of ``address``, or None."""

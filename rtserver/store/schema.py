@@ -263,8 +263,28 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         CREATE INDEX events_orders ON events (received_at) WHERE name = 'Order Completed';
         """,
     ),
+    (
+        "0011_claimed_traits_used_tokens",
+        # Traits a browser claimed for itself are kept apart from the trusted ones: mail shows
+        # only trusted traits. Anonymous profiles' traits so far came from browsers.
+        """
+        ALTER TABLE profiles ADD COLUMN claimed_traits TEXT NOT NULL DEFAULT '{}';
+        UPDATE profiles SET claimed_traits = traits, traits = '{}'
+            WHERE user_id IS NULL AND traits != '{}';
+        CREATE TABLE used_tokens (
+            digest TEXT PRIMARY KEY,
+            kind TEXT NOT NULL,
+            used_at REAL NOT NULL
+        );
+        """,
+    ),
 )
 
+USE_TOKEN = (
+    "INSERT INTO used_tokens (digest, kind, used_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
+)
+GIVE_BACK_TOKEN = "DELETE FROM used_tokens WHERE digest = ?"
+TOKEN_USED = "SELECT 1 FROM used_tokens WHERE digest = ?"
 INSERT_EVENT = """
     INSERT INTO events (message_id, type, name, person_id, anonymous_id, user_id, source,
                         received_at, timestamp, body)
@@ -272,25 +292,29 @@ INSERT_EVENT = """
     ON CONFLICT (message_id) DO NOTHING
 """
 UPSERT_PROFILE = """
-    INSERT INTO profiles (person_id, user_id, email, claimed_email, traits, first_seen, last_seen)
-    VALUES (?, ?, ?, ?, ?, ?, ?)
+    INSERT INTO profiles (person_id, user_id, email, claimed_email, traits, claimed_traits,
+                          first_seen, last_seen)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (person_id) DO UPDATE SET
         user_id = coalesce(excluded.user_id, user_id),
         email = coalesce(excluded.email, email),
         claimed_email = coalesce(excluded.claimed_email, claimed_email),
         traits = json_patch(traits, excluded.traits),
+        claimed_traits = json_patch(claimed_traits, excluded.claimed_traits),
         first_seen = min(first_seen, excluded.first_seen),
         last_seen = max(last_seen, excluded.last_seen)
 """
 MERGE_PROFILE = """
-    INSERT INTO profiles (person_id, user_id, email, claimed_email, traits, first_seen, last_seen)
-    SELECT ?, user_id, email, claimed_email, traits, first_seen, last_seen
+    INSERT INTO profiles (person_id, user_id, email, claimed_email, traits, claimed_traits,
+                          first_seen, last_seen)
+    SELECT ?, user_id, email, claimed_email, traits, claimed_traits, first_seen, last_seen
     FROM profiles WHERE person_id = ? AND true
     ON CONFLICT (person_id) DO UPDATE SET
         user_id = coalesce(user_id, excluded.user_id),
         email = coalesce(email, excluded.email),
         claimed_email = coalesce(claimed_email, excluded.claimed_email),
         traits = json_patch(excluded.traits, traits),
+        claimed_traits = json_patch(excluded.claimed_traits, claimed_traits),
         first_seen = min(first_seen, excluded.first_seen),
         last_seen = max(last_seen, excluded.last_seen)
 """
@@ -353,8 +377,8 @@ UPDATE_PROFILE_FACTS = """
     WHERE person_id = ?
 """
 FACT_COLUMNS = (
-    "person_id", "email", "traits", "consent", "first_seen", "last_seen", "orders_count",
-    "total_spent", "last_order_at", "opens", "clicks", "time_zone", "order_times",
+    "person_id", "email", "traits", "claimed_traits", "consent", "first_seen", "last_seen",
+    "orders_count", "total_spent", "last_order_at", "opens", "clicks", "time_zone", "order_times",
 )  # fmt: skip
 PROFILE_COLUMNS = (
     "person_id",
@@ -362,6 +386,7 @@ PROFILE_COLUMNS = (
     "email",
     "claimed_email",
     "traits",
+    "claimed_traits",
     "first_seen",
     "last_seen",
 )

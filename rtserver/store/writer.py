@@ -27,6 +27,7 @@ from rtserver.model import (
     Person,
     Run,
     ids_to_look_up,
+    may_describe,
     resolve_people,
 )
 from rtserver.store.changes import Changes, Prepared
@@ -75,14 +76,23 @@ def _marks(items: Sequence[str]) -> str:
 
 
 def _profile_row(event: Event, person: str, received_at: float) -> tuple[Any, ...]:
+    """(person, user id, email, claimed email, traits, claimed traits, first and last seen).
+
+    Traits go to ``traits`` from a trusted source (the write key, or a browser whose user id
+    the shop signed), to ``claimed_traits`` from a browser describing its own anonymous profile,
+    and nowhere from a browser that only knows a known user's anonymous id."""
+    user = event.known_user
+    if not may_describe(event, person):
+        return (person, user, None, None, {}, {}, received_at, received_at)
     traits = dict(event.traits)
     claimed = None
     if event.email is not None and not event.email_verified:
         claimed = event.email
         traits.pop("email", None)  # a claimed address must not look like a mailable one
     email = event.email if event.email_verified else None
-    user = event.known_user
-    return (person, user, email, claimed, traits, received_at, received_at)
+    if event.source == "server" or user is not None:
+        return (person, user, email, claimed, traits, {}, received_at, received_at)
+    return (person, user, email, claimed, {}, traits, received_at, received_at)
 
 
 def _profile_rows(
@@ -94,15 +104,19 @@ def _profile_rows(
         row = _profile_row(event, person, at)
         seen = merged.get(person)
         if seen is None:
-            merged[person] = [*row[:4], dict(row[4]), row[5], row[6]]
+            merged[person] = [*row[:4], dict(row[4]), dict(row[5]), row[6], row[7]]
             continue
         for i in (1, 2, 3):  # user id, email, claimed email: the latest given wins
             if row[i] is not None:
                 seen[i] = row[i]
         seen[4].update(row[4])
-        seen[5] = min(seen[5], at)
-        seen[6] = max(seen[6], at)
-    return [(*r[:4], orjson.dumps(r[4]).decode(), r[5], r[6]) for r in merged.values()]
+        seen[5].update(row[5])
+        seen[6] = min(seen[6], at)
+        seen[7] = max(seen[7], at)
+    return [
+        (*r[:4], orjson.dumps(r[4]).decode(), orjson.dumps(r[5]).decode(), r[6], r[7])
+        for r in merged.values()
+    ]
 
 
 def _run_row(run: Run) -> tuple[Any, ...]:
@@ -130,7 +144,11 @@ def _facts_row(person: Person) -> tuple[Any, ...]:
 def _person_of(row: Sequence[Any]) -> Person:
     values = dict(zip(FACT_COLUMNS, row, strict=True))
     values["id"] = values.pop("person_id")
-    values["traits"] = orjson.loads(values["traits"])
+    # Conditions see what a browser claimed for itself too; trusted traits win.
+    values["traits"] = {
+        **orjson.loads(values.pop("claimed_traits")),
+        **orjson.loads(values["traits"]),
+    }
     values["order_times"] = tuple(orjson.loads(values["order_times"]))
     return Person(**values)
 
@@ -238,9 +256,9 @@ def _write_profiles(
     rest: list[tuple[Any, ...]] = []
     for row in rows:
         # No email, claimed email or traits: only the user id and the seen times may move.
-        (seen if row[0] in profiled and row[2:5] == (None, None, "{}") else rest).append(row)
+        (seen if row[0] in profiled and row[2:6] == (None, None, "{}", "{}") else rest).append(row)
     if seen:
-        updated = conn.executemany(SEEN_PROFILE, [(r[1], r[5], r[6], r[0]) for r in seen]).rowcount
+        updated = conn.executemany(SEEN_PROFILE, [(r[1], r[6], r[7], r[0]) for r in seen]).rowcount
         if updated != len(seen):
             rest = rows  # one was not there after all: upsert all (min and max twice is once)
     if rest:

@@ -968,7 +968,8 @@ def test_scheduled_sweep_starts_runs_only_in_the_segment() -> None:
 
 def test_consent_comes_only_from_trusted_sources_or_the_persons_own_verified_email() -> None:
     """The backend, rtserver's own mail events and a verified identify set consent;
-    an order makes a customer (soft opt-in); a browser cannot opt anybody in."""
+    an order makes a customer (soft opt-in); a browser cannot opt anybody in, and a browser
+    without the user's userHash cannot change a known user's consent."""
     person = Person("u:u1")
     assert observe(person, ev("Order Completed"), 1.0).consent == "soft_opt_in_customer"
     opted = observe(person, identify(consent="confirmed_opt_in"), 1.0)
@@ -989,7 +990,10 @@ def test_consent_comes_only_from_trusted_sources_or_the_persons_own_verified_ema
         ),
         "s" * 32,
     )
-    assert observe(person, verified, 3.0).consent == "confirmed_opt_in"
+    # The browser's own anonymous profile takes it; a known user's, without the user's
+    # userHash, does not (knowing an anonymousId proves nothing).
+    assert observe(Person("a:a1"), verified, 3.0).consent == "confirmed_opt_in"
+    assert observe(person, verified, 3.0).consent == "none"
     tracked = parse_event({**raw, "type": "track", "event": "Email Confirmed"}, IngestConfig(),
                           source="browser")  # fmt: skip
     assert observe(person, tracked, 3.0).consent == "none"

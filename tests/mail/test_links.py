@@ -18,6 +18,7 @@ from rtserver.model.people import email_hash
 from tests.support.events import event, shopper, tracked
 from tests.support.mail import LAMP, smtp_config
 from tests.support.server import (
+    TIMEOUT_UNIT,
     FakeClock,
     LiveServer,
     advance,
@@ -153,8 +154,9 @@ async def test_open_pixel_records_opens_and_flags_proxies(tmp_path: Path) -> Non
 
 
 async def test_confirmation_link_verifies_the_claimed_address(tmp_path: Path) -> None:
-    """Following a double opt-in link moves the claimed address to the profile's verified
-    email with consent; a token for another address or a tampered one is a 404."""
+    """Confirming a double opt-in link (its page's button POSTs) moves the claimed address to
+    the profile's verified email with consent; a token for another address or a tampered one
+    is a 404."""
     config = make_config(tmp_path)
     async with run_server(config) as live:
         claim = event(
@@ -167,7 +169,7 @@ async def test_confirmation_link_verifies_the_claimed_address(tmp_path: Path) ->
             wrong = await http.get(f"/confirm/{tokens.confirm('a:anon-9', 'eve@example.com')}")
             assert wrong.status_code == 404
             assert (await http.get("/confirm/garbage")).status_code == 404
-            done = await http.get(f"/confirm/{tokens.confirm('a:anon-9', 'bo@example.com')}")
+            done = await http.post(f"/confirm/{tokens.confirm('a:anon-9', 'bo@example.com')}")
         assert done.status_code == 200
         profile = await live.runtime.store.profile("a:anon-9")
         assert profile is not None and profile["email"] == "bo@example.com"
@@ -282,10 +284,90 @@ async def test_double_opt_in_end_to_end_with_caps(tmp_path: Path) -> None:
                 urllib.parse.urlsplit(u).path for u in re.findall(r"https?://\S+/confirm/\S+", text)
             ]
             async with live.http() as http:
-                assert (await http.get(path)).status_code == 200
+                assert (await http.post(path)).status_code == 200
             profile = await live.runtime.store.profile("a:anon-1")
             assert profile is not None and profile["email"] == "bo@example.com"
             clock.advance(86400 + 1)  # a day later the address may be asked again
             async with live.ws() as ws:
                 await send_batch(ws, [claim("anon-4", "di@example.com")])
             await smtpd.wait_for(3)
+
+
+LOCKED = "Your account is LOCKED - call +1 555 0100"
+"""What an attacker's browser writes into the first name of an address it does not own."""
+
+
+async def test_a_scanner_get_never_confirms_and_a_token_confirms_once(tmp_path: Path) -> None:
+    """GET /confirm/<token> (what link scanners fetch, scripts included) only shows a page
+    whose button POSTs, with no script; the POST confirms; the same token again, by POST or
+    GET, shows "already confirmed" and records nothing more."""
+    async with run_server(make_config(tmp_path)) as live:
+        async with live.ws() as ws:
+            await send_batch(ws, [claim("anon-9", "bo@example.com")])
+        path = f"/confirm/{live.runtime.tokens.confirm('a:anon-9', 'bo@example.com')}"
+        async with live.http() as http:
+            for agent in ("Microsoft Office/16.0 SafeLinks", "Mozilla/5.0 Chrome/156.0"):
+                page = await http.get(path, headers={"user-agent": agent})
+                assert page.status_code == 200 and 'method="post"' in page.text
+                assert "<script" not in page.text.lower()
+            profile = await live.runtime.store.profile("a:anon-9")
+            assert profile is not None and profile["email"] is None
+            done = await http.post(path)
+            assert done.status_code == 200 and "your address is confirmed" in done.text
+            again = await http.post(path)
+            assert again.status_code == 200 and "already confirmed" in again.text
+            later = await http.get(path)
+            assert later.status_code == 200 and "already confirmed" in later.text
+        profile = await live.runtime.store.profile("a:anon-9")
+        assert profile is not None and profile["email"] == "bo@example.com"
+        events = [e.get("event") for e in await live.runtime.store.events_of("a:anon-9")]
+        assert events.count("Email Confirmed") == 1
+
+
+async def test_no_browser_text_reaches_a_mail_to_an_address_it_does_not_own(
+    tmp_path: Path,
+) -> None:
+    """An anonymous browser claims an address with an attacker's first name: neither the
+    confirmation mail nor, once the owner confirmed, the marketing mail shows that text. A
+    first name typed on the confirm page (the mailbox owner's own) is used."""
+    welcome = {"name": "welcome", "trigger": "Signed Up", "step": [{"send": "welcome"}]}
+    async with SMTPServer() as smtpd:
+        smtp = {"host": smtpd.host, "port": smtpd.port, "timeout_s": TIMEOUT_UNIT}
+        mail = {"transport": "smtp", "smtp": smtp, "frequency_cap": "off"}
+        config = make_config(tmp_path, workflow=[welcome], mail=mail)
+        async with run_server(config) as live:
+            attack = event(
+                "identify",
+                userId=None,
+                anonymousId="anon-x",
+                traits={"email": "victim@corp.example", "first_name": LOCKED},
+            )
+            async with live.ws() as ws:
+                await send_batch(ws, [attack])
+            (confirmation,) = await smtpd.wait_for(1)
+            assert LOCKED not in confirmation.message.as_string()
+            text = confirmation.message.get_body(("plain",)).get_content()
+            (path,) = [
+                urllib.parse.urlsplit(u).path for u in re.findall(r"https?://\S+/confirm/\S+", text)
+            ]
+            async with live.http() as http:
+                await http.post(path)
+            async with live.ws() as ws:
+                await send_batch(ws, [event("track", anonymousId="anon-x", event="Signed Up")])
+            (_, marketing) = await smtpd.wait_for(2)
+            assert marketing.rcpt_tos == ["victim@corp.example"]
+            assert LOCKED not in marketing.message.as_string()
+            assert "Hi there" in marketing.message.get_body(("plain",)).get_content()
+            async with live.ws() as ws:  # the owner's own name, from the confirm page's form
+                await send_batch(ws, [claim("anon-y", "ann@corp.example")])
+            (*_, second) = await smtpd.wait_for(3)
+            text = second.message.get_body(("plain",)).get_content()
+            (path,) = [
+                urllib.parse.urlsplit(u).path for u in re.findall(r"https?://\S+/confirm/\S+", text)
+            ]
+            async with live.http() as http:
+                await http.post(path, data={"first_name": "Ann"})
+            async with live.ws() as ws:
+                await send_batch(ws, [event("track", anonymousId="anon-y", event="Signed Up")])
+            (*_, greeted) = await smtpd.wait_for(4)
+            assert "Hi Ann," in greeted.message.get_body(("plain",)).get_content()

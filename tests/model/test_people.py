@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from rtserver.config.schema import IngestConfig
@@ -14,6 +15,9 @@ from rtserver.model.people import (
     resolve_people,
     user_person,
 )
+from tests.support.events import event, shopper
+from tests.support.server import make_config, run_server, send_batch
+from tests.support.workflows import cart_workflow
 
 LIMITS = IngestConfig()
 SECRET = "idsecret_0123456789abcdefghijklmnopqrstuvwxyz"
@@ -163,3 +167,33 @@ def test_ids_to_look_up() -> None:
     ]
     assert ids_to_look_up(events) == {"A", "B", "old"}
     assert ids_to_look_up([]) == set()
+
+
+async def test_a_hijacked_anonymous_id_cannot_change_a_verified_user(tmp_path: Path) -> None:
+    """A browser that sends a verified user's anonymousId without a userHash acts for that
+    user's behaviour (its cart starts the user's run), but changes none of the user's traits,
+    consent or email, verified or claimed."""
+    cart = cart_workflow(step=[{"wait_inactive": "30m"}, {"send": "cart_reminder"}])
+    async with run_server(make_config(tmp_path, workflow=[cart])) as live:
+        async with live.ws() as ws:
+            await send_batch(ws, [shopper("u1", "u1@example.com")])  # anonymousId anon-1
+        async with live.ws() as ws:
+            hijack = event(
+                "identify",
+                anonymousId="anon-1",
+                traits={"email": "eve@evil.example", "first_name": "LOCKED", "consent": "none"},
+            )
+            added = event("track", anonymousId="anon-1", event="Product Added")
+            added["properties"] = {"cart_id": "c1", "product_id": "p1"}
+            reply = await send_batch(ws, [hijack, added])
+            assert len(reply["ack"]) == 2
+        store = live.runtime.store
+        profile = await store.profile("u:u1")
+        assert profile is not None
+        assert profile["traits"]["first_name"] == "Ann" and "LOCKED" not in str(profile)
+        assert profile["email"] == "u1@example.com" and profile["claimed_email"] is None
+        consent = await store._read("SELECT consent FROM profiles WHERE person_id = 'u:u1'", ())
+        assert consent == [("confirmed_opt_in",)]
+        (run,) = await store.runs("active")
+        assert run["person_id"] == "u:u1"
+        assert await store.profile("a:anon-1") is None

@@ -226,7 +226,8 @@ async def test_trusted_identify_stitches_anonymous_history(store: Store) -> None
         "user_id": "u1",
         "email": None,
         "claimed_email": None,
-        "traits": {"color": "red", "name": "Ann", "plan": "pro"},  # the user's newer traits win
+        "traits": {"name": "Ann", "plan": "pro"},  # trusted: the backend's
+        "claimed_traits": {"color": "red", "plan": "trial"},  # what the browser said, kept apart
         "first_seen": 10.0,
         "last_seen": 200.0,
     }
@@ -269,17 +270,19 @@ async def test_unverified_browser_identify_does_not_stitch(store: Store) -> None
     assert len(await store.events_of("a:anon-1")) == 1
     assert (await store.profile("u:u1") or {})["traits"] == {}
     anon = await store.profile("a:anon-1") or {}
-    assert (anon["user_id"], anon["traits"]) == (None, {"name": "Mallory"})
+    assert (anon["user_id"], anon["traits"]) == (None, {})
+    assert anon["claimed_traits"] == {"name": "Mallory"}  # the browser's own claim, kept apart
 
 
 async def test_claimed_email_is_kept_apart(store: Store) -> None:
-    """An unverified browser email goes to claimed_email only, never to email or traits."""
+    """An unverified browser email goes to claimed_email only, never to email or traits; the
+    browser's other traits are claimed traits (never shown in mail)."""
     traits = {"email": "Victim@Example.com", "name": "X"}
     await store_group(store, [parse(event("identify", traits=traits), "browser")])
     profile = await store.profile("a:anon-1") or {}
     assert profile["claimed_email"] == "victim@example.com"
     assert profile["email"] is None
-    assert profile["traits"] == {"name": "X"}
+    assert profile["traits"] == {} and profile["claimed_traits"] == {"name": "X"}
 
 
 async def test_verified_email_is_stored(store: Store) -> None:

@@ -102,7 +102,7 @@ def test_scaled_shortens_every_duration() -> None:
 
 async def test_the_demo_loop_takes_seconds(tmp_path: Path) -> None:
     """`rtserver demo`'s config on the shipped config.toml: a claimed sign-up gets its
-    confirmation in the sink, the link verifies it, and a cart left 30 s (30 min / 60) gets
+    confirmation in the sink, its page's button verifies it, and a cart left 30 s (30 min / 60) gets
     the reminder, with no frequency cap in the way."""
     config = demo_config(ROOT / "config.toml", 60.0, str(tmp_path / "demo.db"))
     assert config.mail.transport == "sink" and config.mail.frequency_cap == "off"
@@ -120,7 +120,8 @@ async def test_the_demo_loop_takes_seconds(tmp_path: Path) -> None:
         (link,) = re.findall(r"https?://\S+/confirm/\S+", text)
         async with live.http() as http:
             path = urllib.parse.urlsplit(link).path
-            assert (await http.get(path)).status_code == 200
+            assert 'method="post"' in (await http.get(path)).text  # the page's button confirms
+            assert (await http.post(path)).status_code == 200
         async with live.ws(origin=own) as ws:
             cart = {"cart_id": "c1", "product_id": "lamp", "name": "Brass Desk Lamp", "price": 49.5}
             await send_batch(
