@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
@@ -52,6 +53,18 @@ def _classify(exc: sqlite3.Error) -> StoreError:
     if code is not None and code & 0xFF in TRANSIENT_CODES:
         return StorageUnavailable(f"storage unavailable: {exc}")
     return StoreError(f"store failed: {exc}")
+
+
+def _make_private(path: str) -> None:
+    """Create the store file readable by its owner only (it holds every secret), or make an
+    existing one so; SQLite gives its -wal and -shm files the mode of the database file."""
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(path + suffix):
+                os.chmod(path + suffix, 0o600)
+    except OSError:
+        return  # not a file we can create: SQLite's own open says why
 
 
 @contextlib.asynccontextmanager
@@ -115,6 +128,7 @@ class Store:
             raise StoreError(
                 f"cannot open the store {path!r}: folder {str(folder)!r} does not exist"
             )
+        _make_private(path)
         async with _sqlite_errors():
             writer = await aiosqlite.connect(path, isolation_level=None)
             try:

@@ -3,7 +3,9 @@ reads and storage faults."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 import threading
 from pathlib import Path
 from typing import Any
@@ -503,3 +505,25 @@ async def test_open_in_a_missing_folder_fails_clearly(tmp_path: Path) -> None:
     """A store path whose folder does not exist is a StoreError naming the folder."""
     with pytest.raises(StoreError, match="does not exist"):
         await Store.open(tmp_path / "nowhere" / "x.db")
+
+
+async def test_the_store_files_are_private_to_their_owner(tmp_path: Path) -> None:
+    """The store holds every secret: its file and its -wal and -shm files are 0600, whatever
+    the umask, and a store file left group- or world-readable is made private when opened."""
+    fresh = tmp_path / "fresh.db"
+    old_umask = os.umask(0o022)
+    try:
+        store = await Store.open(fresh)
+        try:
+            await store_group(store, [parse(event())])
+            for suffix in ("", "-wal", "-shm"):
+                mode = stat.S_IMODE(os.stat(f"{fresh}{suffix}").st_mode)
+                assert mode == 0o600, (suffix, oct(mode))
+        finally:
+            await store.close()
+        os.chmod(fresh, 0o644)
+        store = await Store.open(fresh)
+        await store.close()
+        assert stat.S_IMODE(os.stat(fresh).st_mode) == 0o600
+    finally:
+        os.umask(old_umask)

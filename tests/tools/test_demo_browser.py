@@ -80,7 +80,8 @@ async def test_the_demo_tour_in_chromium(
     browser: Browser, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, visitor: str
 ) -> None:
     """Sign up, view and add to the cart; the confirmation in the dashboard's inbox, its link
-    opened and its page's button pressed; the cart again; 31 s later the reminder in the inbox, naming the product."""
+    opened and its page's button pressed; the cart again; 31 s later the reminder in the inbox,
+    naming the product."""
     expect.set_options(timeout=WAIT_MS)
     monkeypatch.setenv("RTSERVER_DASHBOARD_PASSWORD", PASSWORD)
     config = demo_config(ROOT / "config.toml", 60.0, str(tmp_path / "demo.db"))
