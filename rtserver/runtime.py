@@ -41,7 +41,15 @@ from rtserver.engine import (
     webhook_steps,
 )
 from rtserver.errors import ConfigError
-from rtserver.hooks import Courier, Resolve, check_steps, new_secret, resolve_host
+from rtserver.hooks import (
+    Courier,
+    Resolve,
+    check_steps,
+    check_url,
+    new_secret,
+    post_json,
+    resolve_host,
+)
 from rtserver.mail import Mailer, Sender, Tokens, mail_transport
 from rtserver.store import Changes, Prepared, Store, purge_forever, purge_old_events
 
@@ -57,6 +65,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+ALERT_WEBHOOK_TIMEOUT_S = 5.0
+"""The longest one POST of an alert to ``dashboard.alert_webhook`` may take."""
 
 STOP_ORDER = (
     "timer-driver",
@@ -116,6 +127,9 @@ def load_rules(config: Config, resolve: Resolve = resolve_host) -> tuple[Workflo
         warnings.extend(f"{p} (template not sent by any workflow)" for p in checked[name])
     hooks = config.hooks
     warnings += check_steps(webhook_steps(rules), hooks.allow, hooks.allow_private, resolve)
+    if config.dashboard.alert_webhook:
+        where = f"dashboard.alert_webhook {config.dashboard.alert_webhook!r}"
+        warnings += check_url(where, config.dashboard.alert_webhook, hooks.allow_private, resolve)
     return rules, warnings
 
 
@@ -320,7 +334,14 @@ async def start(
             store,
             readings,
             latency=latency,
-            alerts=Alerts(viewing),
+            alerts=Alerts(
+                viewing,
+                functools.partial(
+                    post_json,
+                    allow_private=config.hooks.allow_private,
+                    timeout_s=ALERT_WEBHOOK_TIMEOUT_S,
+                ),
+            ),
             dashboard=viewing,
             sink=config.mail.transport == "sink",
             clock=clock,

@@ -8,8 +8,11 @@ import logging
 from pathlib import Path
 
 import pytest
+from werkzeug import Response
 
-from rtserver.runtime import STOP_ORDER, Supervisor
+from rtserver.errors import ConfigError
+from rtserver.runtime import STOP_ORDER, Supervisor, load_rules
+from tests.support.receiver import Receiver
 from tests.support.server import TIMEOUT_UNIT, make_config, run_server
 
 
@@ -128,3 +131,34 @@ async def test_a_task_that_fails_while_stopping_is_logged(caplog: pytest.LogCapt
         await supervisor.stop(("sender", "hub"))
     assert "task sender failed while stopping" in caplog.text
     assert ended == ["hub"] and supervisor.failure is None
+
+
+def test_check_config_refuses_an_alert_webhook_on_a_metadata_address(tmp_path: Path) -> None:
+    """The alert webhook goes through the same guard as webhook steps: a metadata or other
+    private address is refused at start and by check-config (unless hooks.allow_private)."""
+    metadata = "http://169.254.169.254/latest/meta-data/"
+    config = make_config(tmp_path, dashboard={"alert_webhook": metadata})
+    with pytest.raises(ConfigError, match=r"dashboard.alert_webhook.*link-local"):
+        load_rules(config, resolve=lambda host, port: [host])
+    allowed = make_config(tmp_path, dashboard={"alert_webhook": metadata}, hooks=PRIVATE)
+    assert load_rules(allowed, resolve=lambda host, port: [host])
+
+
+PRIVATE = {"allow_private": True}
+
+
+async def test_the_alert_webhook_follows_no_redirect(tmp_path: Path) -> None:
+    """At run time the server's alert poster follows no redirect: a 302 is a failure and the
+    place it points to is never asked."""
+    async with Receiver.running() as receiver:
+        hook = receiver.url_for("/hook")
+        receiver.expect_request("/hook", method="POST").respond_with_response(
+            Response(status=302, headers={"Location": receiver.url_for("/elsewhere")})
+        )
+        receiver.expect_request("/elsewhere").respond_with_data("ok")
+        config = make_config(tmp_path, dashboard={"alert_webhook": hook}, hooks=PRIVATE)
+        async with run_server(config) as live:
+            alerts = live.runtime.board.alerts
+            await alerts.notify([{"alert": "queue_depth", "state": "raised"}])
+            assert alerts.post_failures == 1 and alerts.posted == 0
+        assert [request.path for request, _ in receiver.log] == ["/hook"]

@@ -5,8 +5,17 @@ Other packages import from here; what is not listed below is private to the pack
 
 from __future__ import annotations
 
-from rtserver.hooks.destinations import Resolve, check_steps, resolve_host
+from rtserver.hooks.destinations import Resolve, check_steps, check_url, post_json, resolve_host
 from rtserver.hooks.sender import Courier
 from rtserver.hooks.signatures import new_secret, verify
 
-__all__ = ["Courier", "Resolve", "check_steps", "new_secret", "resolve_host", "verify"]
+__all__ = [
+    "Courier",
+    "Resolve",
+    "check_steps",
+    "check_url",
+    "new_secret",
+    "post_json",
+    "resolve_host",
+    "verify",
+]

@@ -1,4 +1,5 @@
-"""Where a workflow's ``webhook`` step may send (never an SSRF tool).
+"""Where rtserver may send HTTP requests: a workflow's ``webhook`` steps and the alert webhook
+(never an SSRF tool). Every outbound request goes through here.
 
 A destination must start with one of ``hooks.allow`` (an admin allow-list of URL prefixes,
 matched on a path boundary, so ``https://crm.example/`` never admits
@@ -10,21 +11,36 @@ warning: DNS may be down while the server starts) and again before every deliver
 connection then goes to the very address checked (no second lookup to rebind).
 
 Resolution is injected (``resolve``), so tests check the rules with a stub and no traffic.
+:func:`post_json` is the one guarded POST for callers without the courier's machinery (the alert
+webhook): resolved and checked before it connects, to the checked address, no redirect followed.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ipaddress
 import socket
 import urllib.parse
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any
 
+import httpx
+import orjson
+
+from rtserver import __version__
 from rtserver.errors import ConfigError
 
 __all__ = [
+    "AsyncResolve",
+    "DestinationRefused",
     "Resolve",
     "allowed",
     "check_steps",
+    "check_url",
+    "pinned",
+    "post_json",
+    "resolve_async",
     "refused_address",
     "resolve_host",
     "target",
@@ -33,12 +49,32 @@ __all__ = [
 
 Resolve = Callable[[str, int], list[str]]
 """``(host, port) -> addresses``; raises ``OSError`` when the host does not resolve."""
+AsyncResolve = Callable[[str, int], Awaitable[list[str]]]
+MAX_ANSWER_BYTES = 65536
+
+
+class DestinationRefused(ValueError):
+    """An outbound request the guard refuses: a refused address, a bad URL, or a redirect."""
 
 
 def resolve_host(host: str, port: int) -> list[str]:
     """The addresses ``host`` resolves to (``getaddrinfo``, TCP)."""
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     return sorted({str(info[4][0]) for info in infos})
+
+
+async def resolve_async(host: str, port: int) -> list[str]:
+    """The addresses ``host`` resolves to, without blocking the loop."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return sorted({str(info[4][0]) for info in infos})
+
+
+def pinned(url: str, address: str) -> str:
+    """``url`` with its host replaced by ``address`` (the port and the rest kept)."""
+    parts = urllib.parse.urlsplit(url)
+    host = f"[{address}]" if ipaddress.ip_address(address).version == 6 else address
+    netloc = host if parts.port is None else f"{host}:{parts.port}"
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def allowed(url: str, allow: Iterable[str]) -> bool:
@@ -88,6 +124,28 @@ def unsafe(addresses: Iterable[str], allow_private: bool) -> str | None:
     return None
 
 
+def check_url(
+    where: str, url: str, allow_private: bool, resolve: Resolve = resolve_host
+) -> list[str]:
+    """Check one destination's host and addresses; return warnings (it does not resolve now).
+
+    Raises:
+        ConfigError: not an http(s) URL, or a host that resolves to a refused address.
+    """
+    try:
+        host, port = target(url)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    try:
+        addresses = resolve(host, port)
+    except OSError as exc:
+        return [f"{where}: {host} does not resolve now ({exc}); checked again later"]
+    reason = unsafe(addresses, allow_private)
+    if reason is not None:
+        raise ConfigError(f"{where}: {reason} (hooks.allow_private = false)")
+    return []
+
+
 def check_steps(
     steps: Iterable[tuple[str, int, str]],
     allow: tuple[str, ...],
@@ -105,16 +163,71 @@ def check_steps(
         if not allowed(url, allow):
             listed = ", ".join(repr(prefix) for prefix in allow) or "empty"
             raise ConfigError(f"{where}: not in hooks.allow ({listed})")
-        try:
-            host, port = target(url)
-        except ValueError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
-        try:
-            addresses = resolve(host, port)
-        except OSError as exc:
-            warnings.append(f"{where}: {host} does not resolve now ({exc}); checked again later")
-            continue
-        reason = unsafe(addresses, allow_private)
-        if reason is not None:
-            raise ConfigError(f"{where}: {reason} (hooks.allow_private = false)")
+        warnings += check_url(where, url, allow_private, resolve)
     return warnings
+
+
+async def post_json(
+    url: str,
+    payload: Mapping[str, Any],
+    *,
+    allow_private: bool,
+    timeout_s: float,
+    resolve: AsyncResolve = resolve_async,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> int:
+    """POST ``payload`` as JSON to ``url`` through the guard; the 2xx status.
+
+    The host is resolved and every address checked first; the connection goes to the very
+    address checked (Host and SNI keep the name); no redirect is followed; at most
+    ``MAX_ANSWER_BYTES`` of the answer are read; ``timeout_s`` bounds the whole attempt.
+
+    Raises:
+        DestinationRefused: a bad URL, a refused address, or an answer that is not 2xx.
+        OSError: the host does not resolve.
+        httpx.HTTPError, TimeoutError: the request failed.
+    """
+    try:
+        host, port = target(url)
+        host = host.encode("idna").decode("ascii")
+    except (ValueError, UnicodeError) as exc:
+        raise DestinationRefused(f"bad destination: {exc}") from None
+    addresses = await resolve(host, port)
+    refused = unsafe(addresses, allow_private) if addresses else "no address"
+    if refused is not None:
+        raise DestinationRefused(f"destination refused: {refused}")
+    parts = urllib.parse.urlsplit(url)
+    name = f"[{host}]" if ":" in host else host
+    headers = {
+        "content-type": "application/json",
+        "host": name if parts.port is None else f"{name}:{parts.port}",
+        "user-agent": f"rtserver/{__version__}",
+    }
+    async with httpx.AsyncClient(
+        follow_redirects=False, trust_env=False, timeout=timeout_s, transport=transport
+    ) as client:
+        request = client.build_request(
+            "POST",
+            pinned(url, addresses[0]),
+            content=orjson.dumps(dict(payload)),
+            headers=headers,
+            extensions={"sni_hostname": host},
+        )
+        async with asyncio.timeout(timeout_s):
+            response = await client.send(request, stream=True)
+            try:
+                read = 0
+                with contextlib.suppress(httpx.StreamConsumed):  # an answer made in memory
+                    async for chunk in response.aiter_raw():
+                        read += len(chunk)
+                        if read >= MAX_ANSWER_BYTES:
+                            break
+            finally:
+                await response.aclose()
+    status = response.status_code
+    if 300 <= status < 400:
+        location = response.headers.get("location", "")
+        raise DestinationRefused(f"{status} to {location!r}: redirects are not followed")
+    if not 200 <= status < 300:
+        raise DestinationRefused(f"{status} {response.reason_phrase}".strip())
+    return status

@@ -30,12 +30,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
-import ipaddress
 import logging
 import math
-import socket
 import urllib.parse
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,12 +43,20 @@ from rtserver import __version__
 from rtserver.clock import Clock
 from rtserver.config import HooksConfig
 from rtserver.errors import StoreError
-from rtserver.hooks.destinations import allowed, target, unsafe
+from rtserver.hooks.destinations import (
+    MAX_ANSWER_BYTES,
+    AsyncResolve,
+    allowed,
+    pinned,
+    resolve_async,
+    target,
+    unsafe,
+)
 from rtserver.hooks.signatures import sign
 from rtserver.mail import redact, retry_delay, wake_on
 from rtserver.store import Delivery, Store
 
-__all__ = ["Courier", "CourierStats", "resolve_async"]
+__all__ = ["Courier", "CourierStats"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,17 +67,9 @@ MAX_RETRY_AFTER_S = 86400.0
 RETRYABLE = frozenset({408, 425, 429})
 CLIENTS = 32
 """Destinations whose connections are kept open at once."""
-MAX_ANSWER_BYTES = 65536
 
-AsyncResolve = Callable[[str, int], Awaitable[list[str]]]
 Outcome = tuple[str, int | None, str, float | None, str | None]
 """(state, HTTP status, error, next attempt, disable reason)."""
-
-
-async def resolve_async(host: str, port: int) -> list[str]:
-    """The addresses ``host`` resolves to, without blocking the loop."""
-    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return sorted({str(info[4][0]) for info in infos})
 
 
 @dataclass(slots=True)
@@ -108,14 +106,6 @@ async def _drain(response: httpx.Response) -> None:
             read += len(chunk)
             if read >= MAX_ANSWER_BYTES:
                 break
-
-
-def _pinned(url: str, address: str) -> str:
-    """``url`` with its host replaced by ``address`` (the port and the rest kept)."""
-    parts = urllib.parse.urlsplit(url)
-    host = f"[{address}]" if ipaddress.ip_address(address).version == 6 else address
-    netloc = host if parts.port is None else f"{host}:{parts.port}"
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 class Courier:
@@ -298,7 +288,7 @@ class Courier:
         client = await self._client(parts.scheme, host, port)
         request = client.build_request(
             "POST",
-            _pinned(delivery.url, addresses[0]),
+            pinned(delivery.url, addresses[0]),
             content=delivery.payload,
             headers=headers,
             extensions=extensions,

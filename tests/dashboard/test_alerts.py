@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
@@ -19,6 +20,7 @@ from rtserver.config.durations import Duration
 from rtserver.config.schema import DashboardConfig
 from rtserver.dashboard.alerts import Alerts, Sample
 from rtserver.dashboard.latency import Histogram
+from rtserver.hooks import post_json
 from tests.support.server import TIMEOUT_UNIT
 
 WINDOW = 900.0
@@ -147,9 +149,11 @@ async def webhook_receiver() -> AsyncIterator[tuple[str, asyncio.Queue[dict[str,
 
 
 async def test_webhook_gets_the_json_over_http() -> None:
-    """The default poster sends the change as JSON to a real endpoint."""
+    """The guarded poster the server uses sends the change as JSON to a real endpoint (on
+    loopback here, so with private addresses allowed)."""
+    post = functools.partial(post_json, allow_private=True, timeout_s=TIMEOUT_UNIT)
     async with webhook_receiver() as (url, received):
-        alerts = Alerts(DashboardConfig(alert_webhook=url, alert_outbox_backlog=3))
+        alerts = Alerts(DashboardConfig(alert_webhook=url, alert_outbox_backlog=3), post)
         await alerts.notify(alerts.check(sample(5.0, outbox_backlog=4)))
         payload = await asyncio.wait_for(received.get(), TIMEOUT_UNIT)
     assert payload["alert"] == "outbox_backlog" and payload["state"] == "raised"

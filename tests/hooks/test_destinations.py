@@ -11,13 +11,16 @@ import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 from hypothesis import given, strategies as st
 
 from rtserver.errors import ConfigError
 from rtserver.hooks.destinations import (
+    DestinationRefused,
     allowed,
     check_steps,
+    post_json,
     refused_address,
     resolve_host,
     target,
@@ -554,3 +557,60 @@ def test_the_default_resolver_refuses_localhost() -> None:
     url = "http://localhost:8080/hooks"
     with pytest.raises(ConfigError, match=r"is a loopback address \(hooks\.allow_private"):
         check_steps([("crm_sync", 1, url)], ("http://localhost:8080/",), False)
+
+
+async def test_post_json_refuses_private_addresses_before_it_connects() -> None:
+    """The guarded POST checks what the host resolves to first: loopback, link-local (the
+    metadata service) and private addresses are refused without a connection, unless
+    private addresses are allowed."""
+    connected: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        connected.append(str(request.url))
+        return httpx.Response(204)
+
+    transport = httpx.MockTransport(handler)
+    for url, address in (
+        ("http://169.254.169.254/latest/meta-data/", "169.254.169.254"),
+        ("http://alerts.example/hook", "127.0.0.1"),
+        ("http://alerts.example/hook", "10.1.2.3"),
+    ):
+
+        async def resolve(host: str, port: int, address: str = address) -> list[str]:
+            return [address]
+
+        with pytest.raises(DestinationRefused, match="destination refused"):
+            await post_json(
+                url, {"a": 1}, allow_private=False, timeout_s=1.0, resolve=resolve,
+                transport=transport,
+            )  # fmt: skip
+    assert connected == []
+
+    async def public(host: str, port: int) -> list[str]:
+        return ["93.184.215.14"]
+
+    status = await post_json(
+        "https://alerts.example:8443/hook", {"a": 1}, allow_private=False, timeout_s=1.0,
+        resolve=public, transport=transport,
+    )  # fmt: skip
+    assert status == 204 and connected == ["https://93.184.215.14:8443/hook"]
+
+
+async def test_post_json_follows_no_redirect_and_fails_on_errors() -> None:
+    """A 3xx is a refusal naming where it pointed (never followed); a 5xx is a failure."""
+
+    async def local(host: str, port: int) -> list[str]:
+        return ["127.0.0.1"]
+
+    for answer, message in (
+        (httpx.Response(302, headers={"location": "http://10.0.0.1/"}), "not followed"),
+        (httpx.Response(500), "500 Internal Server Error"),
+    ):
+        transport = httpx.MockTransport(lambda request, answer=answer: answer)
+        with pytest.raises(DestinationRefused, match=message):
+            await post_json(
+                "http://hooks.test/x", {}, allow_private=True, timeout_s=1.0, resolve=local,
+                transport=transport,
+            )  # fmt: skip
+    with pytest.raises(DestinationRefused, match="bad destination"):
+        await post_json("ftp://x/", {}, allow_private=True, timeout_s=1.0, resolve=local)
