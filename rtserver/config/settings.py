@@ -257,8 +257,18 @@ def standard_webhooks_secret(value: Secret) -> str | None:
     return None
 
 
+MIN_PASSWORD_CHARS = 12
+MIN_PASSWORD_DISTINCT_CHARS = 6
+
+
 def long_password(value: Secret) -> str | None:
-    return None if len(value.reveal()) >= 12 else "password too short: use at least 12 characters"
+    raw = value.reveal()
+    if len(raw) < MIN_PASSWORD_CHARS:
+        return f"password too short: use at least {MIN_PASSWORD_CHARS} characters"
+    if len(set(raw)) < MIN_PASSWORD_DISTINCT_CHARS:
+        distinct = MIN_PASSWORD_DISTINCT_CHARS
+        return f"password too plain: use at least {distinct} different characters"
+    return None
 
 
 def ec_public_key(value: str) -> str | None:

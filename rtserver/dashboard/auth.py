@@ -11,6 +11,9 @@ session. Logging out revokes the session, in this process and in the store (so i
 revoked after a restart, until it would have expired). Failed logins are counted per client
 address (the proxy's ``X-Forwarded-For`` only from ``server.trusted_proxies``, as uvicorn
 resolves it): past ``dashboard.login_attempts`` in 15 minutes, logins are refused with 429.
+An attempt is counted before its password is checked (and forgiven once it succeeds), one
+address has at most one check in flight, and at most ``MAX_CHECKS`` scrypt checks (16 MiB
+each) run at once: parallel guesses get no more checks than the throttle allows.
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ OPEN_PREFIXES = ("/dashboard/static/",)
 dashboard's own script and style, and uPlot: public code, no data)."""
 THROTTLE_WINDOW_S = 900.0
 MAX_ADDRESSES = 10000
+MAX_CHECKS = 4
+"""Password checks running at once, all addresses together (each holds 16 MiB)."""
 """Client addresses whose failures are remembered (the oldest are forgotten first)."""
 MAX_REVOKED = 10000
 SCRYPT = {"n": 2**14, "r": 8, "p": 1}
@@ -108,11 +113,39 @@ class Auth:
         self._serializer = URLSafeSerializer(session_key, salt="rtserver.dashboard")
         self._fingerprint = hashlib.sha256(password_hash.encode()).hexdigest()[:16]
         self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+        self._checking: set[str] = set()
+        """Addresses with a password check in flight."""
         self._revoked: OrderedDict[str, float] = OrderedDict()
 
     async def check_password(self, password: str) -> bool:
         """Whether ``password`` is the dashboard's (hashed in a thread: it takes a while)."""
         return await asyncio.to_thread(verify_password, password, self.password_hash)
+
+    def admit(self, address: str) -> tuple[float, str] | None:
+        """Let ``address`` have its password checked now (None), or say how long to wait and
+        why. An admitted attempt is counted as failed until :meth:`check` says otherwise."""
+        wait_s = self.retry_after(address)
+        if wait_s is not None:
+            return wait_s, f"Too many failed logins: try again in {wait_s / 60:.0f} min."
+        if address in self._checking:
+            return 1.0, "A login from your address is being checked: try again in a moment."
+        if len(self._checking) >= MAX_CHECKS:
+            return 1.0, "The dashboard is busy checking logins: try again in a moment."
+        self.failed(address)
+        self._checking.add(address)
+        return None
+
+    async def check(self, address: str, password: str) -> bool:
+        """Check the password of an admitted attempt; a right one is not counted as failed."""
+        try:
+            ok = await self.check_password(password)
+        finally:
+            self._checking.discard(address)
+        if ok:
+            failures = self._failures.get(address)
+            if failures:
+                failures.pop()
+        return ok
 
     def retry_after(self, address: str) -> float | None:
         """Seconds until ``address`` may try again, or None when it may now."""

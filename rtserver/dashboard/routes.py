@@ -236,18 +236,15 @@ async def login(request: Request) -> Response:
         return _render(request, "dashboard_login.html", next=next_path, error=None)
     if not _same_origin(request):
         return PlainTextResponse("cross-site login refused", status_code=403, headers=HEADERS)
-    wait_s = auth.retry_after(address)
-    if wait_s is not None:
-        response = _render(
-            request, "dashboard_login.html", 429, next=next_path,
-            error=f"Too many failed logins: try again in {wait_s / 60:.0f} min.",
-        )  # fmt: skip
+    refused = auth.admit(address)  # counted before the password is checked
+    if refused is not None:
+        wait_s, why = refused
+        response = _render(request, "dashboard_login.html", 429, next=next_path, error=why)
         response.headers["Retry-After"] = str(int(wait_s))
         return response
     form = await _form(request)
     next_path = _next_path(form.get("next"))
-    if not await auth.check_password(form.get("password", "")):
-        auth.failed(address)
+    if not await auth.check(address, form.get("password", "")):
         logger.warning("dashboard: failed login from %s", address)
         return _render(
             request, "dashboard_login.html", 401, next=next_path, error="Wrong password."

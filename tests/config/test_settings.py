@@ -8,7 +8,15 @@ from typing import Literal
 
 import pytest
 
-from rtserver.config.settings import Secret, Setting, build, iter_settings, merge, setting
+from rtserver.config.settings import (
+    Secret,
+    Setting,
+    build,
+    iter_settings,
+    long_password,
+    merge,
+    setting,
+)
 from rtserver.errors import ConfigError
 
 
@@ -81,3 +89,19 @@ def test_iter_settings_walks_the_leaves_in_order() -> None:
         Setting("inner.mode", "a", "A choice.", None),
         Setting("inner.token", None, "A secret.", "TEST_TOKEN"),
     ]
+
+
+@pytest.mark.parametrize(
+    ("password", "problem"),
+    [
+        ("short", "password too short"),
+        ("a" * 40, "password too plain"),
+        ("abababababab", "password too plain"),
+        ("correct horse battery staple", None),
+    ],
+)
+def test_dashboard_passwords_must_be_long_and_varied(password: str, problem: str | None) -> None:
+    """A dashboard password of under 12 characters, or of fewer than 6 different ones
+    (``aaaa...``), is refused, as weak keys are."""
+    result = long_password(Secret(password))
+    assert (result is None) if problem is None else (result or "").startswith(problem)

@@ -204,3 +204,23 @@ async def test_middleware_without_auth_state_refuses() -> None:
         assert (await client.get("/dashboard/login")).status_code == 200
         assert (await client.get("/other")).status_code == 200
         assert (await client.get("/dashboardx")).status_code == 404
+
+
+async def test_an_attempt_is_counted_before_its_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """admit() counts the attempt before the password is checked, lets one check per address
+    run at a time and at most MAX_CHECKS in all; a right password is forgiven its count."""
+    auth = make_auth(FakeClock(), attempts=3)
+    assert auth.admit("10.0.0.1") is None
+    refused = auth.admit("10.0.0.1")  # its first check is still in flight
+    assert refused is not None and "being checked" in refused[1]
+    assert await auth.check("10.0.0.1", "wrong") is False
+    assert auth.admit("10.0.0.1") is None and await auth.check("10.0.0.1", "nope") is False
+    assert auth.admit("10.0.0.1") is None
+    assert await auth.check("10.0.0.1", "correct horse battery") is True  # forgiven
+    assert auth.admit("10.0.0.1") is None and await auth.check("10.0.0.1", "no") is False
+    refused = auth.admit("10.0.0.1")  # three failures now: throttled
+    assert refused is not None and "Too many failed logins" in refused[1]
+    monkeypatch.setattr(auth_module, "MAX_CHECKS", 2)
+    assert auth.admit("a") is None and auth.admit("b") is None
+    busy = auth.admit("c")
+    assert busy is not None and "busy" in busy[1]

@@ -93,6 +93,22 @@ async def test_login_is_throttled_per_address(tmp_path: Path) -> None:
         assert "Too many failed logins" in throttled.text
 
 
+async def test_parallel_guesses_get_no_more_checks_than_the_throttle_allows(
+    tmp_path: Path,
+) -> None:
+    """50 wrong passwords sent at once from one address: the attempt is counted before the
+    password is checked, with at most one check in flight per address, so at most
+    ``login_attempts`` are checked (401) and the rest are refused at once (429)."""
+    config = dashboard_config(tmp_path, dashboard={"login_attempts": 5})
+    async with run_server(config) as live, live.http() as client:
+        guesses = [
+            client.post("/dashboard/login", data={"password": f"guess-{i}"}) for i in range(50)
+        ]
+        codes = sorted(response.status_code for response in await asyncio.gather(*guesses))
+    assert codes.count(401) <= 5 and codes.count(429) >= 45, codes
+    assert set(codes) <= {401, 429}
+
+
 async def test_cross_site_posts_are_refused(tmp_path: Path) -> None:
     """A login or logout POSTed from another origin is refused (login CSRF)."""
     async with run_server(dashboard_config(tmp_path)) as live, live.http() as client:
