@@ -76,13 +76,17 @@ async def healthz(request: Request) -> JSONResponse:
 
 
 async def readyz(request: Request) -> JSONResponse:
-    """``GET /readyz``: 200 once the lifespan has started and the store answers, else 503."""
+    """``GET /readyz``: 200 once the lifespan has started, the store answers and commits
+    succeed; else 503 (starting, draining, degraded while commits fail, store unavailable)."""
     runtime: Runtime | None = getattr(request.state, "runtime", None)
     ingest: Ingest = request.app.state.ingest
     if runtime is None:
         return JSONResponse({"status": "starting"}, status_code=503)
     if ingest.draining:
         return JSONResponse({"status": "draining"}, status_code=503)
+    if not runtime.pipeline.healthy.is_set():
+        failing = {"status": "degraded", "error": "commits fail: the store takes no writes"}
+        return JSONResponse(failing, status_code=503)
     try:
         await runtime.store.ping()
     except StoreError as exc:

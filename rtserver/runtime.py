@@ -40,7 +40,7 @@ from rtserver.engine import (
     sent_templates,
     webhook_steps,
 )
-from rtserver.errors import ConfigError
+from rtserver.errors import ConfigError, StoreError
 from rtserver.hooks import (
     Courier,
     Resolve,
@@ -69,11 +69,15 @@ logger = logging.getLogger(__name__)
 ALERT_WEBHOOK_TIMEOUT_S = 5.0
 """The longest one POST of an alert to ``dashboard.alert_webhook`` may take."""
 
+PROBE_EVERY_S = 5.0
+"""While commits fail, how often a probe write checks whether the store takes writes again."""
+
 STOP_ORDER = (
     "timer-driver",
     "pipeline",
     "sender",
     "courier",
+    "store-probe",
     "retention",
     "alerts",
     "dashboard-mail",
@@ -272,6 +276,25 @@ async def _watch_progress(progress: asyncio.Condition, hub: Hub) -> None:
         hub.touch(mail=True)
 
 
+async def _probe_while_failing(
+    pipeline: Pipeline, store: Store, clock: Clock, stop: asyncio.Event
+) -> None:
+    """While commits fail, write a probe every ``PROBE_EVERY_S``: readiness comes back as soon
+    as the store takes writes again, even when no event arrives to prove it."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), PROBE_EVERY_S)
+        if stop.is_set() or pipeline.healthy.is_set():
+            continue
+        try:
+            await store.probe(clock())
+        except StoreError as exc:
+            logger.info("store still refuses writes: %s", exc)
+            continue
+        logger.info("store takes writes again")
+        pipeline.healthy.set()
+
+
 async def _close_on(supervisor: Supervisor, hub: Hub) -> None:
     """End the dashboard's streams once the server drains (uvicorn waits for open responses),
     or when stopped."""
@@ -371,6 +394,7 @@ async def start(
         supervisor.start(
             "retention", purge_forever(store, clock, config.store.retention_days, stop)
         )
+        supervisor.start("store-probe", _probe_while_failing(pipeline, store, clock, stop))
         supervisor.start("sender", sender.run(stop))
         supervisor.start("courier", courier.run(stop))
         supervisor.start("dashboard-hub", hub.run(stop))

@@ -307,3 +307,26 @@ def test_public_url_over_plain_http_outside_loopback_is_warned(tmp_path: Path) -
     assert check_public_url(https) is None
     plain = make_config(tmp_path, server={"public_url": "http://shop.example"})
     assert "is not https" in (check_public_url(plain) or "")
+
+
+async def test_readyz_turns_503_while_commits_fail_and_recovers_without_traffic(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk (here: the store capped with max_page_count) makes commits fail: /readyz
+    answers 503 from the first failed commit on; once space is back, the store probe written
+    while degraded brings it back to 200 with no event sent."""
+    monkeypatch.setattr("rtserver.runtime.PROBE_EVERY_S", 0.05)
+    async with run_server(make_config(tmp_path)) as live, live.http() as http:
+        assert (await http.get("/readyz")).status_code == 200
+        store = live.runtime.store
+        (pages,) = await store._read("PRAGMA page_count", ())
+        await store._db.execute(f"PRAGMA max_page_count = {pages[0]}")
+        async with live.ws() as ws:
+            batch = [event(properties={"blob": "x" * 3000}) for _ in range(20)]
+            reply = await send_batch(ws, batch)
+        assert "nack" in reply
+        degraded = await http.get("/readyz")
+        assert degraded.status_code == 503 and degraded.json()["status"] == "degraded"
+        await store._db.execute("PRAGMA max_page_count = 1073741823")
+        await asyncio.wait_for(live.runtime.pipeline.healthy.wait(), TIMEOUT_UNIT)
+        assert (await http.get("/readyz")).status_code == 200

@@ -80,6 +80,10 @@ class Pipeline:
         self.max_group_events = max_group_events
         self.queue_timeout_s = queue_timeout_s
         self.stats = Stats()
+        self.healthy = asyncio.Event()
+        """Set while commits succeed; cleared by a failed one (``/readyz`` answers 503), set
+        again by the next commit or store probe that succeeds."""
+        self.healthy.set()
         self._held: Submission | None = None
         """Taken from the queue but left for the next group, which it would have overfilled."""
 
@@ -182,12 +186,15 @@ class Pipeline:
                 listener(prepared, changes)
         except StoreError as exc:
             self.stats.failed_commits += 1
+            self.healthy.clear()
             logger.warning("commit of %d events failed: %s", len(events), exc)
             return exc
         except Exception as exc:  # the task boundary: log, nack, keep the pipeline alive
             self.stats.failed_commits += 1
+            self.healthy.clear()
             logger.exception("commit of %d events failed unexpectedly", len(events))
             return StoreError(f"store failed: {exc}")
+        self.healthy.set()
         self.stats.commits += 1
         self.stats.stored += len(prepared.fresh)
         self.stats.duplicates += prepared.duplicates

@@ -420,6 +420,14 @@ class Store:
         """Answer one trivial query (readiness: the store is open and answers)."""
         await self._read("SELECT 1")
 
+    async def probe(self, now: float) -> None:
+        """Write one row and commit it (is the store writable again?).
+
+        Raises:
+            StorageUnavailable, StoreError: it is not.
+        """
+        await self._in_writer(writer.probe, now)
+
     async def recent_events(
         self, limit: int = 50, person_id: str | None = None
     ) -> list[dict[str, Any]]:

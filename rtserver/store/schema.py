@@ -283,6 +283,8 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
 USE_TOKEN = (
     "INSERT INTO used_tokens (digest, kind, used_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
 )
+PROBE = "INSERT OR REPLACE INTO secrets (name, value, created_at) VALUES ('probe', '', ?)"
+"""A write that proves the store takes writes (a row of the secrets table, never read)."""
 GIVE_BACK_TOKEN = "DELETE FROM used_tokens WHERE digest = ?"
 TOKEN_USED = "SELECT 1 FROM used_tokens WHERE digest = ?"
 INSERT_EVENT = """

@@ -41,6 +41,7 @@ from rtserver.store.schema import (
     INSERT_STEP,
     MERGE_PROFILE,
     MERGE_PROFILE_FACTS,
+    PROBE,
     RUN_COLUMNS,
     UPDATE_PROFILE_FACTS,
     UPSERT_IDENTITY,
@@ -59,6 +60,7 @@ __all__ = [
     "group",
     "open_runs",
     "prepare",
+    "probe",
 ]
 
 logger = logging.getLogger("rtserver.store")
@@ -478,3 +480,15 @@ def generation(conn: sqlite3.Connection) -> tuple[int, int] | None:
     except sqlite3.Error:
         return None
     return int(version), int(writes)
+
+
+def probe(conn: sqlite3.Connection, now: float) -> None:
+    """Write and commit one row: whether the store takes writes again after commits failed."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(PROBE, (now,))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
