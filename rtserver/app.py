@@ -115,6 +115,7 @@ def create_app(
             rules,
             supervisor,
             websockets=lambda: len(ingest.sessions),
+            summary=ingest.summary,
             clock=clock,
             monotonic=monotonic,
         ) as runtime:

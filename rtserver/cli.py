@@ -45,6 +45,22 @@ class RedactAddresses(logging.Filter):
         return True
 
 
+class QuietWebSockets(logging.Filter):
+    """uvicorn logs every WebSocket handshake at INFO, with the URL's query string (where a
+    careless client may have put a key). Those records lose the query and go down to DEBUG;
+    rtserver logs one summary a minute instead (opened, closed, refused with reasons)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not (isinstance(record.msg, str) and record.msg.startswith('%s - "WebSocket %s"')):
+            return True
+        args = list(record.args) if isinstance(record.args, tuple) else []
+        if len(args) > 1 and isinstance(args[1], str):
+            args[1] = args[1].split("?", 1)[0]
+            record.args = tuple(args)
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger("rtserver").isEnabledFor(logging.DEBUG)
+
+
 def _configure_logging(level: str) -> None:
     # No force=True: when the process already logs somewhere (an embedding program, pytest),
     # keep its handlers and only set the level.
@@ -55,6 +71,9 @@ def _configure_logging(level: str) -> None:
             handler.addFilter(RedactAddresses())
     # aiosmtpd (the dev sink) logs every SMTP line, addresses included, at INFO.
     logging.getLogger("mail.log").setLevel(logging.WARNING)
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, QuietWebSockets) for f in uvicorn_log.filters):
+        uvicorn_log.addFilter(QuietWebSockets())
 
 
 def _load(path: str | None) -> Config:

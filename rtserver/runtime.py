@@ -69,6 +69,8 @@ logger = logging.getLogger(__name__)
 ALERT_WEBHOOK_TIMEOUT_S = 5.0
 """The longest one POST of an alert to ``dashboard.alert_webhook`` may take."""
 
+SUMMARY_EVERY_S = 60.0
+"""How often the WebSocket summary is logged (when anything happened)."""
 PROBE_EVERY_S = 5.0
 """While commits fail, how often a probe write checks whether the store takes writes again."""
 
@@ -78,6 +80,7 @@ STOP_ORDER = (
     "sender",
     "courier",
     "store-probe",
+    "ingest-summary",
     "retention",
     "alerts",
     "dashboard-mail",
@@ -295,6 +298,16 @@ async def _probe_while_failing(
         pipeline.healthy.set()
 
 
+async def _summarize(summary: Callable[[], str | None], stop: asyncio.Event) -> None:
+    """Log ``summary()`` every ``SUMMARY_EVERY_S`` when it has something to say."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), SUMMARY_EVERY_S)
+        line = summary()
+        if line is not None:
+            logger.info("%s", line)
+
+
 async def _close_on(supervisor: Supervisor, hub: Hub) -> None:
     """End the dashboard's streams once the server drains (uvicorn waits for open responses),
     or when stopped."""
@@ -313,6 +326,7 @@ async def start(
     supervisor: Supervisor,
     *,
     websockets: Callable[[], int],
+    summary: Callable[[], str | None] = lambda: None,
     clock: Clock,
     monotonic: Monotonic,
 ) -> AsyncIterator[Runtime]:
@@ -395,6 +409,7 @@ async def start(
             "retention", purge_forever(store, clock, config.store.retention_days, stop)
         )
         supervisor.start("store-probe", _probe_while_failing(pipeline, store, clock, stop))
+        supervisor.start("ingest-summary", _summarize(summary, stop))
         supervisor.start("sender", sender.run(stop))
         supervisor.start("courier", courier.run(stop))
         supervisor.start("dashboard-hub", hub.run(stop))

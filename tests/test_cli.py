@@ -13,12 +13,15 @@ from typing import Any
 
 import httpx
 import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 from rtserver import __version__
-from rtserver.cli import RedactAddresses, _announce, _configure_logging, main
+from rtserver.cli import QuietWebSockets, RedactAddresses, _announce, _configure_logging, main
 from rtserver.config.schema import EXAMPLE_CONFIG, iter_settings
 from rtserver.tools.demo import demo_config
-from tests.support.server import ORIGIN, TIMEOUT_UNIT, make_config
+from tests.support.events import event
+from tests.support.server import ORIGIN, TIMEOUT_UNIT, make_config, send_batch
 from tests.support.server_process import READY, ServerProcess, write_config
 
 SECRET_ENV = ("RTSERVER_CONFIG", "RTSERVER_WRITE_KEY", "RTSERVER_IDENTITY_SECRET")
@@ -376,6 +379,29 @@ async def test_serve_subprocess_banner_healthz_and_sigterm(tmp_path: Path) -> No
     assert f"health        {url}/healthz" in log
 
 
+async def test_websocket_urls_and_keys_never_reach_the_log(tmp_path: Path) -> None:
+    """WebSocket handshakes write no line per connection at INFO, and a key a careless client
+    put in the query string never reaches the log, accepted or refused."""
+    server = ServerProcess(config_file(tmp_path), "--port", "0")
+    try:
+        url = await server.start()
+        base = url.replace("http://", "ws://") + "/v1/ws"
+        async with connect(
+            f"{base}?key=pk_dev&writeKey=wk_LEAKED_accepted", additional_headers={"Origin": ORIGIN}
+        ) as ws:
+            assert "ack" in await send_batch(ws, [event()])
+        for query in ("?key=wk_LEAKED_refused", "?key=pk_dev&token=LEAKED_no_origin"):
+            with pytest.raises(InvalidStatus):
+                async with connect(base + query, open_timeout=TIMEOUT_UNIT):
+                    pass  # pragma: no cover
+        code = await server.terminate(4 * TIMEOUT_UNIT)
+    finally:
+        await server.kill()
+    assert code == 0, server.tail()
+    assert not [line for line in server.log if "LEAKED" in line]
+    assert not [line for line in server.log if "WebSocket /v1/ws" in line]
+
+
 def test_log_lines_carry_no_email_address(restore_logging: None) -> None:
     """Every handler rtserver logs through redacts addresses (a person id may be an email),
     once however often logging is configured; other lines are left alone."""
@@ -394,3 +420,20 @@ def test_log_lines_carry_no_email_address(restore_logging: None) -> None:
     )
     plain = logging.LogRecord("rtserver", logging.INFO, __file__, 1, "ready %d", (1,), None)
     assert RedactAddresses().filter(plain) and (plain.msg, plain.args) == ("ready %d", (1,))
+
+
+def test_websocket_handshake_records_lose_the_query_and_go_to_debug(
+    restore_logging: None,
+) -> None:
+    """uvicorn's handshake record is dropped at INFO and kept, query stripped, at DEBUG."""
+    record = logging.LogRecord(
+        "uvicorn.error", logging.INFO, __file__, 1, '%s - "WebSocket %s" %d',
+        ("127.0.0.1:1", "/v1/ws?key=wk_secret", 403), None,
+    )  # fmt: skip
+    _configure_logging("info")
+    assert QuietWebSockets().filter(record) is False and record.levelno == logging.DEBUG
+    _configure_logging("debug")
+    assert QuietWebSockets().filter(record) is True
+    assert record.getMessage() == '127.0.0.1:1 - "WebSocket /v1/ws" 403'
+    other = logging.LogRecord("uvicorn.error", logging.INFO, __file__, 1, "Started", (), None)
+    assert QuietWebSockets().filter(other) is True

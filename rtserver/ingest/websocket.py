@@ -370,14 +370,31 @@ class Ingest:
         self.sessions: set[Session] = set()
         self.per_ip: Counter[str] = Counter()
         self.draining = False
+        self.tally: Counter[str] = Counter()
+        """Connections opened, closed and refused (by reason) since the last :meth:`summary`."""
+
+    def summary(self) -> str | None:
+        """One line on the connections since the last call (None if there were none); a
+        server with thousands of browsers logs this once a minute, not a line per socket."""
+        if not self.tally:
+            return None
+        tally, self.tally = self.tally, Counter()
+        refused = {k.removeprefix("refused: "): n for k, n in tally.items() if k[:8] == "refused:"}
+        line = f"websockets: {tally['opened']} opened, {tally['closed']} closed"
+        if refused:
+            reasons = ", ".join(f"{n} {why}" for why, n in sorted(refused.items()))
+            line += f", {sum(refused.values())} refused ({reasons})"
+        return f"{line}; {len(self.sessions)} open"
 
     async def _refuse(self, websocket: WebSocket, why: str) -> None:
         # Closing before accept() makes uvicorn answer the handshake with HTTP 403. (A denial
         # response with a body would say more, but uvicorn logs each one as an ASGI error.)
-        logger.info("ws refused %s: %s", websocket.client, why)
+        self.tally[f"refused: {why}"] += 1
+        logger.debug("ws refused %s: %s", websocket.client, why)
         await websocket.close(status.WS_1008_POLICY_VIOLATION)
 
     async def _turn_away(self, websocket: WebSocket, code: int, why: str) -> None:
+        self.tally[f"refused: {why}"] += 1
         await websocket.accept()
         await websocket.close(code, why)
 
@@ -402,6 +419,7 @@ class Ingest:
         self.sessions.add(session)
         try:
             await websocket.accept()
+            self.tally["opened"] += 1
             logger.debug("ws %d open from %s", session.id, peer)
             session.reader = asyncio.create_task(session.read(), name=f"ws-reader-{session.id}")
             try:
@@ -420,6 +438,7 @@ class Ingest:
             self.per_ip[peer] -= 1
             if not self.per_ip[peer]:
                 del self.per_ip[peer]
+            self.tally["closed"] += 1
             logger.debug("ws %d closed", session.id)
 
     async def drain(self) -> None:

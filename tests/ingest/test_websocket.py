@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -699,3 +700,26 @@ async def test_handshake_during_the_drain_is_turned_away_1001(tmp_path: Path) ->
         finally:
             writer.close()
             await writer.wait_closed()
+
+
+async def test_connections_are_summarized_not_logged_one_by_one(tmp_path: Path) -> None:
+    """The ingest counts what it opens, closes and refuses (with the reason) for the summary
+    logged once a minute; each summary starts counting again."""
+    async with run_server(make_config(tmp_path)) as live:
+        assert live.ingest.summary() is None
+        async with live.ws() as ws:
+            await send_batch(ws, [event()])
+        with pytest.raises(InvalidStatus):
+            async with live.ws(url=live.ws_url.replace("key=", "key=wrong")):
+                pass  # pragma: no cover
+        with pytest.raises(InvalidStatus):
+            async with live.ws(origin="http://evil.test"):
+                pass  # pragma: no cover
+        line = live.ingest.summary() or ""
+        # The closed socket's session may still be ending on the server: closed 0 or 1.
+        expected = r"websockets: 1 opened, ([01]) closed, 2 refused \(1 invalid key, "
+        expected += r"1 origin not allowed\); ([01]) open"
+        match = re.fullmatch(expected, line)
+        assert match is not None, line
+        assert int(match[1]) + int(match[2]) == 1
+        assert live.ingest.summary() in (None, "websockets: 0 opened, 1 closed; 0 open")
