@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -41,3 +43,30 @@ def test_readme_table_matches_settings_command(capsys: pytest.CaptureFixture[str
     main(["settings"])
     table = capsys.readouterr().out.strip()
     assert table in (ROOT / "README.md").read_text()
+
+
+def _pinned(lock: str) -> dict[str, str]:
+    """``name -> version`` of a lock file, each entry checked to carry hashes."""
+    text = (ROOT / lock).read_text()
+    entry = r"^([A-Za-z0-9_.\-]+)==(\S+) \\\n((?:\s+--hash=sha256:\w+ ?\\?\n?)+)"
+    entries = re.findall(entry, text, re.M)
+    assert entries, lock
+    return {re.sub(r"[-_.]+", "-", name).lower(): version for name, version, _ in entries}
+
+
+def _names(requirements: list[str]) -> set[str]:
+    names = (re.split(r"[<>=\[ ;]", r, maxsplit=1)[0] for r in requirements)
+    return {re.sub(r"[-_.]+", "-", name).lower() for name in names}
+
+
+def test_the_locks_pin_every_dependency_with_hashes() -> None:
+    """requirements.lock pins every runtime dependency of pyproject.toml, and
+    requirements-dev.lock those and the development tools, each with its hashes
+    (./scripts/lock refreshes them); the runtime lock holds no development tool."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    runtime, dev = _names(project["dependencies"]), _names(project["optional-dependencies"]["dev"])
+    serving, developing = _pinned("requirements.lock"), _pinned("requirements-dev.lock")
+    assert runtime <= set(serving), runtime - set(serving)
+    assert runtime | dev <= set(developing), (runtime | dev) - set(developing)
+    assert not {"pytest", "mypy", "playwright"} & set(serving)
+    assert all(developing[name] == version for name, version in serving.items())
