@@ -37,7 +37,7 @@ from rtserver.clock import Clock, Monotonic
 from rtserver.config import Config
 from rtserver.dashboard import Auth, Dashboard, Metrics, RequireLogin, metrics, routes as dashboard
 from rtserver.errors import StoreError
-from rtserver.ingest import Ingest, Intake, receive, snippet, webhooks
+from rtserver.ingest import Budgets, Ingest, Intake, receive, snippet, webhooks
 from rtserver.mail import Links, links
 from rtserver.runtime import Runtime, Supervisor, check_public_url, load_rules, start
 from rtserver.tools import Shop, demo
@@ -103,6 +103,7 @@ def create_app(
         ConfigError: a workflow is invalid (checked here, before anything starts).
     """
     ingest = Ingest(config, monotonic)
+    budgets = Budgets(config, monotonic)
     supervisor = Supervisor()
     rules, warnings = load_rules(config)
     for warning in filter(None, (*warnings, check_public_url(config))):
@@ -116,13 +117,14 @@ def create_app(
             supervisor,
             websockets=lambda: len(ingest.sessions),
             summary=ingest.summary,
+            disk_low=budgets.disk_low,
             clock=clock,
             monotonic=monotonic,
         ) as runtime:
             store, keys, auth = runtime.store, runtime.keys, runtime.auth
             yield State(
                 runtime=runtime,
-                intake=Intake(config, keys, runtime.pipeline.submit, store, clock),
+                intake=Intake(config, keys, runtime.pipeline.submit, store, clock, budgets),
                 links=Links(store, runtime.tokens, runtime.pipeline.submit, config.mail, clock),
                 dashboard=Dashboard(
                     store, runtime.board, auth, runtime.hub, config.server.public_url, clock

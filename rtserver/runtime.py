@@ -327,6 +327,7 @@ async def start(
     *,
     websockets: Callable[[], int],
     summary: Callable[[], str | None] = lambda: None,
+    disk_low: Callable[[], bool] = lambda: False,
     clock: Clock,
     monotonic: Monotonic,
 ) -> AsyncIterator[Runtime]:
@@ -366,6 +367,7 @@ async def start(
             mails=lambda: asdict(sender.stats),
             mail_sender=lambda: sender.waiting or "sending",
             webhooks=lambda: asdict(courier.stats),
+            disk_low=disk_low,
         )
         board = Board(
             store,

@@ -52,6 +52,7 @@ def server_config(tmp_path: Path, port: int) -> Path:
                 "max_connections_per_ip": 1000,
                 "events_per_s": 100000.0,
                 "burst_events": 100000,
+                "budget_exempt": ["127.0.0.0/8"],
             },
         },
     )

@@ -179,11 +179,13 @@ export function install(win) {
     count('posts')
     request
       .then((response) => {
-        if (response.status >= 500) throw response
+        // 429 (over this address's budget) and 5xx: kept and sent again after the backoff.
+        // rtserver answers no other status above 428, so one comparison covers both.
+        if (response.status > 428) throw response
         tries = 0
         settle(
           batch.map((q) => q.e.messageId),
-          response.ok, // a 4xx will never succeed: drop
+          response.ok, // any other 4xx will never succeed: drop
         )
       })
       .catch(() => {

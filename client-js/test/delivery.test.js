@@ -187,7 +187,7 @@ test('when WebSockets keep failing, batches go by HTTP POST as text', (t) => {
   })
 })
 
-test('the HTTP fallback retries on network errors and 5xx, and drops on 4xx', async (t) => {
+test('the HTTP fallback retries on network errors, 429 and 5xx, and drops other 4xx', async (t) => {
   const { win } = setup(t)
   const settle = () => new Promise((resolve) => setImmediate(resolve))
   blockWebSockets(win)
@@ -202,7 +202,12 @@ test('the HTTP fallback retries on network errors and 5xx, and drops on 4xx', as
   assert.equal(win.stats().queued, 1)
   win.tick(win.nextTimer())
   win.socket.die()
-  win.fetches[2].respond(403)
+  win.fetches[2].respond(429) // over the address's budget: kept, sent again later
+  await settle()
+  assert.equal(win.stats().queued, 1)
+  win.tick(win.nextTimer())
+  win.socket.die()
+  win.fetches[3].respond(403)
   await settle()
   assert.equal(win.stats().queued, 0)
   assert.equal(win.stats().rejected, 1)

@@ -26,6 +26,7 @@ from rtserver.config.settings import (
     iter_settings as _iter_settings,
     long_password,
     merge,
+    network,
     origin,
     port_number,
     positive,
@@ -90,6 +91,12 @@ class StoreConfig:
 
     path: str = setting("rtserver.db", "SQLite database file (WAL mode; back up this file).")
     retention_days: int = setting(90, "Days raw events are kept; profiles stay.", check=positive)
+    min_free_mb: int = setting(
+        512,
+        "Below this much free disk space browser ingest is refused (1013 / 503) and an alert "
+        "raised, so the disk never fills.",
+        check=positive,
+    )
     max_group_events: int = setting(
         5000, "Most events written in one group commit.", check=positive
     )
@@ -168,7 +175,33 @@ class IngestConfig:
         500, "Events a WebSocket may send at once above the rate.", check=positive
     )
     max_connections_per_ip: int = setting(
-        20, "Concurrent WebSockets per client address.", check=positive
+        1000,
+        "Concurrent WebSockets per client address (high: thousands of mobile shoppers share one "
+        "carrier-grade NAT address; the address budgets below limit what an address does).",
+        check=positive,
+    )
+    address_events_per_s: float = setting(
+        1000.0,
+        "Browser events per second per client address, WebSocket and HTTP together (more: nack "
+        "or 429 with a retry hint).",
+        check=positive,
+    )
+    address_events_burst: int = setting(
+        5000, "Browser events one client address may send at once above its rate.", check=positive
+    )
+    address_opens_per_s: float = setting(
+        50.0,
+        "New WebSockets per second per client address (more: accepted, then closed 1013).",
+        check=positive,
+    )
+    address_opens_burst: int = setting(
+        500, "New WebSockets one client address may open at once above its rate.", check=positive
+    )
+    budget_exempt: tuple[str, ...] = setting(
+        (),
+        "Client networks the address budgets do not apply to (benchmarks, tests: "
+        "['127.0.0.0/8']); never loopback by default: behind a local proxy every client is it.",
+        check=network,
     )
     max_queue: int = setting(
         1024, "Batches waiting for the writer before ingest pushes back.", check=positive

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import ipaddress
 import math
 import re
 import types
@@ -36,6 +37,7 @@ __all__ = [
     "http_url",
     "iter_settings",
     "merge",
+    "network",
     "origin",
     "long_password",
     "port_number",
@@ -277,6 +279,14 @@ def ec_public_key(value: str) -> str | None:
     except (binascii.Error, ValueError):
         return "expected a base64 DER public key"
     return None if isinstance(key, ec.EllipticCurvePublicKey) else "expected an EC public key"
+
+
+def network(value: str) -> str | None:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        return "expected an address or network like '127.0.0.0/8' or '2001:db8::/64'"
+    return None
 
 
 def url_prefix(value: str) -> str | None:

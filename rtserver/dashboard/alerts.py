@@ -53,6 +53,8 @@ class Sample:
     outbox_backlog: int
     inconsistencies: dict[str, int] = field(default_factory=dict)
     """Broken invariant → how many rows break it (``Store.inconsistencies``)."""
+    disk_low: bool = False
+    """Free disk space under ``store.min_free_mb``: browser ingest is refused."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +134,12 @@ class Alerts:
                 new.outbox_backlog,
                 config.alert_outbox_backlog,
                 f"{new.outbox_backlog} mails wait to be sent",
+            )
+        if new.disk_low:
+            over["disk_low"] = (
+                1,
+                0,
+                "free disk space is under store.min_free_mb: browser events are refused",
             )
         broken = {name: n for name, n in new.inconsistencies.items() if n}
         if broken:

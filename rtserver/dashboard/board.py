@@ -324,6 +324,7 @@ class Board:
             queue_depth=self.readings.queue_depth(),
             outbox_backlog=counts.get("queued", 0) + counts.get("retry_wait", 0),
             inconsistencies=inconsistencies,
+            disk_low=self.readings.disk_low(),
         )
 
     async def check_alerts(self) -> None:

@@ -20,6 +20,10 @@ def _off() -> str:
     return "off"
 
 
+def _never() -> bool:
+    return False
+
+
 @dataclass(frozen=True, slots=True)
 class Readings:
     """The running server's counters, read when the dashboard or a scrape asks."""
@@ -42,3 +46,5 @@ class Readings:
     """What the mail sender is doing: ``sending``, what it waits for, or ``off``."""
     webhooks: Callable[[], Mapping[str, int]] = _nothing
     """The webhook sender's outcomes."""
+    disk_low: Callable[[], bool] = _never
+    """Whether free disk space is under ``store.min_free_mb`` (browser ingest refused)."""

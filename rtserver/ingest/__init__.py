@@ -6,8 +6,9 @@ Other packages import from here; what is not listed below is private to the pack
 from __future__ import annotations
 
 from rtserver.ingest import snippet, webhooks
+from rtserver.ingest.budgets import Budgets
 from rtserver.ingest.intake import Intake
 from rtserver.ingest.segment import receive
 from rtserver.ingest.websocket import Ingest
 
-__all__ = ["Ingest", "Intake", "receive", "snippet", "webhooks"]
+__all__ = ["Budgets", "Ingest", "Intake", "receive", "snippet", "webhooks"]

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from rtserver.clock import Clock
 from rtserver.config import Config, Keys
+from rtserver.ingest.budgets import Budgets
 from rtserver.model import Submit
 from rtserver.store import Store
 
@@ -25,3 +26,5 @@ class Intake:
     store: Store
     """Replayed webhook ids and the mails that bounce and complaint reports name."""
     clock: Clock
+    budgets: Budgets
+    """What each client address may still send, and the disk space guard."""

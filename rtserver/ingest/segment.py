@@ -44,9 +44,12 @@ GZIP_NAMES = ("gzip", "x-gzip")
 class HTTPFailure(Exception):
     """Ends a request with a JSON error."""
 
-    def __init__(self, status_code: int, error: str, **extra: Any):
+    def __init__(
+        self, status_code: int, error: str, retry_after_s: float | None = None, **extra: Any
+    ):
         super().__init__(error)
         self.status_code = status_code
+        self.retry_after_s = retry_after_s
         self.body = {"success": False, "error": error, **extra}
 
 
@@ -176,10 +179,29 @@ async def commit(intake: Intake, events: list[Event]) -> None:
         raise HTTPFailure(status.HTTP_500_INTERNAL_SERVER_ERROR, "storage failed") from None
 
 
+def _spend(intake: Intake, address: str, events: int) -> None:
+    """Spend ``events`` of the address's budget.
+
+    Raises:
+        HTTPFailure: 429 over the budget, 503 while the disk is almost full (with Retry-After:
+            the snippet keeps the events and sends them again after it).
+    """
+    if intake.budgets.disk_low():
+        raise HTTPFailure(
+            status.HTTP_503_SERVICE_UNAVAILABLE, "server disk almost full, retry later", 5.0
+        )
+    wait_s = intake.budgets.take("events", address, events)
+    if wait_s is not None:
+        error = "too many events from this address, retry later"
+        raise HTTPFailure(status.HTTP_429_TOO_MANY_REQUESTS, error, wait_s)
+
+
 def failure_response(request: Request, failure: HTTPFailure) -> JSONResponse:
     """The JSON answer of ``failure``; a 503 says when to retry."""
     headers = None
-    if failure.status_code == status.HTTP_503_SERVICE_UNAVAILABLE:
+    if failure.retry_after_s is not None:
+        headers = {"Retry-After": str(max(1, math.ceil(failure.retry_after_s)))}
+    elif failure.status_code == status.HTTP_503_SERVICE_UNAVAILABLE:
         intake = cast(Intake, request.state.intake)
         seconds = math.ceil(intake.config.ingest.retry_after_ms / 1000)
         headers = {"Retry-After": str(seconds)}
@@ -215,6 +237,8 @@ async def _ingest(request: Request, kind: str | None) -> JSONResponse:
     else:
         raws = [payload]
     client_ip = request.client.host if request.client else None
+    if source == "browser":  # the public key: held to its address's budget
+        _spend(intake, client_ip or "unknown", max(1, len(raws)))
     accepted, rejected = parse_all(raws, intake, source, kind, context, client_ip)
     if not accepted:
         error = rejected[0]["error"] if rejected else "empty batch"

@@ -19,6 +19,7 @@ import asyncio
 import hmac
 import itertools
 import logging
+import math
 import re
 import urllib.parse
 from collections import Counter
@@ -36,6 +37,9 @@ from rtserver.ingest.intake import Intake
 from rtserver.model import Event, message_id_of, parse_batch, parse_event, verify_identity
 
 __all__ = ["Ingest", "TokenBucket", "nesting_of", "origin_allowed"]
+
+DISK_RETRY_S = 5.0
+"""How long a client waits before it sends again while the disk is almost full."""
 
 logger = logging.getLogger(__name__)
 _ids = itertools.count(1)
@@ -315,6 +319,15 @@ class Session:
             await self.put({"reject": [{"messageId": None, "error": str(exc)}]})
             return
         self._spend(max(1, len(raw_events)))
+        budgets = intake.budgets
+        wait_s = budgets.take("events", self.peer, max(1, len(raw_events)))
+        if wait_s is not None or budgets.disk_low():
+            # Over this address's budget (or the disk is almost full): nothing is stored, the
+            # client keeps the events and sends them again after the wait.
+            ids = [i for i in map(message_id_of, raw_events) if i is not None]
+            retry_ms = math.ceil((wait_s or DISK_RETRY_S) * 1000)
+            await self.put({"nack": ids, "retry_after_ms": retry_ms})
+            return
         accepted: list[Event] = []
         rejected: list[dict[str, Any]] = []
         secret = intake.keys.identity_secret
@@ -410,6 +423,14 @@ class Ingest:
             return await self._refuse(websocket, "origin not allowed")
         if self.draining:
             return await self._turn_away(websocket, status.WS_1001_GOING_AWAY, "shutting down")
+        if intake.budgets.disk_low():
+            return await self._turn_away(
+                websocket, status.WS_1013_TRY_AGAIN_LATER, "server disk almost full: retry later"
+            )
+        wait_s = intake.budgets.take("opens", peer)
+        if wait_s is not None:
+            why = f"too many new connections from this address: retry in {math.ceil(wait_s)} s"
+            return await self._turn_away(websocket, status.WS_1013_TRY_AGAIN_LATER, why)
         if self.per_ip[peer] >= config.ingest.max_connections_per_ip:
             return await self._turn_away(
                 websocket, status.WS_1008_POLICY_VIOLATION, "too many connections from this address"
