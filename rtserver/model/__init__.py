@@ -42,9 +42,19 @@ from rtserver.model.facts import (
     observe,
 )
 from rtserver.model.people import Link, email_hash, ids_to_look_up, may_describe, resolve_people
+from rtserver.model.products import (
+    AVAILABILITY,
+    BUYABLE,
+    Product,
+    RowError,
+    product_from,
+    web_url,
+)
 
 __all__ = [
+    "AVAILABILITY",
     "Action",
+    "BUYABLE",
     "CallWebhook",
     "CancelTimer",
     "EmitEvent",
@@ -56,6 +66,8 @@ __all__ = [
     "MARKETING_CONSENT",
     "NAMES_BY_TYPE",
     "Person",
+    "Product",
+    "RowError",
     "Run",
     "ScheduleTimer",
     "Scheduled",
@@ -77,6 +89,8 @@ __all__ = [
     "parse_batch",
     "parse_event",
     "person_event",
+    "product_from",
     "resolve_people",
     "verify_identity",
+    "web_url",
 ]
