@@ -124,8 +124,23 @@ def create_app(
             store, keys, auth = runtime.store, runtime.keys, runtime.auth
             yield State(
                 runtime=runtime,
-                intake=Intake(config, keys, runtime.pipeline.submit, store, clock, budgets),
-                links=Links(store, runtime.tokens, runtime.pipeline.submit, config.mail, clock),
+                intake=Intake(
+                    config,
+                    keys,
+                    runtime.pipeline.submit,
+                    store,
+                    clock,
+                    budgets,
+                    runtime.triggers.wake,
+                ),
+                links=Links(
+                    store,
+                    runtime.tokens,
+                    runtime.pipeline.submit,
+                    config.mail,
+                    clock,
+                    runtime.mailer.hosts,
+                ),
                 dashboard=Dashboard(
                     store, runtime.board, auth, runtime.hub, config.server.public_url, clock
                 ),

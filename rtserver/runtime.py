@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from rtserver.catalog import Triggers
 from rtserver.clock import Clock, Monotonic
 from rtserver.config import Config, Keys, MailConfig
 from rtserver.dashboard import Alerts, Auth, Board, Histogram, Hub, Readings, resolve_auth
@@ -76,6 +77,7 @@ PROBE_EVERY_S = 5.0
 
 STOP_ORDER = (
     "timer-driver",
+    "catalog-triggers",
     "pipeline",
     "sender",
     "courier",
@@ -248,6 +250,10 @@ class Runtime:
     engine: Engine
     pipeline: Pipeline
     tokens: Tokens
+    mailer: Mailer
+    triggers: Triggers
+    """Back in Stock and Price Dropped events for the people a catalog change concerns."""
+    """Renders mail; its ``hosts`` say where links from data may point."""
     sender: Sender
     courier: Courier
     latency: Histogram
@@ -351,7 +357,9 @@ async def start(
         )
         tokens = Tokens(keys.link_secret, clock)
         relay = await stack.enter_async_context(mail_transport(config, store, clock))
-        sender = Sender(store, make_mailer(config, tokens), relay, config.mail, clock)
+        mailer = make_mailer(config, tokens)
+        triggers = Triggers(store, pipeline.submit, config.catalog, clock)
+        sender = Sender(store, mailer, relay, config.mail, clock)
         courier = Courier(store, config.hooks, keys.hooks_secret, clock)
         latency = Histogram()
         viewing = config.dashboard
@@ -412,6 +420,7 @@ async def start(
         )
         supervisor.start("store-probe", _probe_while_failing(pipeline, store, clock, stop))
         supervisor.start("ingest-summary", _summarize(summary, stop))
+        supervisor.start("catalog-triggers", triggers.run())
         supervisor.start("sender", sender.run(stop))
         supervisor.start("courier", courier.run(stop))
         supervisor.start("dashboard-hub", hub.run(stop))
@@ -427,6 +436,8 @@ async def start(
             engine=engine,
             pipeline=pipeline,
             tokens=tokens,
+            mailer=mailer,
+            triggers=triggers,
             sender=sender,
             courier=courier,
             latency=latency,

@@ -27,15 +27,17 @@ ALLOWED: dict[str, set[str]] = {
     "engine": BASE | {"config", "model", "store"},
     "mail": BASE | {"config", "model", "store"},
     "hooks": BASE | {"config", "model", "store", "mail"},
+    "catalog": BASE | {"config", "model", "store", "hooks"},
     "ingest": BASE | {"config", "model", "store", "engine", "mail", "hooks"},
     "dashboard": BASE | {"config", "model", "store"},
     "runtime": BASE
-    | {"config", "model", "store", "engine", "mail", "hooks", "dashboard", "ingest"},
-    "tools": BASE | {"config", "model", "store", "engine", "mail", "runtime"},
+    | {"config", "model", "store", "engine", "mail", "hooks", "dashboard", "ingest", "catalog"},
+    "tools": BASE | {"config", "model", "store", "engine", "mail", "runtime", "catalog"},
     "app": BASE
     | {"config", "model", "store", "engine", "mail", "hooks", "dashboard", "ingest"}
-    | {"runtime", "tools"},
-    "cli": BASE | {"config", "model", "store", "engine", "mail", "app", "runtime", "tools"},
+    | {"runtime", "tools", "catalog"},
+    "cli": BASE
+    | {"config", "model", "store", "engine", "mail", "app", "runtime", "tools", "catalog"},
 }
 """Package (or root module) -> what it may import. ``__init__`` and ``__main__`` are left out."""
 

@@ -10,8 +10,10 @@ from rtserver.config.keys import Keys
 from rtserver.config.schema import (
     EXAMPLE_CONFIG,
     BrandConfig,
+    CatalogConfig,
     Config,
     DashboardConfig,
+    FeedConfig,
     HooksConfig,
     MailConfig,
     iter_settings,
@@ -21,9 +23,11 @@ from rtserver.config.schema import (
 
 __all__ = [
     "BrandConfig",
+    "CatalogConfig",
     "Config",
     "DashboardConfig",
     "EXAMPLE_CONFIG",
+    "FeedConfig",
     "HooksConfig",
     "Keys",
     "MailConfig",

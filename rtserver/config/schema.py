@@ -22,6 +22,7 @@ from rtserver.config.settings import (
     Setting,
     build,
     ec_public_key,
+    host_name,
     http_url,
     iter_settings as _iter_settings,
     long_password,
@@ -39,8 +40,10 @@ from rtserver.config.settings import (
 from rtserver.errors import ConfigError
 
 __all__ = [
+    "CatalogConfig",
     "Config",
     "DashboardConfig",
+    "FeedConfig",
     "HooksConfig",
     "IngestConfig",
     "KeysConfig",
@@ -311,9 +314,59 @@ class MailConfig:
     confirmations_per_ip: int = setting(
         5, "Double opt-in mails one client address may cause per day.", check=positive
     )
+    link_hosts: tuple[str, ...] = setting(
+        (),
+        "Hosts that links from data (catalog, events) may point at; () means the host of "
+        "mail.brand.url. server.public_url's host is always allowed; template links are too.",
+        check=host_name,
+    )
+    image_hosts: tuple[str, ...] = setting(
+        (),
+        "https hosts product images may come from; () means the image hosts of the "
+        "configured feeds. server.public_url's host is always allowed.",
+        check=host_name,
+    )
     brand: BrandConfig = field(default_factory=BrandConfig, metadata={"help": "Branding."})
     dkim: DkimConfig = field(default_factory=DkimConfig, metadata={"help": "DKIM signing."})
     smtp: SmtpConfig = field(default_factory=SmtpConfig, metadata={"help": "SMTP relay."})
+
+
+@dataclass(frozen=True, slots=True)
+class FeedConfig:
+    """One product feed the catalog re-reads on a schedule (a ``[[catalog.feed]]`` table)."""
+
+    url: str = setting("", "The feed's URL (http or https).", check=http_url)
+    format: Literal["", "google", "google-tsv", "csv", "jsonl", "shopify"] = setting(
+        "", "google, google-tsv, csv, jsonl or shopify ('': from the URL's file name)."
+    )
+    every: Duration = setting(Duration("1h"), "How often the feed is read again.")
+    allow_private: bool = setting(
+        False, "Allow a feed on a private, loopback or link-local address."
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogConfig:
+    """The product catalog: what mail shows of a product comes only from here."""
+
+    feed: tuple[FeedConfig, ...] = setting(
+        (),
+        "Product feeds ([[catalog.feed]] tables with url, format, every and allow_private), "
+        "re-read on their schedule with ETag and If-Modified-Since.",
+    )
+    back_in_stock_window: Duration = setting(
+        Duration("30d"),
+        "Back in Stock: people who asked, or viewed or carted the product this recently.",
+    )
+    back_in_stock_viewers: bool = setting(
+        True, "Back in Stock also tells people who only viewed or carted it (not only askers)."
+    )
+    price_drop_window: Duration = setting(
+        Duration("30d"), "Price Dropped: people who viewed or carted the product this recently."
+    )
+    price_drop_min_percent: float = setting(
+        5.0, "Price Dropped: the least drop, in percent, that counts.", check=positive
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -407,6 +460,7 @@ class Config:
     mail: MailConfig = field(default_factory=MailConfig)
     dashboard: DashboardConfig = field(default_factory=DashboardConfig)
     hooks: HooksConfig = field(default_factory=HooksConfig)
+    catalog: CatalogConfig = field(default_factory=CatalogConfig)
     workflow: tuple[Mapping[str, Any], ...] = field(
         default=(), metadata={"help": "Workflows ([[workflow]] tables)."}
     )
@@ -497,6 +551,9 @@ def load_config(
             f"({ingest.max_batch_events}) or a full batch is always refused, "
             f"got {ingest.burst_events!r}"
         )
+    for i, feed in enumerate(config.catalog.feed):
+        if not feed.url:
+            raise ConfigError(f"catalog.feed[{i}].url: missing (every feed needs its URL)")
     return dataclasses.replace(
         config, workflow=workflows, source=Path(path) if path is not None else None
     )

@@ -34,6 +34,7 @@ __all__ = [
     "Setting",
     "build",
     "ec_public_key",
+    "host_name",
     "http_url",
     "iter_settings",
     "merge",
@@ -220,6 +221,18 @@ def port_number(value: int) -> str | None:
 
 def positive(value: float) -> str | None:
     return None if 0 < value < math.inf else "expected a positive number"
+
+
+_HOST_NAME = re.compile(
+    r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
+)
+
+
+def host_name(value: Any) -> str | None:
+    """A lower-case DNS host name (such as ``shop.example.com``), no scheme, port or path."""
+    if not isinstance(value, str) or not _HOST_NAME.match(value):
+        return "expected a lower-case host name such as 'shop.example.com'"
+    return None
 
 
 def http_url(value: str) -> str | None:

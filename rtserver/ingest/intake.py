@@ -4,6 +4,7 @@ WebSocket, the HTTP API and the signed webhooks as ``request.state.intake``."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from rtserver.clock import Clock
@@ -28,3 +29,5 @@ class Intake:
     clock: Clock
     budgets: Budgets
     """What each client address may still send, and the disk space guard."""
+    catalog_changed: Callable[[], None] = lambda: None
+    """Wakes the catalog triggers after a write-key or webhook event changed a product."""

@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, Response
 
 from rtserver.errors import InvalidEvent, StorageUnavailable, StoreError
 from rtserver.ingest.intake import Intake
+from rtserver.ingest.products import updates_of
 from rtserver.ingest.websocket import key_matches, origin_allowed
 from rtserver.model import Event, Source, decode_json, message_id_of, parse_event, verify_identity
 
@@ -163,13 +164,26 @@ def parse_all(
     return accepted, rejected
 
 
-async def commit(intake: Intake, events: list[Event]) -> None:
-    """Store ``events`` through the pipeline and wait for the commit.
+async def commit(intake: Intake, events: list[Event]) -> list[dict[str, Any]]:
+    """Apply the catalog updates among ``events`` (trusted sources only), then store the
+    events through the pipeline and wait for the commit; the catalog events refused.
+
+    The catalog is written first: a failure after it leaves the sender to retry, and writing
+    the same product twice is writing it once.
 
     Raises:
-        HTTPFailure: 503 while the storage is unavailable or the queue full, 500 if it failed.
+        HTTPFailure: 400 when every event was refused, 503 while the storage is unavailable
+            or the queue full, 500 if it failed.
     """
+    events, products, deleted, refused = updates_of(events, intake.config.mail.brand.currency)
+    if not events:
+        raise HTTPFailure(status.HTTP_400_BAD_REQUEST, refused[0]["error"], rejected=refused)
     try:
+        now = intake.clock()
+        if products and await intake.store.catalog.upsert(products, "events", now):
+            intake.catalog_changed()
+        if deleted:
+            await intake.store.catalog.discontinue(deleted, now)
         await (await intake.submit(events, intake.clock()))
     except (TimeoutError, StorageUnavailable):
         raise HTTPFailure(
@@ -177,6 +191,7 @@ async def commit(intake: Intake, events: list[Event]) -> None:
         ) from None
     except StoreError:
         raise HTTPFailure(status.HTTP_500_INTERNAL_SERVER_ERROR, "storage failed") from None
+    return refused
 
 
 def _spend(intake: Intake, address: str, events: int) -> None:
@@ -243,7 +258,7 @@ async def _ingest(request: Request, kind: str | None) -> JSONResponse:
     if not accepted:
         error = rejected[0]["error"] if rejected else "empty batch"
         raise HTTPFailure(status.HTTP_400_BAD_REQUEST, error, rejected=rejected)
-    await commit(intake, accepted)
+    rejected += await commit(intake, accepted)
     result: dict[str, Any] = {"success": True}
     if rejected:
         result["rejected"] = rejected

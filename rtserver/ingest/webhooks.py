@@ -174,7 +174,9 @@ async def _receive(request: Request, source: str) -> JSONResponse:
         events = await _feedback_events(intake, reports, webhook_id)
         processed = len(reports)
     if events:
-        await commit(intake, events)
+        refused = await commit(intake, events)
+        if refused:
+            result["rejected"] = [*result.get("rejected", []), *refused]
     # Noted only once done: a failure before it leaves the sender to retry, and each step
     # above is idempotent (events by messageId, suppressions by address).
     await intake.store.webhook_done(webhook_id, source, intake.clock())

@@ -1,15 +1,20 @@
 """What a mail is rendered with: :class:`Contexts` builds a claimed mail's
-:class:`~rtserver.mail.render.MailContext` (the person, the run, the run's cart and recommendations)
-for the sender and for ``rtserver render``'s previews.
+:class:`~rtserver.mail.render.MailContext` (the person, the run, the run's cart, the products they
+viewed and recommendations) for the sender and for ``rtserver render``'s previews.
 
-The shop's popular products and the co-viewed products of a set of viewed products are read at
-most every ``POPULAR_TTL_S`` of the clock it is given: a batch of mails, and people who viewed
-the same few products, share one read.
+Every product a mail shows comes from the catalog: the person's events give only product ids
+and quantities. A cart item the catalog does not know shows a neutral name with no link, image
+or price; links and images point only at the shop's hosts (:class:`~rtserver.mail.hosts.Hosts`).
+
+The shop's popular products, the feeds' image hosts and the co-viewed products of a set of
+viewed products are read at most every ``POPULAR_TTL_S`` of the clock it is given: a batch of
+mails, and people who viewed the same few products, share one read.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import Any
 
 from rtserver.config import MailConfig
@@ -18,14 +23,14 @@ from rtserver.mail.recommend import (
     bought_of,
     cart_of,
     events_of_cart,
-    products_of,
     recommend,
     viewed_of,
 )
 from rtserver.mail.render import MailContext, Mailer
+from rtserver.model import Product as CatalogProduct
 from rtserver.store import Claim, Store
 
-__all__ = ["Contexts"]
+__all__ = ["Contexts", "UNKNOWN_PRODUCT"]
 
 DAY_S = 86400.0
 PRODUCTS_WINDOW_S = 30 * DAY_S
@@ -38,6 +43,10 @@ who viewed the same few products (often one popular product) share one read."""
 POOL = 8
 """Candidates read from co-views and popularity for the recommendations."""
 RECOMMENDATIONS = 3
+VIEWED_SHOWN = 4
+"""The person's recently viewed products a mail may show (``viewed``)."""
+UNKNOWN_PRODUCT = "An item from our shop"
+"""The name of a cart item the catalog does not know: never the id or anything a browser sent."""
 
 
 class Contexts:
@@ -47,14 +56,16 @@ class Contexts:
         self.store = store
         self.mailer = mailer
         self.config = config
-        self._popular: tuple[float, list[Product]] | None = None
+        self.hosts = mailer.hosts
+        self._popular: tuple[float, list[str]] | None = None
         self._popular_lock = asyncio.Lock()
-        self._co_viewed: dict[tuple[str, ...], tuple[float, list[Product]]] = {}
+        self._co_viewed: dict[tuple[str, ...], tuple[float, list[str]]] = {}
 
     async def build(self, claim: Claim, now: float) -> MailContext:
         """What ``claim`` is rendered with: the person, the run, the run's cart (the events of
-        that cart when the run is keyed by its ``cart_id``, else all the person's) and
-        recommendations; also what ``rtserver render`` previews.
+        that cart when the run is keyed by its ``cart_id``, else all the person's), what they
+        viewed and recommendations, all from the catalog; also what ``rtserver render``
+        previews.
 
         Raises:
             StoreError: the person's products could not be read.
@@ -63,15 +74,25 @@ class Contexts:
             return self._confirmation(claim, now)
         since = now - PRODUCTS_WINDOW_S
         events = await self.store.mail.product_events(claim.person_id, since)
-        viewed = viewed_of(events)
+        viewed_ids = viewed_of(events)
         bought = bought_of(events)
-        cart = cart_of(events_of_cart(events, str(claim.run.get("key") or "")))
-        co_viewed: list[Product] = []
-        if viewed:
-            co_viewed = await self._co_viewed_products(tuple(p.id for p in viewed[:POOL]), now)
-        popular = await self._popular_products(now)
+        key = str(claim.run.get("key") or "")
+        cart_items = cart_of(events_of_cart(events, key))
+        co_viewed_ids: list[str] = []
+        if viewed_ids:
+            co_viewed_ids = await self._co_viewed_ids(tuple(viewed_ids[:POOL]), now)
+        popular_ids = await self._popular_ids(now)
+        wanted = {*viewed_ids, *co_viewed_ids, *popular_ids, *(pid for pid, _ in cart_items)}
+        catalog = await self.store.catalog.products({*wanted, key} if key else wanted)
+        product = catalog.get(key)
+        cart = [self._shown(catalog.get(pid), pid, quantity) for pid, quantity in cart_items]
+        viewed = self._buyable(viewed_ids, catalog)
         recommendations = recommend(
-            viewed, co_viewed, popular, bought | {p.id for p in cart}, RECOMMENDATIONS
+            viewed,
+            self._buyable(co_viewed_ids, catalog),
+            self._buyable(popular_ids, catalog),
+            bought | {pid for pid, _ in cart_items} | {key},
+            RECOMMENDATIONS,
         )
         return MailContext(
             mail_id=claim.id,
@@ -81,10 +102,36 @@ class Contexts:
             person=claim.person,
             run=claim.run,
             cart=tuple(cart),
+            viewed=tuple(viewed[:VIEWED_SHOWN]),
+            product=None if product is None else self._shown(product, key),
             recommendations=tuple(recommendations),
             marketing=claim.marketing,
             extra=self._extra(claim),
         )
+
+    def _shown(self, product: CatalogProduct | None, pid: str, quantity: int = 1) -> Product:
+        """``product`` as a mail shows it: links and images only to the shop's hosts; a
+        product the catalog does not know gets a neutral name and nothing else."""
+        if product is None:
+            return Product(pid, UNKNOWN_PRODUCT, None, None, None, None, None, quantity)
+        on_sale = product.sale_price is not None and product.price is not None
+        return Product(
+            id=product.id,
+            name=product.name,
+            price=product.current_price,
+            currency=product.currency,
+            image=self.hosts.image(product.image),
+            url=self.hosts.link(product.url),
+            category=product.category,
+            quantity=quantity,
+            regular_price=product.price if on_sale else None,
+        )
+
+    def _buyable(self, ids: list[str], catalog: Mapping[str, CatalogProduct]) -> list[Product]:
+        """The products of ``ids`` the catalog knows and sells, as a mail shows them."""
+        return [
+            self._shown(catalog[pid], pid) for pid in ids if pid in catalog and catalog[pid].buyable
+        ]
 
     def _confirmation(self, claim: Claim, now: float) -> MailContext:
         """A double opt-in mail goes to an address its browser has not proven it owns: it says
@@ -107,20 +154,22 @@ class Contexts:
         token = self.mailer.tokens.confirm(claim.person_id, claim.recipient)
         return {**claim.extra, "confirm_url": f"{self.mailer.public_url}/confirm/{token}"}
 
-    async def _co_viewed_products(self, ids: tuple[str, ...], now: float) -> list[Product]:
+    async def _co_viewed_ids(self, ids: tuple[str, ...], now: float) -> list[str]:
         """Products viewed by the viewers of ``ids``, read again after ``POPULAR_TTL_S``."""
         cached = self._co_viewed.get(ids)
         if cached is None or not cached[0] <= now < cached[0] + POPULAR_TTL_S:
-            rows = await self.store.mail.co_viewed(list(ids), now - PRODUCTS_WINDOW_S, POOL)
-            cached = self._co_viewed[ids] = (now, products_of(rows))
+            found = await self.store.mail.co_viewed(list(ids), now - PRODUCTS_WINDOW_S, POOL)
+            cached = self._co_viewed[ids] = (now, found)
             while len(self._co_viewed) > CO_VIEWED_SETS:
                 del self._co_viewed[next(iter(self._co_viewed))]  # the oldest read
         return cached[1]
 
-    async def _popular_products(self, now: float) -> list[Product]:
+    async def _popular_ids(self, now: float) -> list[str]:
+        """The shop's popular products; the feeds' image hosts are read along with them."""
         async with self._popular_lock:  # a batch's mails ask at once: one of them reads
             cached = self._popular
             if cached is None or not cached[0] <= now < cached[0] + POPULAR_TTL_S:
-                rows = await self.store.mail.popular(now - PRODUCTS_WINDOW_S, POOL)
-                cached = self._popular = (now, products_of(rows))
+                found = await self.store.mail.popular(now - PRODUCTS_WINDOW_S, POOL)
+                self.hosts.feed_images = frozenset(await self.store.catalog.feed_image_hosts())
+                cached = self._popular = (now, found)
             return cached[1]

@@ -3,10 +3,11 @@
 ``GET /o/<token>`` answers a 1x1 GIF whatever the token (no write for a bad one) and records
 ``Email Opened``. ``GET /c/<token>`` redirects to the URL signed in the token and records
 ``Email Clicked``; a bad, tampered or expired token gets a 404 page, never a redirect (no open
-redirect). ``GET /u/<token>`` shows a confirmation page and changes nothing
-(link scanners follow GETs); ``POST /u/<token>`` unsubscribes at once, without a redirect
-(RFC 8058 one-click). ``GET /confirm/<token>`` shows a button that POSTs, and the ``POST``
-verifies a claimed address (double opt-in), once per token.
+redirect), and so does a signed URL to a host that is neither the shop's nor written in a
+template (:class:`~rtserver.mail.hosts.Hosts`). ``GET /u/<token>`` shows a confirmation page and
+changes nothing (link scanners follow GETs); ``POST /u/<token>`` unsubscribes at once, without a
+redirect (RFC 8058 one-click). ``GET /confirm/<token>`` shows a button that POSTs, and the
+``POST`` verifies a claimed address (double opt-in), once per token.
 
 Opens and clicks that a machine made are recorded but flagged (``properties.machine``) and do
 not count as engagement: HEAD requests, known scanner or image-proxy agents, and clicks within
@@ -34,6 +35,7 @@ from starlette.templating import Jinja2Templates
 from rtserver.clock import Clock
 from rtserver.config import MailConfig
 from rtserver.errors import StoreError
+from rtserver.mail.hosts import Hosts
 from rtserver.mail.tokens import Tokens
 from rtserver.model import Event, Submit, email_hash, person_event
 from rtserver.store import Store
@@ -69,6 +71,8 @@ class Links:
     """Records opens, clicks, unsubscribes and confirmations through the pipeline."""
     mail: MailConfig
     clock: Clock
+    hosts: Hosts
+    """Where ``/c/`` may redirect: the shop's hosts and the hosts written in templates."""
 
 
 def machine_reason(
@@ -169,6 +173,11 @@ async def click(request: Request) -> Response:
     if signed is None:
         return _not_found(request)
     mail_id, url = signed
+    if not links.hosts.redirect(url):
+        # Signed, but not to the shop nor to a link of a template: data that should never
+        # have reached a mail. Nothing is recorded and nobody is sent there.
+        logger.warning("refused a click to a host outside the shop (mail %s)", mail_id)
+        return _not_found(request)
     if await _mail_event(request, mail_id, "Email Clicked", {"url": url}) is None:
         return _not_found(request)
     return RedirectResponse(url, status_code=303, headers=NO_STORE)

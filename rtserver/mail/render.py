@@ -18,10 +18,11 @@ Subject
     template without one is an error; an empty one falls back to the brand name.
 
 Names in templates
-    ``brand`` (``mail.brand``), ``person``, ``run``, ``cart`` and ``recommendations`` (lists of
-    :class:`~rtserver.mail.recommend.Product`), ``extra`` (``confirm_url``, ``order``, ``cart_url``,
-    ``coupon``...), ``marketing``, ``unsubscribe_url``, ``first_name`` ('' when unknown),
-    ``cart_url`` and ``shop_url``, ``template``, ``now``; the filter ``money(currency)``.
+    ``brand`` (``mail.brand``), ``person``, ``run``, ``product`` (the run's product, or None),
+    ``cart``, ``viewed`` and ``recommendations`` (lists of :class:`~rtserver.mail.recommend.Product`, from the catalog),
+    ``extra`` (``confirm_url``, ``order``, ``cart_url``, ``coupon``...), ``marketing``,
+    ``unsubscribe_url``, ``first_name`` ('' when unknown), ``cart_url`` and ``shop_url``,
+    ``template``, ``now``; the filter ``money(currency)``.
 
 Links
     Every http(s) ``<a href>`` of the HTML and every http(s) url of the text becomes
@@ -68,6 +69,7 @@ from markupsafe import Markup
 from rtserver.config import MailConfig
 from rtserver.errors import MailError
 from rtserver.mail.clicks import track_links
+from rtserver.mail.hosts import Hosts, hosts_in
 from rtserver.mail.mime import RawMail, compose, date_value, header, recipients_of, sign
 from rtserver.mail.recommend import Product
 from rtserver.mail.tokens import Tokens
@@ -125,6 +127,11 @@ class MailContext:
     run: Mapping[str, Any]
     """``id``, ``workflow``, ``step``, ``variant`` (``{}`` for a test mail)."""
     cart: Sequence[Product] = ()
+    viewed: Sequence[Product] = ()
+    product: Product | None = None
+    """The catalog product the run is keyed by (``run_key = "properties.product_id"``), if any:
+    the product of a Back in Stock or Price Dropped mail."""
+    """What the person viewed lately (catalog products they may still buy), newest first."""
     recommendations: Sequence[Product] = ()
     marketing: bool = True
     """Marketing mail gets List-Unsubscribe, the footer link and the postal address."""
@@ -251,6 +258,8 @@ class Mailer:
             lstrip_blocks=True,
         )
         self._env.filters["money"] = self._money
+        self.hosts = Hosts(config, self.public_url, self.template_hosts)
+        """Where links and images from data may point (and ``/c/`` may redirect)."""
         # check() renders through an overlay: the same loader and filters, StrictUndefined.
         self._strict = self._env.overlay(undefined=StrictUndefined)
         sender = parseaddr(config.from_)[1]
@@ -272,6 +281,17 @@ class Mailer:
 
     def _money(self, value: Any, currency: Any = None) -> str:
         return _money(value, currency, self.config.brand.currency)
+
+    def template_hosts(self) -> set[str]:
+        """The hosts of the URLs written in the mail templates (the operator's own links)."""
+        loader = self._env.loader
+        assert loader is not None
+        sources = (
+            loader.get_source(self._env, path)[0]
+            for path in self._env.list_templates(extensions=("html", "txt"))
+            if path.startswith("email/")
+        )
+        return hosts_in(sources)
 
     def names(self) -> list[str]:
         """The template names there are (``email/<name>.html`` or ``.txt``), layouts left out."""
@@ -332,6 +352,8 @@ class Mailer:
             "person": context.person,
             "run": context.run,
             "cart": list(context.cart),
+            "viewed": list(context.viewed),
+            "product": context.product,
             "recommendations": list(context.recommendations),
             "extra": context.extra,
             "marketing": context.marketing,
@@ -441,7 +463,7 @@ _SAMPLE_PRODUCTS = (
         2,
     ),
     Product("sku-2", "Canvas tote", None, None, None, "https://shop.example/p/2", None),
-    Product("sku-3", "Wool socks", 12.5, "USD", None, None, "Socks"),
+    Product("sku-3", "Wool socks", 12.5, "USD", None, None, "Socks", regular_price=15.0),
 )
 SAMPLE = MailContext(
     mail_id="sample-1",
@@ -470,6 +492,8 @@ SAMPLE = MailContext(
         "started": 1_799_996_400.0,
     },
     cart=_SAMPLE_PRODUCTS[:2],
+    viewed=_SAMPLE_PRODUCTS[1:],
+    product=_SAMPLE_PRODUCTS[2],
     recommendations=_SAMPLE_PRODUCTS,
     extra={
         "confirm_url": "https://rt.example/confirm/sample",

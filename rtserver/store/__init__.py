@@ -5,6 +5,7 @@ Other packages import from here; what is not listed below is private to the pack
 
 from __future__ import annotations
 
+from rtserver.store.catalog import Change, FeedState
 from rtserver.store.changes import Changes, Prepared
 from rtserver.store.database import Store
 from rtserver.store.deliveries import Delivery, delivery_row
@@ -13,10 +14,12 @@ from rtserver.store.retention import purge_forever, purge_old_events
 from rtserver.store.writer import Plan, Source
 
 __all__ = [
+    "Change",
     "Changes",
     "Claim",
     "Delivery",
     "Dropped",
+    "FeedState",
     "NEVER",
     "Plan",
     "Prepared",

@@ -23,6 +23,7 @@ import orjson
 from rtserver.errors import StorageUnavailable, StoreError
 from rtserver.model import Event, email_hash
 from rtserver.store import writer
+from rtserver.store.catalog import CatalogStore
 from rtserver.store.changes import Changes, Prepared
 from rtserver.store.deliveries import DeliveryStore
 from rtserver.store.outbox import MailStore
@@ -113,6 +114,8 @@ class Store:
         """The outbox, suppressions and the dev sink's mails."""
         self.deliveries = DeliveryStore(self._in_writer, self._read)
         """The webhook steps' deliveries and the endpoints a 410 disabled."""
+        self.catalog = CatalogStore(self._in_writer, self._read)
+        """The shop's products and the feeds' state."""
 
     @classmethod
     async def open(cls, path: str | Path) -> Store:

@@ -58,12 +58,7 @@ VIEWS = f"""
     WHERE name = 'Product Viewed' AND received_at >= ? AND {PRODUCT_ID} IS NOT NULL
 """
 """Views counted per product through a named index (the planner has no statistics to choose
-by): ``events_product_viewers`` (migration 0005) counts from the index alone; the latest
-body of each of the few products kept is read afterwards (``_TOP``)."""
-_TOP = (
-    "SELECT top.pid, events.body FROM top JOIN events ON events.seq = top.last "
-    "ORDER BY top.n DESC, top.pid"
-)
+by): ``events_product_viewers`` (migration 0005) counts from the index alone."""
 CO_VIEWERS = 200
 """How many other viewers of the same products ``co_viewed`` looks at."""
 
@@ -475,32 +470,30 @@ class MailStore:
         )
         return [(r[0], _properties(r[1])) for r in rows]
 
-    async def popular(self, since: float, limit: int) -> list[dict[str, Any]]:
-        """The most viewed products since ``since``, as their latest properties, best first."""
+    async def popular(self, since: float, limit: int) -> list[str]:
+        """The ids of the products most viewed since ``since``, best first."""
         rows = await self._read(
-            f"WITH top AS ({VIEWS % 'events_product_viewers'} "
-            f"GROUP BY pid ORDER BY n DESC, pid LIMIT ?) {_TOP}",
+            f"{VIEWS % 'events_product_viewers'} GROUP BY pid ORDER BY n DESC, pid LIMIT ?",
             (since, limit),
         )
-        return [_properties(r[1]) for r in rows]
+        return [r[0] for r in rows]
 
-    async def co_viewed(
-        self, product_ids: Sequence[str], since: float, limit: int
-    ) -> list[dict[str, Any]]:
-        """Products most viewed by the people who viewed ``product_ids``, best first."""
+    async def co_viewed(self, product_ids: Sequence[str], since: float, limit: int) -> list[str]:
+        """The ids of the products most viewed by the people who viewed ``product_ids``, best
+        first."""
         if not product_ids:
             return []
         marks = ", ".join("?" * len(product_ids))
         rows = await self._read(
             "WITH viewers AS (SELECT DISTINCT person_id FROM events INDEXED BY "
             "events_product_viewers WHERE name = 'Product Viewed' AND received_at >= ? "
-            f"AND {PRODUCT_ID} IN ({marks}) LIMIT {CO_VIEWERS}), "
-            f"top AS ({VIEWS % 'events_person'} AND person_id IN viewers "
+            f"AND {PRODUCT_ID} IN ({marks}) LIMIT {CO_VIEWERS}) "
+            f"{VIEWS % 'events_person'} AND person_id IN viewers "
             f"AND {PRODUCT_ID} NOT IN ({marks}) "
-            f"GROUP BY pid ORDER BY n DESC, pid LIMIT ?) {_TOP}",
+            "GROUP BY pid ORDER BY n DESC, pid LIMIT ?",
             (since, *product_ids, since, *product_ids, limit),
         )
-        return [_properties(r[1]) for r in rows]
+        return [r[0] for r in rows]
 
     async def confirmations(self, address: str, client_ip: str, since: float) -> tuple[int, int]:
         """Double opt-in mails sent since ``since`` to ``address`` and caused by ``client_ip``."""

@@ -278,6 +278,50 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         );
         """,
     ),
+    (
+        "0012_catalog",
+        # The shop's products, from trusted sources only; the feeds' validators; the changes
+        # the catalog triggers still owe (written with the product, so none is lost); carts
+        # and back-in-stock requests by product (views have their index already).
+        """
+        CREATE TABLE products (
+            id TEXT PRIMARY KEY,
+            sku TEXT,
+            name TEXT NOT NULL,
+            url TEXT,
+            image TEXT,
+            price REAL,
+            sale_price REAL,
+            currency TEXT,
+            categories TEXT NOT NULL DEFAULT '[]',
+            brand TEXT,
+            availability TEXT NOT NULL,
+            item_group TEXT,
+            image_host TEXT,
+            source TEXT NOT NULL,
+            updated_at REAL NOT NULL,
+            seen_at REAL NOT NULL,
+            changed_at REAL
+        );
+        CREATE INDEX products_source ON products (source, seen_at);
+        CREATE TABLE feeds (
+            url TEXT PRIMARY KEY,
+            etag TEXT,
+            last_modified TEXT,
+            fetched_at REAL NOT NULL,
+            outcome TEXT NOT NULL
+        );
+        CREATE TABLE catalog_changes (
+            product_id TEXT NOT NULL,
+            at REAL NOT NULL,
+            restocked INTEGER NOT NULL,
+            old_price REAL,
+            PRIMARY KEY (product_id, at)
+        );
+        CREATE INDEX events_product_interest ON events (product_id, received_at, person_id)
+            WHERE name IN ('Product Added', 'Back In Stock Requested');
+        """,
+    ),
 )
 
 USE_TOKEN = (

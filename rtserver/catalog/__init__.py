@@ -1,0 +1,10 @@
+"""The product catalog: feeds, imports and the catalog triggers.
+
+Other packages import from here; what is not listed below is private to the package.
+"""
+
+from __future__ import annotations
+
+from rtserver.catalog.triggers import BACK_IN_STOCK, PRICE_DROPPED, Triggers
+
+__all__ = ["BACK_IN_STOCK", "PRICE_DROPPED", "Triggers"]
