@@ -35,7 +35,8 @@ then the shop's most popular).
 
 **Latency**: a second shop (``--latency-products`` products, ``--latency-people`` people): per
 call of ``rank``, including the computing of the person's signals from the in-memory indexes,
-for every person; mean and p99 in µs (``time.perf_counter``).
+for every person; mean and p99 in µs (``time.perf_counter``), and the process's CPU time per
+call (steadier on a shared machine).
 
     python -m bench.recommend                       # 5,000 people, 2,000 products, seed 1
     python -m bench.recommend --people 300 --products 400 --latency-people 200 \
@@ -516,13 +517,16 @@ def latency(products: int, people: int, seed: int) -> dict[str, float]:
     for n in range(min(100, people)):  # warm up
         rank(signals_of(indexes, n), catalog, indexes.bought[n], TOP, category_pool=pools)
     times = []
+    cpu = time.process_time()
     for n in range(people):
         started = time.perf_counter()
         signals = signals_of(indexes, n)
         rank(signals, catalog, indexes.bought[n], TOP, category_pool=pools)
         times.append(1e6 * (time.perf_counter() - started))
+    cpu = time.process_time() - cpu
     times.sort()
     return {
+        "latency_cpu_us": 1e6 * cpu / people,
         "latency_products": len(catalog),
         "latency_people": people,
         "latency_mean_us": statistics.fmean(times),
@@ -572,7 +576,8 @@ def main() -> int:
         f"ratio ours / best baseline: {summary['ratio']:.2f} (goal > 1: "
         f"{'met' if summary['goal_met'] else 'MISSED'})",
         f"latency of rank, signals included: mean {speed['latency_mean_us']:.0f} µs, "
-        f"p99 {speed['latency_p99_us']:.0f} µs ({args.latency_people:,} people, "
+        f"p99 {speed['latency_p99_us']:.0f} µs, CPU {speed['latency_cpu_us']:.0f} µs a call "
+        f"({args.latency_people:,} people, "
         f"{speed['latency_products']:,.0f} products)",
     ]
     emit(document("recommend", args, results, summary), "\n".join(lines), args.json)
