@@ -24,7 +24,10 @@ FULL_SIZES: dict[str, list[str]] = {
     "ws_latency": ["--connections", "1000", "--rate", "5000", "--events", "50000"],
     "ws_idle_memory": ["--connections", "10000"],
     "http_batch": ["--connections", "100", "--events", "200000", "--batch", "10"],
+    "recommend": [],
 }
+NO_SERVER = {"recommend"}
+"""Benchmarks that run no server (so take no ``--loop``)."""
 METRICS: dict[str, list[Column]] = {
     "ws_ingest": [
         Column("events_per_s", "events/s", "{:,.0f}"),
@@ -41,6 +44,11 @@ METRICS: dict[str, list[Column]] = {
         Column("requests_per_s", "requests/s", "{:,.0f}"),
         Column("events_per_s", "events/s", "{:,.0f}"),
         Column("cpu_us_per_event", "CPU µs/event", "{:.1f}"),
+    ],
+    "recommend": [
+        Column("hit_rate", "hit-rate@4", "{:.3f}"),
+        Column("latency_mean_us", "mean µs", "{:.0f}"),
+        Column("latency_p99_us", "p99 µs", "{:.0f}"),
     ],
 }
 SUMMARY_KEYS = ("ratio", "ratio_deflate", "cpu_ratio")
@@ -71,8 +79,14 @@ def summarize(bench: str, runs: list[dict[str, Any]]) -> str:
     for name in names:
         row: dict[str, Any] = {"server": name}
         for column in METRICS[bench]:
-            values = [r[column.key] for run in runs for r in run["results"] if row_name(r) == name]
-            row[column.key] = median(values)
+            values = [
+                r[column.key]
+                for run in runs
+                for r in run["results"]
+                if row_name(r) == name and column.key in r
+            ]
+            if values:  # a metric only some rows have (the ranking's latency) is left blank
+                row[column.key] = median(values)
         rows.append(row)
     lines = [
         f"## {bench} (medians of {len(runs)})",
@@ -103,7 +117,9 @@ def main() -> None:
     for _ in range(args.repeat):  # interleaved, so a busy spell of the machine hits all of them
         for bench in benches:
             reports.setdefault(bench, []).append(
-                run_once(bench, [*FULL_SIZES[bench], "--loop", args.loop])
+                run_once(
+                    bench, FULL_SIZES[bench] + ([] if bench in NO_SERVER else ["--loop", args.loop])
+                )
             )
     print(f"# rtserver benchmarks, {started}, servers on {args.loop}, machine {machine()}\n")
     print("\n\n".join(summarize(bench, runs) for bench, runs in reports.items()))
