@@ -29,13 +29,15 @@ ALLOWED: dict[str, set[str]] = {
     "hooks": BASE | {"config", "model", "store", "mail"},
     "ingest": BASE | {"config", "model", "store", "engine", "mail", "hooks"},
     "dashboard": BASE | {"config", "model", "store"},
+    "catalog": BASE | {"config", "model", "store", "hooks"},
     "runtime": BASE
-    | {"config", "model", "store", "engine", "mail", "hooks", "dashboard", "ingest"},
-    "tools": BASE | {"config", "model", "store", "engine", "mail", "runtime"},
+    | {"config", "model", "store", "engine", "mail", "hooks", "dashboard", "ingest", "catalog"},
+    "tools": BASE | {"config", "model", "store", "engine", "mail", "runtime", "catalog"},
     "app": BASE
     | {"config", "model", "store", "engine", "mail", "hooks", "dashboard", "ingest"}
-    | {"runtime", "tools"},
-    "cli": BASE | {"config", "model", "store", "engine", "mail", "app", "runtime", "tools"},
+    | {"runtime", "tools", "catalog"},
+    "cli": BASE
+    | {"config", "model", "store", "engine", "mail", "app", "runtime", "tools", "catalog"},
 }
 """Package (or root module) -> what it may import. ``__init__`` and ``__main__`` are left out."""
 

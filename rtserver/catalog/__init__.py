@@ -1,0 +1,26 @@
+"""The product catalog: feeds, imports and the catalog triggers.
+
+Other packages import from here; what is not listed below is private to the package.
+"""
+
+from __future__ import annotations
+
+from rtserver.catalog.feeds import (
+    FORMATS,
+    MAX_ROW_BYTES,
+    MAX_SHOPIFY_PAGE_BYTES,
+    BadRow,
+    detect_format,
+    parse,
+    shopify_page,
+)
+
+__all__ = [
+    "BadRow",
+    "FORMATS",
+    "MAX_ROW_BYTES",
+    "MAX_SHOPIFY_PAGE_BYTES",
+    "detect_format",
+    "parse",
+    "shopify_page",
+]
