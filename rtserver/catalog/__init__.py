@@ -5,6 +5,26 @@ Other packages import from here; what is not listed below is private to the pack
 
 from __future__ import annotations
 
+from rtserver.catalog.feeds import (
+    FORMATS,
+    MAX_ROW_BYTES,
+    MAX_SHOPIFY_PAGE_BYTES,
+    BadRow,
+    detect_format,
+    parse,
+    shopify_page,
+)
 from rtserver.catalog.triggers import BACK_IN_STOCK, PRICE_DROPPED, Triggers
 
-__all__ = ["BACK_IN_STOCK", "PRICE_DROPPED", "Triggers"]
+__all__ = [
+    "BACK_IN_STOCK",
+    "BadRow",
+    "FORMATS",
+    "MAX_ROW_BYTES",
+    "MAX_SHOPIFY_PAGE_BYTES",
+    "PRICE_DROPPED",
+    "Triggers",
+    "detect_format",
+    "parse",
+    "shopify_page",
+]
