@@ -20,7 +20,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypedDict
 
@@ -39,6 +39,7 @@ from rtserver.dashboard import Auth, Dashboard, Metrics, RequireLogin, metrics, 
 from rtserver.errors import StoreError
 from rtserver.ingest import Budgets, Ingest, Intake, receive, snippet, webhooks
 from rtserver.mail import Links, links
+from rtserver.model import Product
 from rtserver.runtime import Runtime, Supervisor, check_public_url, load_rules, start
 from rtserver.tools import Shop, demo
 
@@ -95,9 +96,14 @@ async def readyz(request: Request) -> JSONResponse:
 
 
 def create_app(
-    config: Config, *, clock: Clock = time.time, monotonic: Monotonic = time.monotonic
+    config: Config,
+    *,
+    clock: Clock = time.time,
+    monotonic: Monotonic = time.monotonic,
+    stock: Sequence[Product] = (),
 ) -> Starlette:
     """Build the ASGI application for ``config``; ``clock`` is injected for tests and simulation.
+    ``stock`` is written to the catalog at start (the demo's own products).
 
     Raises:
         ConfigError: a workflow is invalid (checked here, before anything starts).
@@ -122,6 +128,8 @@ def create_app(
             monotonic=monotonic,
         ) as runtime:
             store, keys, auth = runtime.store, runtime.keys, runtime.auth
+            if stock:
+                await store.catalog.upsert(stock, "demo", clock())
             yield State(
                 runtime=runtime,
                 intake=Intake(

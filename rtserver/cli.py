@@ -23,6 +23,7 @@ from rtserver import __version__
 from rtserver.config import EXAMPLE_CONFIG, Config, iter_settings, load_config, resolve_config_path
 from rtserver.errors import ConfigError, StoreError
 from rtserver.mail import redact
+from rtserver.model import Product
 
 __all__ = ["main"]
 
@@ -121,7 +122,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from rtserver.tools import demo_config
+    from rtserver.tools import demo, demo_config
 
     if not args.speed > 0:
         print("rtserver: --speed must be positive", file=sys.stderr)
@@ -138,10 +139,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         "  2. open the dashboard, find the confirmation mail in the inbox, open its link, confirm",
         "  3. back in the shop, add a product to the cart and leave it: the reminder arrives",
     ]
-    return _serve(config, args, tour)
+    return _serve(config, args, tour, stock=demo.catalog(config))
 
 
-def _serve(config: Config, args: argparse.Namespace, tour: Sequence[str] = ()) -> int:
+def _serve(
+    config: Config,
+    args: argparse.Namespace,
+    tour: Sequence[str] = (),
+    stock: Sequence[Product] = (),
+) -> int:
     from rtserver.app import build_server, create_app
 
     _configure_logging(args.log_level or config.server.log_level)
@@ -150,7 +156,7 @@ def _serve(config: Config, args: argparse.Namespace, tour: Sequence[str] = ()) -
         overrides["host"] = args.host
     if args.port is not None:
         overrides["port"] = args.port
-    app = create_app(config)
+    app = create_app(config, stock=stock)
     server = build_server(app, config, lambda h, p: _ready(config, h, p, tour), **overrides)
     # Fewer, cheaper collections: a server holding many timers and remembered persons spent
     # about 10% of its time in the collector, in pauses of up to 88 ms (bench/RESULTS.md).

@@ -119,7 +119,7 @@ def test_shipped_config_checks_clean(capsys: pytest.CaptureFixture[str]) -> None
     shipped = Path(__file__).resolve().parent.parent / "config.toml"
     assert main(["check-config", str(shipped)]) == 0
     captured = capsys.readouterr()
-    assert captured.out.strip().endswith("ok (7 workflows)") and captured.err == ""
+    assert captured.out.strip().endswith("ok (9 workflows)") and captured.err == ""
 
 
 def test_check_config_without_a_file_checks_the_defaults(

@@ -30,7 +30,6 @@ ALLOWED: dict[str, set[str]] = {
     "catalog": BASE | {"config", "model", "store", "hooks"},
     "ingest": BASE | {"config", "model", "store", "engine", "mail", "hooks"},
     "dashboard": BASE | {"config", "model", "store"},
-    "catalog": BASE | {"config", "model", "store", "hooks"},
     "runtime": BASE
     | {"config", "model", "store", "engine", "mail", "hooks", "dashboard", "ingest", "catalog"},
     "tools": BASE | {"config", "model", "store", "engine", "mail", "runtime", "catalog"},

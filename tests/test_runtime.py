@@ -47,8 +47,9 @@ async def test_tasks_stop_in_order_then_the_rest() -> None:
 
 
 def test_the_stop_order_ends_with_the_dashboard() -> None:
-    """Timers stop first (no new decisions), then the pipeline, the senders, the hub last."""
-    assert STOP_ORDER[:4] == ("timer-driver", "pipeline", "sender", "courier")
+    """Timers and the catalog triggers stop first (no new decisions or events), then the
+    pipeline, the senders, the hub last."""
+    assert STOP_ORDER[:5] == ("timer-driver", "catalog-triggers", "pipeline", "sender", "courier")
     assert STOP_ORDER[-1] == "dashboard-hub"
 
 

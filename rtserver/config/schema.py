@@ -323,7 +323,7 @@ class MailConfig:
     image_hosts: tuple[str, ...] = setting(
         (),
         "https hosts product images may come from; () means the image hosts of the "
-        "configured feeds. server.public_url's host is always allowed.",
+        "configured feeds and the link hosts. server.public_url's host is always allowed.",
         check=host_name,
     )
     brand: BrandConfig = field(default_factory=BrandConfig, metadata={"help": "Branding."})

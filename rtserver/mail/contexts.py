@@ -18,14 +18,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from rtserver.config import MailConfig
-from rtserver.mail.recommend import (
-    Product,
-    bought_of,
-    cart_of,
-    events_of_cart,
-    recommend,
-    viewed_of,
-)
+from rtserver.mail.ranking import Signals, rank
+from rtserver.mail.recommend import Product, bought_of, cart_of, events_of_cart, viewed_of
 from rtserver.mail.render import MailContext, Mailer
 from rtserver.model import Product as CatalogProduct
 from rtserver.store import Claim, Store
@@ -42,7 +36,7 @@ CO_VIEWED_SETS = 1024
 who viewed the same few products (often one popular product) share one read."""
 POOL = 8
 """Candidates read from co-views and popularity for the recommendations."""
-RECOMMENDATIONS = 3
+RECOMMENDATIONS = 4
 VIEWED_SHOWN = 4
 """The person's recently viewed products a mail may show (``viewed``)."""
 UNKNOWN_PRODUCT = "An item from our shop"
@@ -87,13 +81,10 @@ class Contexts:
         product = catalog.get(key)
         cart = [self._shown(catalog.get(pid), pid, quantity) for pid, quantity in cart_items]
         viewed = self._buyable(viewed_ids, catalog)
-        recommendations = recommend(
-            viewed,
-            self._buyable(co_viewed_ids, catalog),
-            self._buyable(popular_ids, catalog),
-            bought | {pid for pid, _ in cart_items} | {key},
-            RECOMMENDATIONS,
-        )
+        signals = Signals(viewed=viewed_ids, co_viewed=co_viewed_ids, popular=popular_ids)
+        exclude = bought | {pid for pid, _ in cart_items} | {key}
+        picked = rank(signals, catalog, exclude, RECOMMENDATIONS)
+        recommendations = [self._shown(p, p.id) for p in picked]
         return MailContext(
             mail_id=claim.id,
             # Rerouted before rendering, so a DKIM signature covers the To it is sent with.

@@ -6,8 +6,9 @@ point at the shop:
 
 - links: ``mail.link_hosts`` (by default the host of ``mail.brand.url``), and always the host
   of ``server.public_url``;
-- images: https, from ``mail.image_hosts`` (by default the image hosts of the configured feeds),
-  and always from the host of ``server.public_url`` (in its own scheme: the demo serves http).
+- images: https, from ``mail.image_hosts`` (by default the image hosts of the configured feeds
+  and the link hosts), and always from the host of ``server.public_url`` (in its own scheme:
+  the demo serves http).
 
 ``GET /c/<token>`` redirects only to those link hosts or to a host written in a template, even
 when the token's signature is good, so a data URL that reached a mail before this rule (or by
@@ -81,7 +82,7 @@ class Hosts:
         scheme, host = found
         if host == self.public:
             return url if scheme in ("https", self.public_scheme) else None
-        allowed = self.configured_images or self.feed_images
+        allowed = self.configured_images or self.feed_images | self.links
         return url if scheme == "https" and host in allowed else None
 
     def redirect(self, url: str) -> bool:

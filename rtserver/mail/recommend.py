@@ -1,22 +1,17 @@
-"""What a person did with products, read from their e-commerce events; the products as a mail
-shows them; and the ranking of recommendations. Pure.
+"""What a person did with products, read from their e-commerce events, and the products as a
+mail shows them. Pure. (The ranking of recommendations is :mod:`rtserver.mail.ranking`.)
 
 Events follow Segment's e-commerce spec (``product_id`` or ``sku``, ``quantity``, and
 ``products: [...]`` on ``Cart Viewed``, ``Checkout Started`` and ``Order Completed``). A browser
 sends them, so here they only ever give product ids and quantities: a product's name, price,
 image and link come from the catalog (:class:`~rtserver.model.Product`, trusted sources only),
 never from the event. A product id of the wrong type is dropped, never raised about.
-
-Ranking (:func:`recommend`): products of the person's top browsed categories first, then
-products viewed together with theirs by other people, then the shop's popular products; never
-one already bought or in the cart, never one twice.
 """
 
 from __future__ import annotations
 
 import math
-from collections import Counter
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,15 +21,12 @@ __all__ = [
     "cart_of",
     "events_of_cart",
     "id_of",
-    "recommend",
     "viewed_of",
 ]
 
 MAX_ID_CHARS = 200
 MAX_QUANTITY = 9999
 MAX_CART_PRODUCTS = 100
-TOP_CATEGORIES = 2
-"""How many of the person's most browsed categories lead the recommendations."""
 VIEWED = 20
 """A person's most recent distinct product views that rank the recommendations."""
 
@@ -161,38 +153,3 @@ def cart_of(events: Iterable[tuple[str, Mapping[str, Any]]]) -> list[tuple[str, 
                     cart, pid, _quantity(properties.get("quantity"))
                 )
     return list(cart.items())
-
-
-def _top_categories(viewed: Sequence[Product]) -> list[str]:
-    """The most viewed categories; a tie goes to the one viewed most recently."""
-    counts = Counter(p.category for p in viewed if p.category)
-    first_seen: dict[str, int] = {}
-    for index, product in enumerate(viewed):
-        if product.category:
-            first_seen.setdefault(product.category, index)
-    ranked = sorted(counts, key=lambda c: (-counts[c], first_seen[c]))
-    return ranked[:TOP_CATEGORIES]
-
-
-def recommend(
-    viewed: Sequence[Product],
-    co_viewed: Sequence[Product],
-    popular: Sequence[Product],
-    exclude: Collection[str],
-    limit: int = 3,
-) -> list[Product]:
-    """Up to ``limit`` products: the person's top categories (``viewed`` is newest first), then
-    co-viewed, then popular; none in ``exclude`` (bought or in the cart), none twice."""
-    if limit <= 0:
-        return []
-    top = _top_categories(viewed)
-    in_top = [
-        p for category in top for p in (*viewed, *co_viewed, *popular) if p.category == category
-    ]
-    chosen: dict[str, Product] = {}
-    for product in (*in_top, *co_viewed, *popular):
-        if product.id not in exclude and product.id not in chosen:
-            chosen[product.id] = product
-            if len(chosen) == limit:
-                break
-    return list(chosen.values())

@@ -19,10 +19,11 @@ Subject
 
 Names in templates
     ``brand`` (``mail.brand``), ``person``, ``run``, ``product`` (the run's product, or None),
-    ``cart``, ``viewed`` and ``recommendations`` (lists of :class:`~rtserver.mail.recommend.Product`, from the catalog),
-    ``extra`` (``confirm_url``, ``order``, ``cart_url``, ``coupon``...), ``marketing``,
-    ``unsubscribe_url``, ``first_name`` ('' when unknown), ``cart_url`` and ``shop_url``,
-    ``template``, ``now``; the filter ``money(currency)``.
+    ``cart``, ``viewed`` and ``recommendations`` (lists of
+    :class:`~rtserver.mail.recommend.Product`, from the catalog), ``extra`` (``confirm_url``,
+    ``order``, ``cart_url``, ``coupon``...), ``marketing``, ``unsubscribe_url``, ``first_name``
+    ('' when unknown), ``cart_url`` and ``shop_url``, ``template``, ``now``; the filter
+    ``money(currency)``.
 
 Links
     Every http(s) ``<a href>`` of the HTML and every http(s) url of the text becomes

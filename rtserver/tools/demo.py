@@ -21,8 +21,9 @@ from starlette.responses import Response
 
 from rtserver.config import BrandConfig, Config, load_config, parse_duration
 from rtserver.mail import pages
+from rtserver.model import Product
 
-__all__ = ["DEMO_STORE", "PRODUCTS", "Shop", "demo_config", "scaled", "shop"]
+__all__ = ["DEMO_STORE", "PRODUCTS", "Shop", "catalog", "demo_config", "scaled", "shop"]
 
 DEMO_STORE = "rtserver-demo.db"
 """The demo's own store, so a demo never mixes with (or fills) the real one."""
@@ -38,6 +39,23 @@ PRODUCTS: tuple[dict[str, Any], ...] = (
     {"product_id": "shelf", "name": "Walnut Shelf", "price": 99.0, "category": "Furniture"},
 )
 """The demo catalog (prices in the brand's currency)."""
+
+
+def catalog(config: Config) -> list[Product]:
+    """The demo's products as catalog rows: links to the demo page the server serves (its
+    public URL's host is always a shop host), prices in the brand's currency."""
+    base = config.server.public_url.rstrip("/")
+    return [
+        Product(
+            id=p["product_id"],
+            name=p["name"],
+            url=f"{base}/demo#{p['product_id']}",
+            price=p["price"],
+            currency=config.mail.brand.currency,
+            categories=(p["category"],),
+        )
+        for p in PRODUCTS
+    ]
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ from tests.support.mail import (  # noqa: F401 (fixtures)
     Shop,
     clock_fixture,
     make_sender,
+    product,
     shop_fixture,
     templates_fixture,
 )
@@ -35,9 +36,10 @@ async def test_co_viewed_products_are_read_once_per_set_for_a_while(
         return await co_viewed(ids, since, limit)
 
     monkeypatch.setattr(shop.store.mail, "co_viewed", counted)
-    for user, product in (("ann", "p1"), ("bob", "p1"), ("cy", "p2"), ("dan", "p2")):
+    await shop.stock(product("p1", "shoes"), product("p2", "shoes"))
+    for user, viewed in (("ann", "p1"), ("bob", "p1"), ("cy", "p2"), ("dan", "p2")):
         await shop.person(user, f"{user}@example.com")
-        await shop.track(user, "Product Viewed", product_id=product, category="shoes")
+        await shop.track(user, "Product Viewed", product_id=viewed, category="shoes")
     await shop.track("dan", "Product Viewed", product_id="p1", category="shoes")
     contexts = make_sender(shop, 9, templates, tmp_path).contexts
     for user in ("ann", "bob", "cy"):

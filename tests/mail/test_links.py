@@ -16,7 +16,7 @@ from starlette.requests import Request
 from rtserver.mail.links import PIXEL, machine_reason
 from rtserver.model.people import email_hash
 from tests.support.events import event, shopper, tracked
-from tests.support.mail import LAMP, smtp_config
+from tests.support.mail import LAMP, LAMP_PRODUCT, smtp_config
 from tests.support.server import (
     TIMEOUT_UNIT,
     FakeClock,
@@ -46,6 +46,7 @@ async def test_cart_to_mail_to_click(tmp_path: Path) -> None:
     clock = FakeClock()
     async with SMTPServer() as smtpd:
         async with run_server(smtp_config(tmp_path, smtpd), clock=clock) as live:
+            await live.stock(LAMP_PRODUCT)
             async with live.ws() as ws:
                 await send_batch(
                     ws, [shopper("u1", "ann@example.com"), tracked("u1", "Product Added", **LAMP)]

@@ -23,6 +23,7 @@ from rtserver.mail.sender import Sender
 from rtserver.mail.smtp import Relay
 from rtserver.mail.tokens import Tokens
 from rtserver.model.events import parse_event
+from rtserver.model.products import Product
 from rtserver.runtime import load_rules
 from rtserver.store.database import Store
 from tests.support.events import event
@@ -39,6 +40,12 @@ NOTE_HTML = """{% block subject %}Note {{ run.get("key") or "" }}{% endblock %}<
 NOTE_TEXT = """cart:{% for p in cart %} {{ p.id }}x{{ p.quantity }}{% endfor %} \
 recs:{% for p in recommendations %} {{ p.id }}{% endfor %}
 """
+
+
+def product(pid: str, category: str | None = None, **fields: Any) -> Product:
+    """A catalog product: ``fields`` as the catalog names them (name, price, url...)."""
+    fields.setdefault("name", pid.upper())
+    return Product(pid, categories=(category,) if category else (), **fields)
 
 
 @dataclass
@@ -71,6 +78,10 @@ class Shop:
 
     async def track(self, user: str, name: str, **properties: Any) -> None:
         await self.commit([event(userId=user, anonymousId=None, event=name, properties=properties)])
+
+    async def stock(self, *products: Product) -> None:
+        """Put ``products`` in the catalog (as a feed import would)."""
+        await self.store.catalog.upsert(list(products), "import", self.clock())
 
     async def queue(
         self,
@@ -146,12 +157,26 @@ LAMP = {
 }
 
 
+LAMP_PRODUCT = {
+    "id": "sku-lamp",
+    "name": "Brass Desk Lamp",
+    "price": 49.5,
+    "currency": "EUR",
+    "url": "https://shop.example/products/lamp",
+    "image": "https://shop.example/img/lamp.jpg",
+    "categories": "Home > Lighting",
+}
+"""The catalog's row of :data:`LAMP` (put it there with ``LiveServer.stock``)."""
+
+
 def smtp_config(tmp_path: Path, smtpd: SMTPServer, **mail: Any) -> Any:
+    """Mail by SMTP to ``smtpd``, the shipped cart workflow, the shop at https://shop.example."""
     return make_config(
         tmp_path,
         workflow=[SHIPPED["cart_abandonment"]],
         mail={
             "transport": "smtp",
+            "brand": {"url": "https://shop.example"},
             "smtp": {"host": smtpd.host, "port": smtpd.port, "timeout_s": TIMEOUT_UNIT},
             "frequency_cap": "off",
             **mail,

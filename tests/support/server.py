@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,6 +120,23 @@ class LiveServer:
 
     def http(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(base_url=self.http_url, timeout=TIMEOUT_UNIT)
+
+    async def stock(self, *products: dict[str, Any]) -> None:
+        """Put ``products`` (catalog fields) in the catalog as the shop's backend does: one
+        write-key ``Product Updated`` each."""
+        batch = [
+            {
+                "type": "track",
+                "event": "Product Updated",
+                "userId": "catalog",
+                "properties": p,
+                "messageId": f"catalog-{p['id']}-{uuid.uuid4().hex}",
+            }
+            for p in products
+        ]
+        async with self.http() as http:
+            answer = await http.post("/v1/batch", json={"writeKey": WRITE_KEY, "batch": batch})
+        assert answer.status_code == 200 and "rejected" not in answer.json(), answer.text
 
     async def stop(self) -> None:
         self.server.should_exit = True

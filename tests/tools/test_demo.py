@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rtserver.config.schema import load_config
+from rtserver.tools import demo
 from rtserver.tools.demo import demo_config, scaled
 from tests.support.events import event
 from tests.support.server import (
@@ -108,7 +109,7 @@ async def test_the_demo_loop_takes_seconds(tmp_path: Path) -> None:
     assert config.mail.transport == "sink" and config.mail.frequency_cap == "off"
     assert config.store.path == str(tmp_path / "demo.db")
     clock = FakeClock()
-    async with run_server(config, clock=clock) as live:
+    async with run_server(config, clock=clock, stock=demo.catalog(config)) as live:
         own = live.http_url
         async with live.ws(origin=own) as ws:
             claim = event("identify", anonymousId="anon-d", traits={"email": "eve@example.com"})

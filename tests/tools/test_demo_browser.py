@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from rtserver.tools import demo
 from rtserver.tools.demo import demo_config
 from tests.support.browser import expect
 from tests.support.dashboard import (  # noqa: F401 (sse_exit_flag_reset is autouse)
@@ -87,7 +88,7 @@ async def test_the_demo_tour_in_chromium(
     config = demo_config(ROOT / "config.toml", 60.0, str(tmp_path / "demo.db"))
     assert config.dashboard.password is not None
     clock = FakeClock()
-    async with run_server(config, clock=clock) as live:
+    async with run_server(config, clock=clock, stock=demo.catalog(config)) as live:
         base = live.http_url
 
         # 1. The shop: a claimed sign-up, a product viewed and added to the cart.

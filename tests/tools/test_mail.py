@@ -8,6 +8,7 @@ import pytest
 
 from rtserver.cli import main
 from rtserver.config.schema import Config
+from rtserver.model.products import Product
 from rtserver.store.database import Store
 from rtserver.tools.mail import forget, preview, send_test_mail
 from tests.support.events import event
@@ -37,6 +38,7 @@ async def shopper(config: Config) -> None:
             ],
             at=NOW,
         )
+        await store.catalog.upsert([Product("lamp", "Brass Lamp", price=49.5)], "import", NOW)
     finally:
         await store.close()
 
