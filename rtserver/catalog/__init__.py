@@ -14,6 +14,7 @@ from rtserver.catalog.feeds import (
     parse,
     shopify_page,
 )
+from rtserver.catalog.imports import Report, import_products
 from rtserver.catalog.triggers import BACK_IN_STOCK, PRICE_DROPPED, Triggers
 
 __all__ = [
@@ -23,8 +24,10 @@ __all__ = [
     "MAX_ROW_BYTES",
     "MAX_SHOPIFY_PAGE_BYTES",
     "PRICE_DROPPED",
+    "Report",
     "Triggers",
     "detect_format",
+    "import_products",
     "parse",
     "shopify_page",
 ]
