@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from rtserver.catalog import Triggers
+from rtserver.catalog import Feeds, Triggers
 from rtserver.clock import Clock, Monotonic
 from rtserver.config import Config, Keys, MailConfig
 from rtserver.dashboard import Alerts, Auth, Board, Histogram, Hub, Readings, resolve_auth
@@ -77,6 +77,7 @@ PROBE_EVERY_S = 5.0
 
 STOP_ORDER = (
     "timer-driver",
+    "catalog-feeds",
     "catalog-triggers",
     "pipeline",
     "sender",
@@ -139,6 +140,9 @@ def load_rules(config: Config, resolve: Resolve = resolve_host) -> tuple[Workflo
     if config.dashboard.alert_webhook:
         where = f"dashboard.alert_webhook {config.dashboard.alert_webhook!r}"
         warnings += check_url(where, config.dashboard.alert_webhook, hooks.allow_private, resolve)
+    for i, feed in enumerate(config.catalog.feed):
+        where = f"catalog.feed[{i}] {feed.url!r}"
+        warnings += check_url(where, feed.url, feed.allow_private, resolve)
     return rules, warnings
 
 
@@ -252,6 +256,8 @@ class Runtime:
     tokens: Tokens
     mailer: Mailer
     triggers: Triggers
+    feeds: Feeds
+    """The configured product feeds, read on their schedule."""
     """Back in Stock and Price Dropped events for the people a catalog change concerns."""
     """Renders mail; its ``hosts`` say where links from data may point."""
     sender: Sender
@@ -359,6 +365,13 @@ async def start(
         relay = await stack.enter_async_context(mail_transport(config, store, clock))
         mailer = make_mailer(config, tokens)
         triggers = Triggers(store, pipeline.submit, config.catalog, clock)
+        feeds = Feeds(
+            store,
+            config.catalog.feed,
+            currency=config.mail.brand.currency,
+            clock=clock,
+            changed=triggers.wake,
+        )
         sender = Sender(store, mailer, relay, config.mail, clock)
         courier = Courier(store, config.hooks, keys.hooks_secret, clock)
         latency = Histogram()
@@ -421,6 +434,8 @@ async def start(
         supervisor.start("store-probe", _probe_while_failing(pipeline, store, clock, stop))
         supervisor.start("ingest-summary", _summarize(summary, stop))
         supervisor.start("catalog-triggers", triggers.run())
+        if feeds.feeds:
+            supervisor.start("catalog-feeds", feeds.run(stop))
         supervisor.start("sender", sender.run(stop))
         supervisor.start("courier", courier.run(stop))
         supervisor.start("dashboard-hub", hub.run(stop))
@@ -438,6 +453,7 @@ async def start(
             tokens=tokens,
             mailer=mailer,
             triggers=triggers,
+            feeds=feeds,
             sender=sender,
             courier=courier,
             latency=latency,

@@ -15,12 +15,14 @@ from rtserver.catalog.feeds import (
     shopify_page,
 )
 from rtserver.catalog.imports import Report, import_products
+from rtserver.catalog.sync import Feeds
 from rtserver.catalog.triggers import BACK_IN_STOCK, PRICE_DROPPED, Triggers
 
 __all__ = [
     "BACK_IN_STOCK",
     "BadRow",
     "FORMATS",
+    "Feeds",
     "MAX_ROW_BYTES",
     "MAX_SHOPIFY_PAGE_BYTES",
     "PRICE_DROPPED",

@@ -4,6 +4,8 @@ import, and memory stays bounded by the chunk whatever the feed's size."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -30,6 +32,8 @@ class Report:
     changes: int = 0
     """Products back in stock or cheaper: the catalog triggers' news."""
     bad: list[BadRow] = field(default_factory=list)
+    broken: bool = False
+    """The document itself was cut short or malformed: what came after was not read."""
 
     def summary(self) -> str:
         return f"imported {self.imported}, updated {self.updated}, skipped {self.skipped}"
@@ -49,21 +53,29 @@ async def import_products(
 ) -> Report:
     """Write the products of ``rows`` to the catalog as from ``source``; the report.
 
+    ``rows`` is read ``CHUNK`` at a time on a worker thread (parsing a large feed takes
+    seconds of CPU, which the event loop must not wait on), and each chunk is written in one
+    transaction.
+
     Raises:
         StoreError: the store failed (what was written before stays written).
     """
     report = Report()
-    chunk: list[Product] = []
-    for row in rows:
-        if isinstance(row, BadRow):
-            report.skipped += 1
-            if len(report.bad) < MAX_REPORTED:
-                report.bad.append(row)
-            continue
-        chunk.append(row)
-        if len(chunk) == CHUNK:
-            await _write(store, chunk, source, clock, report)
-            chunk = []
-    if chunk:
-        await _write(store, chunk, source, clock, report)
+    source_rows = iter(rows)
+
+    def next_chunk() -> list[Product | BadRow]:
+        return list(itertools.islice(source_rows, CHUNK))
+
+    while chunk := await asyncio.to_thread(next_chunk):
+        products: list[Product] = []
+        for row in chunk:
+            if isinstance(row, BadRow):
+                report.skipped += 1
+                report.broken = report.broken or row.field == "document"
+                if len(report.bad) < MAX_REPORTED:
+                    report.bad.append(row)
+            else:
+                products.append(row)
+        if products:
+            await _write(store, products, source, clock, report)
     return report

@@ -23,7 +23,7 @@ import ipaddress
 import socket
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, BinaryIO
 
 import httpx
 import orjson
@@ -38,6 +38,7 @@ __all__ = [
     "allowed",
     "check_steps",
     "check_url",
+    "fetch_into",
     "pinned",
     "post_json",
     "resolve_async",
@@ -167,6 +168,40 @@ def check_steps(
     return warnings
 
 
+async def _checked(
+    url: str, allow_private: bool, resolve: AsyncResolve
+) -> tuple[str, str, dict[str, str]]:
+    """The URL pinned to its checked address, the host (for SNI) and the base headers.
+
+    Raises:
+        DestinationRefused: a bad URL or a refused address.
+        OSError: the host does not resolve.
+    """
+    try:
+        host, port = target(url)
+        host = host.encode("idna").decode("ascii")
+    except (ValueError, UnicodeError) as exc:
+        raise DestinationRefused(f"bad destination: {exc}") from None
+    addresses = await resolve(host, port)
+    refused = unsafe(addresses, allow_private) if addresses else "no address"
+    if refused is not None:
+        raise DestinationRefused(f"destination refused: {refused}")
+    parts = urllib.parse.urlsplit(url)
+    name = f"[{host}]" if ":" in host else host
+    headers = {
+        "host": name if parts.port is None else f"{name}:{parts.port}",
+        "user-agent": f"rtserver/{__version__}",
+    }
+    return pinned(url, addresses[0]), host, headers
+
+
+def _refuse_redirect(response: httpx.Response) -> None:
+    status = response.status_code
+    if 300 <= status < 400 and status != 304:
+        location = response.headers.get("location", "")
+        raise DestinationRefused(f"{status} to {location!r}: redirects are not followed")
+
+
 async def post_json(
     url: str,
     payload: Mapping[str, Any],
@@ -187,28 +222,14 @@ async def post_json(
         OSError: the host does not resolve.
         httpx.HTTPError, TimeoutError: the request failed.
     """
-    try:
-        host, port = target(url)
-        host = host.encode("idna").decode("ascii")
-    except (ValueError, UnicodeError) as exc:
-        raise DestinationRefused(f"bad destination: {exc}") from None
-    addresses = await resolve(host, port)
-    refused = unsafe(addresses, allow_private) if addresses else "no address"
-    if refused is not None:
-        raise DestinationRefused(f"destination refused: {refused}")
-    parts = urllib.parse.urlsplit(url)
-    name = f"[{host}]" if ":" in host else host
-    headers = {
-        "content-type": "application/json",
-        "host": name if parts.port is None else f"{name}:{parts.port}",
-        "user-agent": f"rtserver/{__version__}",
-    }
+    address, host, headers = await _checked(url, allow_private, resolve)
+    headers["content-type"] = "application/json"
     async with httpx.AsyncClient(
         follow_redirects=False, trust_env=False, timeout=timeout_s, transport=transport
     ) as client:
         request = client.build_request(
             "POST",
-            pinned(url, addresses[0]),
+            address,
             content=orjson.dumps(dict(payload)),
             headers=headers,
             extensions={"sni_hostname": host},
@@ -224,10 +245,59 @@ async def post_json(
                             break
             finally:
                 await response.aclose()
+    _refuse_redirect(response)
     status = response.status_code
-    if 300 <= status < 400:
-        location = response.headers.get("location", "")
-        raise DestinationRefused(f"{status} to {location!r}: redirects are not followed")
     if not 200 <= status < 300:
         raise DestinationRefused(f"{status} {response.reason_phrase}".strip())
     return status
+
+
+async def fetch_into(
+    url: str,
+    sink: BinaryIO,
+    *,
+    headers: Mapping[str, str] | None = None,
+    allow_private: bool,
+    timeout_s: float,
+    max_bytes: int,
+    resolve: AsyncResolve = resolve_async,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> httpx.Headers | None:
+    """GET ``url`` through the guard and write the body to ``sink`` as it arrives (so memory
+    stays flat whatever its size); the answer's headers, or None for a 304 Not Modified.
+
+    Checked as :func:`post_json` is; ``timeout_s`` bounds each connect and read, not the whole
+    download; a body over ``max_bytes`` is refused.
+
+    Raises:
+        DestinationRefused: a bad URL, a refused address, a redirect, an answer other than
+            200 or 304, or a body over ``max_bytes``.
+        OSError: the host does not resolve.
+        httpx.HTTPError, TimeoutError: the request failed.
+    """
+    address, host, base = await _checked(url, allow_private, resolve)
+    async with httpx.AsyncClient(
+        follow_redirects=False, trust_env=False, timeout=timeout_s, transport=transport
+    ) as client:
+        request = client.build_request(
+            "GET",
+            address,
+            headers={**base, **(headers or {})},
+            extensions={"sni_hostname": host},
+        )
+        response = await client.send(request, stream=True)
+        try:
+            _refuse_redirect(response)
+            if response.status_code == 304:
+                return None
+            if response.status_code != 200:
+                raise DestinationRefused(f"{response.status_code} {response.reason_phrase}".strip())
+            read = 0
+            async for chunk in response.aiter_raw():
+                read += len(chunk)
+                if read > max_bytes:
+                    raise DestinationRefused(f"larger than {max_bytes} bytes")
+                sink.write(chunk)
+        finally:
+            await response.aclose()
+    return response.headers
