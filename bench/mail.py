@@ -138,6 +138,7 @@ async def shop_store(path: Path, mails: int, template: str, now: float) -> Any:
     from rtserver.engine.definitions import compile_workflows
     from rtserver.engine.engine import Engine
     from rtserver.model.events import parse_event
+    from rtserver.model.products import product_from
     from rtserver.store.database import Store
 
     store = await Store.open(path)
@@ -156,6 +157,9 @@ async def shop_store(path: Path, mails: int, template: str, now: float) -> Any:
             raws.append(track(f"u{viewer}", "Product Viewed", product(n), f"v{viewer}-{n}"))
     events = [parse_event(raw, IngestConfig(), source="server") for raw in raws]
     await store.group_commit(events, [now] * len(events), engine.plan([], now))
+    # What mail shows of a product comes from the catalog, as the shop's feed would fill it.
+    catalog = [product_from(product(n)) for n in range(PRODUCTS + 10)]
+    await store.catalog.upsert(catalog, "import", now)
     await store.mail.queue(
         [(f"mail-{n:06d}", None, None, "u:ann", "bench", template, "", True, None, now, now,
           now, "{}") for n in range(mails)]
@@ -179,7 +183,15 @@ def mail_config(template: str) -> Any:
     config = load_config(
         None,
         env={},
-        overrides={"mail": {"rate_per_s": 1e9, "daily_limit": 10**9, "frequency_cap": "off"}},
+        overrides={
+            "mail": {
+                "rate_per_s": 1e9,
+                "daily_limit": 10**9,
+                "frequency_cap": "off",
+                "link_hosts": ["bench.local"],
+                "image_hosts": ["bench.local"],
+            }
+        },
     )
     return config.mail
 
@@ -240,12 +252,16 @@ def prebuilt(template: str) -> Any:
     from email.utils import formatdate
 
     from rtserver.mail.mime import POLICY
-    from rtserver.mail.recommend import product_of
+    from rtserver.mail.recommend import Product
     from rtserver.mail.render import MailContext
 
     config = mail_config(template)
     now = time.time()
-    products = [product_of(product(n)) for n in (3, 7, 21, 22, 23)]
+    products = [
+        Product(p["product_id"], p["name"], p["price"], p["currency"], p["image_url"], p["url"],
+                p["category"])
+        for p in (product(n) for n in (3, 7, 21, 22, 23))
+    ]  # fmt: skip
     context = MailContext(
         mail_id="mail-prebuilt",
         to="ann@bench.example",

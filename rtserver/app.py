@@ -37,7 +37,7 @@ from rtserver.clock import Clock, Monotonic
 from rtserver.config import Config
 from rtserver.dashboard import Auth, Dashboard, Metrics, RequireLogin, metrics, routes as dashboard
 from rtserver.errors import StoreError
-from rtserver.ingest import Budgets, Ingest, Intake, receive, snippet, webhooks
+from rtserver.ingest import Budgets, Ingest, Intake, receive, recommendations, snippet, webhooks
 from rtserver.mail import Links, links
 from rtserver.model import Product
 from rtserver.runtime import Runtime, Supervisor, check_public_url, load_rules, start
@@ -140,6 +140,7 @@ def create_app(
                     clock,
                     budgets,
                     runtime.triggers.wake,
+                    runtime.sender.contexts.recommendations,
                 ),
                 links=Links(
                     store,
@@ -193,6 +194,8 @@ def create_app(
                 WebSocketRoute("/ws", ingest.endpoint),
                 Route("/batch", receive, methods=["POST"]),
                 Route("/webhooks/{source}", webhooks.receive, methods=["POST"]),
+                # Before /{kind}, which would otherwise answer this path's GET with a 405.
+                Route("/recommendations", recommendations, methods=["GET"]),
                 Route("/{kind}", receive, methods=["POST"]),
             ],
             middleware=[cors],

@@ -4,8 +4,9 @@ WebSocket, the HTTP API and the signed webhooks as ``request.state.intake``."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from rtserver.clock import Clock
 from rtserver.config import Config, Keys
@@ -31,3 +32,5 @@ class Intake:
     """What each client address may still send, and the disk space guard."""
     catalog_changed: Callable[[], None] = lambda: None
     """Wakes the catalog triggers after a write-key or webhook event changed a product."""
+    recommend: Callable[[str, float, int], Awaitable[list[Any]]] | None = None
+    """``(person id, now, n)``: what a mail to that person would recommend (mail products)."""

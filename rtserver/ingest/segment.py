@@ -265,6 +265,44 @@ async def _ingest(request: Request, kind: str | None) -> JSONResponse:
     return JSONResponse(result)
 
 
+MAX_RECOMMENDATIONS = 20
+
+
+async def recommendations(request: Request) -> Response:
+    """``GET /v1/recommendations?userId=...`` (or ``?anonymousId=...``) ``&n=4``, with the
+    write key: the products a mail to that person would recommend now, from the catalog, for
+    a shop that shows the same picks on its site. Ids go in the query, not the path: a user id
+    may be an email address."""
+    intake = cast(Intake, request.state.intake)
+    try:
+        if _authenticate(request, intake, None) != "server" or intake.recommend is None:
+            raise HTTPFailure(status.HTTP_401_UNAUTHORIZED, "recommendations need the write key")
+        query = request.query_params
+        user, anonymous = query.get("userId"), query.get("anonymousId")
+        try:
+            count = int(query.get("n", "4"))
+        except ValueError:
+            count = 0
+        if not 1 <= count <= MAX_RECOMMENDATIONS:
+            error = f"n must be a whole number from 1 to {MAX_RECOMMENDATIONS}"
+            raise HTTPFailure(status.HTTP_400_BAD_REQUEST, error)
+        if user:
+            person = f"u:{user}"
+        elif anonymous:
+            person = await intake.store.person_of(anonymous) or f"a:{anonymous}"
+        else:
+            raise HTTPFailure(status.HTTP_400_BAD_REQUEST, "give userId or anonymousId")
+        try:
+            picks = await intake.recommend(person, intake.clock(), count)
+        except StoreError:
+            raise HTTPFailure(status.HTTP_503_SERVICE_UNAVAILABLE, "storage unavailable") from None
+    except HTTPFailure as failure:
+        return failure_response(request, failure)
+    fields = ("id", "name", "price", "regular_price", "currency", "url", "image", "category")
+    products = [{f: getattr(p, f) for f in fields} for p in picks]
+    return JSONResponse({"products": products})
+
+
 async def receive(request: Request) -> Response:
     """``POST /v1/batch`` and ``POST /v1/<type>``: store the events, answer after commit."""
     kind = request.path_params.get("kind")

@@ -14,7 +14,9 @@ mails, and people who viewed the same few products, share one read.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from rtserver.config import MailConfig
@@ -37,10 +39,22 @@ who viewed the same few products (often one popular product) share one read."""
 POOL = 8
 """Candidates read from co-views and popularity for the recommendations."""
 RECOMMENDATIONS = 4
+TOP_CATEGORIES = 3
+"""The person's categories whose newest products join the candidates."""
 VIEWED_SHOWN = 4
 """The person's recently viewed products a mail may show (``viewed``)."""
 UNKNOWN_PRODUCT = "An item from our shop"
 """The name of a cart item the catalog does not know: never the id or anything a browser sent."""
+
+
+@dataclass(frozen=True, slots=True)
+class Shelf:
+    """A person's products as a mail shows them."""
+
+    cart: tuple[Product, ...]
+    viewed: tuple[Product, ...]
+    product: Product | None
+    recommendations: tuple[Product, ...]
 
 
 class Contexts:
@@ -66,25 +80,8 @@ class Contexts:
         """
         if claim.template == "confirm":
             return self._confirmation(claim, now)
-        since = now - PRODUCTS_WINDOW_S
-        events = await self.store.mail.product_events(claim.person_id, since)
-        viewed_ids = viewed_of(events)
-        bought = bought_of(events)
         key = str(claim.run.get("key") or "")
-        cart_items = cart_of(events_of_cart(events, key))
-        co_viewed_ids: list[str] = []
-        if viewed_ids:
-            co_viewed_ids = await self._co_viewed_ids(tuple(viewed_ids[:POOL]), now)
-        popular_ids = await self._popular_ids(now)
-        wanted = {*viewed_ids, *co_viewed_ids, *popular_ids, *(pid for pid, _ in cart_items)}
-        catalog = await self.store.catalog.products({*wanted, key} if key else wanted)
-        product = catalog.get(key)
-        cart = [self._shown(catalog.get(pid), pid, quantity) for pid, quantity in cart_items]
-        viewed = self._buyable(viewed_ids, catalog)
-        signals = Signals(viewed=viewed_ids, co_viewed=co_viewed_ids, popular=popular_ids)
-        exclude = bought | {pid for pid, _ in cart_items} | {key}
-        picked = rank(signals, catalog, exclude, RECOMMENDATIONS)
-        recommendations = [self._shown(p, p.id) for p in picked]
+        shelf = await self._shelf(claim.person_id, key, now, RECOMMENDATIONS)
         return MailContext(
             mail_id=claim.id,
             # Rerouted before rendering, so a DKIM signature covers the To it is sent with.
@@ -92,12 +89,46 @@ class Contexts:
             now=now,
             person=claim.person,
             run=claim.run,
-            cart=tuple(cart),
-            viewed=tuple(viewed[:VIEWED_SHOWN]),
-            product=None if product is None else self._shown(product, key),
-            recommendations=tuple(recommendations),
+            cart=shelf.cart,
+            viewed=shelf.viewed,
+            product=shelf.product,
+            recommendations=shelf.recommendations,
             marketing=claim.marketing,
             extra=self._extra(claim),
+        )
+
+    async def recommendations(self, person_id: str, now: float, limit: int) -> list[Product]:
+        """What a mail to ``person_id`` would recommend now (``GET /v1/recommendations``)."""
+        return list((await self._shelf(person_id, "", now, limit)).recommendations)
+
+    async def _shelf(self, person_id: str, key: str, now: float, limit: int) -> Shelf:
+        """The person's products, from the catalog: the cart of the run keyed ``key`` (or all
+        of it), what they viewed, the run's product and ``limit`` recommendations."""
+        events = await self.store.mail.product_events(person_id, now - PRODUCTS_WINDOW_S)
+        viewed_ids = viewed_of(events)
+        bought = bought_of(events)
+        cart_items = cart_of(events_of_cart(events, key))
+        co_viewed_ids: list[str] = []
+        if viewed_ids:
+            co_viewed_ids = await self._co_viewed_ids(tuple(viewed_ids[:POOL]), now)
+        popular_ids = await self._popular_ids(now)
+        wanted = {*viewed_ids, *co_viewed_ids, *popular_ids, *(pid for pid, _ in cart_items)}
+        catalog = await self.store.catalog.products({*wanted, key} if key else wanted)
+        viewed_in = Counter(catalog[p].category for p in viewed_ids if p in catalog)
+        top = [c for c, _ in viewed_in.most_common() if c][:TOP_CATEGORIES]
+        pool = await self.store.catalog.in_categories(top, POOL)
+        pooled = {pid for ids in pool.values() for pid in ids} - catalog.keys()
+        if pooled:
+            catalog = {**catalog, **await self.store.catalog.products(pooled)}
+        product = catalog.get(key)
+        signals = Signals(viewed=viewed_ids, co_viewed=co_viewed_ids, popular=popular_ids)
+        exclude = bought | {pid for pid, _ in cart_items} | {key}
+        picked = rank(signals, catalog, exclude, limit, category_pool=pool)
+        return Shelf(
+            cart=tuple(self._shown(catalog.get(pid), pid, n) for pid, n in cart_items),
+            viewed=tuple(self._buyable(viewed_ids, catalog)[:VIEWED_SHOWN]),
+            product=None if product is None else self._shown(product, key),
+            recommendations=tuple(self._shown(p, p.id) for p in picked),
         )
 
     def _shown(self, product: CatalogProduct | None, pid: str, quantity: int = 1) -> Product:

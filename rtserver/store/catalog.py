@@ -35,12 +35,13 @@ COLUMNS = (
     "item_group"
 )
 UPSERT = f"""
-    INSERT INTO products ({COLUMNS}, image_host, source, updated_at, seen_at, changed_at)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    INSERT INTO products ({COLUMNS}, image_host, source, updated_at, seen_at, changed_at,
+        category)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (id) DO UPDATE SET sku = excluded.sku, name = excluded.name,
         url = excluded.url, image = excluded.image, price = excluded.price,
         sale_price = excluded.sale_price, currency = excluded.currency,
-        categories = excluded.categories, brand = excluded.brand,
+        categories = excluded.categories, category = excluded.category, brand = excluded.brand,
         availability = excluded.availability, item_group = excluded.item_group,
         image_host = excluded.image_host, source = excluded.source,
         updated_at = excluded.updated_at, seen_at = excluded.seen_at,
@@ -76,7 +77,7 @@ def _row(product: Product, source: str, now: float, changed: bool) -> tuple[Any,
         product.id, product.sku, product.name, product.url, product.image, product.price,
         product.sale_price, product.currency, orjson.dumps(list(product.categories)).decode(),
         product.brand, product.availability, product.item_group, host, source, now, now,
-        now if changed else None,
+        now if changed else None, product.category,
     )  # fmt: skip
 
 
@@ -210,6 +211,22 @@ class CatalogStore:
             marks = ", ".join("?" * len(chunk))
             rows = await self._read(f"SELECT {COLUMNS} FROM products WHERE id IN ({marks})", chunk)
             found.update((r[0], _product(r)) for r in rows)
+        return found
+
+    async def in_categories(
+        self, categories: Collection[str], per_category: int
+    ) -> dict[str, list[str]]:
+        """Up to ``per_category`` buyable products of each of ``categories`` (the narrowest
+        category), most recently updated first: candidates a person's categories offer."""
+        found: dict[str, list[str]] = {}
+        for category in categories:
+            rows = await self._read(
+                "SELECT id FROM products WHERE category = ? "
+                "AND availability IN ('in_stock', 'preorder', 'backorder') "
+                "ORDER BY updated_at DESC, id LIMIT ?",
+                (category, per_category),
+            )
+            found[category] = [r[0] for r in rows]
         return found
 
     async def listing(self, limit: int = 100, offset: int = 0) -> list[Product]:

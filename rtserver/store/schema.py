@@ -294,6 +294,7 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
             sale_price REAL,
             currency TEXT,
             categories TEXT NOT NULL DEFAULT '[]',
+            category TEXT,
             brand TEXT,
             availability TEXT NOT NULL,
             item_group TEXT,
@@ -304,6 +305,7 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
             changed_at REAL
         );
         CREATE INDEX products_source ON products (source, seen_at);
+        CREATE INDEX products_category ON products (category, availability, updated_at);
         CREATE TABLE feeds (
             url TEXT PRIMARY KEY,
             etag TEXT,

@@ -76,6 +76,13 @@ async def preview(config: Config, template: str, user: str, now: float) -> Email
         return mailer.render_mail(template, context)
 
 
+async def recommend(config: Config, user: str, count: int, now: float) -> list[Any]:
+    """What a mail to ``user`` would recommend now (as ``GET /v1/recommendations`` answers)."""
+    async with _opened(config) as (store, mailer):
+        contexts = Contexts(store, mailer, config.mail)
+        return await contexts.recommendations(_person_id(user), now, count)
+
+
 async def send_test_mail(config: Config, to: str, now: float) -> str:
     """Send the ``test`` template to ``to`` through the configured transport; the outcome."""
     address = check_address(to)
@@ -146,6 +153,19 @@ def _cmd_render(args: argparse.Namespace, load: Callable[[str | None], Config]) 
     return 0
 
 
+def _cmd_recommend(args: argparse.Namespace, load: Callable[[str | None], Config]) -> int:
+    config = load(args.config)
+    picks = asyncio.run(recommend(config, args.user, args.n, time.time()))
+    if not picks:
+        print(f"no recommendations for {args.user!r}: no catalog products fit yet")
+    for rank, product in enumerate(picks, 1):
+        price = "" if product.price is None else f"  {product.price:.2f} {product.currency or ''}"
+        print(f"{rank}. {product.id}  {product.name}{price.rstrip()}  [{product.category or '-'}]")
+        if product.url:
+            print(f"   {product.url}")
+    return 0
+
+
 def _cmd_send_test_mail(args: argparse.Namespace, load: Callable[[str | None], Config]) -> int:
     config = load(args.config)
     try:
@@ -178,8 +198,8 @@ def _cmd_forget(args: argparse.Namespace, load: Callable[[str | None], Config]) 
 def add_commands(
     sub: Any, load: Callable[[str | None], Config]
 ) -> None:  # argparse's subparsers type is private
-    """Add ``render``, ``send-test-mail``, ``suppress``, ``forget`` and ``webhooks`` to the
-    ``rtserver`` parser."""
+    """Add ``render``, ``recommend``, ``send-test-mail``, ``suppress``, ``forget`` and
+    ``webhooks`` to the ``rtserver`` parser."""
     render = sub.add_parser(
         "render",
         help="preview a mail for a real person (their cart and recommendations)",
@@ -190,6 +210,18 @@ def add_commands(
     render.add_argument("--part", choices=["text", "html", "eml"], default="text")
     render.add_argument("--config", metavar="PATH")
     render.set_defaults(func=lambda args: _cmd_render(args, load))
+
+    recommend_ = sub.add_parser(
+        "recommend",
+        help="the products a mail to a person would recommend now (from the catalog)",
+        description="Print what a mail to --user would recommend now, best first; the same "
+        "picks GET /v1/recommendations answers.",
+    )
+    recommend_.add_argument("--user", required=True, help="userId, or a person id like a:<id>")
+    recommend_.add_argument("-n", type=int, default=4, choices=range(1, 21), metavar="N",
+                            help="how many (1 to 20, default 4)")  # fmt: skip
+    recommend_.add_argument("--config", metavar="PATH")
+    recommend_.set_defaults(func=lambda args: _cmd_recommend(args, load))
 
     test = sub.add_parser(
         "send-test-mail", help="send the test template to an address (checks the mail setup)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -178,3 +179,34 @@ def test_webhooks_command_lists_and_enables_endpoints(
     assert f"{url}: enabled again" in out and "disabled:" not in out
     assert main(["webhooks", "--enable", url, "--config", path]) == 1
     assert "was not disabled" in capsys.readouterr().out
+
+
+def test_recommend_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`rtserver recommend` prints what a mail would recommend, from the catalog."""
+    config = make_config(tmp_path)
+
+    async def stock() -> None:
+        await shopper(config)
+        store = await Store.open(config.store.path)
+        try:
+            products = [Product(f"p{i}", f"Pick {i}", price=9.0, url="http://localhost:8000/p",
+                                categories=("Lamps",)) for i in range(3)]  # fmt: skip
+            await store.catalog.upsert(products, "import", NOW)
+            view = {"product_id": "p0"}
+            await store_group(
+                store,
+                [parse(event("track", event="Product Viewed", userId="ann", properties=view))],
+                at=NOW,
+            )
+        finally:
+            await store.close()
+
+    asyncio.run(stock())
+    path = str(write_config(tmp_path, config))
+    assert main(["recommend", "--user", "ann", "-n", "2", "--config", path]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("1. p") and "[Lamps]" in out and "http://localhost:8000/p" in out
+    (tmp_path / "empty").mkdir()
+    empty = str(write_config(tmp_path / "empty", make_config(tmp_path / "empty")))
+    assert main(["recommend", "--user", "nobody", "--config", empty]) == 0
+    assert "no recommendations for 'nobody'" in capsys.readouterr().out
