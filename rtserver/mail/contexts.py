@@ -39,6 +39,10 @@ who viewed the same few products (often one popular product) share one read."""
 POOL = 8
 """Candidates read from co-views and popularity for the recommendations."""
 RECOMMENDATIONS = 4
+SIGNALS_WINDOW_S = 90 * DAY_S
+"""How far back clicks and mails are read: what a person clicked, and what they were shown."""
+SIMILAR_PEOPLE = 200
+"""People who viewed the same products, whose clicks in mail count for this person."""
 TOP_CATEGORIES = 3
 """The person's categories whose newest products join the candidates."""
 VIEWED_SHOWN = 4
@@ -67,7 +71,7 @@ class Contexts:
         self.hosts = mailer.hosts
         self._popular: tuple[float, list[str]] | None = None
         self._popular_lock = asyncio.Lock()
-        self._co_viewed: dict[tuple[str, ...], tuple[float, list[str]]] = {}
+        self._co_viewed_cache: dict[tuple[str, ...], tuple[float, list[str], dict[str, int]]] = {}
 
     async def build(self, claim: Claim, now: float) -> MailContext:
         """What ``claim`` is rendered with: the person, the run, the run's cart (the events of
@@ -109,9 +113,13 @@ class Contexts:
         bought = bought_of(events)
         cart_items = cart_of(events_of_cart(events, key))
         co_viewed_ids: list[str] = []
+        similar_clicked: dict[str, int] = {}
         if viewed_ids:
-            co_viewed_ids = await self._co_viewed_ids(tuple(viewed_ids[:POOL]), now)
+            co_viewed_ids, similar_clicked = await self._co_viewed(tuple(viewed_ids[:POOL]), now)
         popular_ids = await self._popular_ids(now)
+        since = now - SIGNALS_WINDOW_S
+        clicked = await self.store.mail.clicked([person_id], since)
+        shown = await self.store.mail.shown(person_id, since)
         wanted = {*viewed_ids, *co_viewed_ids, *popular_ids, *(pid for pid, _ in cart_items)}
         catalog = await self.store.catalog.products({*wanted, key} if key else wanted)
         viewed_in = Counter(catalog[p].category for p in viewed_ids if p in catalog)
@@ -121,7 +129,14 @@ class Contexts:
         if pooled:
             catalog = {**catalog, **await self.store.catalog.products(pooled)}
         product = catalog.get(key)
-        signals = Signals(viewed=viewed_ids, co_viewed=co_viewed_ids, popular=popular_ids)
+        signals = Signals(
+            viewed=viewed_ids,
+            co_viewed=co_viewed_ids,
+            popular=popular_ids,
+            clicked=clicked,
+            similar_clicked=similar_clicked,
+            shown=shown,
+        )
         exclude = bought | {pid for pid, _ in cart_items} | {key}
         picked = rank(signals, catalog, exclude, limit, category_pool=pool)
         return Shelf(
@@ -176,15 +191,21 @@ class Contexts:
         token = self.mailer.tokens.confirm(claim.person_id, claim.recipient)
         return {**claim.extra, "confirm_url": f"{self.mailer.public_url}/confirm/{token}"}
 
-    async def _co_viewed_ids(self, ids: tuple[str, ...], now: float) -> list[str]:
-        """Products viewed by the viewers of ``ids``, read again after ``POPULAR_TTL_S``."""
-        cached = self._co_viewed.get(ids)
+    async def _co_viewed(
+        self, ids: tuple[str, ...], now: float
+    ) -> tuple[list[str], dict[str, int]]:
+        """Products viewed by the viewers of ``ids``, and the products those viewers clicked
+        in mail; read again after ``POPULAR_TTL_S``."""
+        cached = self._co_viewed_cache.get(ids)
         if cached is None or not cached[0] <= now < cached[0] + POPULAR_TTL_S:
-            found = await self.store.mail.co_viewed(list(ids), now - PRODUCTS_WINDOW_S, POOL)
-            cached = self._co_viewed[ids] = (now, found)
-            while len(self._co_viewed) > CO_VIEWED_SETS:
-                del self._co_viewed[next(iter(self._co_viewed))]  # the oldest read
-        return cached[1]
+            since = now - PRODUCTS_WINDOW_S
+            found = await self.store.mail.co_viewed(list(ids), since, POOL)
+            viewers = await self.store.mail.viewers(list(ids), since, SIMILAR_PEOPLE)
+            clicks = await self.store.mail.clicked(viewers, now - SIGNALS_WINDOW_S)
+            cached = self._co_viewed_cache[ids] = (now, found, clicks)
+            while len(self._co_viewed_cache) > CO_VIEWED_SETS:
+                del self._co_viewed_cache[next(iter(self._co_viewed_cache))]  # the oldest read
+        return cached[1], cached[2]
 
     async def _popular_ids(self, now: float) -> list[str]:
         """The shop's popular products; the feeds' image hosts are read along with them."""

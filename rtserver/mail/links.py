@@ -178,7 +178,14 @@ async def click(request: Request) -> Response:
         # have reached a mail. Nothing is recorded and nobody is sent there.
         logger.warning("refused a click to a host outside the shop (mail %s)", mail_id)
         return _not_found(request)
-    if await _mail_event(request, mail_id, "Email Clicked", {"url": url}) is None:
+    clicked: dict[str, Any] = {"url": url}
+    try:
+        product = await links.store.mail.shown_product(mail_id, url)
+    except StoreError:
+        product = None  # the click still counts; only which product it was is not known
+    if product is not None:
+        clicked["product_id"] = product  # recommendations learn from clicks on products
+    if await _mail_event(request, mail_id, "Email Clicked", clicked) is None:
         return _not_found(request)
     return RedirectResponse(url, status_code=303, headers=NO_STORE)
 

@@ -64,7 +64,7 @@ W_POPULAR = 0.25
 W_CATEGORY_POOL = 1.0
 W_CLICKED = 0.6
 W_SIMILAR_CLICKED = 0.2
-W_IGNORED = 0.3
+W_IGNORED = 0.5
 W_DIVERSITY = 0.15
 RECENCY = 0.9
 """Each older view weighs this much of the one after it."""

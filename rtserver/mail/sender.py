@@ -150,6 +150,8 @@ class Sender:
         self.contexts = Contexts(store, mailer, config)
         """Builds each mail's context (cart, recommendations), with its product caches."""
         self._outcomes: list[tuple[Any, ...]] = []
+        self._shown: list[tuple[Any, ...]] = []
+        """The products the mails sent since the last flush showed (mail, person, id, url)."""
 
     def wake(self) -> None:
         """Look again now: mails were queued, or the clock moved."""
@@ -269,6 +271,8 @@ class Sender:
                 outcome = await self._send(claim, mail, partial(render_ahead, index + 1))
                 now = self.clock()
                 self._record(claim, outcome, now)
+                if outcome.state == "sent":
+                    self._note_shown(claim, contexts[index].result(), now)
                 self.in_flight -= 1
                 if outcome.state == "retry" and outcome.code is None and index + 1 < len(claims):
                     # No reply at all (refused, timed out): the relay is down or hung. The rest
@@ -370,13 +374,25 @@ class Sender:
         for claim in claims:
             self._outcomes.append((claim.id, state, now, None, reason, due, None))
 
+    def _note_shown(self, claim: Claim, context: MailContext, now: float) -> None:
+        """Remember the products a sent mail picked for its reader (the run's product and the
+        recommendations), with the link each had: picks shown again and again without a click
+        rank lower, and a click on one is known as that product's."""
+        products = context.recommendations
+        if context.product is not None:
+            products = (context.product, *products)
+        for product in products:
+            self._shown.append((claim.id, claim.person_id, product.id, product.url, now))
+
     async def _flush(self) -> None:
         if self._outcomes:
             outcomes, self._outcomes = self._outcomes, []
+            shown, self._shown = self._shown, []
             try:
-                await self.store.mail.finish_many(outcomes)
+                await self.store.mail.finish_many(outcomes, shown)
             except BaseException:
                 self._outcomes[:0] = outcomes  # written at the next round
+                self._shown[:0] = shown
                 raise
             await self._notify()
 

@@ -33,7 +33,9 @@ __all__ = ["Claim", "MailStore", "NEVER", "in_transaction"]
 NEVER = 1e18
 """``next_attempt_at`` of a row no one will claim again (an ambiguous row under 'drop')."""
 
-PERSON_TABLES = ("events", "identities", "runs", "timers", "steps", "outbox", "deliveries")
+PERSON_TABLES = (
+    "events", "identities", "runs", "timers", "steps", "outbox", "deliveries", "mail_products",
+)  # fmt: skip
 """Every table with a person's rows (by ``person_id``), for erasure."""
 CLAIMABLE = "state IN ('queued', 'retry_wait', 'ambiguous')"
 SUPPRESSION = (
@@ -220,13 +222,19 @@ def _finish(
             _suppress(conn, row[0], suppress, now, reason)
 
 
-def finish_many(conn: sqlite3.Connection, outcomes: Sequence[Sequence[Any]]) -> None:
+def finish_many(
+    conn: sqlite3.Connection,
+    outcomes: Sequence[Sequence[Any]],
+    shown: Sequence[Sequence[Any]] = (),
+) -> None:
     """Record several attempts' outcomes in one transaction, each ``_finish``'s arguments:
-    (mail, state, now, code, reason, next_attempt_at, suppress)."""
+    (mail, state, now, code, reason, next_attempt_at, suppress); and the products the sent
+    ones showed, (mail, person, product, url, at) each."""
 
     def work() -> None:
         for outcome in outcomes:
             _finish(conn, *outcome)
+        conn.executemany("INSERT OR IGNORE INTO mail_products VALUES (?, ?, ?, ?, ?)", shown)
 
     in_transaction(conn, work)
 
@@ -507,7 +515,60 @@ class MailStore:
         )
         return int(by_address[0][0]), int(by_ip[0][0])
 
-    async def finish_many(self, outcomes: Sequence[Sequence[Any]]) -> None:
+    async def finish_many(
+        self, outcomes: Sequence[Sequence[Any]], shown: Sequence[Sequence[Any]] = ()
+    ) -> None:
         """Record several outcomes in one writer hop and one transaction; each is
-        ``(mail, state, now, code, reason, next_attempt_at, suppress)`` as for :meth:`finish`."""
-        await self._in_writer(finish_many, outcomes)
+        ``(mail, state, now, code, reason, next_attempt_at, suppress)`` as for :meth:`finish`;
+        ``shown``: the products sent mails showed, ``(mail, person, product, url, at)``."""
+        await self._in_writer(finish_many, outcomes, shown)
+
+    async def shown_product(self, mail_id: str, url: str) -> str | None:
+        """The product of mail ``mail_id`` whose link ``url`` (with tracking parameters added)
+        leads to, if any."""
+        rows = await self._read(
+            "SELECT product_id, url FROM mail_products WHERE mail_id = ? AND url IS NOT NULL",
+            (mail_id,),
+        )
+        for product_id, shown_url in rows:
+            if url == shown_url or url.startswith((f"{shown_url}?", f"{shown_url}&")):
+                return str(product_id)
+        return None
+
+    async def shown(self, person_id: str, since: float) -> dict[str, int]:
+        """How often each product was shown to ``person_id`` in mail since ``since``."""
+        rows = await self._read(
+            "SELECT product_id, count(*) FROM mail_products WHERE person_id = ? AND at >= ? "
+            "GROUP BY product_id",
+            (person_id, since),
+        )
+        return {r[0]: r[1] for r in rows}
+
+    async def clicked(self, person_ids: Sequence[str], since: float) -> dict[str, int]:
+        """Clicks on each product in mail by ``person_ids`` since ``since`` (people's clicks:
+        those a machine made do not count)."""
+        if not person_ids:
+            return {}
+        marks = ", ".join("?" * len(person_ids))
+        rows = await self._read(
+            "SELECT product_id, count(*) FROM events INDEXED BY events_person "
+            f"WHERE person_id IN ({marks}) AND received_at >= ? AND name = 'Email Clicked' "
+            "AND product_id IS NOT NULL "
+            "AND json_extract(CAST(body AS TEXT), '$.properties.machine') = 0 "
+            "GROUP BY product_id",
+            (*person_ids, since),
+        )
+        return {r[0]: r[1] for r in rows}
+
+    async def viewers(self, product_ids: Sequence[str], since: float, limit: int) -> list[str]:
+        """Up to ``limit`` people who viewed any of ``product_ids`` since ``since``."""
+        if not product_ids:
+            return []
+        marks = ", ".join("?" * len(product_ids))
+        rows = await self._read(
+            "SELECT DISTINCT person_id FROM events INDEXED BY events_product_viewers "
+            f"WHERE name = 'Product Viewed' AND {PRODUCT_ID} IN ({marks}) AND received_at >= ? "
+            "LIMIT ?",
+            (*product_ids, since, limit),
+        )
+        return [r[0] for r in rows]

@@ -281,8 +281,9 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
     (
         "0012_catalog",
         # The shop's products, from trusted sources only; the feeds' validators; the changes
-        # the catalog triggers still owe (written with the product, so none is lost); carts
-        # and back-in-stock requests by product (views have their index already).
+        # the catalog triggers still owe (written with the product, so none is lost); the
+        # products each sent mail showed (so picks shown and ignored rank lower); carts and
+        # back-in-stock requests by product (views have their index already).
         """
         CREATE TABLE products (
             id TEXT PRIMARY KEY,
@@ -320,6 +321,15 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
             old_price REAL,
             PRIMARY KEY (product_id, at)
         );
+        CREATE TABLE mail_products (
+            mail_id TEXT NOT NULL,
+            person_id TEXT NOT NULL,
+            product_id TEXT NOT NULL,
+            url TEXT,
+            at REAL NOT NULL,
+            PRIMARY KEY (mail_id, product_id)
+        );
+        CREATE INDEX mail_products_person ON mail_products (person_id, at);
         CREATE INDEX events_product_interest ON events (product_id, received_at, person_id)
             WHERE name IN ('Product Added', 'Back In Stock Requested');
         """,

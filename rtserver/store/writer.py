@@ -238,7 +238,7 @@ def _apply_link(conn: sqlite3.Connection, link: Link, at: float) -> None:
     conn.execute("DELETE FROM profiles WHERE person_id = ?", (old,))
     conn.execute(END_CONFLICTING_RUNS, (at, old, link.person_id))
     conn.execute(DROP_ENDED_TIMERS, (old, old))
-    for table in ("identities", "runs", "timers", "steps", "outbox", "deliveries"):
+    for table in ("identities", "runs", "timers", "steps", "outbox", "deliveries", "mail_products"):
         conn.execute(f"UPDATE {table} SET person_id = ? WHERE person_id = ?", (link.person_id, old))
 
 

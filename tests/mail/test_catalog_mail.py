@@ -110,6 +110,21 @@ async def test_a_browser_s_forged_product_fields_reach_no_mail(tmp_path: Path) -
             )
             categories = {name.split()[0] for name in shown}
             assert categories == {"Lighting", "Furniture", "Textiles"}, shown
+            # A click on a product is known as that product's (recommendations learn from it),
+            # and the products each mail showed are kept (shown and ignored ranks lower).
+            link = re.search(r'<a href="(https?://[^"]+/c/[^"]+)"><img', welcome[0])
+            assert link is not None
+            clock.advance(60)
+            async with live.http() as http:
+                answer = await http.get(urllib.parse.urlsplit(link.group(1)).path, headers=BROWSER)
+            target = urllib.parse.urlsplit(answer.headers["location"]).path
+            clicked_id = next(
+                p["id"] for p in CATALOG if urllib.parse.urlsplit(p["url"]).path == target
+            )
+            store = live.runtime.store
+            assert await store.mail.clicked(["u:u1"], 0) == {clicked_id: 1}
+            shown = await store.mail.shown("u:u1", 0)
+            assert shown[clicked_id] >= 1 and "furn-3" not in shown  # in the cart: no pick
             (row, *_) = await live.runtime.store.mail.outbox()
             token = live.runtime.tokens.click(row["id"], "https://phish.example/claim")
             async with live.http() as http:

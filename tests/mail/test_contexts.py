@@ -60,3 +60,27 @@ async def test_co_viewed_products_are_read_once_per_set_for_a_while(
     await recommended("cy")  # p2's set replaces p1's
     await recommended("ann")
     assert reads == [["p1"], ["p1"], ["p2"], ["p1"]]
+
+
+async def test_picks_shown_and_ignored_sink_and_clicked_ones_rise(
+    shop: Shop, templates: Path, tmp_path: Path
+) -> None:
+    """The signals reach the ranking: a pick mailed five times and never clicked drops out
+    of the top two; a product the person clicked in a mail (a person's click, not a
+    scanner's) rises into them."""
+    await shop.stock(*(product(f"k{i}", "kitchen") for i in range(6)))
+    await shop.person("ann", "ann@example.com")
+    for pid in ("k0", "k1"):
+        await shop.track("ann", "Product Viewed", product_id=pid)
+    contexts = make_sender(shop, 9, templates, tmp_path).contexts
+    now = shop.clock()
+    before = [p.id for p in await contexts.recommendations("u:ann", now, 2)]
+    ignored = before[0]
+    shown = [(f"m{n}", "u:ann", ignored, None, now) for n in range(5)]
+    await shop.store.mail.finish_many([], shown)
+    after = [p.id for p in await contexts.recommendations("u:ann", now, 2)]
+    assert ignored not in after
+    await shop.track("ann", "Email Clicked", product_id="k5", machine=False)
+    await shop.track("ann", "Email Clicked", product_id="k4", machine=True)  # a scanner's
+    clicked = [p.id for p in await contexts.recommendations("u:ann", now, 2)]
+    assert "k5" not in after and "k5" in clicked and "k4" not in clicked
