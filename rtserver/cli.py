@@ -13,6 +13,7 @@ import logging
 import math
 import sys
 import time
+import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -184,12 +185,42 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_report(source: str, report: Any) -> None:
+    for bad in report.bad:
+        print(f"{source}: {bad}", file=sys.stderr)
+    print(report.summary())
+    if report.changes:
+        print(
+            f"{report.changes} back in stock or cheaper: the running server tells the "
+            "people they concern within a minute"
+        )
+
+
+async def _import_url(store: Any, config: Config, args: argparse.Namespace, form: str) -> int:
+    """A feed URL, read as a configured feed is (through the outbound guard)."""
+    from rtserver.catalog import Feeds
+    from rtserver.config import FeedConfig
+
+    feed = FeedConfig(url=args.file, format=form, allow_private=args.allow_private)  # type: ignore[arg-type]
+    feeds = Feeds(store, [feed], currency=config.mail.brand.currency, clock=time.time)
+    report = await feeds.read(feed)
+    if report is None:
+        state = await store.catalog.feed_state(feed.url)
+        print(f"rtserver: {args.file}: {state.outcome if state else 'not read'}", file=sys.stderr)
+        return 2 if state is None or state.outcome.startswith("failed") else 0
+    _print_report(args.file, report)
+    return 0
+
+
 def _cmd_catalog_import(args: argparse.Namespace) -> int:
     from rtserver.catalog import detect_format, import_products, parse
     from rtserver.store import Store
 
     config = _load(args.config)
-    form = args.format or detect_format(args.file)
+    is_url = args.file.startswith(("http://", "https://"))
+    form = args.format or detect_format(urllib.parse.urlsplit(args.file).path)
+    if form is None and is_url:
+        form = "google"  # what a feed URL without a telling name most often serves
     if form is None:
         print(f"rtserver: cannot tell the format of {args.file!r}: use --format", file=sys.stderr)
         return 2
@@ -197,6 +228,8 @@ def _cmd_catalog_import(args: argparse.Namespace) -> int:
     async def run() -> int:
         store = await Store.open(config.store.path)
         try:
+            if is_url:
+                return await _import_url(store, config, args, form)
             with open(args.file, "rb") as stream:
                 rows = parse(
                     stream,
@@ -207,14 +240,7 @@ def _cmd_catalog_import(args: argparse.Namespace) -> int:
                 report = await import_products(store, rows, "import", time.time)
         finally:
             await store.close()
-        for bad in report.bad:
-            print(f"{args.file}: {bad}", file=sys.stderr)
-        print(report.summary())
-        if report.changes:
-            print(
-                f"{report.changes} back in stock or cheaper: the running server tells the "
-                "people they concern within a minute"
-            )
+        _print_report(args.file, report)
         return 0
 
     try:
@@ -312,7 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Import products into the catalog. Good rows are kept, and every bad row "
         "is reported with its line, field and value; it never stops the import.",
     )
-    imports.add_argument("file", help="the feed file (gzipped or not)")
+    imports.add_argument("file", help="the feed: a file or an http(s) URL (gzipped or not)")
+    imports.add_argument("--allow-private", action="store_true",
+                         help="allow a feed URL on a private or loopback address")  # fmt: skip
     imports.add_argument("--format", choices=["google", "google-tsv", "csv", "jsonl", "shopify"],
                          help="the feed's format (default: from the file name)")  # fmt: skip
     imports.add_argument("--config", metavar="PATH", help="config file")
