@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.events import shopper, tracked
-from tests.support.mail import SHIPPED
-from tests.support.server import FakeClock, LiveServer, advance, make_config, run_server, send_batch
+from tests.support.mail import smtp_config
+from tests.support.server import FakeClock, LiveServer, advance, run_server, send_batch
 from tests.support.smtp_server import SMTPServer
 
 MUG = {"id": "mug", "name": "Stoneware Mug", "price": 20.0, "currency": "EUR",
@@ -17,16 +17,7 @@ MUG = {"id": "mug", "name": "Stoneware Mug", "price": 20.0, "currency": "EUR",
 
 
 def config(tmp_path: Path, smtpd: SMTPServer) -> Any:
-    return make_config(
-        tmp_path,
-        workflow=[SHIPPED["back_in_stock"], SHIPPED["price_drop"]],
-        mail={
-            "transport": "smtp",
-            "smtp": {"host": smtpd.host, "port": smtpd.port},
-            "frequency_cap": "off",
-            "brand": {"url": "https://shop.example"},
-        },
-    )
+    return smtp_config(tmp_path, smtpd, workflows=("back_in_stock", "price_drop"))
 
 
 async def people(live: LiveServer) -> None:

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.events import event, shopper, tracked
-from tests.support.mail import SHIPPED
-from tests.support.server import FakeClock, advance, make_config, run_server, send_batch, sent
+from tests.support.mail import smtp_config
+from tests.support.server import FakeClock, advance, run_server, send_batch, sent
 from tests.support.smtp_server import SMTPServer
 
 SHOP = "https://shop.example"
@@ -55,16 +55,7 @@ def parts(message: Any) -> tuple[str, str]:
 async def test_a_browser_s_forged_product_fields_reach_no_mail(tmp_path: Path) -> None:
     clock = FakeClock()
     async with SMTPServer() as smtpd:
-        config = make_config(
-            tmp_path,
-            workflow=[SHIPPED["cart_abandonment"], SHIPPED["welcome"]],
-            mail={
-                "transport": "smtp",
-                "smtp": {"host": smtpd.host, "port": smtpd.port},
-                "frequency_cap": "off",
-                "brand": {"url": SHOP},
-            },
-        )
+        config = smtp_config(tmp_path, smtpd, workflows=("cart_abandonment", "welcome"))
         async with run_server(config, clock=clock) as live:
             await live.stock(*CATALOG)
             async with live.ws() as ws:  # the attacker: anonymous, the public key only

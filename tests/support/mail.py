@@ -169,11 +169,18 @@ LAMP_PRODUCT = {
 """The catalog's row of :data:`LAMP` (put it there with ``LiveServer.stock``)."""
 
 
-def smtp_config(tmp_path: Path, smtpd: SMTPServer, **mail: Any) -> Any:
-    """Mail by SMTP to ``smtpd``, the shipped cart workflow, the shop at https://shop.example."""
+def smtp_config(
+    tmp_path: Path,
+    smtpd: SMTPServer,
+    *,
+    workflows: Sequence[str] = ("cart_abandonment",),
+    **mail: Any,
+) -> Any:
+    """Mail by SMTP to ``smtpd``, shipped workflows (the cart's by default), the shop at
+    https://shop.example."""
     return make_config(
         tmp_path,
-        workflow=[SHIPPED["cart_abandonment"]],
+        workflow=[SHIPPED[name] for name in workflows],
         mail={
             "transport": "smtp",
             "brand": {"url": "https://shop.example"},
