@@ -434,8 +434,7 @@ async def start(
         supervisor.start("store-probe", _probe_while_failing(pipeline, store, clock, stop))
         supervisor.start("ingest-summary", _summarize(summary, stop))
         supervisor.start("catalog-triggers", triggers.run())
-        if feeds.feeds:
-            supervisor.start("catalog-feeds", feeds.run(stop))
+        supervisor.start("catalog-feeds", feeds.run(stop))
         supervisor.start("sender", sender.run(stop))
         supervisor.start("courier", courier.run(stop))
         supervisor.start("dashboard-hub", hub.run(stop))
