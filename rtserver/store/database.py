@@ -270,7 +270,8 @@ class Store:
             return str(rows[0][0])
 
     async def purge_events(self, before: float) -> int:
-        """Delete raw events received before ``before``, in small transactions; return how many."""
+        """Delete raw events received before ``before``, in small transactions, and the
+        products mails showed before then; return how many events."""
         total = 0
         while True:
             async with self._write_lock, _sqlite_errors():
@@ -281,7 +282,11 @@ class Store:
                 )
             total += cursor.rowcount
             if cursor.rowcount < PURGE_CHUNK:
-                return total
+                break
+        # What mails showed is learnt from as long as the clicks on it are kept.
+        async with self._write_lock, _sqlite_errors():
+            await self._db.execute("DELETE FROM mail_products WHERE at < ?", (before,))
+        return total
 
     async def webhook_done(self, webhook_id: str, source: str, now: float) -> None:
         """Note that the webhook ``webhook_id`` was processed, to refuse replays; ids older than

@@ -374,10 +374,14 @@ async def test_secret_is_generated_once(db_path: Path) -> None:
 
 
 async def test_purge_deletes_only_older_events(store: Store) -> None:
-    """purge_events deletes events received before the cutoff and returns how many."""
+    """purge_events deletes events received before the cutoff and returns how many, and the
+    products mails showed before then."""
     for at in (10.0, 20.0, 30.0):
         await store_group(store, [parse(event())], at=at)
+    shown = [("m1", "a:anon-1", "p1", None, 10.0), ("m2", "a:anon-1", "p1", None, 30.0)]
+    await store.mail.finish_many([], shown)
     assert await store.purge_events(25.0) == 2
+    assert await store.mail.shown("a:anon-1", 0.0) == {"p1": 1}
     assert await store.count_events() == 1
     assert (await writer_rows(store, "SELECT received_at FROM events")) == [(30.0,)]
     assert await store.profile("a:anon-1") is not None  # profiles stay
