@@ -48,7 +48,9 @@ __all__ = [
     "IngestConfig",
     "KeysConfig",
     "MailConfig",
+    "PostmarkConfig",
     "ServerConfig",
+    "SesConfig",
     "SmtpConfig",
     "StoreConfig",
     "EXAMPLE_CONFIG",
@@ -145,6 +147,21 @@ class KeysConfig:
         "",
         "SendGrid's event webhook verification key, base64 DER (unset: /v1/webhooks/sendgrid off).",
         check=lambda value: ec_public_key(value) if value else None,
+    )
+    shopify_secret: Secret | None = setting(
+        None,
+        "Shopify's webhook signing secret (POST /v1/webhooks/shopify; unset: that source is off).",
+        env="RTSERVER_SHOPIFY_SECRET",
+    )
+    woocommerce_secret: Secret | None = setting(
+        None,
+        "WooCommerce's webhook secret (POST /v1/webhooks/woocommerce; unset: that source is off).",
+        env="RTSERVER_WOOCOMMERCE_SECRET",
+    )
+    postmark_password: Secret | None = setting(
+        None,
+        "Password of Postmark's webhook basic auth (POST /v1/webhooks/postmark; unset: off).",
+        env="RTSERVER_POSTMARK_PASSWORD",
     )
     hooks_secret: Secret | None = setting(
         None,
@@ -332,6 +349,27 @@ class MailConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SesConfig:
+    """Amazon SES bounce and complaint notifications, through SNS (POST /v1/webhooks/ses)."""
+
+    topic_arns: tuple[str, ...] = setting(
+        (),
+        "SNS topics whose messages are taken (required: a valid signature only proves that "
+        "SNS sent it); their subscriptions are confirmed automatically.",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PostmarkConfig:
+    """Postmark bounce and spam-complaint webhooks (POST /v1/webhooks/postmark)."""
+
+    username: str = setting("", "User of the webhook's basic auth (password: keys).")
+    allow_ips: tuple[str, ...] = setting(
+        (), "Networks Postmark's webhooks may come from (empty: any).", check=network
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class FeedConfig:
     """One product feed the catalog re-reads on a schedule (a ``[[catalog.feed]]`` table)."""
 
@@ -461,6 +499,11 @@ class Config:
     dashboard: DashboardConfig = field(default_factory=DashboardConfig)
     hooks: HooksConfig = field(default_factory=HooksConfig)
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
+    ses: SesConfig = field(default_factory=SesConfig)
+    postmark: PostmarkConfig = field(default_factory=PostmarkConfig)
+    poll: tuple[Mapping[str, Any], ...] = field(
+        default=(), metadata={"help": "Polling sources ([[poll]] tables)."}
+    )
     workflow: tuple[Mapping[str, Any], ...] = field(
         default=(), metadata={"help": "Workflows ([[workflow]] tables)."}
     )
@@ -498,6 +541,23 @@ def _workflows(value: Any) -> tuple[Mapping[str, Any], ...]:
             raise ConfigError(f"workflow[{i}].name: expected a non-empty str, got {name!r}")
         if name in names:
             raise ConfigError(f"workflow[{i}].name: duplicate workflow name {name!r}")
+        names.add(name)
+    return tuple(value)
+
+
+def _polls(value: Any) -> tuple[Mapping[str, Any], ...]:
+    # Polling sources are compiled by their package; here only their shape is checked.
+    if not isinstance(value, list | tuple):
+        raise ConfigError(f"poll: expected [[poll]] tables, got {value!r}")
+    names: set[str] = set()
+    for i, table in enumerate(value):
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"poll[{i}]: expected a table, got {table!r}")
+        name = table.get("name")
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"poll[{i}].name: expected a non-empty str, got {name!r}")
+        if name in names:
+            raise ConfigError(f"poll[{i}].name: duplicate source name {name!r}")
         names.add(name)
     return tuple(value)
 
@@ -543,6 +603,7 @@ def load_config(
             raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
     data = merge(data, overrides or {})
     workflows = _workflows(data.pop("workflow", []))
+    polls = _polls(data.pop("poll", []))
     config: Config = build(Config, merge(data, _secrets_from_env(env)))
     ingest = config.ingest
     if ingest.burst_events < ingest.max_batch_events:
@@ -555,5 +616,5 @@ def load_config(
         if not feed.url:
             raise ConfigError(f"catalog.feed[{i}].url: missing (every feed needs its URL)")
     return dataclasses.replace(
-        config, workflow=workflows, source=Path(path) if path is not None else None
+        config, workflow=workflows, poll=polls, source=Path(path) if path is not None else None
     )

@@ -104,7 +104,7 @@ def iter_settings(cls: type[Any], prefix: str = "") -> Iterator[Setting]:
     """Every leaf setting with its dotted key, default and help."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        if f.metadata.get("internal") or f.name == "workflow":
+        if f.metadata.get("internal") or f.name in ("workflow", "poll"):
             continue
         key = prefix + _toml_name(f.name)
         if dataclasses.is_dataclass(hints[f.name]):

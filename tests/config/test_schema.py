@@ -134,7 +134,7 @@ def test_unknown_top_level_key_fails() -> None:
     """An unknown section is named, with the valid ones listed."""
     fails(
         "bogus: unknown key (expected one of server, store, keys, ingest, mail, dashboard, "
-        "hooks, catalog, workflow)",
+        "hooks, catalog, ses, postmark, poll, workflow)",
         bogus={},
     )
 
@@ -521,7 +521,7 @@ def _leaf_keys(cls: type[Any], prefix: str = "") -> set[str]:
     hints = typing.get_type_hints(cls)
     keys: set[str] = set()
     for f in dataclasses.fields(cls):
-        if f.name in ("workflow", "source"):
+        if f.name in ("workflow", "poll", "source"):
             continue
         key = prefix + f.name.rstrip("_")
         if dataclasses.is_dataclass(hints[f.name]):
@@ -556,6 +556,9 @@ def test_iter_settings_names_secret_variables() -> None:
         "keys.webhook_secret": "RTSERVER_WEBHOOK_SECRET",
         "keys.webhook_secret_previous": "RTSERVER_WEBHOOK_SECRET_PREVIOUS",
         "keys.mailgun_signing_key": "RTSERVER_MAILGUN_SIGNING_KEY",
+        "keys.shopify_secret": "RTSERVER_SHOPIFY_SECRET",
+        "keys.woocommerce_secret": "RTSERVER_WOOCOMMERCE_SECRET",
+        "keys.postmark_password": "RTSERVER_POSTMARK_PASSWORD",
         "keys.hooks_secret": "RTSERVER_HOOKS_SECRET",
         "mail.smtp.password": "RTSERVER_SMTP_PASSWORD",
         "dashboard.password": "RTSERVER_DASHBOARD_PASSWORD",
