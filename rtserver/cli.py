@@ -300,6 +300,39 @@ def _cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_backup(args: argparse.Namespace) -> int:
+    from rtserver.store import backup
+
+    config = _load(args.config)
+    try:
+        size = backup(config.store.path, args.path)
+    except StoreError as exc:
+        print(f"rtserver: {exc}", file=sys.stderr)
+        return 2
+    print(f"backed up {config.store.path} to {args.path} ({size:,} bytes, integrity ok, mode 0600)")
+    return 0
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from rtserver.store import pending_migrations
+
+    config = _load(args.config)
+    try:
+        pending = pending_migrations(config.store.path)
+    except StoreError as exc:
+        print(f"rtserver: {exc}", file=sys.stderr)
+        return 2
+    if not pending:
+        print(f"{config.store.path}: up to date, no migration to apply")
+        return 0
+    print(f"{config.store.path}: {len(pending)} migration(s) to apply at the next start:")
+    for name in pending:
+        print(f"  {name}")
+    if Path(config.store.path).exists():
+        print(f"the store is backed up first, to {config.store.path}.before-{pending[0]}")
+    return 0
+
+
 def _cmd_settings(args: argparse.Namespace) -> int:
     print("| key | default | env | meaning |")
     print("|---|---|---|---|")
@@ -385,6 +418,26 @@ def build_parser() -> argparse.ArgumentParser:
     keys = sub.add_parser("keys", help="print the public key, write key and the secrets")
     keys.add_argument("--config", metavar="PATH")
     keys.set_defaults(func=_cmd_keys)
+
+    backup_ = sub.add_parser(
+        "backup",
+        help="copy the store, consistently, while the server runs (0600, integrity checked)",
+        description="Write an online, consistent copy of the store to PATH (a new file). "
+        "Restore by stopping the server and putting the copy in place of store.path.",
+    )
+    backup_.add_argument("path", help="the new file (never overwritten)")
+    backup_.add_argument("--config", metavar="PATH")
+    backup_.set_defaults(func=_cmd_backup)
+
+    migrate = sub.add_parser("migrate", help="show the store migrations this version applies")
+    migrate.add_argument(
+        "--check",
+        action="store_true",
+        required=True,
+        help="list what the next start would apply (and change nothing)",
+    )
+    migrate.add_argument("--config", metavar="PATH")
+    migrate.set_defaults(func=_cmd_migrate)
 
     settings = sub.add_parser("settings", help="print the config reference as a Markdown table")
     settings.set_defaults(func=_cmd_settings)

@@ -5,6 +5,7 @@ Other packages import from here; what is not listed below is private to the pack
 
 from __future__ import annotations
 
+from rtserver.store.backup import backup, pending_migrations
 from rtserver.store.catalog import Change, FeedState
 from rtserver.store.changes import Changes, Prepared
 from rtserver.store.database import Store
@@ -25,7 +26,9 @@ __all__ = [
     "Prepared",
     "Source",
     "Store",
+    "backup",
     "delivery_row",
+    "pending_migrations",
     "purge_forever",
     "purge_old_events",
 ]

@@ -23,6 +23,7 @@ import orjson
 from rtserver.errors import StorageUnavailable, StoreError
 from rtserver.model import Event, email_hash
 from rtserver.store import writer
+from rtserver.store.backup import backup, pending_migrations
 from rtserver.store.catalog import CatalogStore
 from rtserver.store.changes import Changes, Prepared
 from rtserver.store.deliveries import DeliveryStore
@@ -100,6 +101,18 @@ async def _hash_functions(writer: aiosqlite.Connection, reader: aiosqlite.Connec
         await connection.create_function("legacy_email_hash", 1, email_hash, deterministic=True)
 
 
+def _backup_before_upgrade(path: str) -> None:
+    """Copy a store that holds data to ``<path>.before-<migration>`` before this version's
+    first new migration changes it (once: an existing copy is kept)."""
+    pending = pending_migrations(path)
+    if not pending or len(pending) == len(MIGRATIONS):
+        return  # nothing to apply, or a new store
+    saved = f"{path}.before-{pending[0]}"
+    if not Path(saved).exists():
+        size = backup(path, saved)
+        logger.info("upgrade: backed up the store to %s (%d bytes) before migrating", saved, size)
+
+
 class Store:
     """The SQLite store. Open with :meth:`open`, close with :meth:`close`."""
 
@@ -132,6 +145,7 @@ class Store:
                 f"cannot open the store {path!r}: folder {str(folder)!r} does not exist"
             )
         _make_private(path)
+        await asyncio.to_thread(_backup_before_upgrade, path)
         async with _sqlite_errors():
             writer = await aiosqlite.connect(path, isolation_level=None)
             try:
