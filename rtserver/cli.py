@@ -442,9 +442,10 @@ def build_parser() -> argparse.ArgumentParser:
     settings = sub.add_parser("settings", help="print the config reference as a Markdown table")
     settings.set_defaults(func=_cmd_settings)
 
-    from rtserver.tools import add_commands
+    from rtserver.tools import add_commands, init
 
     add_commands(sub, _load)
+    init.add_command(sub)
     return parser
 
 

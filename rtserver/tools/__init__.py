@@ -5,9 +5,9 @@ Other packages import from here; what is not listed below is private to the pack
 
 from __future__ import annotations
 
-from rtserver.tools import demo, simulate
+from rtserver.tools import demo, init, simulate
 from rtserver.tools.demo import Shop, demo_config
 from rtserver.tools.mail import add_commands
 from rtserver.tools.simulate import read_events
 
-__all__ = ["Shop", "add_commands", "demo", "demo_config", "read_events", "simulate"]
+__all__ = ["Shop", "add_commands", "demo", "demo_config", "init", "read_events", "simulate"]
