@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import importlib.resources
 import logging
 import math
 import sys
@@ -115,6 +116,14 @@ def _ready(config: Config, host: str, port: int, tour: Sequence[str] = ()) -> No
     _announce(config, host, port)
     for line in tour:
         logger.info("%s", line)
+
+
+def _version() -> str:
+    """``rtserver 0.2.0``, and the git revision a built binary was made from."""
+    revision = importlib.resources.files("rtserver").joinpath("REVISION")
+    if revision.is_file():
+        return f"rtserver {__version__} (revision {revision.read_text().strip()})"
+    return f"rtserver {__version__}"
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -352,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Self-hosted real-time behavioural email trigger server.",
         epilog="Config: --config, else $RTSERVER_CONFIG, else ./config.toml, else the defaults.",
     )
-    parser.add_argument("--version", action="version", version=f"rtserver {__version__}")
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     serve = sub.add_parser("serve", help="run the server")
