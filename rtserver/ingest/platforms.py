@@ -136,8 +136,7 @@ async def _apply(intake: Intake, source: str, outcome: Outcome) -> int:
         erased = await intake.store.mail.forget(address, now)
         logger.info("%s webhook: erased %d profile(s) of address", source, erased)
     for events in stages:
-        if events:
-            await commit(intake, events)
+        await commit(intake, events)
     touched = len(outcome.products) + len(outcome.discontinued) + len(outcome.forget)
     return touched + sum(len(events) for events in stages)
 

@@ -122,7 +122,7 @@ def _lines(payload: Mapping[str, Any]) -> list[tuple[Mapping[str, Any], dict[str
     return [(item, _line(item)) for item in listed[:MAX_PRODUCTS]]
 
 
-def _order(intake: Intake, topic: str, order: dict[str, Any]) -> Outcome:
+def _order(topic: str, order: dict[str, Any]) -> Outcome:
     if topic == "orders/create" and order.get("financial_status") != "paid":
         return Outcome(ignored="order not paid yet")
     order_id = _required_id(order)
@@ -284,7 +284,7 @@ def _customer(customer: dict[str, Any]) -> Outcome:
 
 def _mapping(intake: Intake, topic: str, payload: dict[str, Any]) -> Outcome:
     if topic in ("orders/paid", "orders/create"):
-        return _order(intake, topic, payload)
+        return _order(topic, payload)
     if topic in ("checkouts/create", "checkouts/update"):
         return _checkout(payload)
     if topic in ("products/create", "products/update"):

@@ -264,8 +264,12 @@ async def test_checkout_events(tmp_path: Path) -> None:
         answer = await post(live, "checkouts/update", done)
         assert answer.json()["ignored"] == "checkout completed: its order counts"
         odd = payload("shopify", "checkouts_update") | {"updated_at": None, "currency": None}
-        odd["line_items"] = [{"title": "Gift wrap", "price": "2.00", "quantity": 0}, "junk"]
-        assert (await post(live, "checkouts/update", odd)).json()["processed"] == 3
+        odd["line_items"] = [
+            {"title": "Gift wrap", "price": "2.00", "quantity": 0},
+            {"title": "Tag", "price": True, "product_id": False},
+            "junk",
+        ]
+        assert (await post(live, "checkouts/update", odd)).json()["processed"] == 4
 
 
 async def checkout_then(live: LiveServer, clock: FakeClock, guest: bool, pay: bool) -> None:
