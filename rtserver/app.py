@@ -37,7 +37,17 @@ from rtserver.clock import Clock, Monotonic
 from rtserver.config import Config
 from rtserver.dashboard import Auth, Dashboard, Metrics, RequireLogin, metrics, routes as dashboard
 from rtserver.errors import StoreError
-from rtserver.ingest import Budgets, Ingest, Intake, receive, recommendations, snippet, webhooks
+from rtserver.ingest import (
+    Budgets,
+    Ingest,
+    Intake,
+    receive,
+    recommendations,
+    shopify,
+    snippet,
+    webhooks,
+    woocommerce,
+)
 from rtserver.mail import Links, links
 from rtserver.model import Product
 from rtserver.runtime import Runtime, Supervisor, check_public_url, load_rules, start
@@ -193,6 +203,9 @@ def create_app(
             routes=[
                 WebSocketRoute("/ws", ingest.endpoint),
                 Route("/batch", receive, methods=["POST"]),
+                # The platforms' own routes before the generic one, which would take their paths.
+                Route("/webhooks/shopify", shopify.receive, methods=["POST"]),
+                Route("/webhooks/woocommerce", woocommerce.receive, methods=["POST"]),
                 Route("/webhooks/{source}", webhooks.receive, methods=["POST"]),
                 # Before /{kind}, which would otherwise answer this path's GET with a 405.
                 Route("/recommendations", recommendations, methods=["GET"]),

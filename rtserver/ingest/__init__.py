@@ -5,10 +5,20 @@ Other packages import from here; what is not listed below is private to the pack
 
 from __future__ import annotations
 
-from rtserver.ingest import snippet, webhooks
+from rtserver.ingest import shopify, snippet, webhooks, woocommerce
 from rtserver.ingest.budgets import Budgets
 from rtserver.ingest.intake import Intake
 from rtserver.ingest.segment import receive, recommendations
 from rtserver.ingest.websocket import Ingest
 
-__all__ = ["Budgets", "Ingest", "Intake", "receive", "recommendations", "snippet", "webhooks"]
+__all__ = [
+    "Budgets",
+    "Ingest",
+    "Intake",
+    "receive",
+    "recommendations",
+    "shopify",
+    "snippet",
+    "webhooks",
+    "woocommerce",
+]

@@ -174,12 +174,14 @@ def smtp_config(
     smtpd: SMTPServer,
     *,
     workflows: Sequence[str] = ("cart_abandonment",),
+    keys: dict[str, Any] | None = None,
     **mail: Any,
 ) -> Any:
     """Mail by SMTP to ``smtpd``, shipped workflows (the cart's by default), the shop at
-    https://shop.example."""
+    https://shop.example; ``keys`` adds to the test keys (a platform's secret)."""
     return make_config(
         tmp_path,
+        keys=keys or {},
         workflow=[SHIPPED[name] for name in workflows],
         mail={
             "transport": "smtp",
