@@ -37,8 +37,17 @@ from rtserver.clock import Clock, Monotonic
 from rtserver.config import Config
 from rtserver.dashboard import Auth, Dashboard, Metrics, RequireLogin, metrics, routes as dashboard
 from rtserver.errors import StoreError
-from rtserver.ingest import Budgets, Ingest, Intake, receive, recommendations, snippet, webhooks
-from rtserver.mail import Links, links
+from rtserver.ingest import (
+    Budgets,
+    Ingest,
+    Intake,
+    guarded_fetch,
+    receive,
+    recommendations,
+    snippet,
+    webhooks,
+)
+from rtserver.mail import Fetch, Links, Sns, links
 from rtserver.model import Product
 from rtserver.runtime import Runtime, Supervisor, check_public_url, load_rules, start
 from rtserver.tools import Shop, demo
@@ -101,9 +110,11 @@ def create_app(
     clock: Clock = time.time,
     monotonic: Monotonic = time.monotonic,
     stock: Sequence[Product] = (),
+    sns_fetch: Fetch | None = None,
 ) -> Starlette:
     """Build the ASGI application for ``config``; ``clock`` is injected for tests and simulation.
-    ``stock`` is written to the catalog at start (the demo's own products).
+    ``stock`` is written to the catalog at start (the demo's own products). ``sns_fetch`` gets
+    SNS's certificates and confirms subscriptions (default: a GET through the outbound guard).
 
     Raises:
         ConfigError: a workflow is invalid (checked here, before anything starts).
@@ -112,6 +123,7 @@ def create_app(
     budgets = Budgets(config, monotonic)
     supervisor = Supervisor()
     rules, warnings = load_rules(config)
+    sns = Sns(sns_fetch or guarded_fetch())
     for warning in filter(None, (*warnings, check_public_url(config))):
         logger.warning("config: %s", warning)
 
@@ -139,8 +151,9 @@ def create_app(
                     store,
                     clock,
                     budgets,
-                    runtime.triggers.wake,
-                    runtime.sender.contexts.recommendations,
+                    sns,
+                    catalog_changed=runtime.triggers.wake,
+                    recommend=runtime.sender.contexts.recommendations,
                 ),
                 links=Links(
                     store,
