@@ -41,6 +41,7 @@ from rtserver.ingest import (
     Budgets,
     Ingest,
     Intake,
+    guarded_fetch,
     receive,
     recommendations,
     shopify,
@@ -48,7 +49,7 @@ from rtserver.ingest import (
     webhooks,
     woocommerce,
 )
-from rtserver.mail import Links, links
+from rtserver.mail import Fetch, Links, Sns, links
 from rtserver.model import Product
 from rtserver.runtime import Runtime, Supervisor, check_public_url, load_rules, start
 from rtserver.tools import Shop, demo
@@ -111,9 +112,11 @@ def create_app(
     clock: Clock = time.time,
     monotonic: Monotonic = time.monotonic,
     stock: Sequence[Product] = (),
+    sns_fetch: Fetch | None = None,
 ) -> Starlette:
     """Build the ASGI application for ``config``; ``clock`` is injected for tests and simulation.
-    ``stock`` is written to the catalog at start (the demo's own products).
+    ``stock`` is written to the catalog at start (the demo's own products). ``sns_fetch`` gets
+    SNS's certificates and confirms subscriptions (default: a GET through the outbound guard).
 
     Raises:
         ConfigError: a workflow is invalid (checked here, before anything starts).
@@ -122,6 +125,7 @@ def create_app(
     budgets = Budgets(config, monotonic)
     supervisor = Supervisor()
     rules, warnings = load_rules(config)
+    sns = Sns(sns_fetch or guarded_fetch())
     for warning in filter(None, (*warnings, check_public_url(config))):
         logger.warning("config: %s", warning)
 
@@ -149,8 +153,9 @@ def create_app(
                     store,
                     clock,
                     budgets,
-                    runtime.triggers.wake,
-                    runtime.sender.contexts.recommendations,
+                    sns,
+                    catalog_changed=runtime.triggers.wake,
+                    recommend=runtime.sender.contexts.recommendations,
                 ),
                 links=Links(
                     store,

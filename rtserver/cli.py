@@ -74,6 +74,8 @@ def _configure_logging(level: str) -> None:
             handler.addFilter(RedactAddresses())
     # aiosmtpd (the dev sink) logs every SMTP line, addresses included, at INFO.
     logging.getLogger("mail.log").setLevel(logging.WARNING)
+    # httpx logs every request's URL, query string included (an SNS confirmation's token).
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     uvicorn_log = logging.getLogger("uvicorn.error")
     if not any(isinstance(f, QuietWebSockets) for f in uvicorn_log.filters):
         uvicorn_log.addFilter(QuietWebSockets())

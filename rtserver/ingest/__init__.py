@@ -8,6 +8,7 @@ from __future__ import annotations
 from rtserver.ingest import shopify, snippet, webhooks, woocommerce
 from rtserver.ingest.budgets import Budgets
 from rtserver.ingest.intake import Intake
+from rtserver.ingest.relays import guarded_fetch
 from rtserver.ingest.segment import receive, recommendations
 from rtserver.ingest.websocket import Ingest
 
@@ -15,6 +16,7 @@ __all__ = [
     "Budgets",
     "Ingest",
     "Intake",
+    "guarded_fetch",
     "receive",
     "recommendations",
     "shopify",

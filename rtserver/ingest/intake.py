@@ -1,6 +1,7 @@
 """What the ingest routes are handed: the settings, the keys in force, where accepted events go,
-the store and the clock. Built once by the lifespan (:mod:`rtserver.runtime`) and read by the
-WebSocket, the HTTP API and the signed webhooks as ``request.state.intake``."""
+the store, the clock and what checks SNS messages. Built once by the lifespan
+(:mod:`rtserver.runtime`) and read by the WebSocket, the HTTP API and the signed webhooks as
+``request.state.intake``."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 from rtserver.clock import Clock
 from rtserver.config import Config, Keys
 from rtserver.ingest.budgets import Budgets
+from rtserver.mail import Sns
 from rtserver.model import Submit
 from rtserver.store import Store
 
@@ -30,6 +32,8 @@ class Intake:
     clock: Clock
     budgets: Budgets
     """What each client address may still send, and the disk space guard."""
+    sns: Sns
+    """SNS's signing certificates and subscription confirmations (the ``ses`` webhook)."""
     catalog_changed: Callable[[], None] = lambda: None
     """Wakes the catalog triggers after a write-key or webhook event changed a product."""
     recommend: Callable[[str, float, int], Awaitable[list[Any]]] | None = None

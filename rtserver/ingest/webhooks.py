@@ -13,11 +13,15 @@ does nothing again; ids are kept 7 days. Sources:
     Bounces and complaints from the relay (:mod:`rtserver.mail.feedback`): the address is
     suppressed if the report calls for it, and the person of the mail gets an ``Email Bounced`` or
     ``Email Marked as Spam`` event.
+``mailgun``, ``sendgrid``, ``ses``, ``postmark``
+    The same feedback in the relays' own formats, each verified its way instead
+    (:mod:`rtserver.mail.providers`, :mod:`rtserver.mail.ses`, :mod:`rtserver.ingest.relays`).
 
 Answers: 200 ``{"success": true, "processed": n}`` (``"duplicate": true`` for a replay), 401
 with the reason for a bad signature or a stale timestamp, 413 past ``ingest.max_webhook_bytes``,
 415 for a compressed body, 400 for a body that is not what the source takes, 404 for an
-unknown source.
+unknown source; 403 for an SNS topic or a Postmark address not allowed; 503 (retry later)
+when the store, or the SNS certificate or subscription URL, cannot be reached.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from starlette.responses import JSONResponse, Response
 from rtserver.errors import InvalidEvent, InvalidSignature, StoreError
 from rtserver.hooks import verify
 from rtserver.ingest.intake import Intake
+from rtserver.ingest.relays import postmark_reports, ses_feedback, ses_message
 from rtserver.ingest.segment import (
     HTTPFailure,
     commit,
@@ -45,7 +50,7 @@ from rtserver.model import Event, person_event
 
 __all__ = ["SOURCES", "receive"]
 
-SOURCES = ("segment", "mail", "mailgun", "sendgrid")
+SOURCES = ("segment", "mail", "mailgun", "sendgrid", "ses", "postmark")
 
 logger = logging.getLogger(__name__)
 
@@ -122,12 +127,13 @@ def _not_configured(source: str, key: str) -> HTTPFailure:
     )
 
 
-def _verified(request: Request, intake: Intake, source: str, body: bytes) -> tuple[str, Any]:
+async def _verified(request: Request, intake: Intake, source: str, body: bytes) -> tuple[str, Any]:
     """The replay id of an authentic, fresh webhook, and what the source's verification
-    parsed already (the relays' reports), or None.
+    parsed already (the relays' reports, SNS's message), or None.
 
     Raises:
-        HTTPFailure: 401 not authentic or not fresh, 404 a relay not configured, 400 malformed.
+        HTTPFailure: 401 not authentic or not fresh, 404 a relay not configured, 400 malformed,
+            403 a sender not allowed, 503 SNS's certificate out of reach.
     """
     keys, now = intake.config.keys, intake.clock()
     tolerance_s = intake.config.ingest.webhook_tolerance_s
@@ -141,6 +147,10 @@ def _verified(request: Request, intake: Intake, source: str, body: bytes) -> tup
             if not keys.sendgrid_public_key:
                 raise _not_configured(source, "sendgrid_public_key")
             return sendgrid(body, request.headers, keys.sendgrid_public_key, now, tolerance_s)
+        if source == "ses":
+            return await ses_message(intake, body)
+        if source == "postmark":
+            return postmark_reports(request, intake, body)
         webhook_id = verify(intake.keys.webhook_secrets, request.headers, body, now, tolerance_s)
         return webhook_id, None
     except InvalidSignature as exc:
@@ -156,7 +166,7 @@ async def _receive(request: Request, source: str) -> JSONResponse:
             status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, "webhooks are signed uncompressed"
         )
     body = await read_body(request, intake.config.ingest.max_webhook_bytes)
-    webhook_id, reports = _verified(request, intake, source, body)
+    webhook_id, reports = await _verified(request, intake, source, body)
     if await intake.store.webhook_seen(webhook_id):
         return JSONResponse({"success": True, "duplicate": True})
     result: dict[str, Any] = {"success": True}
@@ -166,11 +176,13 @@ async def _receive(request: Request, source: str) -> JSONResponse:
             result["rejected"] = rejected
         processed = len(events)
     else:
-        if reports is None:
-            try:
+        try:
+            if source == "ses":  # reports: the SNS message, authentic and not seen before
+                reports = await ses_feedback(intake, reports)
+            elif reports is None:
                 reports = parse_feedback(body, request.headers.get("content-type", ""))
-            except InvalidEvent as exc:
-                raise HTTPFailure(status.HTTP_400_BAD_REQUEST, str(exc)) from None
+        except InvalidEvent as exc:
+            raise HTTPFailure(status.HTTP_400_BAD_REQUEST, str(exc)) from None
         events = await _feedback_events(intake, reports, webhook_id)
         processed = len(reports)
     if events:

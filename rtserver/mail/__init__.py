@@ -9,9 +9,18 @@ from rtserver.mail import links
 from rtserver.mail.contexts import Contexts
 from rtserver.mail.feedback import Feedback, parse_feedback
 from rtserver.mail.links import Links, pages
-from rtserver.mail.providers import mailgun, sendgrid
+from rtserver.mail.providers import mailgun, postmark, sendgrid
 from rtserver.mail.render import MailContext, Mailer, check_address
 from rtserver.mail.sender import Sender, retry_delay, wake_on
+from rtserver.mail.ses import (
+    Fetch,
+    FetchFailed,
+    Sns,
+    SnsMessage,
+    check_fresh,
+    ses_reports,
+    sns_message,
+)
 from rtserver.mail.smtp import redact, wire_bytes
 from rtserver.mail.tokens import Tokens
 from rtserver.mail.transport import mail_transport
@@ -19,20 +28,28 @@ from rtserver.mail.transport import mail_transport
 __all__ = [
     "Contexts",
     "Feedback",
+    "Fetch",
+    "FetchFailed",
     "Links",
     "MailContext",
     "Mailer",
     "Sender",
+    "Sns",
+    "SnsMessage",
     "Tokens",
     "check_address",
+    "check_fresh",
     "links",
     "mail_transport",
     "mailgun",
     "pages",
     "parse_feedback",
+    "postmark",
     "redact",
     "retry_delay",
     "sendgrid",
+    "ses_reports",
+    "sns_message",
     "wake_on",
     "wire_bytes",
 ]

@@ -17,6 +17,16 @@ the same for every relay:
     verification key is ``keys.sendgrid_public_key`` (base64 DER, from SendGrid's settings).
     ``bounce`` events are bounces (type ``bounce`` hard, ``blocked`` soft), ``deferred`` soft
     ones, ``spamreport`` complaints; others are ignored. The replay id is the signature's hash.
+``postmark``
+    One record a request, authenticated by the route (HTTP basic auth, an optional address
+    allow-list). ``Bounce`` records of ``Type`` ``HardBounce`` or ``BadEmailAddress`` are hard
+    bounces; ``SoftBounce``, ``Transient``, ``DnsError``, ``Blocked`` and the other delivery
+    failures soft ones; auto-replies, address changes, (un)subscribe requests and Postmark's
+    own errors are ignored; ``SpamComplaint`` records (or bounces of that type) are complaints;
+    other records (Delivery, Open, Click, SubscriptionChange) are ignored. The replay id is
+    the record type and its ``ID``. Postmark's ``MessageID`` is its own, so the mail is found by
+    an ``rt-mail-id`` metadata key, else the ``X-RT-Mail-ID`` header in the bounce ``Content``
+    (when the webhook includes it); the ``Email`` is suppressed either way.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -37,7 +48,14 @@ from rtserver.errors import InvalidEvent, InvalidSignature
 from rtserver.mail.feedback import MAX_REPORTS, Feedback, from_json
 from rtserver.model import decode_json
 
-__all__ = ["SENDGRID_SIGNATURE", "SENDGRID_TIMESTAMP", "mailgun", "sendgrid", "sendgrid_key"]
+__all__ = [
+    "SENDGRID_SIGNATURE",
+    "SENDGRID_TIMESTAMP",
+    "mailgun",
+    "postmark",
+    "sendgrid",
+    "sendgrid_key",
+]
 
 SENDGRID_SIGNATURE = "x-twilio-email-event-webhook-signature"
 SENDGRID_TIMESTAMP = "x-twilio-email-event-webhook-timestamp"
@@ -167,3 +185,66 @@ def sendgrid(
     reports = [_sendgrid_report(e, f"events[{i}]") for i, e in enumerate(events)]
     replay = "sendgrid-" + hashlib.sha256(signature).hexdigest()[:32]
     return replay, [r for r in reports if r is not None]
+
+
+_POSTMARK_HARD = frozenset({"HardBounce", "BadEmailAddress"})
+_POSTMARK_IGNORED = frozenset(
+    {
+        "AutoResponder",
+        "AddressChange",
+        "Subscribe",
+        "Unsubscribe",
+        "OpenRelayTest",
+        "ChallengeVerification",
+        "ManuallyDeactivated",
+        "InboundError",
+        "SMTPApiError",
+        "TemplateRenderingFailed",
+    }
+)
+"""Bounce types that say nothing about the recipient's mailbox."""
+_POSTMARK_MAIL_ID = re.compile(r"^X-RT-Mail-ID:[ \t]*([A-Za-z0-9._-]{1,200})\r?$", re.I | re.M)
+
+
+def _postmark_mail_id(record: dict[str, Any]) -> str | None:
+    metadata = record.get("Metadata")
+    if isinstance(metadata, dict):
+        for key, value in metadata.items():
+            if str(key).lower().replace("_", "-") == "rt-mail-id" and isinstance(value, str):
+                return value
+    content = record.get("Content")
+    match = _POSTMARK_MAIL_ID.search(content) if isinstance(content, str) else None
+    return match.group(1) if match else None
+
+
+def postmark(body: bytes) -> tuple[str, list[Feedback]]:
+    """The replay id and the reports of one Postmark webhook record.
+
+    Raises:
+        InvalidEvent: the body is not a Postmark record, or a bounce or complaint without an
+            ``ID``.
+    """
+    record = decode_json(body)
+    if not isinstance(record, dict):
+        raise InvalidEvent("expected a json object (one Postmark record)")
+    kind, bounce_type = record.get("RecordType"), record.get("Type")
+    complaint = kind == "SpamComplaint" or (kind == "Bounce" and bounce_type == "SpamComplaint")
+    if not complaint and (kind != "Bounce" or bounce_type in _POSTMARK_IGNORED):
+        return "postmark-" + hashlib.sha256(body).hexdigest()[:32], []
+    record_id = record.get("ID")
+    if isinstance(record_id, bool) or not isinstance(record_id, int | str) or not str(record_id):
+        raise InvalidEvent(f"a Postmark {kind} record needs an ID")
+    replay = f"postmark-{kind}-{str(record_id)[:64]}"
+    report: dict[str, Any] = {
+        "email": record.get("Email"),
+        "mail_id": _postmark_mail_id(record),
+        "message_id": _bracketed(record.get("MessageID")),
+    }
+    if complaint:
+        return replay, [from_json({**report, "type": "complaint"}, "postmark")]
+    report |= {
+        "type": "bounce",
+        "bounce_type": "hard" if bounce_type in _POSTMARK_HARD else "soft",
+        "reason": str(record.get("Details") or record.get("Description") or bounce_type or ""),
+    }
+    return replay, [from_json(report, "postmark")]

@@ -1,5 +1,6 @@
 """The relays' own webhook formats: Mailgun (HMAC of timestamp + token) and SendGrid (ECDSA over
-timestamp + body), verified on an explicit clock and turned into feedback reports."""
+timestamp + body), verified on an explicit clock and turned into feedback reports; Postmark's
+records (authenticated by the route) turned into reports."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from rtserver.mail.providers import (
     SENDGRID_SIGNATURE,
     SENDGRID_TIMESTAMP,
     mailgun,
+    postmark,
     sendgrid,
     sendgrid_key,
 )
@@ -25,6 +27,7 @@ from tests.support.relays import (
     NOW,
     SENDGRID_EVENTS,
     failed,
+    fixture,
     mailgun_body,
     public_b64,
     sendgrid_request,
@@ -167,3 +170,107 @@ def test_sendgrid_key_must_be_an_ec_public_key() -> None:
     for bad in ("not base64!", base64.b64encode(b"not der").decode()):
         with pytest.raises(ValueError, match="not a base64 DER public key"):
             sendgrid_key(bad)
+
+
+def _postmark(name: str, **change: Any) -> bytes:
+    return orjson.dumps(fixture(f"postmark/{name}.json") | change)
+
+
+def test_a_postmark_hard_bounce_suppresses() -> None:
+    """Postmark's sample hard bounce: the Email suppressed, the replay id its type and ID, the
+    mail found by the X-RT-Mail-ID header in the bounce content."""
+    content = "Return-Path: <>\r\nX-RT-Mail-ID: r1-2\r\nSubject: Your cart\r\n"
+    replay, (report,) = postmark(_postmark("bounce-hard", Content=content))
+    assert replay == "postmark-Bounce-4323372036854775807"
+    assert report == Feedback(
+        "bounce", "john@example.com", "r1-2", "hard", "hard_bounce", "Test bounce details"
+    )
+
+
+@pytest.mark.parametrize(
+    ("metadata", "content", "mail_id"),
+    [
+        ({"rt-mail-id": "r1-3"}, "X-RT-Mail-ID: r1-2", "r1-3"),
+        ({"RT_Mail_ID": "r1-4"}, None, "r1-4"),
+        ({"rt-mail-id": 7}, "x-rt-mail-id:\tr1-5\n", "r1-5"),
+        ({"a_key": "a_value"}, "X-RT-Mail-ID: placeholder\n", "placeholder"),
+        ("not a dict", "no header here", None),
+    ],
+)
+def test_postmark_mail_ids_come_from_metadata_then_the_content(
+    metadata: Any, content: str | None, mail_id: str | None
+) -> None:
+    body = _postmark("bounce-hard", Metadata=metadata, Content=content)
+    assert postmark(body)[1][0].mail_id == mail_id
+
+
+@pytest.mark.parametrize(
+    ("kind", "suppress"),
+    [
+        ("HardBounce", "hard_bounce"),
+        ("BadEmailAddress", "hard_bounce"),
+        ("SoftBounce", None),
+        ("Transient", None),
+        ("DnsError", None),
+        ("Blocked", None),
+        ("SpamNotification", None),
+        ("Unknown", None),
+    ],
+)
+def test_postmark_bounce_types_follow_the_suppression_rules(
+    kind: str, suppress: str | None
+) -> None:
+    (report,) = postmark(_postmark("bounce-soft", Type=kind))[1]
+    assert (report.kind, report.suppress) == ("bounce", suppress)
+    assert report.status == ("hard" if suppress else "soft")
+
+
+def test_a_postmark_soft_bounce_is_recorded_with_its_details() -> None:
+    replay, (report,) = postmark(_postmark("bounce-soft"))
+    assert replay == "postmark-Bounce-4323372036854775808"
+    assert report == Feedback(
+        "bounce", "john@example.com", None, "soft", None, "smtp;452 4.2.2 mailbox full"
+    )
+
+
+def test_a_postmark_spam_complaint_suppresses() -> None:
+    replay, (report,) = postmark(_postmark("spam-complaint"))
+    assert replay == "postmark-SpamComplaint-42"
+    assert report == Feedback("complaint", "john@example.com", None, "abuse", "complaint")
+    body = _postmark("bounce-hard", Type="SpamComplaint", ID="77")
+    replay, (report,) = postmark(body)
+    assert (replay, report.kind) == ("postmark-Bounce-77", "complaint")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        _postmark("delivery"),
+        _postmark("bounce-hard", Type="AutoResponder"),
+        _postmark("bounce-hard", Type="Unsubscribe"),
+        _postmark("bounce-hard", Type="ManuallyDeactivated"),
+        orjson.dumps({"RecordType": "Open", "MessageID": "x"}),
+    ],
+)
+def test_other_postmark_records_are_ignored(body: bytes) -> None:
+    """Deliveries, opens and bounce types that say nothing of the mailbox: no report; the
+    replay id is the body's hash."""
+    replay, reports = postmark(body)
+    assert reports == [] and replay.startswith("postmark-") and len(replay) == 41
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"[]", "one Postmark record"),
+        (b"{", "json"),
+        (_postmark("bounce-hard", ID=None), "needs an ID"),
+        (_postmark("bounce-hard", ID=True), "needs an ID"),
+        (_postmark("bounce-hard", ID=""), "needs an ID"),
+        (_postmark("spam-complaint", ID=[1]), "SpamComplaint record needs an ID"),
+        (_postmark("bounce-hard", Email=None, Content=None, Metadata={}), "needs email"),
+    ],
+)
+def test_a_malformed_postmark_record_is_refused(body: bytes, reason: str) -> None:
+    with pytest.raises(InvalidEvent, match=reason):
+        postmark(body)

@@ -1,13 +1,15 @@
 """Relay webhooks as Mailgun and SendGrid send them, at a fixed time: Mailgun bodies signed
 with an HMAC key (:func:`mailgun_body`, :func:`failed` for a failure event), SendGrid requests
 signed with an ECDSA key (:func:`sendgrid_request`, :func:`public_b64` for the key as configured)
-and a batch of SendGrid events (:data:`SENDGRID_EVENTS`)."""
+and a batch of SendGrid events (:data:`SENDGRID_EVENTS`); the sample payloads of
+``tests/fixtures`` (:func:`fixture`)."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
 import hmac
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -17,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from rtserver.mail.providers import SENDGRID_SIGNATURE, SENDGRID_TIMESTAMP
 
 NOW = 1_800_000_000
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 MAILGUN_KEY = "key-3ax6xnjp29jd6fds4gc373sgvjxteol0"
 
 
@@ -69,3 +72,11 @@ SENDGRID_EVENTS = [
     {"event": "delivered", "email": "ed@example.com"},
     {"event": "dropped", "email": "fi@example.com", "reason": "Bounced Address"},
 ]  # fmt: skip
+
+
+def fixture(name: str) -> dict[str, Any]:
+    """A sample payload of ``tests/fixtures`` (``ses/bounce-permanent.json``), its ``_source``
+    note dropped."""
+    data: dict[str, Any] = orjson.loads((FIXTURES / name).read_bytes())
+    data.pop("_source", None)
+    return data

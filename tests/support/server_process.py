@@ -13,6 +13,7 @@ import re
 import signal
 import socket
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,9 +67,16 @@ def write_config(path: Path, sections: dict[str, dict[str, Any]]) -> Path:
 class ServerProcess:
     """One ``rtserver serve`` child, restartable; its stderr is kept in :attr:`log`."""
 
-    def __init__(self, config: Path, *args: str):
-        self.argv = [sys.executable, "-m", "rtserver", "serve", "--config", str(config), *args]
+    def __init__(
+        self,
+        config: Path,
+        *args: str,
+        command: Sequence[str] = (sys.executable, "-m", "rtserver"),
+        env: Mapping[str, str] | None = None,
+    ):
+        self.argv = [*command, "serve", "--config", str(config), *args]
         self.cwd = config.parent
+        self.env = None if env is None else dict(env)
         self.log: list[str] = []
         self.proc: asyncio.subprocess.Process | None = None
         self.url = ""
@@ -80,6 +88,7 @@ class ServerProcess:
         self.proc = await asyncio.create_subprocess_exec(
             *self.argv,
             cwd=self.cwd,
+            env=self.env,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
