@@ -37,7 +37,16 @@ from rtserver.clock import Clock, Monotonic
 from rtserver.config import Config
 from rtserver.dashboard import Auth, Dashboard, Metrics, RequireLogin, metrics, routes as dashboard
 from rtserver.errors import StoreError
-from rtserver.ingest import Budgets, Ingest, Intake, receive, recommendations, snippet, webhooks
+from rtserver.ingest import (
+    Budgets,
+    Ingest,
+    Intake,
+    receive,
+    recommendations,
+    sdk_routes,
+    snippet,
+    webhooks,
+)
 from rtserver.mail import Links, links
 from rtserver.model import Product
 from rtserver.runtime import Runtime, Supervisor, check_public_url, load_rules, start
@@ -177,7 +186,9 @@ def create_app(
         CORSMiddleware,
         allow_origins=list(config.server.allowed_origins),
         allow_methods=["POST"],
-        allow_headers=["Content-Type", "Content-Encoding"],
+        # analytics.js sends its key as the Basic user and counts its retries in a header.
+        allow_headers=["Content-Type", "Content-Encoding", "Authorization", "X-Retry-Count"],
+        expose_headers=["Retry-After"],
         max_age=86400,
     )
     routes = [
@@ -193,6 +204,7 @@ def create_app(
             routes=[
                 WebSocketRoute("/ws", ingest.endpoint),
                 Route("/batch", receive, methods=["POST"]),
+                *sdk_routes,  # analytics.js's /t, /p, ..., /b and its settings document
                 Route("/webhooks/{source}", webhooks.receive, methods=["POST"]),
                 # Before /{kind}, which would otherwise answer this path's GET with a 405.
                 Route("/recommendations", recommendations, methods=["GET"]),

@@ -8,7 +8,16 @@ from __future__ import annotations
 from rtserver.ingest import snippet, webhooks
 from rtserver.ingest.budgets import Budgets
 from rtserver.ingest.intake import Intake
-from rtserver.ingest.segment import receive, recommendations
+from rtserver.ingest.segment import receive, recommendations, sdk_routes
 from rtserver.ingest.websocket import Ingest
 
-__all__ = ["Budgets", "Ingest", "Intake", "receive", "recommendations", "snippet", "webhooks"]
+__all__ = [
+    "Budgets",
+    "Ingest",
+    "Intake",
+    "receive",
+    "recommendations",
+    "sdk_routes",
+    "snippet",
+    "webhooks",
+]
