@@ -44,6 +44,7 @@ from rtserver.ingest import (
     guarded_fetch,
     receive,
     recommendations,
+    sdk_routes,
     shopify,
     snippet,
     webhooks,
@@ -192,7 +193,9 @@ def create_app(
         CORSMiddleware,
         allow_origins=list(config.server.allowed_origins),
         allow_methods=["POST"],
-        allow_headers=["Content-Type", "Content-Encoding"],
+        # analytics.js sends its key as the Basic user and counts its retries in a header.
+        allow_headers=["Content-Type", "Content-Encoding", "Authorization", "X-Retry-Count"],
+        expose_headers=["Retry-After"],
         max_age=86400,
     )
     routes = [
@@ -211,6 +214,7 @@ def create_app(
                 # The platforms' own routes before the generic one, which would take their paths.
                 Route("/webhooks/shopify", shopify.receive, methods=["POST"]),
                 Route("/webhooks/woocommerce", woocommerce.receive, methods=["POST"]),
+                *sdk_routes,  # analytics.js's /t, /p, ..., /b and its settings document
                 Route("/webhooks/{source}", webhooks.receive, methods=["POST"]),
                 # Before /{kind}, which would otherwise answer this path's GET with a 405.
                 Route("/recommendations", recommendations, methods=["GET"]),

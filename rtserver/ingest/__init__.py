@@ -9,7 +9,7 @@ from rtserver.ingest import shopify, snippet, webhooks, woocommerce
 from rtserver.ingest.budgets import Budgets
 from rtserver.ingest.intake import Intake
 from rtserver.ingest.relays import guarded_fetch
-from rtserver.ingest.segment import receive, recommendations
+from rtserver.ingest.segment import receive, recommendations, sdk_routes
 from rtserver.ingest.websocket import Ingest
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "guarded_fetch",
     "receive",
     "recommendations",
+    "sdk_routes",
     "shopify",
     "snippet",
     "webhooks",

@@ -6,6 +6,11 @@
 accepted only with an allowed ``Origin``, and its events are browser events, bound to their own
 identity. Bodies may be gzip-encoded; the beacon posts the same JSON as ``text/plain``.
 ``200 {"success": true}`` is sent only after the commit.
+
+Segment's browser library (analytics.js, ``@segment/analytics-next``) posts to one-letter paths
+(``/v1/t``, ``/v1/p``, ``/v1/i``, ``/v1/a``, ``/v1/g``, ``/v1/s``, and ``/v1/b`` when it batches)
+with its key in the body, and first loads ``GET /v1/projects/<key>/settings``: :data:`sdk_routes`
+serve both, under the same rules as the routes above.
 """
 
 from __future__ import annotations
@@ -13,12 +18,15 @@ from __future__ import annotations
 import base64
 import binascii
 import math
+import urllib.parse
 import zlib
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from starlette import status
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from rtserver.errors import InvalidEvent, StorageUnavailable, StoreError
 from rtserver.ingest.intake import Intake
@@ -27,6 +35,7 @@ from rtserver.ingest.websocket import key_matches, origin_allowed
 from rtserver.model import Event, Source, decode_json, message_id_of, parse_event, verify_identity
 
 __all__ = [
+    "SDK_PATHS",
     "SINGLE_TYPES",
     "HTTPFailure",
     "commit",
@@ -35,9 +44,22 @@ __all__ = [
     "parse_all",
     "read_body",
     "receive",
+    "sdk_routes",
+    "settings",
+    "settings_document",
 ]
 
 SINGLE_TYPES = ("track", "identify", "page", "alias", "screen", "group")
+SDK_PATHS: dict[str, str | None] = {
+    "t": "track",
+    "p": "page",
+    "i": "identify",
+    "a": "alias",
+    "g": "group",
+    "s": "screen",
+    "b": None,
+}
+"""analytics.js's paths (the first letter of the type; ``b`` is a batch) and their types."""
 GZIP_NAMES = ("gzip", "x-gzip")
 """``x-gzip`` is the same coding (RFC 9110, section 8.4.1.3)."""
 
@@ -303,14 +325,83 @@ async def recommendations(request: Request) -> Response:
     return JSONResponse({"products": products})
 
 
-async def receive(request: Request) -> Response:
-    """``POST /v1/batch`` and ``POST /v1/<type>``: store the events, answer after commit."""
-    kind = request.path_params.get("kind")
-    if kind is not None and kind not in SINGLE_TYPES:
-        return JSONResponse({"success": False, "error": "not found"}, status.HTTP_404_NOT_FOUND)
+async def _answer(request: Request, kind: str | None) -> Response:
     try:
         return await _ingest(request, kind)
     except HTTPFailure as failure:
         return failure_response(request, failure)
     except ClientDisconnect:  # gone before the body arrived: nothing was stored, nobody to tell
         return Response(status_code=status.HTTP_400_BAD_REQUEST)
+
+
+async def receive(request: Request) -> Response:
+    """``POST /v1/batch`` and ``POST /v1/<type>``: store the events, answer after commit."""
+    kind = request.path_params.get("kind")
+    if kind is not None and kind not in SINGLE_TYPES:
+        return JSONResponse({"success": False, "error": "not found"}, status.HTTP_404_NOT_FOUND)
+    return await _answer(request, kind)
+
+
+def _sdk_endpoint(kind: str | None) -> Callable[[Request], Awaitable[Response]]:
+    """The endpoint of one of analytics.js's paths: the route of ``kind`` (``None``: batch)."""
+
+    async def endpoint(request: Request) -> Response:
+        return await _answer(request, kind)
+
+    endpoint.__name__ = f"receive_{kind or 'batch'}"
+    return endpoint
+
+
+SETTINGS_MAX_AGE_S = 300
+"""How long browsers may keep the settings document: a changed public key is seen soon."""
+
+
+def settings_document(key: str, public_url: str) -> dict[str, Any]:
+    """The source settings analytics.js loads before it sends anything: rtserver is its one
+    destination (``Segment.io``), at ``public_url``; no other destination, middleware or plugin
+    is loaded, and its own metrics are off (they would go to Segment)."""
+    url = urllib.parse.urlsplit(public_url)
+    # analytics.js posts to <protocol>://<apiHost>/<letter>: apiHost carries no scheme.
+    api_host = f"{url.netloc}{url.path.rstrip('/')}/v1"
+    return {
+        "integrations": {
+            "Segment.io": {
+                "apiKey": key,
+                "apiHost": api_host,
+                "protocol": url.scheme,
+                "addBundledMetadata": False,
+                "unbundledIntegrations": [],
+                "maybeBundledConfigIds": {},
+                "retryQueue": True,
+            }
+        },
+        "plan": {
+            "track": {"__default": {"enabled": True, "integrations": {}}},
+            "identify": {"__default": {"enabled": True}},
+            "group": {"__default": {"enabled": True}},
+        },
+        "edgeFunction": {},
+        "analyticsNextEnabled": True,
+        "middlewareSettings": {},
+        "enabledMiddleware": {},
+        "metrics": {"sampleRate": 0, "host": api_host},
+        "legacyVideoPluginsEnabled": False,
+        "remotePlugins": [],
+    }
+
+
+async def settings(request: Request) -> Response:
+    """``GET /v1/projects/<public key>/settings``: the settings document analytics.js loads
+    from its ``cdnURL``; any other key is a 404 (the write key never belongs in a page)."""
+    intake = cast(Intake, request.state.intake)
+    if not key_matches(request.path_params["key"], intake.keys.public):
+        return JSONResponse({"success": False, "error": "not found"}, status.HTTP_404_NOT_FOUND)
+    document = settings_document(intake.keys.public, intake.config.server.public_url)
+    return JSONResponse(document, headers={"Cache-Control": f"max-age={SETTINGS_MAX_AGE_S}"})
+
+
+sdk_routes = [
+    *(Route(f"/{path}", _sdk_endpoint(kind), methods=["POST"]) for path, kind in SDK_PATHS.items()),
+    Route("/projects/{key}/settings", settings, methods=["GET"]),
+]
+"""analytics.js's routes, to mount under ``/v1`` before the generic ``/{kind}``."""

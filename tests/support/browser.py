@@ -142,19 +142,27 @@ class Shop:
 
 
 @contextlib.asynccontextmanager
-async def serve_shop(shop: Shop) -> AsyncIterator[Shop]:
-    """Serve ``shop`` on a pre-bound port-0 socket (connections queue until uvicorn accepts)."""
+async def serve_pages(app: Starlette) -> AsyncIterator[int]:
+    """Serve ``app`` (a site of another origin than rtserver's) on a pre-bound port-0 socket
+    (connections queue until uvicorn accepts); yields its port."""
     sock = socket.create_server(("127.0.0.1", 0))
-    shop.port = sock.getsockname()[1]
-    config = uvicorn.Config(shop.app(), lifespan="off", log_config=None, access_log=False)
+    config = uvicorn.Config(app, lifespan="off", log_config=None, access_log=False)
     server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]), name="shop")
+    task = asyncio.create_task(server.serve(sockets=[sock]), name="pages")
     try:
-        yield shop
+        yield sock.getsockname()[1]
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 4 * TIMEOUT_UNIT)
         sock.close()
+
+
+@contextlib.asynccontextmanager
+async def serve_shop(shop: Shop) -> AsyncIterator[Shop]:
+    """Serve ``shop`` with :func:`serve_pages`."""
+    async with serve_pages(shop.app()) as port:
+        shop.port = port
+        yield shop
 
 
 @dataclass(eq=False)

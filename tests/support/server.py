@@ -143,11 +143,19 @@ class LiveServer:
         await asyncio.wait_for(self.task, 4 * TIMEOUT_UNIT)
 
 
+def bound_socket(host: str = "127.0.0.1") -> socket.socket:
+    """A listening socket on a free port, for :func:`run_server`."""
+    return socket.create_server((host, 0))
+
+
 @contextlib.asynccontextmanager
-async def run_server(config: Config, **app_kw: Any) -> AsyncIterator[LiveServer]:
+async def run_server(
+    config: Config, *, sock: socket.socket | None = None, **app_kw: Any
+) -> AsyncIterator[LiveServer]:
     """Serve ``config`` on a pre-bound socket; the kernel queues connections until uvicorn
-    accepts them, so no startup wait is needed."""
-    sock = socket.create_server((config.server.host, 0))
+    accepts them, so no startup wait is needed. ``sock`` is a socket the test bound itself
+    (with :func:`bound_socket`), when the config must name its port (``server.public_url``)."""
+    sock = sock or bound_socket(config.server.host)
     port = sock.getsockname()[1]
     app = create_app(config, **app_kw)
     ready = asyncio.Event()
