@@ -104,7 +104,12 @@ async def _hash_functions(writer: aiosqlite.Connection, reader: aiosqlite.Connec
 def _backup_before_upgrade(path: str) -> None:
     """Copy a store that holds data to ``<path>.before-<migration>`` before this version's
     first new migration changes it (once: an existing copy is kept)."""
-    pending = pending_migrations(path)
+    if not Path(path).is_file():
+        return  # a new store, or no store at all: opening it says which
+    try:
+        pending = pending_migrations(path)
+    except StoreError:
+        return  # not a store this version reads: opening it says why
     if not pending or len(pending) == len(MIGRATIONS):
         return  # nothing to apply, or a new store
     saved = f"{path}.before-{pending[0]}"
