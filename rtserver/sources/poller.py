@@ -2,8 +2,8 @@
 page's events, and only then move the cursor on.
 
 A cycle reads pages until the source has nothing newer (then it waits ``every``), until the
-rate runs out (then it waits for the next token), or until a request fails (then it backs off
-exponentially, never sooner than the answer's ``Retry-After``). Each page's events go through
+rate runs out (then it waits for the next token), or until a request fails (then it waits
+until the answer's ``Retry-After``, or backs off exponentially when there is none). Each page's events go through
 the pipeline as trusted server events and the cursor is saved after their commit: a crash
 between the two re-reads that one page, and its messageIds (``poll-<name>-<id>``) are dropped
 as duplicates. Where the source stands lives in the store (``store.polls``), so a restart
@@ -226,13 +226,15 @@ class Poller:
         return result
 
     async def _failed(self, state: PollState, exc: BaseException, result: Cycle) -> None:
-        """Back off: exponentially with seeded jitter, and never before ``Retry-After``."""
+        """Back off: until the answer's ``Retry-After`` when it has one, else exponentially
+        with seeded jitter."""
         self.errors += 1
         now = self.clock()
         failures = state.failures + 1
         wait_s = backoff_s(self.source.name, failures)
-        if isinstance(exc, DestinationRefused):
-            wait_s = max(wait_s, retry_after_s(exc.retry_after, now))
+        if isinstance(exc, DestinationRefused) and exc.retry_after is not None:
+            # The API said when: exactly then (a 429's Retry-After is its own backoff).
+            wait_s = retry_after_s(exc.retry_after, now) or wait_s
         reason = str(exc) or type(exc).__name__
         result.error = reason
         logger.warning("poll %s: %s; trying again in %.0fs", self.source.name, reason, wait_s)
