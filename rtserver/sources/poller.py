@@ -3,10 +3,10 @@ page's events, and only then move the cursor on.
 
 A cycle reads pages until the source has nothing newer (then it waits ``every``), until the
 rate runs out (then it waits for the next token), or until a request fails (then it waits
-until the answer's ``Retry-After``, or backs off exponentially when there is none). Each page's events go through
-the pipeline as trusted server events and the cursor is saved after their commit: a crash
-between the two re-reads that one page, and its messageIds (``poll-<name>-<id>``) are dropped
-as duplicates. Where the source stands lives in the store (``store.polls``), so a restart
+until the answer's ``Retry-After``, or backs off exponentially when there is none). Each page's
+events go through the pipeline as trusted server events and the cursor is saved after their
+commit: a crash between the two re-reads that one page, and its messageIds
+(``poll-<name>-<id>``) are dropped as duplicates. Where the source stands lives in the store (``store.polls``), so a restart
 resumes there, and honours a ``Retry-After`` it had been given.
 
 Every request goes through the outbound guard (:func:`rtserver.hooks.fetch_into`): public

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from werkzeug import Request, Response
+from werkzeug import Response
 
 from rtserver.config.schema import IngestConfig
 from rtserver.engine import Pipeline
