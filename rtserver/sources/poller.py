@@ -6,8 +6,8 @@ rate runs out (then it waits for the next token), or until a request fails (then
 until the answer's ``Retry-After``, or backs off exponentially when there is none). Each page's
 events go through the pipeline as trusted server events and the cursor is saved after their
 commit: a crash between the two re-reads that one page, and its messageIds
-(``poll-<name>-<id>``) are dropped as duplicates. Where the source stands lives in the store (``store.polls``), so a restart
-resumes there, and honours a ``Retry-After`` it had been given.
+(``poll-<name>-<id>``) are dropped as duplicates. Where the source stands lives in the store
+(``store.polls``), so a restart resumes there, and honours a ``Retry-After`` it had been given.
 
 Every request goes through the outbound guard (:func:`rtserver.hooks.fetch_into`): public
 addresses only unless ``allow_private``, no redirects, a bounded body. A ``Link`` header's next
