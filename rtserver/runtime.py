@@ -20,9 +20,10 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import secrets
 import urllib.parse
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,8 @@ from rtserver.hooks import (
     resolve_host,
 )
 from rtserver.mail import Mailer, Sender, Tokens, mail_transport
+from rtserver.model import Submit
+from rtserver.sources import Cycle, Poller, Pollers, PollSource, compile_sources
 from rtserver.store import Changes, Prepared, Store, purge_forever, purge_old_events
 
 __all__ = [
@@ -60,7 +63,9 @@ __all__ = [
     "Supervisor",
     "check_public_url",
     "load_rules",
+    "load_sources",
     "make_mailer",
+    "poll_once",
     "resolve_keys",
     "start",
 ]
@@ -77,6 +82,7 @@ PROBE_EVERY_S = 5.0
 
 STOP_ORDER = (
     "timer-driver",
+    "pollers",
     "catalog-feeds",
     "catalog-triggers",
     "pipeline",
@@ -91,9 +97,9 @@ STOP_ORDER = (
     "dashboard-close",
     "dashboard-hub",
 )
-"""The order the long-running tasks stop in: no new decisions (timers), then the pipeline (the
-lifespan has drained it), the senders (they give back what they had not tried), the rest, and
-the dashboard last."""
+"""The order the long-running tasks stop in: no new decisions (timers), no new events from the
+polling sources or the catalog, then the pipeline (the lifespan has drained it), the senders
+(they give back what they had not tried), the rest, and the dashboard last."""
 
 
 SYSTEM_TEMPLATES = ("confirm", "test")
@@ -115,7 +121,27 @@ def _template_check(mail: MailConfig, public_url: str) -> dict[str, tuple[str, .
     return {name: tuple(mailer.check([name])) for name in mailer.names()}
 
 
-def load_rules(config: Config, resolve: Resolve = resolve_host) -> tuple[Workflows, list[str]]:
+def load_sources(
+    config: Config, resolve: Resolve = resolve_host, env: Mapping[str, str] | None = None
+) -> tuple[tuple[PollSource, ...], list[str]]:
+    """Compile the config's polling sources (``[[poll]]``); them and the warnings.
+
+    Each expression is compiled, each secret read from its environment variable (``env``,
+    else the process's), each URL held against the address rules.
+
+    Raises:
+        ConfigError: ``poll[i].field`` and the problem.
+    """
+    sources, warnings = compile_sources(config.poll, os.environ if env is None else env)
+    for source in sources:
+        where = f"{source.where}.url {source.url!r}"
+        warnings += check_url(where, source.url, source.allow_private, resolve)
+    return sources, warnings
+
+
+def load_rules(
+    config: Config, resolve: Resolve = resolve_host, env: Mapping[str, str] | None = None
+) -> tuple[Workflows, list[str]]:
     """Compile the config's workflows under its mail policy; returns them and the warnings.
 
     Every template is compiled and rendered against sample data here, at start and by
@@ -123,7 +149,8 @@ def load_rules(config: Config, resolve: Resolve = resolve_host) -> tuple[Workflo
 
     Raises:
         ConfigError: the workflow, the step and the problem; a template's problem; a
-            webhook step outside ``hooks.allow`` or on a refused address (``resolve``).
+            webhook step outside ``hooks.allow`` or on a refused address (``resolve``); a
+            polling source's problem (:func:`load_sources`, with ``env``).
     """
     checked = _template_check(config.mail, config.server.public_url)
     rules, warnings = compile_workflows(
@@ -143,7 +170,52 @@ def load_rules(config: Config, resolve: Resolve = resolve_host) -> tuple[Workflo
     for i, feed in enumerate(config.catalog.feed):
         where = f"catalog.feed[{i}] {feed.url!r}"
         warnings += check_url(where, feed.url, feed.allow_private, resolve)
+    warnings += load_sources(config, resolve, env)[1]
     return rules, warnings
+
+
+def make_pollers(
+    config: Config, sources: tuple[PollSource, ...], store: Store, submit: Submit, clock: Clock
+) -> Pollers:
+    """A poller per source, submitting to ``submit``, checked against ``ingest``'s limits."""
+    return Pollers(
+        [Poller(source, store, submit, config.ingest, clock) for source in sources], clock
+    )
+
+
+async def poll_once(config: Config, name: str, clock: Clock) -> Cycle:
+    """One cycle of the polling source ``name`` against the configured store, now (whatever
+    its schedule), its events decided by the workflows as the server would.
+
+    Raises:
+        ConfigError: no such source, or the config does not compile.
+        StoreError: the store cannot be opened.
+    """
+    rules, _ = load_rules(config)
+    sources = {s.name: s for s in load_sources(config)[0]}
+    if name not in sources:
+        known = ", ".join(sorted(sources)) or "none configured"
+        raise ConfigError(f"poll: no source named {name!r} ({known})")
+    store = await Store.open(config.store.path)
+    try:
+        engine = Engine(rules, store, confirmations_per_ip=config.mail.confirmations_per_ip)
+        pipeline = Pipeline(
+            store,
+            max_queue=config.ingest.max_queue,
+            max_group_events=config.store.max_group_events,
+            queue_timeout_s=config.ingest.queue_timeout_s,
+            engine=engine,
+            clock=clock,
+        )
+        task = asyncio.create_task(pipeline.run(), name="pipeline")
+        try:
+            pollers = make_pollers(config, (sources[name],), store, pipeline.submit, clock)
+            return await pollers.pollers[0].cycle(force=True)
+        finally:
+            task.cancel()
+            await asyncio.wait([task])
+    finally:
+        await store.close()
 
 
 def _new_webhook_secret() -> str:
@@ -258,6 +330,8 @@ class Runtime:
     triggers: Triggers
     feeds: Feeds
     """The configured product feeds, read on their schedule."""
+    pollers: Pollers
+    """The polling sources, each read on its schedule."""
     """Back in Stock and Price Dropped events for the people a catalog change concerns."""
     """Renders mail; its ``hosts`` say where links from data may point."""
     sender: Sender
@@ -372,6 +446,8 @@ async def start(
             clock=clock,
             changed=triggers.wake,
         )
+        sources, _ = load_sources(config)
+        pollers = make_pollers(config, sources, store, pipeline.submit, clock)
         sender = Sender(store, mailer, relay, config.mail, clock)
         courier = Courier(store, config.hooks, keys.hooks_secret, clock)
         latency = Histogram()
@@ -389,6 +465,7 @@ async def start(
             mail_sender=lambda: sender.waiting or "sending",
             webhooks=lambda: asdict(courier.stats),
             disk_low=disk_low,
+            polls=pollers.status,
         )
         board = Board(
             store,
@@ -435,6 +512,7 @@ async def start(
         supervisor.start("ingest-summary", _summarize(summary, stop))
         supervisor.start("catalog-triggers", triggers.run())
         supervisor.start("catalog-feeds", feeds.run(stop))
+        supervisor.start("pollers", pollers.run(stop))
         supervisor.start("sender", sender.run(stop))
         supervisor.start("courier", courier.run(stop))
         supervisor.start("dashboard-hub", hub.run(stop))
@@ -453,6 +531,7 @@ async def start(
             mailer=mailer,
             triggers=triggers,
             feeds=feeds,
+            pollers=pollers,
             sender=sender,
             courier=courier,
             latency=latency,

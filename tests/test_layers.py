@@ -29,9 +29,11 @@ ALLOWED: dict[str, set[str]] = {
     "hooks": BASE | {"config", "model", "store", "mail"},
     "catalog": BASE | {"config", "model", "store", "hooks"},
     "ingest": BASE | {"config", "model", "store", "engine", "mail", "hooks"},
+    "sources": BASE | {"config", "model", "store", "engine", "hooks"},
     "dashboard": BASE | {"config", "model", "store"},
     "runtime": BASE
-    | {"config", "model", "store", "engine", "mail", "hooks", "dashboard", "ingest", "catalog"},
+    | {"config", "model", "store", "engine", "mail", "hooks", "dashboard", "ingest", "catalog"}
+    | {"sources"},
     "tools": BASE | {"config", "model", "store", "engine", "mail", "runtime", "catalog"},
     "app": BASE
     | {"config", "model", "store", "engine", "mail", "hooks", "dashboard", "ingest"}

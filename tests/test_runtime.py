@@ -47,10 +47,11 @@ async def test_tasks_stop_in_order_then_the_rest() -> None:
 
 
 def test_the_stop_order_ends_with_the_dashboard() -> None:
-    """Timers and the catalog's tasks stop first (no new decisions or events), then the
-    pipeline, the senders, the hub last."""
-    assert STOP_ORDER[:6] == (
-        "timer-driver", "catalog-feeds", "catalog-triggers", "pipeline", "sender", "courier",
+    """Timers, the polling sources and the catalog's tasks stop first (no new decisions or
+    events), then the pipeline, the senders, the hub last."""
+    assert STOP_ORDER[:7] == (
+        "timer-driver", "pollers", "catalog-feeds", "catalog-triggers", "pipeline", "sender",
+        "courier",
     )  # fmt: skip
     assert STOP_ORDER[-1] == "dashboard-hub"
 

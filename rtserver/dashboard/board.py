@@ -171,6 +171,9 @@ class Board:
             "counters": self.counters(),
             "alerts": self.alerts.view(),
         }
+        polls = [dict(row) for row in self.readings.polls()]
+        if changed is None or polls:  # in memory, like the counters: cheap to send each time
+            data["polls"] = polls
         if changed is None:
             data["rates"] = list(self.rates)
             data["events"] = [_stored_row(r) for r in await store.recent_events(ROWS)]

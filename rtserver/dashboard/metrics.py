@@ -112,6 +112,7 @@ class Metrics(Collector):
             for state in OUTBOX_STATES:
                 outbox.add_metric([state], self.outbox.get(state, 0))
             yield outbox
+        yield from _polls(readings)
         alerts = GaugeMetricFamily(PREFIX + "alerts_active", "Raised alerts.", labels=["alert"])
         for name in self.alerts.active:
             alerts.add_metric([name], 1)
@@ -126,6 +127,32 @@ class Metrics(Collector):
             sum_value=self.latency.sum,
         )
         yield histogram
+
+
+def _polls(readings: Readings) -> Iterator[Metric]:
+    """Each polling source's schedule, lag and counts, labelled ``source``."""
+    rows = readings.polls()
+    if not rows:
+        return
+    families: list[tuple[Metric, str]] = []
+    for name, key, help_text in (
+        ("poll_last_run_timestamp_seconds", "last_run", "When the source was last asked."),
+        ("poll_next_run_timestamp_seconds", "next_run", "When the source may be asked next."),
+        ("poll_lag_seconds", "lag_s", "Seconds since the source was last read to its end."),
+        ("poll_failures", "failures", "Failed requests or pages in a row (backing off)."),
+    ):
+        families.append((GaugeMetricFamily(PREFIX + name, help_text, labels=["source"]), key))
+    for name, key, help_text in (
+        ("poll_requests", "requests", "Requests sent to the source."),
+        ("poll_errors", "errors", "Requests or pages that failed."),
+        ("poll_events", "events", "New events the source's items were stored as."),
+    ):
+        families.append((CounterMetricFamily(PREFIX + name, help_text, labels=["source"]), key))
+    for family, key in families:
+        for row in rows:
+            if row.get(key) is not None:
+                family.add_metric([row["name"]], row[key])  # type: ignore[attr-defined]
+        yield family
 
 
 async def endpoint(request: Request) -> Response:

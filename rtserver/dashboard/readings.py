@@ -6,8 +6,9 @@ The dashboard only reads. It never holds the pipeline, the engine or the senders
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = ["Readings"]
 
@@ -22,6 +23,10 @@ def _off() -> str:
 
 def _never() -> bool:
     return False
+
+
+def _no_rows() -> Sequence[Mapping[str, Any]]:
+    return ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,3 +53,7 @@ class Readings:
     """The webhook sender's outcomes."""
     disk_low: Callable[[], bool] = _never
     """Whether free disk space is under ``store.min_free_mb`` (browser ingest refused)."""
+    polls: Callable[[], Sequence[Mapping[str, Any]]] = _no_rows
+    """Each polling source's status: ``name``, ``last_run``, ``last_error``, ``next_run``,
+    ``lag_s`` (since it last read to the end), ``failures`` (in a row), and this process's
+    ``requests``, ``errors`` and new ``events``."""

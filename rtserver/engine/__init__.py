@@ -5,6 +5,7 @@ Other packages import from here; what is not listed below is private to the pack
 
 from __future__ import annotations
 
+from rtserver.engine.conditions import Expression, compile_expression, free_names
 from rtserver.engine.definitions import (
     Workflows,
     compile_workflows,
@@ -18,9 +19,12 @@ from rtserver.engine.timers import run_timer_driver
 
 __all__ = [
     "Engine",
+    "Expression",
     "Pipeline",
     "Workflows",
+    "compile_expression",
     "compile_workflows",
+    "free_names",
     "policy_from",
     "run_timer_driver",
     "sent_templates",

@@ -26,7 +26,14 @@ from jinja2.parser import Parser
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-__all__ = ["Condition", "compile_condition", "documented_names"]
+__all__ = [
+    "Condition",
+    "Expression",
+    "compile_condition",
+    "compile_expression",
+    "documented_names",
+    "free_names",
+]
 
 """Longer is a typo (and past it, floats lose whole seconds)."""
 MAX_SEQUENCE = 100_000
@@ -148,6 +155,49 @@ def compile_condition(source: str) -> Condition:
                 except re.error as exc:
                     raise ValueError(f"condition {source!r}: bad regex: {exc}") from None
     return Condition(source, function)
+
+
+@dataclass(frozen=True, slots=True)
+class Expression:
+    """A compiled expression that gives a value (not a truth): the same language and sandbox
+    as conditions, for callers that read values out of data (polling sources map API answers
+    to events with these). A missing name or attribute gives None."""
+
+    source: str
+    function: Callable[..., Any] = field(repr=False, compare=False)
+
+    def __call__(self, names: Mapping[str, Any]) -> Any:
+        """The value over ``names``.
+
+        Raises:
+            ValueError: the evaluation failed (ill-typed data, a sandbox refusal), naming the
+                expression.
+        """
+        try:
+            value = self.function(**names)
+        except Exception as exc:
+            raise ValueError(f"{self.source!r} failed: {exc}") from None
+        return None if isinstance(value, jinja2.Undefined) else value
+
+
+def compile_expression(source: str) -> Expression:
+    """Compile a value expression (the same sandboxed Jinja2 as :func:`compile_condition`).
+
+    Raises:
+        ValueError: the expression does not compile (message from Jinja2).
+    """
+    try:
+        _parse(source)
+        function = ENVIRONMENT.compile_expression(source, undefined_to_none=False)
+    except jinja2.TemplateSyntaxError as exc:
+        raise ValueError(f"expression {source!r} does not compile: {exc.message}") from None
+    return Expression(source, function)
+
+
+def free_names(source: str) -> list[str]:
+    """The top-level names a compiled ``source`` reads (its variables), in order, once each."""
+    tree = _parse(source)
+    return list(dict.fromkeys(n.name for n in tree if isinstance(n, jinja2.nodes.Name)))
 
 
 def documented_names(source: str) -> list[str]:

@@ -55,7 +55,18 @@ MAX_ANSWER_BYTES = 65536
 
 
 class DestinationRefused(ValueError):
-    """An outbound request the guard refuses: a refused address, a bad URL, or a redirect."""
+    """An outbound request the guard refuses: a refused address, a bad URL, or a redirect; or
+    an answer that is not what the caller takes, whose ``status`` and ``Retry-After`` header
+    (``retry_after``, as sent) are kept for a caller that backs off."""
+
+    def __init__(
+        self, message: str, *, status: int | None = None, retry_after: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        """The answer's HTTP status (None: no answer was taken, e.g. a refused address)."""
+        self.retry_after = retry_after
+        """The answer's ``Retry-After`` header, if any (seconds or an HTTP date)."""
 
 
 def resolve_host(host: str, port: int) -> list[str]:
@@ -271,7 +282,7 @@ async def fetch_into(
 
     Raises:
         DestinationRefused: a bad URL, a refused address, a redirect, an answer other than
-            200 or 304, or a body over ``max_bytes``.
+            200 or 304 (with its ``status`` and ``retry_after``), or a body over ``max_bytes``.
         OSError: the host does not resolve.
         httpx.HTTPError, TimeoutError: the request failed.
     """
@@ -291,7 +302,11 @@ async def fetch_into(
             if response.status_code == 304:
                 return None
             if response.status_code != 200:
-                raise DestinationRefused(f"{response.status_code} {response.reason_phrase}".strip())
+                raise DestinationRefused(
+                    f"{response.status_code} {response.reason_phrase}".strip(),
+                    status=response.status_code,
+                    retry_after=response.headers.get("retry-after"),
+                )
             read = 0
             async for chunk in response.aiter_raw():
                 read += len(chunk)

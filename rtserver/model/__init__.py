@@ -21,6 +21,7 @@ from rtserver.model.actions import (
 )
 from rtserver.model.events import (
     Event,
+    Limits,
     Source,
     Submit,
     decode_json,
@@ -62,6 +63,7 @@ __all__ = [
     "Event",
     "Facts",
     "HISTORY_LIMIT",
+    "Limits",
     "Link",
     "MARKETING_CONSENT",
     "NAMES_BY_TYPE",

@@ -234,6 +234,14 @@
     }, '');
   }
 
+  function applyPolls(polls) {
+    fill('poll-body', polls, function (p) {
+      return [cell(p.name), cell(clock(p.last_run)), cell(clock(p.next_run)),
+              cell(p.lag_s === null || p.lag_s === undefined ? '' : Math.round(p.lag_s) + ' s'),
+              cell(p.failures, p.failures ? 'bad' : ''), cell(p.events), cell(p.last_error)];
+    }, 'no [[poll]] sources configured');
+  }
+
   function applyAlerts(alerts) {
     list('alerts', alerts.active, function (a) { return a.alert + ': ' + a.message; }, 'none');
     var items = $('alerts').children;
@@ -254,6 +262,7 @@
     if (data.funnel) applyFunnel(data.funnel);
     if (data.latency) applyLatency(data.latency);
     if (data.alerts) applyAlerts(data.alerts);
+    if (data.polls) applyPolls(data.polls);
   }
 
   // --- the stream -----------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from rtserver.store.changes import Changes, Prepared
 from rtserver.store.database import Store
 from rtserver.store.deliveries import Delivery, delivery_row
 from rtserver.store.outbox import NEVER, Claim, Dropped
+from rtserver.store.polls import PollState
 from rtserver.store.retention import purge_forever, purge_old_events
 from rtserver.store.writer import Plan, Source
 
@@ -23,6 +24,7 @@ __all__ = [
     "FeedState",
     "NEVER",
     "Plan",
+    "PollState",
     "Prepared",
     "Source",
     "Store",

@@ -28,6 +28,7 @@ from rtserver.store.catalog import CatalogStore
 from rtserver.store.changes import Changes, Prepared
 from rtserver.store.deliveries import DeliveryStore
 from rtserver.store.outbox import MailStore
+from rtserver.store.polls import PollStore
 from rtserver.store.schema import MIGRATIONS, PROFILE_COLUMNS, RUN_COLUMNS
 from rtserver.store.writer import Plan
 
@@ -134,6 +135,8 @@ class Store:
         """The webhook steps' deliveries and the endpoints a 410 disabled."""
         self.catalog = CatalogStore(self._in_writer, self._read)
         """The shop's products and the feeds' state."""
+        self.polls = PollStore(self._in_writer, self._read)
+        """Where each polling source stands."""
 
     @classmethod
     async def open(cls, path: str | Path) -> Store:

@@ -334,6 +334,23 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
             WHERE name IN ('Product Added', 'Back In Stock Requested');
         """,
     ),
+    (
+        "0013_poll_state",
+        # Where each polling source stands: the cursor (JSON) to read from next, written only
+        # after the page before it was committed, so a restart resumes there; and its status.
+        """
+        CREATE TABLE poll_state (
+            name TEXT PRIMARY KEY,
+            cursor TEXT,
+            last_run REAL,
+            last_error TEXT,
+            next_run REAL,
+            caught_up_at REAL,
+            failures INTEGER NOT NULL DEFAULT 0,
+            updated_at REAL NOT NULL
+        );
+        """,
+    ),
 )
 
 USE_TOKEN = (
