@@ -97,7 +97,7 @@ async def test_the_demo_finds_its_workflows_in_an_empty_directory(binary: Path) 
             assert process.stderr is not None
             async for raw in process.stderr:
                 lines.append(raw.decode(errors="replace"))
-                if "ready on" in lines[-1]:
+                if "demo: config" in lines[-1]:  # the tour follows the ready banner
                     break
     finally:
         process.terminate()
