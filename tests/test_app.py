@@ -315,7 +315,9 @@ async def test_readyz_turns_503_while_commits_fail_and_recovers_without_traffic(
     """A full disk (here: the store capped with max_page_count) makes commits fail: /readyz
     answers 503 from the first failed commit on; once space is back, the store probe written
     while degraded brings it back to 200 with no event sent."""
-    monkeypatch.setattr("rtserver.runtime.PROBE_EVERY_S", 0.05)
+    # One probe per TIMEOUT_UNIT: a probe between the nack and the next request could succeed
+    # (it needs no new page) and make the check below see a store already healthy again.
+    monkeypatch.setattr("rtserver.runtime.PROBE_EVERY_S", TIMEOUT_UNIT)
     async with run_server(make_config(tmp_path)) as live, live.http() as http:
         assert (await http.get("/readyz")).status_code == 200
         store = live.runtime.store
@@ -328,5 +330,5 @@ async def test_readyz_turns_503_while_commits_fail_and_recovers_without_traffic(
         degraded = await http.get("/readyz")
         assert degraded.status_code == 503 and degraded.json()["status"] == "degraded"
         await store._db.execute("PRAGMA max_page_count = 1073741823")
-        await asyncio.wait_for(live.runtime.pipeline.healthy.wait(), TIMEOUT_UNIT)
+        await asyncio.wait_for(live.runtime.pipeline.healthy.wait(), 2 * TIMEOUT_UNIT)
         assert (await http.get("/readyz")).status_code == 200
