@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from rtserver.tools.wire import WireError
+
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 ORIGIN = "http://bench.local"
@@ -666,7 +668,7 @@ def bench_main(main: Callable[[], Coroutine[Any, Any, int]]) -> None:
     """Exit with ``main``'s status; a :class:`BenchError` prints its reason and exits 1."""
     try:
         code = run_client(main)
-    except BenchError as exc:
+    except (BenchError, WireError) as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         code = 1
     raise SystemExit(code)

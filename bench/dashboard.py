@@ -22,7 +22,9 @@ from typing import Any, cast
 
 from bench._common import (
     HOST,
+    ORIGIN,
     THROUGHPUT_COLUMNS,
+    WS_PATH,
     BenchError,
     Column,
     CpuMeter,
@@ -39,8 +41,8 @@ from bench._common import (
     throughput_result,
     workdir,
 )
-from bench._wire import close_all, open_ws_many
 from bench.ws_ingest import _loop_for
+from rtserver.tools.wire import close_all, open_ws_many
 
 GOAL = 0.9
 PASSWORD = "bench dashboard password"
@@ -151,7 +153,7 @@ async def measure(viewers: int, args: argparse.Namespace) -> dict[str, Any]:
             audience = await open_viewers(viewers, server.port)
             before = [v.frames for v in audience]
             watching = await metric(server.port, "rtserver_dashboard_viewers")
-            conns = await open_ws_many(args.connections, server.port)
+            conns = await open_ws_many(args.connections, server.port, path=WS_PATH, origin=ORIGIN)
             loops = [_loop_for(conn, i, frames, args) for i, conn in enumerate(conns)]
             meter = CpuMeter(server.process.pid)
             complete = await run_closed_loops(loops, args.duration)

@@ -39,7 +39,6 @@ from typing import Any
 import orjson
 
 from bench._common import Column, document, emit, format_table
-from bench.ws_latency import SHOP_CYCLE, SHOP_EVENTS, SHOP_TAIL
 from rtserver.config.schema import IngestConfig, load_config
 from rtserver.engine.definitions import Workflows
 from rtserver.engine.engine import Engine
@@ -49,6 +48,7 @@ from rtserver.store import writer
 from rtserver.store.changes import Changes, Prepared
 from rtserver.store.database import Store
 from rtserver.store.writer import Source
+from rtserver.tools.loadgen import SHOP_CYCLE, SHOP_EVENTS, SHOP_TAIL
 
 ROOT = Path(__file__).resolve().parent.parent
 START = 1_800_000_000.0

@@ -39,7 +39,7 @@ from bench._common import (
     throughput_summary,
     workdir,
 )
-from bench._wire import HttpConn, http_request, open_http
+from rtserver.tools.wire import HttpConn, http_request, open_http
 
 GOAL = 0.6
 BASELINE = "bare-starlette"

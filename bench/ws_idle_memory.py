@@ -19,6 +19,8 @@ import asyncio
 from typing import Any
 
 from bench._common import (
+    ORIGIN,
+    WS_PATH,
     BenchError,
     Column,
     base_parser,
@@ -32,7 +34,7 @@ from bench._common import (
     server_spec,
     workdir,
 )
-from bench._wire import close_all, open_ws_many
+from rtserver.tools.wire import close_all, open_ws_many
 
 GOAL_KIB = 30.0
 BASELINE = "bare-websockets"
@@ -51,11 +53,20 @@ COLUMNS = [
 async def measure(name: str, deflate: bool, n: int, args: argparse.Namespace) -> dict[str, Any]:
     with workdir() as tmp:
         async with running(server_spec(name, tmp, deflate=deflate), args.loop, tmp) as server:
-            await close_all(await open_ws_many(args.warmup, server.port, deflate=deflate))
+            await close_all(
+                await open_ws_many(
+                    args.warmup, server.port, path=WS_PATH, origin=ORIGIN, deflate=deflate
+                )
+            )
             await asyncio.sleep(args.settle_s)
             before = server.rss_kib()
             conns = await open_ws_many(
-                n, server.port, deflate=deflate, concurrency=args.concurrency
+                n,
+                server.port,
+                path=WS_PATH,
+                origin=ORIGIN,
+                deflate=deflate,
+                concurrency=args.concurrency,
             )
             try:
                 if any(conn.deflate != deflate for conn in conns):

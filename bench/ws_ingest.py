@@ -19,7 +19,9 @@ from typing import Any
 import orjson
 
 from bench._common import (
+    ORIGIN,
     THROUGHPUT_COLUMNS,
+    WS_PATH,
     ClosedLoop,
     CpuMeter,
     base_parser,
@@ -36,7 +38,7 @@ from bench._common import (
     throughput_summary,
     workdir,
 )
-from bench._wire import WsConn, client_frame, close_all, open_ws_many
+from rtserver.tools.wire import WsConn, client_frame, close_all, open_ws_many
 
 GOAL = 0.6
 BASELINE = "bare-websockets"
@@ -65,7 +67,7 @@ async def measure(name: str, args: argparse.Namespace) -> dict[str, Any]:
     frames = max(1, args.events // (args.connections * args.batch))
     with workdir() as tmp:
         async with running(server_spec(name, tmp), args.loop, tmp) as server:
-            conns = await open_ws_many(args.connections, server.port)
+            conns = await open_ws_many(args.connections, server.port, path=WS_PATH, origin=ORIGIN)
             loops = [_loop_for(conn, i, frames, args) for i, conn in enumerate(conns)]
             meter = CpuMeter(server.process.pid)
             complete = await run_closed_loops(loops, args.duration)

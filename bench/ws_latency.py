@@ -31,6 +31,8 @@ from typing import Any
 import orjson
 
 from bench._common import (
+    ORIGIN,
+    WS_PATH,
     BenchError,
     Column,
     CpuMeter,
@@ -48,7 +50,8 @@ from bench._common import (
     workdir,
     workflows_of,
 )
-from bench._wire import WsConn, client_frame, close_all, open_ws_many
+from rtserver.tools.loadgen import shop_frames
+from rtserver.tools.wire import WsConn, client_frame, close_all, open_ws_many
 
 GOAL_P99_MS = 10.0
 GOAL_DECISION_P99_MS = 50.0
@@ -71,52 +74,6 @@ COLUMNS = [
 
 
 MIXES = ("viewed", "shop")
-SHOP_CYCLE = (
-    "landing", "viewed", "viewed", "added", "viewed", "added", "checkout", "viewed", "order",
-    "viewed",
-)  # fmt: skip
-"""What one shopper (one connection, one anonymousId) sends, over and over: each round is a new
-cart and a new order, so every round starts runs, re-arms their timers and ends them."""
-BROWSER = '"userAgent":"Mozilla/5.0 (X11; Linux x86_64) bench","library":{"name":"rt.js"}'
-ON_PRODUCT = '"context":{"page":{"path":"/p/1","url":"http://bench.local/p/1"},' + BROWSER + "}"
-ON_CHECKOUT = (
-    '"context":{"page":{"path":"/checkout","url":"http://bench.local/checkout"},' + BROWSER + "}"
-)
-FROM_GOOGLE = (
-    '"context":{"page":{"path":"/pricing","url":"http://bench.local/pricing",'
-    '"referrer":"https://www.google.com/"},' + BROWSER + "}"
-)
-SHOP_EVENTS = {
-    "landing": '{"type":"page","name":"Pricing",' + FROM_GOOGLE,
-    "checkout": '{"type":"page","name":"Checkout",' + ON_CHECKOUT,
-    "viewed": '{"type":"track","event":"Product Viewed","properties":{"product_id":"sku-%(n)d",'
-    '"name":"Bench product","price":12.5,"currency":"EUR","category":"bench"},' + ON_PRODUCT,
-    "added": '{"type":"track","event":"Product Added","properties":{"cart_id":"%(cart)s",'
-    '"product_id":"sku-%(n)d","price":12.5,"quantity":1,"currency":"EUR"},' + ON_PRODUCT,
-    "order": '{"type":"track","event":"Order Completed","properties":{"order_id":"o-%(cart)s",'
-    '"cart_id":"%(cart)s","revenue":25.0,"currency":"EUR"},' + ON_CHECKOUT,
-}
-SHOP_TAIL = (
-    ',"messageId":"%(mid)s","anonymousId":"%(anon)s","timestamp":"2026-11-25T10:00:00.000Z"}'
-)
-
-
-def shop_frames(run: str, connections: int, events: int) -> list[tuple[bytes, str]]:
-    """Event i goes to connection ``i % connections``, the shopper's next event in SHOP_CYCLE."""
-    frames = []
-    for i in range(events):
-        client, seq = i % connections, i // connections
-        kind = SHOP_CYCLE[seq % len(SHOP_CYCLE)]
-        message_id = f"{run}-{client}-{i}"
-        values = {
-            "n": i,
-            "cart": f"{run}-{client}-{seq // len(SHOP_CYCLE)}",
-            "mid": message_id,
-            "anon": f"anon-{run}-{client}",
-        }
-        event = (SHOP_EVENTS[kind] + SHOP_TAIL) % values
-        frames.append((client_frame(b'{"batch":[' + event.encode() + b"]}"), message_id))
-    return frames
 
 
 def decisions_in(store: str) -> dict[str, Any]:
@@ -226,7 +183,7 @@ async def measure(name: str, args: argparse.Namespace) -> dict[str, Any]:
     with workdir() as tmp:
         spec = server_spec(name, tmp, extra_config=workflows_of(args.workflows))
         async with running(spec, args.loop, tmp) as server:
-            conns = await open_ws_many(args.connections, server.port)
+            conns = await open_ws_many(args.connections, server.port, path=WS_PATH, origin=ORIGIN)
             timings = Timings(conns, warmup)
             meter = CpuMeter(server.process.pid)
             sent = await send_on_schedule(

@@ -1,4 +1,5 @@
-"""Cheap load-generator clients: WebSocket and keep-alive HTTP/1.1 over asyncio protocols.
+"""Cheap load-generator clients: WebSocket and keep-alive HTTP/1.1 over asyncio protocols, for
+``rtserver loadgen`` and the benchmarks in ``bench/``.
 
 The client shares two cores with the server it measures, so it must cost much less than the
 fastest server, or the baseline is held back by the client and every ratio is flattered.
@@ -23,20 +24,34 @@ from typing import cast
 
 import httptools
 
-from bench._common import HOST, ORIGIN, WS_PATH, BenchError
-
 try:
     from websockets.speedups import apply_mask
 except ImportError:  # pragma: no cover - websockets without its C extension
     from websockets.utils import apply_mask
 
-__all__ = ["HttpConn", "WsConn", "client_frame", "http_request", "open_http", "open_ws_many"]
+__all__ = [
+    "HttpConn",
+    "WireError",
+    "WsConn",
+    "client_frame",
+    "close_all",
+    "http_request",
+    "open_http",
+    "open_ws",
+    "open_ws_many",
+]
 
+HOST = "127.0.0.1"
+"""Where the clients connect unless told otherwise."""
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x1, 0x2, 0x8, 0x9, 0xA
 MAX_HANDSHAKE_BYTES = 16384
 MASK = os.urandom(4)
 """One masking key for the whole run, so frames can be built before the clock starts."""
+
+
+class WireError(Exception):
+    """A connection could not be opened, or the server answered what a client must refuse."""
 
 
 def client_frame(payload: bytes, opcode: int = OP_TEXT) -> bytes:
@@ -61,13 +76,13 @@ def _ignore(payload: bytes) -> None:
 class WsConn(asyncio.Protocol):
     """One client WebSocket. Set :attr:`on_text` to receive text payloads (in order)."""
 
-    def __init__(self, port: int, path: str, origin: str, deflate: bool):
+    def __init__(self, host: str, port: int, path: str, origin: str, deflate: bool):
         loop = asyncio.get_running_loop()
         key = base64.b64encode(os.urandom(16))
         self._accept = base64.b64encode(hashlib.sha1(key + WS_GUID).digest()).decode()
         lines = [
             f"GET {path} HTTP/1.1",
-            f"Host: {HOST}:{port}",
+            f"Host: {host}:{port}",
             "Upgrade: websocket",
             "Connection: Upgrade",
             f"Sec-WebSocket-Key: {key.decode()}",
@@ -132,7 +147,7 @@ class WsConn(asyncio.Protocol):
     def _fail(self, why: str) -> None:
         self.error = why
         if not self.opened.done():
-            self.opened.set_exception(BenchError(why))
+            self.opened.set_exception(WireError(why))
         self.abort()
 
     def _handshake(self) -> None:
@@ -204,11 +219,13 @@ class WsConn(asyncio.Protocol):
 
 
 async def open_ws(
-    port: int, *, path: str = WS_PATH, origin: str = ORIGIN, deflate: bool = False
+    port: int, *, path: str, origin: str, deflate: bool = False, host: str = HOST
 ) -> WsConn:
     """Open one WebSocket and complete its handshake."""
     loop = asyncio.get_running_loop()
-    _, conn = await loop.create_connection(lambda: WsConn(port, path, origin, deflate), HOST, port)
+    _, conn = await loop.create_connection(
+        lambda: WsConn(host, port, path, origin, deflate), host, port
+    )
     try:
         await conn.opened
     except BaseException:
@@ -218,7 +235,15 @@ async def open_ws(
 
 
 async def open_ws_many(
-    n: int, port: int, *, deflate: bool = False, concurrency: int = 100, timeout_s: float = 120.0
+    n: int,
+    port: int,
+    *,
+    path: str,
+    origin: str,
+    deflate: bool = False,
+    host: str = HOST,
+    concurrency: int = 100,
+    timeout_s: float = 120.0,
 ) -> list[WsConn]:
     """Open ``n`` WebSockets, at most ``concurrency`` handshakes at a time; all or none."""
     gate = asyncio.Semaphore(concurrency)
@@ -226,7 +251,7 @@ async def open_ws_many(
 
     async def one() -> None:
         async with gate:
-            conns.append(await open_ws(port, deflate=deflate))
+            conns.append(await open_ws(port, path=path, origin=origin, deflate=deflate, host=host))
 
     try:
         async with asyncio.timeout(timeout_s), asyncio.TaskGroup() as group:
@@ -236,9 +261,9 @@ async def open_ws_many(
         for conn in conns:
             conn.abort()
         if isinstance(exc, BaseExceptionGroup):
-            raise BenchError(f"opening {n} websockets: {exc.exceptions[0]!r}") from exc
+            raise WireError(f"opening {n} websockets: {exc.exceptions[0]!r}") from exc
         if isinstance(exc, TimeoutError):
-            raise BenchError(
+            raise WireError(
                 f"opened only {len(conns)} of {n} websockets in {timeout_s:g}s"
             ) from None
         raise
@@ -254,11 +279,11 @@ async def close_all(conns: Sequence[WsConn], timeout_s: float = 10.0) -> None:
         conn.abort()
 
 
-def http_request(path: str, body: bytes, headers: Mapping[str, str]) -> bytes:
+def http_request(path: str, body: bytes, headers: Mapping[str, str], host: str = HOST) -> bytes:
     """A keep-alive ``POST`` with a JSON body."""
     lines = [
         f"POST {path} HTTP/1.1",
-        f"Host: {HOST}",
+        f"Host: {host}",
         "Content-Type: application/json",
         f"Content-Length: {len(body)}",
         *(f"{name}: {value}" for name, value in headers.items()),
@@ -308,7 +333,7 @@ class HttpConn(asyncio.Protocol):
             self.transport.close()
 
 
-async def open_http(port: int) -> HttpConn:
+async def open_http(port: int, host: str = HOST) -> HttpConn:
     loop = asyncio.get_running_loop()
-    _, conn = await loop.create_connection(HttpConn, HOST, port)
+    _, conn = await loop.create_connection(HttpConn, host, port)
     return conn
