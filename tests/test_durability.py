@@ -5,7 +5,8 @@ queues stream events over WebSockets while a nemesis ``kill -9``s the server at 
 the history and restarts it; a checker then reads the database. And SIGTERM under load drains,
 acks, closes 1001, exits 0.
 
-Sizes scale with ``RTSERVER_G1_EVENTS`` / ``RTSERVER_G1_KILLS`` / ``RTSERVER_G1_SEED``.
+Sizes scale with ``RTSERVER_KILL9_EVENTS`` / ``RTSERVER_KILL9_INGEST_KILLS`` /
+``RTSERVER_KILL9_SEED`` (./scripts/faults runs them larger).
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ from websockets.exceptions import ConnectionClosed, WebSocketException
 from tests.support.server import ORIGIN, TIMEOUT_UNIT
 from tests.support.server_process import ServerProcess, free_port, kill_points, write_config
 
-G1_EVENTS = int(os.environ.get("RTSERVER_G1_EVENTS", "10000"))
-G1_KILLS = int(os.environ.get("RTSERVER_G1_KILLS", "20"))
-G1_SEED = int(os.environ.get("RTSERVER_G1_SEED", "20261125"))
+KILL9_EVENTS = int(os.environ.get("RTSERVER_KILL9_EVENTS", "10000"))
+KILL9_KILLS = int(os.environ.get("RTSERVER_KILL9_INGEST_KILLS", "20"))
+KILL9_SEED = int(os.environ.get("RTSERVER_KILL9_SEED", "20261125"))
 CLIENTS = 20
 WINDOW = 4  # batches a client keeps in flight on one connection
 MAX_BATCH = 12
@@ -213,17 +214,17 @@ class Browser:
 @pytest.mark.slow
 async def test_every_acked_event_is_stored_exactly_once_across_kill_9(tmp_path: Path) -> None:
     """20 browsers, a nemesis SIGKILLs and restarts the server; nothing acked is lost."""
-    rng = random.Random(G1_SEED)
+    rng = random.Random(KILL9_SEED)
     port = free_port()
     server = ServerProcess(server_config(tmp_path, port))
     history = History()
     url = f"ws://127.0.0.1:{port}/v1/ws?key=pk_dev"
-    share, extra = divmod(G1_EVENTS, CLIENTS)
+    share, extra = divmod(KILL9_EVENTS, CLIENTS)
     browsers = [
         Browser(i, share + (i < extra), url, history, random.Random(rng.random()))
         for i in range(CLIENTS)
     ]
-    points = kill_points(rng, G1_EVENTS, G1_KILLS)
+    points = kill_points(rng, KILL9_EVENTS, KILL9_KILLS)
     kills = 0
 
     async def nemesis() -> None:
@@ -264,8 +265,8 @@ async def test_every_acked_event_is_stored_exactly_once_across_kill_9(tmp_path: 
         f"{sum(b.reconnects for b in browsers)} reconnects, {sum(b.nacks for b in browsers)} nacks"
     )
     assert not history.errors
-    assert kills >= min(G1_KILLS, 10)
-    assert len(sent) == G1_EVENTS
+    assert kills >= min(KILL9_KILLS, 10)
+    assert len(sent) == KILL9_EVENTS
     assert integrity == [("ok",)]
     assert not duplicates and total == len(stored)
     assert not acked - stored, sorted(acked - stored)[:10]

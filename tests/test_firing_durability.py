@@ -10,7 +10,8 @@ many due times. A monitor follows the SQLite file with its own read-only connect
 checker then reads the database: every step is decided once, and only as its run's history
 allows.
 
-Sizes scale with ``RTSERVER_G3_CARTS`` / ``RTSERVER_G3_KILLS`` / ``RTSERVER_G3_SEED``.
+Sizes scale with ``RTSERVER_KILL9_CARTS`` / ``RTSERVER_KILL9_TIMER_KILLS`` /
+``RTSERVER_KILL9_SEED`` (./scripts/faults runs them larger).
 """
 
 from __future__ import annotations
@@ -46,9 +47,9 @@ from tests.support.server import (
 )
 from tests.support.server_process import ServerProcess, free_port, kill_points, write_config
 
-G3_CARTS = int(os.environ.get("RTSERVER_G3_CARTS", "600"))
-G3_KILLS = int(os.environ.get("RTSERVER_G3_KILLS", "12"))
-G3_SEED = int(os.environ.get("RTSERVER_G3_SEED", "20261126"))
+KILL9_CARTS = int(os.environ.get("RTSERVER_KILL9_CARTS", "600"))
+KILL9_KILLS = int(os.environ.get("RTSERVER_KILL9_TIMER_KILLS", "12"))
+KILL9_SEED = int(os.environ.get("RTSERVER_KILL9_SEED", "20261126"))
 USERS = 60
 PURCHASED = 0.3  # share of carts bought
 ADD_WINDOW_S = 12.0  # carts are added over this long
@@ -518,7 +519,7 @@ async def test_each_step_is_decided_exactly_once_across_kill_9_while_timers_fire
     one run per cart, each step decided once and only as the run's history allows."""
     began = time.monotonic()
     began_at = time.time()
-    rng = random.Random(G3_SEED)
+    rng = random.Random(KILL9_SEED)
     port = free_port()
     db = tmp_path / "rtserver.db"
     server = ServerProcess(server_config(tmp_path, port))
@@ -527,7 +528,7 @@ async def test_each_step_is_decided_exactly_once_across_kill_9_while_timers_fire
     nemesis = Nemesis(server, monitor, random.Random(rng.random()))
     users = [f"user{i:03d}" for i in range(USERS)]
     carts: list[Cart] = []
-    for i in range(G3_CARTS):
+    for i in range(KILL9_CARTS):
         user = rng.choice(users)
         cart_id = f"cart{i:04d}"
         add = shop.op(track("Product Added", user, cart_id=cart_id, product_id="p1", price=20))
@@ -539,7 +540,7 @@ async def test_each_step_is_decided_exactly_once_across_kill_9_while_timers_fire
             nemesis.spawn()
             async with asyncio.TaskGroup() as group:
                 # Kill points over the first 3/4 of the carts: the last ones keep timers firing.
-                points = kill_points(rng, len(carts) * 3 // 4, G3_KILLS)
+                points = kill_points(rng, len(carts) * 3 // 4, KILL9_KILLS)
                 group.create_task(nemesis.run(points, lambda: shop.added), name="nemesis")
                 group.create_task(shop.run(users, carts), name="shop")
             await nemesis.drain(12 * TIMEOUT_UNIT)
@@ -591,9 +592,9 @@ async def test_each_step_is_decided_exactly_once_across_kill_9_while_timers_fire
     problems = check_runs(outcome, carts)
     assert not problems, f"{len(problems)} problems:\n" + "\n".join(problems[:20])
 
-    assert len(lives) - 1 == G3_KILLS
-    assert sum(life.killed_while_pending for life in lives) >= min(G3_KILLS, 10)
-    assert sum(life.owed_at_kill > 0 for life in lives) >= G3_KILLS // 4  # mid-firing
+    assert len(lives) - 1 == KILL9_KILLS
+    assert sum(life.killed_while_pending for life in lives) >= min(KILL9_KILLS, 10)
+    assert sum(life.owed_at_kill > 0 for life in lives) >= KILL9_KILLS // 4  # mid-firing
     assert overdue > 0 and fired > 0
     for life in restarts:
         # Overdue timers fire within 5 s of the restart (unless killed again before).

@@ -524,7 +524,7 @@ async def check(stack: Stack, model: Model) -> None:
 
 TestCartEpisodes = CartMachine.TestCase
 TestCartEpisodes.settings = settings(
-    max_examples=100,
+    max_examples=int(os.environ.get("RTSERVER_MODEL_EXAMPLES", "100")),  # ./scripts/faults: more
     stateful_step_count=40,
     deadline=None,
     derandomize=True,  # the same examples on every run: a fresh clone has no .hypothesis
