@@ -508,11 +508,12 @@ def build_parser() -> argparse.ArgumentParser:
     settings = sub.add_parser("settings", help="print the config reference as a Markdown table")
     settings.set_defaults(func=_cmd_settings)
 
-    from rtserver.tools import add_commands, init, loadgen
+    from rtserver.tools import add_commands, init, loadgen, records
 
     add_commands(sub, _load)
     init.add_command(sub)
     loadgen.add_command(sub)
+    records.add_command(sub, _load)
     return parser
 
 

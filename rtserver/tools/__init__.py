@@ -5,7 +5,7 @@ Other packages import from here; what is not listed below is private to the pack
 
 from __future__ import annotations
 
-from rtserver.tools import demo, init, loadgen, simulate
+from rtserver.tools import demo, init, loadgen, records, simulate
 from rtserver.tools.demo import Shop, demo_config
 from rtserver.tools.mail import add_commands
 from rtserver.tools.simulate import read_events
@@ -18,5 +18,6 @@ __all__ = [
     "init",
     "loadgen",
     "read_events",
+    "records",
     "simulate",
 ]
