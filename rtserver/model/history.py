@@ -93,11 +93,11 @@ class History(Sequence[tuple[str, float]]):
 
     def events_since(self, name: object, t: Any) -> int:
         """Events named ``name`` at or after ``t``."""
-        wanted = {i for i, n in enumerate(self._names) if n == name}
-        if not wanted:
+        # The names are distinct strings: at most one equals ``name``.
+        k = next((i for i, n in enumerate(self._names) if n == name), None)
+        if k is None:
             return 0
-        pairs = zip(self._ids, self._times, strict=True)
-        return sum(1 for i, at in pairs if i in wanted and at >= t)
+        return sum(1 for i, at in zip(self._ids, self._times, strict=True) if i == k and at >= t)
 
     def __len__(self) -> int:
         return len(self._ids)
