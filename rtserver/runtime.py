@@ -198,7 +198,12 @@ async def poll_once(config: Config, name: str, clock: Clock) -> Cycle:
         raise ConfigError(f"poll: no source named {name!r} ({known})")
     store = await Store.open(config.store.path)
     try:
-        engine = Engine(rules, store, confirmations_per_ip=config.mail.confirmations_per_ip)
+        engine = Engine(
+            rules,
+            store,
+            confirmations_per_ip=config.mail.confirmations_per_ip,
+            memory_mb=config.engine.memory_mb,
+        )
         pipeline = Pipeline(
             store,
             max_queue=config.ingest.max_queue,
@@ -423,7 +428,12 @@ async def start(
     stack = contextlib.AsyncExitStack()
     try:
         keys = await resolve_keys(config, store, clock())
-        engine = Engine(rules, store, confirmations_per_ip=config.mail.confirmations_per_ip)
+        engine = Engine(
+            rules,
+            store,
+            confirmations_per_ip=config.mail.confirmations_per_ip,
+            memory_mb=config.engine.memory_mb,
+        )
         restored = await engine.restore(clock())
         if restored:
             logger.info("timer wheel: %d armed from the store (run timers, sweeps)", restored)

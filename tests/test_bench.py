@@ -180,3 +180,19 @@ def test_recommend_bench_runs_and_the_ranking_beats_the_baselines() -> None:
     assert len({r["people"] for r in report["results"]}) == 1
     assert rates["ours"] >= max(rates["popular"], rates["top category popular"])
     assert 0 < report["latency_mean_us"] <= report["latency_p99_us"]
+
+
+def test_memory_bench_runs() -> None:
+    """bench.memory --quick traces the facts memory per person for each history length and
+    reads the RSS of a process holding them, bounded by a budget when asked."""
+    report: dict[str, Any] = json.loads(
+        run_bench("memory", "--quick", "--budget-mb", "1", "--json")
+    )
+    assert report["bench"] == "memory"
+    traced = [r for r in report["results"] if r["measure"] == "tracemalloc"]
+    assert [r["events"] for r in traced] == [0, 5, 20]
+    per_person = [r["bytes_per_person"] for r in traced]
+    assert 0 < per_person[0] < per_person[1] < per_person[2]
+    held, budgeted = report["results"][-2:]
+    assert held["kept"] == 200 and held["rss_mib"] >= 0
+    assert budgeted["measure"] == "RSS, budget 1 MiB" and 0 < budgeted["kept"] <= 200

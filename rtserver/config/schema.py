@@ -43,6 +43,7 @@ __all__ = [
     "CatalogConfig",
     "Config",
     "DashboardConfig",
+    "EngineConfig",
     "FeedConfig",
     "HooksConfig",
     "IngestConfig",
@@ -488,6 +489,18 @@ class DashboardConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """The workflow engine."""
+
+    memory_mb: int = setting(
+        128,
+        "Memory for the facts of recently decided shoppers (profile, open runs, recent events), "
+        "estimated; beyond it the least recent are read from the store again.",
+        check=positive,
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration."""
 
@@ -497,6 +510,7 @@ class Config:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     mail: MailConfig = field(default_factory=MailConfig)
     dashboard: DashboardConfig = field(default_factory=DashboardConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
     hooks: HooksConfig = field(default_factory=HooksConfig)
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
     ses: SesConfig = field(default_factory=SesConfig)

@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from rtserver.config import MailConfig
+from rtserver.config import EngineConfig, MailConfig
 from rtserver.engine.decide import decide
 from rtserver.engine.definitions import (
     Workflows,
@@ -38,6 +38,7 @@ from rtserver.model import (
     EndRun,
     Event,
     Facts,
+    History,
     Person,
     Scheduled,
     ScheduleTimer,
@@ -67,9 +68,6 @@ SWEEP_PREFIX = "schedule:"
 """Wheel keys of scheduled sweeps (run ids are hex digests: they never clash)."""
 SWEEP_CHUNK = 500
 """Persons a scheduled sweep decides per commit, so ingest never waits long behind it."""
-HISTORY_CACHE_PERSONS = 50_000
-"""Persons whose facts (and recent events) the engine keeps in memory (about 10 KiB each at
-most)."""
 CONFIRM_WINDOW_S = 86400.0
 """Double opt-in caps count the mails of the last day."""
 CONFIRM_WORKFLOW = "double_opt_in"
@@ -128,13 +126,14 @@ class Engine:
         *,
         tick_s: float = 1.0,
         confirmations_per_ip: int = MailConfig().confirmations_per_ip,
+        memory_mb: int = EngineConfig().memory_mb,
     ):
         self.rules = rules
         self.store = store
         self.tick_s = tick_s
         self.confirmations_per_ip = confirmations_per_ip
         self.wheel: TimerWheel[str] = TimerWheel()
-        self.memory = Memory(HISTORY_CACHE_PERSONS)
+        self.memory = Memory(memory_mb * 1024 * 1024)
         """The facts of the persons decided lately, as committed (see :meth:`_facts`)."""
         self.generation: tuple[int, int] | None = None
         """The store's write generation after the last commit (None: trust no memory)."""
@@ -421,7 +420,7 @@ class Engine:
         return facts
 
     @property
-    def history(self) -> dict[str, tuple[tuple[str, float], ...]]:
+    def history(self) -> dict[str, History]:
         """Recent events of the persons in memory, least recently decided first."""
         return {p: known.person.history for p, (known, _) in self.memory.entries.items()}
 

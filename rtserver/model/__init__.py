@@ -42,6 +42,7 @@ from rtserver.model.facts import (
     known_zone,
     observe,
 )
+from rtserver.model.history import History
 from rtserver.model.people import Link, email_hash, ids_to_look_up, may_describe, resolve_people
 from rtserver.model.products import (
     AVAILABILITY,
@@ -63,6 +64,7 @@ __all__ = [
     "Event",
     "Facts",
     "HISTORY_LIMIT",
+    "History",
     "Limits",
     "Link",
     "MARKETING_CONSENT",

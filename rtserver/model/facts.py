@@ -17,6 +17,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from rtserver.model.events import Event
+from rtserver.model.history import History
 from rtserver.model.people import may_describe
 
 __all__ = [
@@ -83,7 +84,7 @@ class Person:
     clicks: int = 0
     time_zone: str | None = None
     order_times: tuple[float, ...] = ()
-    history: tuple[tuple[str, float], ...] = ()
+    history: History = History()
     """Recent (event name, time), oldest first, for ``events_since``."""
 
     def orders_since(self, t: float) -> int:
@@ -92,7 +93,7 @@ class Person:
 
     def events_since(self, name: str, t: float) -> int:
         """Events named ``name`` at or after ``t`` (within the recent history)."""
-        return sum(1 for n, at in self.history if n == name and at >= t)
+        return self.history.events_since(name, t)
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,5 +211,5 @@ def observe(person: Person, event: Event, now: float, *, history: bool = True) -
         clicks=clicks,
         time_zone=person.time_zone if zone is None else zone,
         order_times=order_times,
-        history=(*person.history, (name, now))[-HISTORY_LIMIT:] if history else person.history,
+        history=person.history.appended(name, now, HISTORY_LIMIT) if history else person.history,
     )

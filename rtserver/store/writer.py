@@ -23,6 +23,7 @@ from rtserver.model import (
     NAMES_BY_TYPE,
     Event,
     Facts,
+    History,
     Link,
     Person,
     Run,
@@ -367,7 +368,7 @@ def facts(
             history[person].append((label, at))
     for p, recent in history.items():
         if recent:
-            people[p] = replace(people[p], history=tuple(recent[-HISTORY_LIMIT:]))
+            people[p] = replace(people[p], history=History(recent[-HISTORY_LIMIT:]))
     return {p: Facts(people[p], tuple(runs[p]), ended[p], sent.get(p)) for p in ids}
 
 

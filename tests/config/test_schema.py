@@ -134,9 +134,17 @@ def test_unknown_top_level_key_fails() -> None:
     """An unknown section is named, with the valid ones listed."""
     fails(
         "bogus: unknown key (expected one of server, store, keys, ingest, mail, dashboard, "
-        "hooks, catalog, ses, postmark, poll, workflow)",
+        "engine, hooks, catalog, ses, postmark, poll, workflow)",
         bogus={},
     )
+
+
+def test_engine_memory_is_a_positive_number_of_mib() -> None:
+    """engine.memory_mb defaults to what a 1 GB host can spare; 0 or less is refused."""
+    assert load_config(None, env={}).engine.memory_mb == 128
+    assert load_config(None, env={}, overrides={"engine": {"memory_mb": 64}}).engine.memory_mb == 64
+    with pytest.raises(ConfigError, match="engine.memory_mb"):
+        load_config(None, env={}, overrides={"engine": {"memory_mb": 0}})
 
 
 def test_unknown_server_key_fails_with_dotted_key() -> None:

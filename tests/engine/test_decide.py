@@ -16,7 +16,7 @@ from hypothesis import given, settings, strategies as st
 from rtserver.config.schema import IngestConfig
 from rtserver.engine.decide import decide, quiet_until
 from rtserver.engine.definitions import Policy, Workflows, compile_workflows
-from rtserver.engine.memory import Memory
+from rtserver.engine.memory import EVENT_BYTES, PERSON_BYTES, Memory
 from rtserver.model.actions import (
     Action,
     CallWebhook,
@@ -33,6 +33,7 @@ from rtserver.model.actions import (
 )
 from rtserver.model.events import Event, parse_event, sign_identity, verify_identity
 from rtserver.model.facts import HISTORY_LIMIT, Facts, Person, Run, event_name, observe
+from rtserver.model.history import History
 from tests.support.workflows import cart_workflow
 
 M, H, D = 60.0, 3600.0, 86400.0
@@ -853,21 +854,21 @@ def test_observe_traits_email_seen_and_history() -> None:
 def test_observe_can_leave_the_history_alone() -> None:
     """Without history (no condition reads it), observe keeps the recent events as they were."""
     person = observe(
-        Person("u:u1", history=(("X", 1.0),)), ev("Product Viewed"), 5.0, history=False
+        Person("u:u1", history=History([("X", 1.0)])), ev("Product Viewed"), 5.0, history=False
     )
-    assert person.history == (("X", 1.0),) and person.last_seen == 5.0
+    assert list(person.history) == [("X", 1.0)] and person.last_seen == 5.0
 
 
 def test_memory_recalls_trims_and_drops_the_least_recent() -> None:
     """The memory gives back what it kept (history trimmed to the window once something in it
-    is older), reports the persons it lacks, and keeps at most ``limit`` persons."""
-    memory = Memory(limit=2)
-    old = Facts(Person("a", history=(("X", 5.0), ("Y", 20.0), ("Z", 30.0))))
+    is older), reports the persons it lacks, and keeps what fits its budget."""
+    memory = Memory(budget=2 * PERSON_BYTES + 3 * EVENT_BYTES)  # a and b fit, not a third
+    old = Facts(Person("a", history=History([("X", 5.0), ("Y", 20.0), ("Z", 30.0)])))
     memory.keep({"a": (old, 5.0), "b": (Facts(Person("b")), 0.0)})
     found, missing = memory.recall(["a", "c"], None)
     assert found == {"a": (old, 5.0)} and missing == ["c"]
     found, _ = memory.recall(["a"], 10.0)
-    assert found["a"] == (Facts(Person("a", history=(("Y", 20.0), ("Z", 30.0)))), 20.0)
+    assert found["a"] == (Facts(Person("a", history=History([("Y", 20.0), ("Z", 30.0)]))), 20.0)
     assert memory.recall(["a"], 40.0)[0]["a"] == (Facts(Person("a")), 40.0)
     memory.keep({"a": (old, 5.0)})  # refreshed: "b" is now the least recent
     memory.keep({"c": (Facts(Person("c")), 0.0)})

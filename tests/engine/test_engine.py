@@ -19,6 +19,7 @@ import pytest
 from rtserver.config.schema import IngestConfig, MailConfig, load_config
 from rtserver.engine.definitions import policy_from
 from rtserver.engine.engine import HISTORY_WINDOW_S, MAX_EMIT_DEPTH, Engine, emitted_event
+from rtserver.engine.memory import PERSON_BYTES
 from rtserver.engine.pipeline import Pipeline
 from rtserver.errors import ConfigError
 from rtserver.model.actions import EmitEvent
@@ -392,15 +393,11 @@ BROWSE: dict[str, Any] = {
 }
 
 
-async def test_recent_events_carry_over_between_groups(
-    store: Store, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_recent_events_carry_over_between_groups(store: Store) -> None:
     """events_since sees earlier groups' events, from the store or the engine's memory."""
-    import rtserver.engine.engine
-
-    monkeypatch.setattr(rtserver.engine.engine, "HISTORY_CACHE_PERSONS", 1)
     clock = FakeClock()
     harness = Harness(store, [BROWSE], clock)
+    harness.engine.memory.budget = PERSON_BYTES * 3 // 2  # room for one person
     await harness.send(identify_server("u1"), identify_server("u2"))
     await harness.send(server_event("Product Viewed"))  # u1, first view
     assert await store.steps() == []
@@ -464,7 +461,7 @@ class Twin:
         config = load_config(SHIPPED_CONFIG, env={}, overrides={"store": {"path": store.path}})
         self.engine = Engine(load_rules(config)[0], store)
         if not remember:
-            self.engine.memory.limit = 0  # every group reads every person from the store
+            self.engine.memory.budget = 0  # every group reads every person from the store
         self.pipeline = Pipeline(
             store, max_queue=4, max_group_events=100, queue_timeout_s=1, engine=self.engine,
             clock=clock,
