@@ -106,6 +106,18 @@ SYSTEM_TEMPLATES = ("confirm", "test")
 """Templates rtserver sends by itself: the double opt-in confirmation and the test mail."""
 
 
+def _make_pipeline(config: Config, store: Store, engine: Engine, clock: Clock) -> Pipeline:
+    """The pipeline for ``config``: its queue and group limits, deciding with ``engine``."""
+    return Pipeline(
+        store,
+        max_queue=config.ingest.max_queue,
+        max_group_events=config.store.max_group_events,
+        queue_timeout_s=config.ingest.queue_timeout_s,
+        engine=engine,
+        clock=clock,
+    )
+
+
 def make_mailer(config: Config, tokens: Tokens) -> Mailer:
     """The mailer for ``config``: the shipped templates, overridden by ``mail.templates``."""
     folder = Path(config.mail.templates) if config.mail.templates else None
@@ -204,14 +216,7 @@ async def poll_once(config: Config, name: str, clock: Clock) -> Cycle:
             confirmations_per_ip=config.mail.confirmations_per_ip,
             memory_mb=config.engine.memory_mb,
         )
-        pipeline = Pipeline(
-            store,
-            max_queue=config.ingest.max_queue,
-            max_group_events=config.store.max_group_events,
-            queue_timeout_s=config.ingest.queue_timeout_s,
-            engine=engine,
-            clock=clock,
-        )
+        pipeline = _make_pipeline(config, store, engine, clock)
         task = asyncio.create_task(pipeline.run(), name="pipeline")
         try:
             pollers = make_pollers(config, (sources[name],), store, pipeline.submit, clock)
@@ -437,14 +442,7 @@ async def start(
         restored = await engine.restore(clock())
         if restored:
             logger.info("timer wheel: %d armed from the store (run timers, sweeps)", restored)
-        pipeline = Pipeline(
-            store,
-            max_queue=config.ingest.max_queue,
-            max_group_events=config.store.max_group_events,
-            queue_timeout_s=config.ingest.queue_timeout_s,
-            engine=engine,
-            clock=clock,
-        )
+        pipeline = _make_pipeline(config, store, engine, clock)
         tokens = Tokens(keys.link_secret, clock)
         relay = await stack.enter_async_context(mail_transport(config, store, clock))
         mailer = make_mailer(config, tokens)
