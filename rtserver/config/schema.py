@@ -542,36 +542,20 @@ def _secrets_from_env(env: Mapping[str, str]) -> dict[str, Any]:
     return tables
 
 
-def _workflows(value: Any) -> tuple[Mapping[str, Any], ...]:
-    # Workflows are validated by the workflow engine; here only their shape is checked.
+def _named_tables(key: str, noun: str, value: Any) -> tuple[Mapping[str, Any], ...]:
+    """``[[key]]`` tables, each with its own non-empty ``name``. Only their shape is checked
+    here: workflows are compiled by the engine, polling sources by their package."""
     if not isinstance(value, list | tuple):
-        raise ConfigError(f"workflow: expected [[workflow]] tables, got {value!r}")
-    names: set[str] = set()
-    for i, wf in enumerate(value):
-        if not isinstance(wf, Mapping):
-            raise ConfigError(f"workflow[{i}]: expected a table, got {wf!r}")
-        name = wf.get("name")
-        if not isinstance(name, str) or not name:
-            raise ConfigError(f"workflow[{i}].name: expected a non-empty str, got {name!r}")
-        if name in names:
-            raise ConfigError(f"workflow[{i}].name: duplicate workflow name {name!r}")
-        names.add(name)
-    return tuple(value)
-
-
-def _polls(value: Any) -> tuple[Mapping[str, Any], ...]:
-    # Polling sources are compiled by their package; here only their shape is checked.
-    if not isinstance(value, list | tuple):
-        raise ConfigError(f"poll: expected [[poll]] tables, got {value!r}")
+        raise ConfigError(f"{key}: expected [[{key}]] tables, got {value!r}")
     names: set[str] = set()
     for i, table in enumerate(value):
         if not isinstance(table, Mapping):
-            raise ConfigError(f"poll[{i}]: expected a table, got {table!r}")
+            raise ConfigError(f"{key}[{i}]: expected a table, got {table!r}")
         name = table.get("name")
         if not isinstance(name, str) or not name:
-            raise ConfigError(f"poll[{i}].name: expected a non-empty str, got {name!r}")
+            raise ConfigError(f"{key}[{i}].name: expected a non-empty str, got {name!r}")
         if name in names:
-            raise ConfigError(f"poll[{i}].name: duplicate source name {name!r}")
+            raise ConfigError(f"{key}[{i}].name: duplicate {noun} name {name!r}")
         names.add(name)
     return tuple(value)
 
@@ -616,8 +600,8 @@ def load_config(
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
     data = merge(data, overrides or {})
-    workflows = _workflows(data.pop("workflow", []))
-    polls = _polls(data.pop("poll", []))
+    workflows = _named_tables("workflow", "workflow", data.pop("workflow", []))
+    polls = _named_tables("poll", "source", data.pop("poll", []))
     config: Config = build(Config, merge(data, _secrets_from_env(env)))
     ingest = config.ingest
     if ingest.burst_events < ingest.max_batch_events:
