@@ -4,6 +4,7 @@
     python -m bench.mail --mails 500 --repeat 1 --json
     python -m bench.mail --quick                  # the smoke run of tests/test_bench.py
     python -m bench.mail --cold                   # co-viewed products read for every mail
+    python -m bench.mail --server "taskset -c 0 dist/rtserver"   # a whole server's outbox
 
 Both clients run in this process, on uvloop, one after the other (the order alternates between
 repeats), and send to the same sink: a bare aiosmtpd server whose handler only counts, in its
@@ -23,6 +24,11 @@ client's.
 
 Reported: mails/s of each (median over ``--repeat``), client CPU per mail, and their ratio.
 Goal: rtserver ≥ 0.8× the bare loop.
+
+``--server CMD`` measures a whole server instead (the binary, say, pinned to one core): the
+same store of ``--mails`` queued mails, then ``CMD serve`` on it with ``mail.transport =
+"smtp"`` to the sink. Reported: mails/s from its first sent mail to its last (read from the
+store, which the server writes as each outcome is recorded), and its CPU per mail.
 """
 
 from __future__ import annotations
@@ -30,7 +36,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import shlex
 import signal
+import sqlite3
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -47,9 +55,11 @@ from bench._common import (
     bench_main,
     client_ratios,
     client_summary,
+    cpu_seconds,
     document,
     emit,
     format_table,
+    free_port,
     helper_process,
 )
 
@@ -304,6 +314,105 @@ async def measure_bare(port: int, mails: int, message: Any) -> dict[str, Any]:
     return {"mails": mails, "elapsed_s": elapsed, "cpu_s": cpu}
 
 
+def server_config(path: Path, store: Path, sink_port: int) -> int:
+    """A config for ``CMD serve`` that sends the store's outbox to the sink; its HTTP port."""
+    port = free_port()
+    path.write_text(
+        f'''[server]
+port = {port}
+log_level = "warning"
+public_url = "{PUBLIC_URL}"
+[store]
+path = "{store}"
+min_free_mb = 1
+[mail]
+transport = "smtp"
+rate_per_s = 1e9
+daily_limit = 1000000000
+frequency_cap = "off"
+link_hosts = ["bench.local"]
+image_hosts = ["bench.local"]
+[mail.smtp]
+host = "{HOST}"
+port = {sink_port}
+''',
+        encoding="utf-8",
+    )
+    return port
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and its descendants (a one-file binary runs in a child)."""
+    total = cpu_seconds(pid)
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            total += tree_cpu_seconds(int(child))
+    return total
+
+
+async def measure_server(
+    command: list[str], port: int, mails: int, template: str, workdir: Path, run: int
+) -> dict[str, Any]:
+    """A whole server draining ``mails`` queued mails to the sink: mails/s from the first
+    sent mail to the last, as the store records them, and the server's CPU over that time."""
+    path = workdir / f"server-{run}.db"
+    store = await shop_store(path, mails, template, time.time())
+    await store.close()
+    config = workdir / f"server-{run}.toml"
+    server_config(config, path, port)
+    log = (workdir / f"server-{run}.log").open("wb")
+    process = await asyncio.create_subprocess_exec(
+        *command, "serve", "--config", str(config), cwd=workdir, stdout=log, stderr=log
+    )
+    reader = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        first: tuple[float, int, float] | None = None
+        deadline = time.monotonic() + SEND_TIMEOUT_S
+        while True:
+            if process.returncode is not None:
+                log.flush()
+                tail = (workdir / f"server-{run}.log").read_text(errors="replace")[-2000:]
+                raise BenchError(f"{command[-1]} exited with {process.returncode}:\n{tail}")
+            sent = reader.execute("SELECT count(*) FROM outbox WHERE state = 'sent'").fetchone()[0]
+            now = time.perf_counter()
+            if first is None and sent:
+                first = (now, sent, tree_cpu_seconds(process.pid))
+            if sent >= mails and first is not None:
+                cpu = tree_cpu_seconds(process.pid) - first[2]
+                return {"mails": mails - first[1], "elapsed_s": now - first[0], "cpu_s": cpu}
+            if time.monotonic() > deadline:
+                raise BenchError(f"{command[-1]}: {sent} of {mails} sent in {SEND_TIMEOUT_S:g} s")
+            await asyncio.sleep(0.01)  # polling a process we started: bounded by the deadline
+    finally:
+        reader.close()
+        if process.returncode is None:
+            process.terminate()
+            await process.wait()
+        log.close()
+
+
+async def run_server(args: argparse.Namespace) -> int:
+    command = shlex.split(args.server)
+    with tempfile.TemporaryDirectory(prefix="rtserver-bench-mail-") as folder:
+        workdir = Path(folder)
+        async with sink_process(args.loop, workdir) as port:
+            items = [
+                await measure_server(command, port, args.mails, args.template, workdir, n)
+                for n in range(args.repeat)
+            ]
+    result = client_summary(args.server, items, "mails", "mail")
+    text = "\n".join(
+        [
+            f"{args.mails:,} queued mails ({args.template}) drained by `{args.server} serve`, "
+            f"median of {args.repeat}; sink: bare aiosmtpd on {args.loop}, own process",
+            "",
+            format_table([result], COLUMNS),
+        ]
+    )
+    emit(document("mail", args, [result], {}), text, args.json)
+    return 0
+
+
 # --- the run and the report ----------------------------------------------------------------
 
 
@@ -363,6 +472,9 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="read the co-viewed products for every mail (no cache), as for distinct shoppers",
     )
+    parser.add_argument(
+        "--server", default="", help="measure this server command's outbox drain instead"
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--serve-sink", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
@@ -372,7 +484,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.quick:
         args.mails, args.repeat = 100, 1
-    bench_main(lambda: run(args))
+    bench_main(lambda: run_server(args) if args.server else run(args))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from typing import Any
 
 import pytest
@@ -64,10 +65,34 @@ def test_bench_measures_every_event() -> None:
 @pytest.mark.slow
 def test_timer_restart_bench_runs() -> None:
     """bench.timer_restart builds a store, restores its timers and starts a server on it."""
-    report = json.loads(run_bench("timer_restart", "--timers", "500", "--json"))
+    server = f"{sys.executable} -m rtserver"  # what --server takes: the binary, say
+    report = json.loads(run_bench("timer_restart", "--timers", "500", "--server", server, "--json"))
     assert report["timers"] == 500 and report["armed"] >= 500
     assert report["ready_s"] > 0 and isinstance(report["goal_met"], bool)
     assert report["read_s"] >= 0 and report["wheel_s"] >= 0 and report["rss_mib"] > 0
+
+
+@pytest.mark.slow
+def test_mail_bench_measures_a_whole_server() -> None:
+    """bench.mail --server: a server command drains a queued outbox to the sink."""
+    server = f"{sys.executable} -m rtserver"
+    out = run_bench("mail", "--server", server, "--mails", "60", "--repeat", "1", "--json")
+    report: dict[str, Any] = json.loads(out)
+    [result] = report["results"]
+    assert result["server"] == server and 0 < result["mails"] <= 60
+    assert result["mails_per_s"] > 0 and result["client_cpu_us_per_mail"] > 0
+
+
+@pytest.mark.slow
+def test_small_host_bench_runs() -> None:
+    """bench.small_host --quick: idle and idle-browser memory, the shop mix at a rate with every
+    event acked and decided, and distinct active shoppers."""
+    report: dict[str, Any] = json.loads(run_bench("small_host", "--quick", "--json"))
+    [result] = report["results"]
+    assert result["idle_mib"] > 0 and result["browsers"]["20"] >= result["idle_mib"] / 2
+    [rate] = result["rates"]
+    assert rate["acked"] == rate["sent"] == 200 and rate["decided"] == 200
+    assert result["active"][-1]["shoppers"] == 300 and report["all_acked"] is True
 
 
 @pytest.mark.slow
