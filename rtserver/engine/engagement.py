@@ -8,15 +8,16 @@ engagement touches one bin. The shop's histogram (everyone's, each in their own 
 the prior of every person's estimate, so a person with no history gets the shop's best hours.
 
 The estimate has two Dirichlet levels, so a few engagements tell the hour of the day long before
-they could tell the hour of the week (the days of a 24-hour window are only one or two)::
+they could tell an hour of the week; the second level only tells weekdays from weekends::
 
-    P(hour)           = (W[h] + s * Q[h]) / (N + s)       s: the prior strength;
-                                                          Q: the shop's shares by hour of day
-    P(weekday | hour) = (n[d, h] + c * R[h][d]) / (W[h] + c)   c: WEEKDAY_PRIOR; R: the shop's
-                                                          weekday shares at that hour
-    score of an hour of the week = P(hour) * P(weekday | hour)
+    P(hour)               = (W[h] + s * Q[h]) / (N + s)      s: the prior strength; Q: the shop's
+                                                             shares by hour of the day
+    P(weekend | hour)     = (V[h] + c * R[h]) / (W[h] + c)   c: DAY_TYPE_PRIOR; R: the shop's
+                                                             weekend share of that hour
+    score of a weekend hour = P(hour) * P(weekend | hour) / 2      (a weekday's: the rest / 5)
 
-where ``n`` are the person's decayed weights, ``W[h]`` their sum over weekdays, ``N`` the total.
+where ``W[h]`` is the person's decayed weight at hour ``h`` of the day (all days, blurred over
+the neighbouring hours: ``BLUR``), ``V[h]`` its weekend part and ``N`` the total.
 :func:`choose` picks, among the moments a send may go, the one whose hour scores best: the
 posterior mean, or, for a share of the choices (``exploration``), a Thompson draw of
 ``P(hour)`` from its Dirichlet posterior, so that hours the estimate underrates get tried.
@@ -60,8 +61,13 @@ SESSION_WEIGHT = 0.5
 """A visit to the site: the person is online then, but not reading mail."""
 SESSION_GAP_S = 1800.0
 """A browser event this long after the person's last one starts a new visit."""
-WEEKDAY_PRIOR = 7.0
-"""``c``: one pseudo-engagement per weekday, from the shop's weekday shares at that hour."""
+BLUR = (1 / 9, 2 / 9, 3 / 9, 2 / 9, 1 / 9)
+"""How a person's hours are blurred before they are read (up to two hours either side): habits
+last an hour or more, and a single hour's count is mostly noise (bench/send_time.py)."""
+WEEKEND = 5 * 24
+"""The first hour of Saturday."""
+DAY_TYPE_PRIOR = 14.0
+"""``c``: how many engagements the shop's weekday/weekend split of an hour weighs as."""
 REBASE_HALF_LIVES = 40.0
 """Weights are stored scaled to ``at``; past this many half-lives they are rescaled to now
 (the scale would otherwise grow without bound), and bins that decayed to nothing dropped."""
@@ -85,10 +91,11 @@ class SendTiming:
 
 @dataclass(frozen=True, slots=True)
 class Prior:
-    """The shop's histogram as shares: ``hours[h]`` (Q) and ``weekdays[h][d]`` (R)."""
+    """The shop's histogram as shares: of each hour of the day (Q), and of each hour's
+    engagement that falls on the weekend (R)."""
 
     hours: tuple[float, ...]
-    weekdays: tuple[tuple[float, ...], ...]
+    weekend: tuple[float, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +114,14 @@ class Choice:
 
 def hour_of_week(t: float, zone: ZoneInfo) -> int:
     """The hour of the week (0: Monday 00:00) of ``t`` in ``zone``."""
-    local = datetime.fromtimestamp(t, zone)
+    # Every zone's offset today is a whole number of quarter hours, so a quarter hour has one
+    # answer: cached, since reading the zone costs more than the rest of an update.
+    return _hour_of_quarter(zone, int(t // 900))
+
+
+@functools.lru_cache(maxsize=4096)
+def _hour_of_quarter(zone: ZoneInfo, quarter: int) -> int:
+    local = datetime.fromtimestamp(quarter * 900, zone)
     return local.weekday() * 24 + local.hour
 
 
@@ -156,21 +170,29 @@ def weights(engagement: Engagement, now: float, half_life_s: float) -> dict[int,
     return {h: w * scale for h, w in engagement.bins.items()}
 
 
+def _blurred(by_hour: list[float]) -> list[float]:
+    a, b, c, _, _ = BLUR  # symmetric, five hours wide
+    x = by_hour[-2:] + by_hour + by_hour[:2]
+    return [a * (x[i] + x[i + 4]) + b * (x[i + 1] + x[i + 3]) + c * x[i + 2] for i in range(24)]
+
+
 def prior_of(shop: Engagement) -> Prior:
-    """The shop's shares, smoothed (``PRIOR_FLOOR``) so no hour or weekday is impossible."""
+    """The shop's shares, blurred as a person's are, and smoothed (``PRIOR_FLOOR``) so that
+    no hour is impossible."""
     by_hour = [0.0] * 24
-    cells = [[0.0] * 7 for _ in range(24)]
-    for h, w in shop.bins.items():
-        by_hour[h % 24] += w
-        cells[h % 24][h // 24] += w
+    by_weekend_hour = [0.0] * 24
+    for how, w in shop.bins.items():
+        by_hour[how % 24] += w
+        if how >= WEEKEND:
+            by_weekend_hour[how % 24] += w
     total = sum(by_hour) or 1.0  # the scale is the same for every bin: shares need no decay
     floor = PRIOR_FLOOR if shop.bins else 1.0
-    hours = tuple((1 - floor) * w / total + floor / 24 for w in by_hour)
-    weekdays = tuple(
-        tuple((cell / total + PRIOR_FLOOR / 7) / (sum(row) / total + PRIOR_FLOOR) for cell in row)
-        for row in cells
+    hours = tuple((1 - floor) * w / total + floor / 24 for w in _blurred(by_hour))
+    weekend = tuple(
+        (1 - PRIOR_FLOOR) * (we / w if w else 2 / 7) + PRIOR_FLOOR * 2 / 7
+        for w, we in zip(by_hour, by_weekend_hour, strict=True)
     )
-    return Prior(hours, weekdays)
+    return Prior(hours, weekend)
 
 
 UNIFORM = prior_of(Engagement())
@@ -216,12 +238,16 @@ def choose(
     half_life = timing.half_life_s
     scale = 2.0 ** ((person.at - now) / half_life) if person.bins else 0.0
     by_hour = [0.0] * 24
-    total = 0.0
-    for h, w in person.bins.items():
-        by_hour[h % 24] += w
-        total += w
-    s, bins = timing.prior_strength, person.bins
-    alpha = [scale * w + s * q for w, q in zip(by_hour, prior.hours, strict=True)]
+    by_weekend_hour = [0.0] * 24
+    for how, w in person.bins.items():
+        by_hour[how % 24] += w
+        if how >= WEEKEND:
+            by_weekend_hour[how % 24] += w
+    total = sum(by_hour)
+    blurred = _blurred(by_hour)
+    weekend = _blurred(by_weekend_hour) if any(by_weekend_hour) else by_weekend_hour
+    s, c = timing.prior_strength, DAY_TYPE_PRIOR
+    alpha = [scale * w + s * q for w, q in zip(blurred, prior.hours, strict=True)]
     draw = _seed(*seed)
     sampled = (draw % 10_000) < timing.exploration * 10_000
     if sampled:
@@ -235,10 +261,12 @@ def choose(
     for at, how in moments:
         h = how % 24
         hour = p_hour[h] if sampled else alpha[h] / norm
-        weekday = (scale * bins.get(how, 0.0) + WEEKDAY_PRIOR * prior.weekdays[h][how // 24]) / (
-            scale * by_hour[h] + WEEKDAY_PRIOR
-        )
-        scored.append((hour * weekday, at, how))
+        if how >= WEEKEND:
+            mine, shop, days = weekend[h], prior.weekend[h], 2
+        else:
+            mine, shop, days = blurred[h] - weekend[h], 1.0 - prior.weekend[h], 5
+        day = (scale * mine + c * shop) / (scale * blurred[h] + c) / days
+        scored.append((hour * day, at, how))
     best = max(scored, key=lambda item: item[0])  # max keeps the first of equal scores
     top = sorted(scored, key=lambda item: -item[0])[:TOP]
     return Choice(

@@ -1114,12 +1114,13 @@ def test_control_share_is_about_its_share() -> None:
 
 
 def test_quiet_hours_move_the_chosen_time() -> None:
-    """The best hour (23:00) is in quiet hours (22:00-08:00): the next best goes (20:00)."""
+    """The best hour (23:00) is in quiet hours (22:00-08:00): the best allowed one goes (21:00,
+    between the person's two hours)."""
     policy = replace(TIMED, quiet_hours=NIGHT)
     sim = Sim(rules(OPTIMAL, policy=policy), reader(hour=(23, 23, 20)))
     sim.at(0, ev("Signed Up"))
     ((_, due),) = sim.timers.values()
-    assert due == START + 10 * H
+    assert due == START + 11 * H
     sim.at(due - START)
     assert len(sim.sent()) == 1
 
