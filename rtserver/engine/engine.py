@@ -19,7 +19,6 @@ import math
 import operator
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import replace
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -59,6 +58,7 @@ from rtserver.model import (
     TimerFired,
     UpdateRun,
     event_name,
+    known_zone,
     may_describe,
     observe,
     person_event,
@@ -229,15 +229,19 @@ class Engine:
         while queue:
             event, person_id, at = queue.popleft()
             known = facts[person_id]
-            person = observe(known.person, event, at, history=history)
+            added = None
             weight = engagement_weight(event, event_name(event), known.person.last_seen, at)
             if weight:
-                hour = hour_of_week(at, ZoneInfo(person.time_zone or policy.time_zone))
+                zone = known_zone(
+                    event.context.get("timezone"), event.traits.get("timezone"),
+                    known.person.time_zone,
+                ) or policy.time_zone  # fmt: skip
+                hour = hour_of_week(at, ZoneInfo(zone))
                 engagements.append((hour, weight, at))
                 added = engaged(
-                    person.engagement, ((hour, weight, at),), policy.send_timing.half_life_s
+                    known.person.engagement, ((hour, weight, at),), policy.send_timing.half_life_s
                 )
-                person = replace(person, engagement=added)
+            person = observe(known.person, event, at, history=history, engagement=added)
             if _stored_facts(person) != _stored_facts(known.person):
                 changes.people[person_id] = person
             if event.traits:  # the profile's traits and email are merged by SQL, not here

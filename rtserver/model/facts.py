@@ -194,11 +194,20 @@ def _consent(current: str, event: Event, name: str) -> str:
     return current
 
 
-def observe(person: Person, event: Event, now: float, *, history: bool = True) -> Person:
+def observe(
+    person: Person,
+    event: Event,
+    now: float,
+    *,
+    history: bool = True,
+    engagement: Engagement | None = None,
+) -> Person:
     """The person after ``event``: last seen, traits, email, orders, opens, clicks, history.
 
     ``history=False`` leaves the recent events alone (nothing reads them: no condition uses
-    ``events_since``). Built in one call, not a chain of ``replace``: it runs for every event.
+    ``events_since``). ``engagement``: the person's engagement after the event, as the engine
+    keeps it (None: unchanged). Built in one call, not a chain of ``replace``: it runs for
+    every event.
     """
     name = event_name(event)
     traits = person.traits
@@ -234,5 +243,5 @@ def observe(person: Person, event: Event, now: float, *, history: bool = True) -
         time_zone=person.time_zone if zone is None else zone,
         order_times=order_times,
         history=person.history.appended(name, now, HISTORY_LIMIT) if history else person.history,
-        engagement=person.engagement,
+        engagement=person.engagement if engagement is None else engagement,
     )
