@@ -166,7 +166,9 @@ def load_rules(
     """
     checked = _template_check(config.mail, config.server.public_url)
     rules, warnings = compile_workflows(
-        config.workflow, templates=frozenset(checked), policy=policy_from(config.mail)
+        config.workflow,
+        templates=frozenset(checked),
+        policy=policy_from(config.mail, config.send_time),
     )
     used = sent_templates(rules) | set(SYSTEM_TEMPLATES)
     bad = [p for name in sorted(used) for p in checked.get(name, (f"email/{name}: missing",))]

@@ -221,3 +221,23 @@ def test_memory_bench_runs() -> None:
     held, budgeted = report["results"][-2:]
     assert held["kept"] == 200 and held["rss_mib"] >= 0
     assert budgeted["measure"] == "RSS, budget 1 MiB" and 0 < budgeted["kept"] <= 200
+
+
+@pytest.mark.slow
+def test_send_time_bench_runs() -> None:
+    """bench.send_time --quick simulates the campaign three ways through the real engine:
+    every person gets one mail in each arm, the rates have intervals, the recovery table has
+    its four history buckets and the model's cost is measured."""
+    report: dict[str, Any] = json.loads(run_bench("send_time", "--quick", "--json"))
+    assert report["bench"] == "send_time"
+    assert [(r["arm"], r["sent"]) for r in report["results"]] == [
+        ("immediate", 300),
+        ("shop-wide best", 300),
+        ("per-person optimal", 300),
+    ]
+    for result in report["results"]:
+        low, high = result["open_interval"]
+        assert low <= result["open_rate"] <= high
+    assert [r["history"] for r in report["recovery"]] == ["0", "1-4", "5-19", "20+"]
+    assert report["model_cost"]["update_us_per_event"] > 0
+    assert isinstance(report["goal_met"], bool)

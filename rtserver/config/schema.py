@@ -51,6 +51,7 @@ __all__ = [
     "MailConfig",
     "PostmarkConfig",
     "ServerConfig",
+    "SendTimeConfig",
     "SesConfig",
     "SmtpConfig",
     "StoreConfig",
@@ -500,6 +501,36 @@ class EngineConfig:
     )
 
 
+def _share(value: float) -> str | None:
+    return None if 0 <= value <= 1 else "expected a share between 0 and 1"
+
+
+@dataclass(frozen=True, slots=True)
+class SendTimeConfig:
+    """Sends with ``send_time = "optimal"``: each waits for the person's best hour."""
+
+    half_life: Duration = setting(
+        Duration("60d"), "Engagement (opens, clicks, visits) counts half as much after this."
+    )
+    prior_strength: float = setting(
+        5.0,
+        "Engagements the shop's hours weigh as in a person's estimate (a person with none "
+        "gets the shop's best hours).",
+        check=positive,
+    )
+    exploration: float = setting(
+        0.1,
+        "Share of optimal sends timed by a random draw from the estimate (Thompson sampling) "
+        "rather than its best hour, so underrated hours get tried.",
+        check=_share,
+    )
+    control: float = setting(
+        0.1,
+        "Share of optimal sends that go at once instead, to measure the lift against.",
+        check=_share,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration."""
@@ -511,6 +542,7 @@ class Config:
     mail: MailConfig = field(default_factory=MailConfig)
     dashboard: DashboardConfig = field(default_factory=DashboardConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    send_time: SendTimeConfig = field(default_factory=SendTimeConfig)
     hooks: HooksConfig = field(default_factory=HooksConfig)
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
     ses: SesConfig = field(default_factory=SesConfig)

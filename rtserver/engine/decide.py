@@ -20,12 +20,23 @@ import bisect
 import functools
 import hashlib
 import itertools
+from collections.abc import Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import orjson
+
 from rtserver.engine.definitions import WAIT_KINDS, Step, Workflow, Workflows, step_value
+from rtserver.engine.engagement import (
+    UNIFORM,
+    Prior,
+    allowed_moments,
+    choose,
+    describe,
+    send_moments,
+)
 from rtserver.model import (
     MARKETING_CONSENT,
     Action,
@@ -113,6 +124,10 @@ def _key(workflow: Workflow, event: Event) -> str:
     return _lookup(event, workflow.run_key) if workflow.run_key else ""
 
 
+def _json(detail: Mapping[str, Any]) -> str:
+    return orjson.dumps(detail).decode()
+
+
 def _zone(name: str | None, fallback: str) -> ZoneInfo:
     return ZoneInfo(known_zone(name, fallback) or "UTC")
 
@@ -136,10 +151,11 @@ def quiet_until(now: float, window: tuple[int, int] | None, zone: ZoneInfo) -> f
 class _Decider:
     """One decision: walks runs, collects actions."""
 
-    def __init__(self, rules: Workflows, facts: Facts, now: float):
+    def __init__(self, rules: Workflows, facts: Facts, now: float, prior: Prior):
         self.rules = rules
         self.person = facts.person
         self.now = now
+        self.prior = prior
         self.runs = {run.id: run for run in facts.runs}
         self.last_ended = facts.last_ended
         """Copied on the first end (most decisions end nothing)."""
@@ -174,7 +190,7 @@ class _Decider:
         moved = Run(
             run.id, run.workflow, run.person_id, run.key, run.started, step.index, step.kind,
             run.variant, run.holdout, run.wait_met if wait_met is None else wait_met, run.sends,
-            due,
+            due, run.timing,
         )  # fmt: skip
         run = self.update(moved)  # built, not replace()d: it runs on every re-arm
         self.actions.append(ScheduleTimer(run.id, step.index, due, run.person_id))
@@ -203,8 +219,14 @@ class _Decider:
             run = replace(run, variant=",".join(filter(None, (run.variant, label))))
         return run, v.name
 
-    def walk(self, workflow: Workflow, run: Run, index: int, event: Event | None) -> None:
-        """Run steps from ``index`` until a wait, the end, or an exit."""
+    def walk(
+        self, workflow: Workflow, run: Run, index: int, event: Event | None, timed: bool = False
+    ) -> None:
+        """Run steps from ``index`` until a wait, the end, or an exit.
+
+        ``timed``: the send at ``index`` waited for its time already (it is not chosen again).
+        """
+        first = index
         while index < len(workflow.steps):
             step = workflow.steps[index]
             if step.exit_if is not None and step.exit_if(self.names(run, event)):
@@ -222,6 +244,11 @@ class _Decider:
                 self.wait(run, step, self.now + seconds, wait_met=met)
                 return
             if step.kind == "send":
+                if step.send_time == "optimal" and not (timed and index == first):
+                    chosen = self.send_time(workflow, run, step)
+                    if chosen is None:
+                        return  # the run waits for the chosen moment
+                    run = chosen
                 sent = self.send(workflow, run, step, value, variant)
                 if sent is None:
                     return  # deferred past quiet hours: the run waits at this step
@@ -242,7 +269,7 @@ class _Decider:
     ) -> Run | None:
         def skip(reason: str) -> Run:
             self.actions.append(SkipStep(run.id, step.index, run.person_id, workflow.name, reason))
-            return run
+            return replace(run, timing="") if run.timing else run
 
         if run.holdout:
             return skip("holdout")
@@ -263,9 +290,40 @@ class _Decider:
                 return None
             self.last_sent = self.now
         self.actions.append(
-            SendMail(run.id, step.index, run.person_id, workflow.name, template, variant)
+            SendMail(
+                run.id, step.index, run.person_id, workflow.name, template, variant, run.timing
+            )
         )
-        return replace(run, sends=run.sends + 1)
+        return replace(run, sends=run.sends + 1, timing="")
+
+    def send_time(self, workflow: Workflow, run: Run, step: Step) -> Run | None:
+        """Time an optimal send: arm the run's timer for the person's best moment within the
+        step's ``within`` (None: the run waits for it), or send now, with the choice noted in
+        the run's ``timing``. A ``control`` share goes now, to measure the lift against.
+
+        The draws depend on the run and the step only, so a replay chooses the same.
+        """
+        policy = self.rules.policy
+        timing = policy.send_timing
+        if _bucket(run.id, str(step.index), "control", size=10_000) < timing.control * 10_000:
+            return replace(run, timing=_json({"arm": "control"}))
+        zone = _zone(self.person.time_zone, policy.time_zone)
+        moments = send_moments(self.now, step.within, zone)
+        quiet = policy.quiet_hours
+        if quiet is not None and not workflow.transactional:
+            end = self.now + step.within
+            moments = allowed_moments(moments, end, lambda t: quiet_until(t, quiet, zone))
+            if not moments:  # send() holds it until the quiet hours end, after the window
+                return replace(run, timing=_json({"arm": "optimal", "reason": "window quiet"}))
+        choice = choose(
+            moments, self.person.engagement, self.prior, self.now, timing,
+            (run.id, str(step.index)),
+        )  # fmt: skip
+        run = replace(run, timing=_json(describe(choice, {"arm": "optimal"})))
+        if choice.at <= self.now:
+            return run
+        self.wait(run, step, choice.at)
+        return None
 
     def fire(self, fired: TimerFired) -> None:
         run = self.runs.get(fired.run_id)
@@ -279,8 +337,8 @@ class _Decider:
             self.wait(run, step, self.now + PAUSED_RECHECK_S)
             return
         run = replace(run, due=None)
-        if step.kind == "send":  # a send held back by quiet hours
-            self.walk(workflow, run, step.index, None)
+        if step.kind == "send":  # a send held back by quiet hours, or timed
+            self.walk(workflow, run, step.index, None, timed=True)
         else:
             self.walk(workflow, run, step.index + 1, None)
 
@@ -378,12 +436,19 @@ class _Decider:
 
 
 def decide(
-    rules: Workflows, input: Event | TimerFired | Scheduled, facts: Facts, now: float
+    rules: Workflows,
+    input: Event | TimerFired | Scheduled,
+    facts: Facts,
+    now: float,
+    prior: Prior = UNIFORM,
 ) -> list[Action]:
-    """The actions ``input`` causes for the person of ``facts`` at ``now``."""
+    """The actions ``input`` causes for the person of ``facts`` at ``now``.
+
+    ``prior``: the shop's engagement by hour, for the sends timed ``optimal``.
+    """
     if isinstance(input, Event) and not facts.runs and event_name(input) not in rules.by_trigger:
         return []  # no run to exit, wait or re-arm, and no trigger: nothing can happen
-    decider = _Decider(rules, facts, now)
+    decider = _Decider(rules, facts, now, prior)
     if isinstance(input, TimerFired):
         decider.fire(input)
     elif isinstance(input, Scheduled):

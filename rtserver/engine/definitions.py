@@ -16,13 +16,14 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from rtserver.config import MailConfig, parse_duration
+from rtserver.config import MailConfig, SendTimeConfig, parse_duration
 from rtserver.engine.conditions import (
     NAMES,
     Condition,
     compile_condition,
     documented_names,
 )
+from rtserver.engine.engagement import SendTiming
 from rtserver.errors import ConfigError
 
 __all__ = [
@@ -50,7 +51,12 @@ STEP_KINDS: tuple[StepKind, ...] = (
 WAIT_KINDS = frozenset({"wait", "wait_inactive", "wait_until"})
 STEP_OPTIONS = frozenset(
     {"if", "exit_if", "timeout", "where", "activity", "properties", "variant", "name"}
+    | {"send_time", "within"}
 )
+SEND_TIMES = ("immediate", "optimal")
+WITHIN_DEFAULT_S = 86400.0
+WITHIN_MAX_S = 7 * 86400.0
+"""The longest an optimal send may wait (one week: then every hour of the week is a choice)."""
 VARIANT_KEYS = frozenset({"name", "weight"})
 WORKFLOW_KEYS = frozenset(
     {"name", "trigger", "where", "run_key", "exit_on", "reentry", "holdout", "paused", "step"}
@@ -83,6 +89,9 @@ class Step:
     where: Condition | None = None
     activity: frozenset[str] | None = None
     properties: Mapping[str, Any] = field(default_factory=dict)
+    send_time: Literal["immediate", "optimal"] = "immediate"
+    """``optimal``: a send waits (up to ``within``) for the person's best hour."""
+    within: float = WITHIN_DEFAULT_S
 
     @property
     def number(self) -> int:
@@ -118,6 +127,7 @@ class Policy:
     quiet_hours: tuple[int, int] | None = None
     """(start, end) in minutes after local midnight; the window may wrap midnight."""
     time_zone: str = "UTC"
+    send_timing: SendTiming = SendTiming()
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,6 +273,7 @@ def _step(
     properties = table.get("properties", {})
     if not isinstance(properties, dict):
         raise _Problem(f"properties: expected a table, got {properties!r}")
+    send_time, within = _send_time(table, kind)
     return Step(
         index=index,
         kind=kind,
@@ -273,7 +284,28 @@ def _step(
         where=_condition(table, "where", warnings, where),
         activity=_names(table["activity"], "activity") if "activity" in table else None,
         properties=properties,
+        send_time=send_time,
+        within=within,
     )
+
+
+def _send_time(
+    table: Mapping[str, Any], kind: StepKind
+) -> tuple[Literal["immediate", "optimal"], float]:
+    """``send_time`` and ``within`` of a send step."""
+    if ("send_time" in table or "within" in table) and kind != "send":
+        raise _Problem("send_time and within belong to send steps")
+    send_time = table.get("send_time", "immediate")
+    if send_time == "immediate":
+        if "within" in table:
+            raise _Problem("within belongs to send_time = 'optimal'")
+        return "immediate", WITHIN_DEFAULT_S
+    if send_time != "optimal":
+        raise _Problem(f"send_time: expected 'immediate' or 'optimal', got {send_time!r}")
+    within = _duration(table.get("within", "24h"), "within")
+    if not 0 < within <= WITHIN_MAX_S:
+        raise _Problem(f"within: expected more than 0 and at most 7d, got {table['within']!r}")
+    return "optimal", within
 
 
 def _reentry(value: Any) -> float:
@@ -376,8 +408,9 @@ def step_value(step: Step, variant: str) -> Any:
 QUIET_HOURS_RE = re.compile(r"([01]\d|2[0-3]):([0-5]\d)\s*-\s*([01]\d|2[0-3]):([0-5]\d)")
 
 
-def policy_from(mail: MailConfig) -> Policy:
-    """The mail policy of ``[mail]``: frequency cap, quiet hours, the shop's time zone.
+def policy_from(mail: MailConfig, send_time: SendTimeConfig | None = None) -> Policy:
+    """The mail policy of ``[mail]``: frequency cap, quiet hours, the shop's time zone; and
+    how optimal send times are chosen (``[send_time]``).
 
     Raises:
         ConfigError: naming the key and the value.
@@ -404,7 +437,16 @@ def policy_from(mail: MailConfig) -> Policy:
         ZoneInfo(mail.time_zone)
     except (ZoneInfoNotFoundError, ValueError):
         raise ConfigError(f"mail.time_zone: unknown time zone, got {mail.time_zone!r}") from None
-    return Policy(frequency_cap_s=cap, quiet_hours=quiet, time_zone=mail.time_zone)
+    send_time = send_time or SendTimeConfig()
+    timing = SendTiming(
+        half_life_s=float(send_time.half_life),
+        prior_strength=send_time.prior_strength,
+        exploration=send_time.exploration,
+        control=send_time.control,
+    )
+    return Policy(
+        frequency_cap_s=cap, quiet_hours=quiet, time_zone=mail.time_zone, send_timing=timing
+    )
 
 
 def webhook_steps(rules: Workflows) -> list[tuple[str, int, str]]:

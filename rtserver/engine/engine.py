@@ -20,6 +20,7 @@ import operator
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import orjson
 
@@ -27,6 +28,14 @@ from rtserver.config import EngineConfig, MailConfig
 from rtserver.engine.decide import decide
 from rtserver.engine.definitions import (
     Workflows,
+)
+from rtserver.engine.engagement import (
+    UNIFORM,
+    Prior,
+    engaged,
+    engagement_weight,
+    hour_of_week,
+    prior_of,
 )
 from rtserver.engine.memory import Memory
 from rtserver.engine.timers import TimerWheel
@@ -36,6 +45,7 @@ from rtserver.model import (
     CancelTimer,
     EmitEvent,
     EndRun,
+    Engagement,
     Event,
     Facts,
     History,
@@ -47,6 +57,8 @@ from rtserver.model import (
     StartRun,
     TimerFired,
     UpdateRun,
+    event_name,
+    known_zone,
     may_describe,
     observe,
     person_event,
@@ -102,7 +114,7 @@ def emitted_event(action: EmitEvent) -> Event:
 
 _stored_facts: Callable[[Person], tuple[Any, ...]] = operator.attrgetter(
     "orders_count", "total_spent", "last_order_at", "order_times", "opens", "clicks",
-    "time_zone", "consent",
+    "time_zone", "consent", "engagement",
 )  # fmt: skip
 """The facts the profile row keeps (the rest, like recent history, is loaded or derived)."""
 
@@ -141,6 +153,10 @@ class Engine:
         """Scheduled workflow → (next sweep, last person swept or None), as committed."""
         self.wake = asyncio.Event()
         """Set when a timer earlier than the wheel's next deadline is armed."""
+        self.shop: Engagement | None = None
+        """The shop's engagement by hour of the week, as committed (None: read it)."""
+        self.prior: tuple[Engagement, Prior] = (Engagement(), UNIFORM)
+        """The last shop histogram made into a prior, and that prior."""
         # Recent events are loaded only when a condition asks for them: that read is the
         # one fact whose cost grows with the shop's traffic.
         self.needs_history = any("events_since" in source for source in _condition_sources(rules))
@@ -205,10 +221,27 @@ class Engine:
         queue = deque(zip(prepared.fresh, prepared.people, prepared.received_at, strict=True))
         depth = {e.message_id: 0 for e, _, _ in queue}
         rules, history = self.rules, since is not None
+        shop = self.shop if trusted and self.shop is not None else source.shop_engagement()
+        changes.shop = None if trusted and self.shop is not None else shop
+        prior = self._prior(shop)
+        engagements: list[tuple[int, float, float]] = []  # the shop's, added once at the end
+        policy = rules.policy
         while queue:
             event, person_id, at = queue.popleft()
             known = facts[person_id]
-            person = observe(known.person, event, at, history=history)
+            added = None
+            weight = engagement_weight(event, event_name(event), known.person.last_seen, at)
+            if weight:
+                zone = known_zone(
+                    event.context.get("timezone"), event.traits.get("timezone"),
+                    known.person.time_zone,
+                ) or policy.time_zone  # fmt: skip
+                hour = hour_of_week(at, ZoneInfo(zone))
+                engagements.append((hour, weight, at))
+                added = engaged(
+                    known.person.engagement, ((hour, weight, at),), policy.send_timing.half_life_s
+                )
+            person = observe(known.person, event, at, history=history, engagement=added)
             if _stored_facts(person) != _stored_facts(known.person):
                 changes.people[person_id] = person
             if event.traits:  # the profile's traits and email are merged by SQL, not here
@@ -224,7 +257,7 @@ class Engine:
             if not rules.items:
                 facts[person_id] = known
                 continue
-            actions = decide(rules, event, known, at)
+            actions = decide(rules, event, known, at, prior)
             facts[person_id] = self._fold(known, actions, at, changes) if actions else known
             for action in actions:
                 if isinstance(action, EmitEvent) and depth[event.message_id] < MAX_EMIT_DEPTH:
@@ -246,12 +279,14 @@ class Engine:
                 or self.tick(run.due) > self.tick(now)
             ):
                 continue  # ended, or re-armed for later since the wheel fired it
-            actions = decide(self.rules, TimerFired(run_id, run.step), current, now)
+            actions = decide(self.rules, TimerFired(run_id, run.step), current, now, prior)
             facts[run.person_id] = self._fold(current, actions, now, changes)
             if not any(isinstance(a, ScheduleTimer) and a.run_id == run_id for a in actions):
                 changes.timers[run_id] = None  # fired, and not armed again by this decision
         for name in due_sweeps:
-            self._sweep(name, sweeps.get(name), source, facts, now, since, changes, oldest)
+            self._sweep(name, sweeps.get(name), source, facts, now, since, changes, oldest, prior)
+        if engagements:
+            changes.shop = engaged(shop, engagements, policy.send_timing.half_life_s)
         for link in prepared.links:  # merged (or re-linked) by the commit: read them again
             changes.stale.add(link.person_id)
             if link.merge_from is not None:
@@ -274,6 +309,7 @@ class Engine:
         since: float | None,
         changes: Changes,
         oldest: dict[str, float],
+        prior: Prior,
     ) -> None:
         """One chunk of a scheduled workflow's sweep over the persons who can get mail."""
         workflow = self.rules.by_name.get(name)
@@ -287,7 +323,7 @@ class Engine:
         facts.update(self._facts(source, missing, since, not changes.reset, oldest))
         for person_id in persons:
             known = facts[person_id]
-            actions = decide(self.rules, Scheduled(name), known, now)
+            actions = decide(self.rules, Scheduled(name), known, now, prior)
             facts[person_id] = self._fold(known, actions, now, changes)
         if len(persons) == SWEEP_CHUNK:
             changes.schedules[name] = (next_at, persons[-1])  # more to sweep at the next tick
@@ -296,6 +332,15 @@ class Engine:
         while following <= now:  # periods missed while stopped are skipped, not caught up
             following += workflow.schedule_s
         changes.schedules[name] = (following, None)
+
+    def _prior(self, shop: Engagement) -> Prior:
+        """The prior of ``shop``, made again only when the shop's histogram changed (on the
+        writer's thread, between the engine's commits)."""
+        made, prior = self.prior
+        if made is not shop:
+            prior = prior_of(shop)
+            self.prior = (shop, prior)
+        return prior
 
     def _confirm(
         self, event: Event, person: Person, at: float, source: Source, changes: Changes
@@ -379,6 +424,8 @@ class Engine:
             rules = self.rules.by_name.get(workflow)
             capped = rules is not None and not rules.transactional
             kind, detail = "send", {"template": action.template, "variant": action.variant}
+            if action.timing:
+                detail["send_time"] = orjson.loads(action.timing)
         elif isinstance(action, SkipStep):
             kind, detail = "skip", {"reason": action.reason}
         elif isinstance(action, EmitEvent):
@@ -438,6 +485,8 @@ class Engine:
         memory.forget(changes.stale)
         memory.keep(changes.known)
         self.generation = changes.generation
+        if changes.shop is not None:
+            self.shop = changes.shop
         before = self.wheel.next_deadline()
         for run_id, timer in changes.timers.items():
             if timer is None:

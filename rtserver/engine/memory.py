@@ -20,6 +20,10 @@ ORDER_BYTES = 32
 """Estimated bytes of one order time (a float and its slot in a tuple)."""
 RUN_BYTES = 400
 """Estimated bytes of each open run past the first."""
+ENGAGEMENT_BIN_BYTES = 90
+"""Estimated bytes of one hour of the person's engagement histogram (a dict slot, a float, the
+dict's growth; the hours are small ints, shared). Measured with tracemalloc, the histogram
+included: 86 bytes a bin with 5 bins, 59 with 20, 55 with 40, 72 with 100."""
 # Measured with tracemalloc on realistic facts (``python -m bench.memory``; bench/RESULTS.md,
 # "Facts memory"): 1,685 bytes a person with no recent events, 2,027 with 20, 3,616 with 200
 # (about 9 a recent event past the first few); the RSS of a process holding 50,000 such persons
@@ -35,6 +39,7 @@ def estimated_bytes(facts: Facts) -> int:
         + EVENT_BYTES * len(person.history)
         + ORDER_BYTES * len(person.order_times)
         + RUN_BYTES * max(0, len(facts.runs) - 1)
+        + ENGAGEMENT_BIN_BYTES * len(person.engagement.bins)
     )
 
 

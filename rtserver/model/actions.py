@@ -83,6 +83,8 @@ class SendMail:
     workflow: str
     template: str
     variant: str
+    timing: str = ""
+    """How its send time was chosen (JSON, see :attr:`Run.timing`); "": sent as decided."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ __all__ = [
     "MARKETING_CONSENT",
     "NAMES_BY_TYPE",
     "CONSENT_STATES",
+    "Engagement",
     "Facts",
     "Person",
     "Run",
@@ -65,6 +66,25 @@ class Run:
     wait_met: bool = False
     sends: int = 0
     due: float | None = None
+    timing: str = ""
+    """How the current send step's time was chosen (JSON), until it sends; "" otherwise."""
+
+
+@dataclass(frozen=True, slots=True)
+class Engagement:
+    """Human engagement by hour of the week (0: Monday 00:00, local time), decaying.
+
+    Sparse: only the hours engaged in have a bin. A bin's weight at time ``t`` is
+    ``bins[hour] * 0.5 ** ((t - at) / half_life)``, so adding an engagement touches one bin
+    (:mod:`rtserver.engine.engagement` keeps it, and reads it).
+    """
+
+    at: float = 0.0
+    """The time the bins' weights are as of."""
+    bins: Mapping[int, float] = field(default_factory=dict)
+
+
+NO_ENGAGEMENT = Engagement()
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +106,8 @@ class Person:
     order_times: tuple[float, ...] = ()
     history: History = History()
     """Recent (event name, time), oldest first, for ``events_since``."""
+    engagement: Engagement = NO_ENGAGEMENT
+    """When they engage, by hour of their week (kept by the engine, not by :func:`observe`)."""
 
     def orders_since(self, t: float) -> int:
         """Orders completed at or after ``t``."""
@@ -172,11 +194,20 @@ def _consent(current: str, event: Event, name: str) -> str:
     return current
 
 
-def observe(person: Person, event: Event, now: float, *, history: bool = True) -> Person:
+def observe(
+    person: Person,
+    event: Event,
+    now: float,
+    *,
+    history: bool = True,
+    engagement: Engagement | None = None,
+) -> Person:
     """The person after ``event``: last seen, traits, email, orders, opens, clicks, history.
 
     ``history=False`` leaves the recent events alone (nothing reads them: no condition uses
-    ``events_since``). Built in one call, not a chain of ``replace``: it runs for every event.
+    ``events_since``). ``engagement``: the person's engagement after the event, as the engine
+    keeps it (None: unchanged). Built in one call, not a chain of ``replace``: it runs for
+    every event.
     """
     name = event_name(event)
     traits = person.traits
@@ -212,4 +243,5 @@ def observe(person: Person, event: Event, now: float, *, history: bool = True) -
         time_zone=person.time_zone if zone is None else zone,
         order_times=order_times,
         history=person.history.appended(name, now, HISTORY_LIMIT) if history else person.history,
+        engagement=person.engagement if engagement is None else engagement,
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from rtserver.model import Event, Facts, Link, Person, Run
+from rtserver.model import Engagement, Event, Facts, Link, Person, Run
 
 __all__ = ["Changes", "Prepared"]
 
@@ -43,6 +43,8 @@ class Changes:
     """The persons whose facts (orders, opens, clicks, time zone) changed."""
     schedules: dict[str, tuple[float, str | None]] = field(default_factory=dict)
     """Scheduled workflow → (next sweep, the last person swept so far or None when done)."""
+    shop: Engagement | None = None
+    """The shop's engagement by hour, when this group changed it."""
     known: dict[str, tuple[Facts, float]] = field(default_factory=dict)
     """Person → (facts as stored once this commits, a lower bound of their history's times),
     for the engine's memory (never written)."""
@@ -70,6 +72,7 @@ class Changes:
             or self.steps
             or self.people
             or self.schedules
+            or self.shop is not None
             or self.outbox
             or self.deliveries
         )

@@ -351,6 +351,21 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         );
         """,
     ),
+    (
+        "0014_engagement",
+        # Send-time optimisation: each person's engagement by hour of the week (JSON, sparse:
+        # [at, hour, weight, hour, weight, ...]), the shop's (the one row, the prior), and how
+        # a run's pending send was timed (JSON, until it sends).
+        """
+        ALTER TABLE profiles ADD COLUMN engagement TEXT NOT NULL DEFAULT '[]';
+        ALTER TABLE runs ADD COLUMN timing TEXT NOT NULL DEFAULT '';
+        CREATE TABLE shop_engagement (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            histogram TEXT NOT NULL,
+            updated_at REAL NOT NULL
+        );
+        """,
+    ),
 )
 
 USE_TOKEN = (
@@ -401,6 +416,7 @@ MERGE_PROFILE_FACTS = """
         opens = p.opens + old.opens,
         clicks = p.clicks + old.clicks,
         time_zone = coalesce(p.time_zone, old.time_zone),
+        engagement = CASE WHEN p.engagement = '[]' THEN old.engagement ELSE p.engagement END,
         consent = CASE
             WHEN 'unsubscribed' IN (p.consent, old.consent) THEN 'unsubscribed'
             WHEN p.consent = 'none' THEN old.consent ELSE p.consent END
@@ -422,7 +438,7 @@ DROP_ENDED_TIMERS = """
 """
 RUN_COLUMNS = (
     "id", "workflow", "person_id", "key", "started", "step", "step_kind", "variant", "holdout",
-    "wait_met", "sends", "due",
+    "wait_met", "sends", "due", "timing",
 )  # fmt: skip
 UPSERT_RUN = f"""
     INSERT INTO runs ({", ".join(RUN_COLUMNS)}, state, ended_at, end_reason, updated_at)
@@ -430,6 +446,7 @@ UPSERT_RUN = f"""
     ON CONFLICT (id) DO UPDATE SET
         step = excluded.step, step_kind = excluded.step_kind, variant = excluded.variant,
         wait_met = excluded.wait_met, sends = excluded.sends, due = excluded.due,
+        timing = excluded.timing,
         state = excluded.state, ended_at = excluded.ended_at, end_reason = excluded.end_reason,
         updated_at = excluded.updated_at
 """
@@ -448,12 +465,13 @@ UPSERT_SCHEDULE = """
 """
 UPDATE_PROFILE_FACTS = """
     UPDATE profiles SET orders_count = ?, total_spent = ?, last_order_at = ?, order_times = ?,
-        opens = ?, clicks = ?, time_zone = ?, consent = ?
+        opens = ?, clicks = ?, time_zone = ?, consent = ?, engagement = ?
     WHERE person_id = ?
 """
 FACT_COLUMNS = (
     "person_id", "email", "traits", "claimed_traits", "consent", "first_seen", "last_seen",
     "orders_count", "total_spent", "last_order_at", "opens", "clicks", "time_zone", "order_times",
+    "engagement",
 )  # fmt: skip
 PROFILE_COLUMNS = (
     "person_id",
@@ -465,6 +483,10 @@ PROFILE_COLUMNS = (
     "first_seen",
     "last_seen",
 )
+UPSERT_SHOP_ENGAGEMENT = """
+    INSERT INTO shop_engagement (id, histogram, updated_at) VALUES (1, ?, ?)
+    ON CONFLICT (id) DO UPDATE SET histogram = excluded.histogram, updated_at = excluded.updated_at
+"""
 UPSERT_IDENTITY = """
     INSERT INTO identities (anonymous_id, person_id) VALUES (?, ?)
     ON CONFLICT (anonymous_id) DO UPDATE SET person_id = excluded.person_id

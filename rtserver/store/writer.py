@@ -21,6 +21,7 @@ import orjson
 from rtserver.model import (
     HISTORY_LIMIT,
     NAMES_BY_TYPE,
+    Engagement,
     Event,
     Facts,
     History,
@@ -49,6 +50,7 @@ from rtserver.store.schema import (
     UPSERT_PROFILE,
     UPSERT_RUN,
     UPSERT_SCHEDULE,
+    UPSERT_SHOP_ENGAGEMENT,
     UPSERT_TIMER,
 )
 
@@ -125,7 +127,7 @@ def _profile_rows(
 def _run_row(run: Run) -> tuple[Any, ...]:
     return (
         run.id, run.workflow, run.person_id, run.key, run.started, run.step, run.step_kind,
-        run.variant, int(run.holdout), int(run.wait_met), run.sends, run.due,
+        run.variant, int(run.holdout), int(run.wait_met), run.sends, run.due, run.timing,
     )  # fmt: skip
 
 
@@ -136,11 +138,29 @@ def _run_of(row: Sequence[Any]) -> Run:
     return Run(**values)
 
 
+def engagement_json(engagement: Engagement) -> str:
+    """``[at, hour, weight, hour, weight, ...]`` (only the bins there are); ``[]``: none."""
+    if not engagement.bins:
+        return "[]"
+    flat: list[float] = [engagement.at]
+    for hour, weight in sorted(engagement.bins.items()):
+        flat += (hour, weight)
+    return orjson.dumps(flat).decode()
+
+
+def engagement_of(text: str) -> Engagement:
+    """The :class:`Engagement` of :func:`engagement_json`."""
+    flat = orjson.loads(text)
+    if not flat:
+        return Engagement()
+    return Engagement(flat[0], {int(h): w for h, w in zip(flat[1::2], flat[2::2], strict=True)})
+
+
 def _facts_row(person: Person) -> tuple[Any, ...]:
     return (
         person.orders_count, person.total_spent, person.last_order_at,
         orjson.dumps(person.order_times).decode(), person.opens, person.clicks,
-        person.time_zone, person.consent, person.id,
+        person.time_zone, person.consent, engagement_json(person.engagement), person.id,
     )  # fmt: skip
 
 
@@ -153,6 +173,7 @@ def _person_of(row: Sequence[Any]) -> Person:
         **orjson.loads(values["traits"]),
     }
     values["order_times"] = tuple(orjson.loads(values["order_times"]))
+    values["engagement"] = engagement_of(values["engagement"])
     return Person(**values)
 
 
@@ -320,6 +341,8 @@ def _write_changes(conn: sqlite3.Connection, changes: Changes) -> None:
         conn.executemany(UPSERT_SCHEDULE, [(wf, *st) for wf, st in changes.schedules.items()])
     if changes.people:
         conn.executemany(UPDATE_PROFILE_FACTS, [_facts_row(p) for p in changes.people.values()])
+    if changes.shop is not None:
+        conn.execute(UPSERT_SHOP_ENGAGEMENT, (engagement_json(changes.shop), changes.shop.at))
 
 
 def facts(
@@ -372,6 +395,12 @@ def facts(
     return {p: Facts(people[p], tuple(runs[p]), ended[p], sent.get(p)) for p in ids}
 
 
+def shop_engagement(conn: sqlite3.Connection) -> Engagement:
+    """The shop's engagement by hour of the week; empty before the first."""
+    rows = _rows(conn, "SELECT histogram FROM shop_engagement WHERE id = 1")
+    return engagement_of(rows[0][0]) if rows else Engagement()
+
+
 def open_runs(conn: sqlite3.Connection, run_ids: Iterable[str]) -> dict[str, Run]:
     """The open runs among ``run_ids``."""
     found: dict[str, Run] = {}
@@ -405,6 +434,10 @@ class Source:
     def facts(self, person_ids: Iterable[str], history_since: float | None) -> dict[str, Facts]:
         """See :func:`facts`."""
         return facts(self._conn, person_ids, history_since)
+
+    def shop_engagement(self) -> Engagement:
+        """The shop's engagement by hour of the week (the prior of send times)."""
+        return shop_engagement(self._conn)
 
     def open_runs(self, run_ids: Iterable[str]) -> dict[str, Run]:
         """See :func:`open_runs`."""

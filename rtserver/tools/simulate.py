@@ -123,10 +123,25 @@ def _person(person_id: str) -> str:
 def _describe(action: str, info: dict[str, Any]) -> str:
     if action == "send":
         variant = info["variant"]
-        return str(info["template"]) + (f" [{variant}]" if variant else "")
+        text = str(info["template"]) + (f" [{variant}]" if variant else "")
+        return text + _timing(info.get("send_time"))
     if action == "skip":
         return str(info["reason"])
     return str(info["event"] if action == "emit" else info["url"])
+
+
+def _timing(timing: dict[str, Any] | None) -> str:
+    """How an optimal send's time was chosen: ``@ Sat 19:00 (optimal: 12.5 engagements; best
+    Sat 19:00 0.081, Sat 18:00 0.074, Sat 20:00 0.070)``."""
+    if timing is None:
+        return ""
+    if timing.get("arm") == "control":
+        return " (control: at once)"
+    if "hour" not in timing:
+        return f" (optimal: {timing.get('reason', '')})"
+    best = ", ".join(f"{hour} {score:.3f}" for hour, score in timing["top"])
+    how = "optimal" if timing["how"] == "mean" else "optimal, explored"
+    return f" @ {timing['hour']} ({how}: {timing['history']:g} engagements; best {best})"
 
 
 def _decisions(changes: Changes, start: float) -> list[Decision]:

@@ -134,7 +134,7 @@ def test_unknown_top_level_key_fails() -> None:
     """An unknown section is named, with the valid ones listed."""
     fails(
         "bogus: unknown key (expected one of server, store, keys, ingest, mail, dashboard, "
-        "engine, hooks, catalog, ses, postmark, poll, workflow)",
+        "engine, send_time, hooks, catalog, ses, postmark, poll, workflow)",
         bogus={},
     )
 

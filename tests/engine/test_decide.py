@@ -4,6 +4,7 @@ time to the timers' due times, as the engine does, but synchronously and without
 from __future__ import annotations
 
 import itertools
+import json
 from collections import Counter
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -16,6 +17,7 @@ from hypothesis import given, settings, strategies as st
 from rtserver.config.schema import IngestConfig
 from rtserver.engine.decide import decide, quiet_until
 from rtserver.engine.definitions import Policy, Workflows, compile_workflows
+from rtserver.engine.engagement import SendTiming, engaged, hour_of_week, prior_of
 from rtserver.engine.memory import EVENT_BYTES, PERSON_BYTES, Memory
 from rtserver.model.actions import (
     Action,
@@ -32,7 +34,15 @@ from rtserver.model.actions import (
     UpdateRun,
 )
 from rtserver.model.events import Event, parse_event, sign_identity, verify_identity
-from rtserver.model.facts import HISTORY_LIMIT, Facts, Person, Run, event_name, observe
+from rtserver.model.facts import (
+    HISTORY_LIMIT,
+    Engagement,
+    Facts,
+    Person,
+    Run,
+    event_name,
+    observe,
+)
 from rtserver.model.history import History
 from tests.support.workflows import cart_workflow
 
@@ -1026,3 +1036,186 @@ def test_machine_email_events_are_no_engagement() -> None:
     assert sim.sent() == [] and not sim.runs()[0].wait_met
     sim.at(3, ev("Email Clicked"))
     assert sim.sent() == [(3, "test")]
+
+
+# --- send time: `send_time = "optimal"` ----------------------------------------------------
+
+EVENING = 19  # the person reads mail at 19:00 UTC
+OPTIMAL = flow([{"send": "x", "send_time": "optimal", "within": "24h"}], exit_on=["Unsubscribed"])
+TIMED = Policy(frequency_cap_s=0.0, send_timing=SendTiming(exploration=0.0, control=0.0))
+
+
+def reader(
+    hour: int | tuple[int, ...] = EVENING, zone: str | None = "UTC", engagements: int = 20
+) -> Person:
+    """A person with ``engagements`` opens at ``hour`` (UTC; several: in turn) on the days
+    before START."""
+    hours = (hour,) if isinstance(hour, int) else hour
+    additions = []
+    for i in range(engagements):
+        day = START - (i + 1) * D
+        at = day - day % D + hours[i % len(hours)] * H
+        additions.append((hour_of_week(at, ZoneInfo(zone or "UTC")), 1.0, at))
+    engagement = engaged(Engagement(), sorted(additions, key=lambda a: a[2]), 60 * D)
+    return Person(
+        "u:u1", email="ann@example.com", consent="confirmed_opt_in", time_zone=zone,
+        engagement=engagement,
+    )  # fmt: skip
+
+
+def timing_of(sim: Sim) -> dict[str, Any]:
+    """The timing detail of the one mail sent."""
+    (mail,) = [a for _, a in sim.log if isinstance(a, SendMail)]
+    detail: dict[str, Any] = json.loads(mail.timing)
+    return detail
+
+
+def test_optimal_send_waits_for_the_person_best_hour() -> None:
+    """Signed up at 10:00, reads mail at 19:00: the mail goes at 19:00, with its reason."""
+    sim = Sim(rules(OPTIMAL, policy=TIMED), reader())
+    sim.at(0, ev("Signed Up"))
+    (run,) = sim.runs()
+    assert sim.sent() == [] and sim.timers == {run.id: (0, START + 9 * H)}
+    assert json.loads(run.timing)["hour"] == "Mon 19:00"
+    sim.at(9 * H)
+    assert sim.sent() == [(9 * H, "x")]
+    detail = timing_of(sim)
+    assert detail["arm"] == "optimal" and detail["at"] == START + 9 * H
+    assert detail["how"] == "mean" and detail["top"][0][0] == "Mon 19:00"
+    assert sim.runs() == [] and sim.ended == {run.id: "completed"}
+
+
+def test_optimal_send_at_the_current_hour_goes_now() -> None:
+    """The best hour is the current one: the mail goes at once, its timing still noted."""
+    soon = flow([{"send": "x", "send_time": "optimal", "within": "12h"}])
+    sim = Sim(rules(soon, policy=TIMED), reader(hour=10))
+    sim.at(0, ev("Signed Up"))
+    assert sim.sent() == [(0, "x")] and timing_of(sim)["at"] == START
+
+
+def test_control_share_goes_at_once() -> None:
+    """The control arm sends at once (same step), recorded as the control."""
+    policy = replace(TIMED, send_timing=SendTiming(control=1.0))
+    sim = Sim(rules(OPTIMAL, policy=policy), reader())
+    sim.at(0, ev("Signed Up"))
+    assert sim.sent() == [(0, "x")] and timing_of(sim) == {"arm": "control"}
+
+
+def test_control_share_is_about_its_share() -> None:
+    """About 10 % of runs are the control, by run id."""
+    policy = replace(TIMED, send_timing=SendTiming(exploration=0.0, control=0.1))
+    compiled = rules(OPTIMAL, policy=policy)
+    arms = Counter()
+    for i in range(1000):
+        person = replace(reader(), id=f"u:{i}")
+        actions = decide(compiled, ev("Signed Up", user=str(i)), Facts(person), START)
+        arms["control" if any(isinstance(a, SendMail) for a in actions) else "optimal"] += 1
+    assert 60 < arms["control"] < 140
+
+
+def test_quiet_hours_move_the_chosen_time() -> None:
+    """The best hour (23:00) is in quiet hours (22:00-08:00): the best allowed one goes (21:00,
+    between the person's two hours)."""
+    policy = replace(TIMED, quiet_hours=NIGHT)
+    sim = Sim(rules(OPTIMAL, policy=policy), reader(hour=(23, 23, 20)))
+    sim.at(0, ev("Signed Up"))
+    ((_, due),) = sim.timers.values()
+    assert due == START + 11 * H
+    sim.at(due - START)
+    assert len(sim.sent()) == 1
+
+
+def test_a_window_all_quiet_sends_when_the_quiet_hours_end() -> None:
+    """Within 2 h from 23:00, all quiet: the send goes at 08:00, the first allowed moment."""
+    late = flow([{"send": "x", "send_time": "optimal", "within": "2h"}])
+    sim = Sim(rules(late, policy=replace(TIMED, quiet_hours=NIGHT)), reader(), START + 13 * H)
+    sim.at(13 * H, ev("Signed Up"))
+    ((_, due),) = sim.timers.values()
+    assert due == START + 22 * H  # Tuesday 08:00 UTC
+    sim.at(22 * H)
+    assert sim.sent() == [(22 * H, "x")] and timing_of(sim)["reason"] == "window quiet"
+
+
+def test_exit_before_the_chosen_time_cancels_the_send() -> None:
+    """An exit event while the send waits ends the run and cancels its timer."""
+    sim = Sim(rules(OPTIMAL, policy=TIMED), reader())
+    sim.at(0, ev("Signed Up"))
+    sim.at(2 * H, ev("Unsubscribed"))
+    sim.at(D)
+    assert sim.sent() == [] and sim.timers == {}
+    assert list(sim.ended.values()) == ["exit on Unsubscribed"]
+
+
+def test_caps_and_consent_are_checked_when_the_send_is_decided() -> None:
+    """The frequency cap measures from the chosen time: a mail sent meanwhile skips it."""
+    other = flow([{"send": "y"}], name="other", trigger="Product Viewed")
+    policy = replace(TIMED, frequency_cap_s=16 * H)
+    sim = Sim(rules(OPTIMAL, other, policy=policy), reader())
+    sim.at(0, ev("Signed Up"))
+    sim.at(1 * H, ev("Product Viewed"))
+    sim.at(D)
+    assert sim.sent() == [(1 * H, "y")] and sim.skipped() == [(9 * H, "frequency cap")]
+    assert sim.runs() == []
+
+
+def test_a_timed_send_held_by_a_paused_workflow_is_not_chosen_again() -> None:
+    """Paused when the chosen time comes: it waits, then sends (no second choice)."""
+    sim = Sim(rules(OPTIMAL, policy=TIMED), reader())
+    sim.at(0, ev("Signed Up"))
+    sim.rules = rules({**OPTIMAL, "paused": True}, policy=TIMED)
+    sim.at(9 * H)
+    assert sim.sent() == []
+    sim.rules = rules(OPTIMAL, policy=TIMED)
+    sim.at(10 * H)
+    assert sim.sent() == [(10 * H, "x")] and timing_of(sim)["at"] == START + 9 * H
+
+
+def test_cold_start_follows_the_shop_prior() -> None:
+    """No history: the shop's best hour (from the prior decide is given)."""
+    shop = reader(hour=15).engagement
+    person = Person("u:u1", email="ann@example.com", consent="confirmed_opt_in")
+    compiled = rules(OPTIMAL, policy=TIMED)
+    actions = decide(compiled, ev("Signed Up"), Facts(person), START, prior_of(shop))
+    (timer,) = [a for a in actions if isinstance(a, ScheduleTimer)]
+    assert timer.due == START + 5 * H
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    now=st.floats(START, START + 365 * D),
+    within_h=st.integers(1, 72),
+    quiet=st.one_of(st.none(), st.tuples(st.integers(0, 1439), st.integers(0, 1439))),
+    zone=st.sampled_from(["UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata"]),
+    hour=st.integers(0, 23),
+    engagements=st.integers(0, 30),
+)
+def test_the_chosen_time_lies_in_the_window_or_just_after_it(
+    now: float,
+    within_h: int,
+    quiet: tuple[int, int] | None,
+    zone: str,
+    hour: int,
+    engagements: int,
+) -> None:
+    """The send goes within [now, now + within], outside quiet hours; when the whole window
+    is quiet, at the first allowed moment after it."""
+    quiet = None if quiet is None or quiet[0] == quiet[1] else quiet
+    policy = replace(TIMED, quiet_hours=quiet, send_timing=SendTiming(control=0.0))
+    step = {"send": "x", "send_time": "optimal", "within": f"{within_h}h"}
+    sim = Sim(rules(flow([step]), policy=policy), reader(hour, zone, engagements), now)
+    sim.decide(ev("Signed Up"))
+    sent = [t for t, a in sim.log if isinstance(a, SendMail)]
+    if not sent:
+        ((_, due),) = sim.timers.values()
+        sim.at(due - START)
+        sent = [t for t, a in sim.log if isinstance(a, SendMail)]
+    (at,) = sent
+    end = now + within_h * H
+    local = ZoneInfo(zone)
+    assert quiet_until(at, quiet, local) is None
+    if now <= at <= end:
+        return
+    first = now
+    while (resume := quiet_until(first, quiet, local)) is not None:
+        first = resume
+    assert at > end and at == first  # the window was all quiet

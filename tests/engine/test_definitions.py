@@ -50,6 +50,22 @@ def test_compiles_the_design_example() -> None:
     assert (wf.holdout, wf.paused, wf.transactional) == (0, False, False)
 
 
+def test_send_time_defaults_to_immediate_and_optimal_waits_a_day() -> None:
+    """A send goes at once unless ``send_time = "optimal"``, which waits up to ``within``
+    (24 h unless given)."""
+    steps = [
+        {"send": "cart_reminder"},
+        {"send": "cart_reminder", "send_time": "optimal"},
+        {"send": "cart_reminder", "send_time": "optimal", "within": "6h"},
+        {"send": "cart_reminder", "send_time": "immediate"},
+    ]
+    rules, _ = compile_workflows([cart(step=steps)], templates=TEMPLATES)
+    got = [(s.send_time, s.within) for s in rules.by_name["cart"].steps]
+    assert got == [
+        ("immediate", 86400.0), ("optimal", 86400.0), ("optimal", 21600.0), ("immediate", 86400.0)
+    ]  # fmt: skip
+
+
 def test_defaults_and_flags() -> None:
     """Without run_key, exit_on and reentry: per person, no exits, re-entry always."""
     raw = {"name": "w", "trigger": "Signed Up", "step": [{"send": "x"}], "paused": True}
@@ -136,6 +152,17 @@ def test_workflows_of_indexes_by_trigger() -> None:
         ({"wait_inactive": "1h", "activity": [1]}, "activity: expected a list of event names"),
         ({"emit": "X", "properties": "p"}, "step 1: properties: expected a table"),
         ({"wait": "1h", "weight": 2}, "step 1: unknown step key 'weight'"),
+        ({"wait": "1h", "send_time": "optimal"}, "step 1: send_time and within belong to send"),
+        ({"send": "cart_reminder", "send_time": "best"}, "send_time: expected 'immediate' or"),
+        ({"send": "cart_reminder", "within": "2h"}, "within belongs to send_time = 'optimal'"),
+        (
+            {"send": "cart_reminder", "send_time": "optimal", "within": "8d"},
+            "step 1: within: expected more than 0 and at most 7d, got '8d'",
+        ),
+        (
+            {"send": "cart_reminder", "send_time": "optimal", "within": "soon"},
+            "step 1: within: expected a duration",
+        ),
         ("wait 1h", "step 1: expected a [[workflow.step]] table"),
         ({"variant": [{"wait": "1h"}]}, "step 1: variant: expected two or more"),
         ({"variant": {"wait": "1h"}}, "step 1: variant: expected two or more"),

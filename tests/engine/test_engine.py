@@ -190,12 +190,19 @@ def test_emitted_event_has_a_message_id_per_run_and_step() -> None:
 class Harness:
     """A store, an engine and a pipeline on a temp file, driven in the test's task."""
 
-    def __init__(self, store: Store, workflows: list[dict[str, Any]], clock: FakeClock):
+    def __init__(
+        self,
+        store: Store,
+        workflows: list[dict[str, Any]],
+        clock: FakeClock,
+        **sections: Any,
+    ):
         config = make_config(
             Path(store.path).parent,
             workflow=workflows,
             mail={"frequency_cap": "off"},
             hooks={"allow": ["https://crm.example/"]},
+            **sections,
         )
         self.engine = Engine(load_rules(config)[0], store)
         self.pipeline = Pipeline(
@@ -656,3 +663,116 @@ def test_only_the_group_commit_writes_facts() -> None:
     assert len(scanned) > 50
     writers = sorted(str(path) for path in scanned if FACT_WRITES.search(path.read_text()))
     assert writers == []
+
+
+# --- send time ------------------------------------------------------------------------------
+
+OPTIMAL_FLOW = {
+    "name": "welcome",
+    "trigger": "Signed Up",
+    "exit_on": ["Order Completed"],
+    "step": [{"send": "welcome", "send_time": "optimal", "within": "24h"}],
+}
+NO_DRAWS = {"exploration": 0.0, "control": 0.0}
+DAY = 86400.0
+
+
+def timed(store: Store, clock: FakeClock) -> Harness:
+    return Harness(store, [OPTIMAL_FLOW], clock, send_time=NO_DRAWS)
+
+
+async def reads_at_19(harness: Harness, days: int = 10) -> float:
+    """Opens by u1 at 19:00 UTC on ``days`` days; returns the next midnight."""
+    clock = harness.clock
+    midnight = clock.now - clock.now % DAY
+    await harness.send(identify_server("u1"))
+    for day in range(days):
+        clock.now = midnight + day * DAY + 19 * 3600
+        opened = server_event("Email Opened")
+        await harness.send(opened)
+    return midnight + days * DAY
+
+
+async def fire_until(harness: Harness, at: float) -> None:
+    """Move the clock to ``at`` and fire what is due then, as the driver would."""
+    harness.clock.now = at
+    due = harness.engine.wheel.poll(harness.engine.tick(at))
+    if due:
+        await harness.pipeline.commit_now(received_at=at, fired=due)
+
+
+async def test_optimal_send_fires_at_the_chosen_hour(store: Store) -> None:
+    """Signed up at 10:00 by a person who reads at 19:00: the mail is decided at 19:00, its
+    choice and reason in the step's detail; the engagement is kept in the profile."""
+    clock = FakeClock()
+    harness = timed(store, clock)
+    midnight = await reads_at_19(harness)
+    clock.now = midnight + 10 * 3600
+    await harness.send(server_event("Signed Up"))
+    assert await store.steps() == []
+    (timer,) = await store.timers()
+    assert timer["due"] == midnight + 19 * 3600
+    await fire_until(harness, midnight + 19 * 3600 - 1)
+    assert await store.steps() == []
+    await fire_until(harness, midnight + 19 * 3600)
+    (send,) = await store.steps()
+    assert send["action"] == "send" and send["at"] == midnight + 19 * 3600
+    timing = send["detail"]["send_time"]
+    assert timing["arm"] == "optimal" and timing["at"] == send["at"]
+    assert timing["hour"].endswith("19:00") and timing["history"] > 5
+    (mail,) = await store.mail.outbox()
+    assert mail["created_at"] == send["at"]  # mail.max_age measures from the decision
+
+
+async def test_exit_before_the_chosen_hour_cancels_the_send(store: Store) -> None:
+    """An order while the send waits ends the run and drops its timer."""
+    clock = FakeClock()
+    harness = timed(store, clock)
+    midnight = await reads_at_19(harness)
+    clock.now = midnight + 10 * 3600
+    await harness.send(server_event("Signed Up"))
+    clock.now += 3600
+    await harness.send(server_event("Order Completed"))
+    assert await store.timers() == [] and len(harness.engine.wheel) == 0
+    await fire_until(harness, midnight + 19 * 3600)
+    assert await store.steps() == []
+
+
+async def test_restart_keeps_the_chosen_hour_and_the_engagement(store: Store) -> None:
+    """A new engine on the same store restores the timer and sends at the chosen hour; the
+    person's and the shop's engagement come back from the store."""
+    clock = FakeClock()
+    first = timed(store, clock)
+    midnight = await reads_at_19(first)
+    clock.now = midnight + 10 * 3600
+    await first.send(server_event("Signed Up"))
+    shop = first.engine.shop
+    assert shop is not None and shop.bins
+    again = timed(store, clock)
+    await again.engine.restore(clock.now)
+    await fire_until(again, midnight + 19 * 3600)
+    (send,) = await store.steps()
+    assert send["at"] == midnight + 19 * 3600 and send["detail"]["send_time"]["arm"] == "optimal"
+    assert again.engine.shop == shop
+    (known, _) = again.engine.memory.entries["u:u1"]
+    assert known.person.engagement == first.engine.memory.entries["u:u1"][0].person.engagement
+
+
+async def test_a_replay_chooses_the_same_hour(tmp_path: Path) -> None:
+    """The same events on a fresh store choose the same moment with the same reason."""
+    chosen = []
+    for name in ("a", "b"):
+        store = await Store.open(tmp_path / f"{name}.db")
+        try:
+            clock = FakeClock()
+            harness = Harness(
+                store, [OPTIMAL_FLOW], clock, send_time={"exploration": 1.0, "control": 0.0}
+            )
+            midnight = await reads_at_19(harness, days=2)
+            clock.now = midnight + 10 * 3600
+            await harness.send(server_event("Signed Up") | {"messageId": "signed-up"})
+            (run,) = await store.runs("active")
+            chosen.append((run["due"], run["timing"]))
+        finally:
+            await store.close()
+    assert chosen[0] == chosen[1] and '"how":"sampled"' in chosen[0][1]

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 
 from rtserver.cli import main
-from rtserver.config.schema import load_config
+from rtserver.config.schema import Config, load_config
 from rtserver.errors import InvalidEvent
 from rtserver.tools.simulate import format_offset, read_events, simulate
 
@@ -27,11 +29,14 @@ EXPECTED = """\
  +5h00m10s  u4  high_value_visit  step 1  end (completed)
  +1d00h40m  u1  cart_abandonment  step 4  send cart_reminder_2
  +1d00h40m  u1  cart_abandonment  step 3  end (completed)
- +3d00h00m  u1  welcome  step 3  send welcome_offer
+ +3d00h00m  u1  welcome  step 3  send welcome_offer @ Sat 10:00 (optimal: 0 engagements; \
+best Sat 10:00 0.006, Sat 11:00 0.006, Sat 12:00 0.006)
  +3d00h00m  u1  welcome  step 2  end (completed)
- +3d01h20m  u2  post_purchase  step 2  send post_purchase
+ +3d01h20m  u2  post_purchase  step 2  send post_purchase @ Sat 11:00 (optimal: 0 engagements; \
+best Sat 11:00 0.006, Sat 12:00 0.006, Sat 13:00 0.006)
  +3d01h20m  u2  post_purchase  step 1  end (completed)
 """
+"""With no engagement anywhere yet, every hour is as good: optimal sends go at once."""
 
 
 def test_example_prints_the_expected_schedule(capsys: pytest.CaptureFixture[str]) -> None:
@@ -133,3 +138,53 @@ async def test_emit_and_webhook_decisions_are_printed(tmp_path: Path) -> None:
         "2  webhook https://crm.example/h",
         "1  end (completed)",
     ]
+
+
+def timed_config(**send_time: float) -> Config:
+    flows = [{"name": "w", "trigger": "Signed Up", "step": [
+        {"send": "welcome", "send_time": "optimal", "within": "24h"}]}]  # fmt: skip
+    overrides = {"workflow": flows, "send_time": send_time, "mail": {"frequency_cap": "off"}}
+    return load_config(None, env={}, overrides=overrides)
+
+
+def lines(*raws: dict[str, Any]) -> list[str]:
+    return [orjson.dumps(raw).decode() for raw in raws]
+
+
+async def test_optimal_sends_show_the_chosen_time_and_reason() -> None:
+    """A person who opens mail at 19:00 signs up at 10:00: the send shows at +9h, with the
+    hour, the history and the best hours; a control send goes at once and says so."""
+    user = {"userId": "u1"}
+    identify = {"type": "identify", **user, "timestamp": "2026-03-01T08:00:00+00:00",
+                "traits": {"email": "ann@example.com", "consent": "confirmed_opt_in"}}  # fmt: skip
+    opens = [{"type": "track", "event": "Email Opened", **user,
+              "timestamp": f"2026-03-{day:02d}T19:00:00+00:00"} for day in range(1, 9)]  # fmt: skip
+    signed = {"type": "track", "event": "Signed Up", **user,
+              "timestamp": "2026-03-09T10:00:00+00:00"}  # fmt: skip
+    config = timed_config(exploration=0.0, control=0.0)
+    decisions = await simulate(config, read_events(lines(identify, *opens, signed), config))
+    (send,) = [d for d in decisions if d.action == "send"]
+    assert format_offset(send.at - datetime(2026, 3, 9, 10, tzinfo=UTC).timestamp()) == "+9h00m00s"
+    assert send.detail.startswith(
+        "welcome @ Mon 19:00 (optimal: 7.63 engagements; best Mon 19:00 0.041"
+    )  # decayed
+    config = timed_config(control=1.0)
+    decisions = await simulate(config, read_events(lines(identify, signed), config))
+    (send,) = [d for d in decisions if d.action == "send"]
+    assert send.detail == "welcome (control: at once)"
+
+
+async def test_a_quiet_window_says_so() -> None:
+    """An optimal send whose whole window is quiet says why it went when it did."""
+    flows = [{"name": "w", "trigger": "Signed Up", "step": [
+        {"send": "welcome", "send_time": "optimal", "within": "1h"}]}]  # fmt: skip
+    overrides = {"workflow": flows, "send_time": {"control": 0.0},
+                 "mail": {"quiet_hours": "21:00-08:00"}}  # fmt: skip
+    config = load_config(None, env={}, overrides=overrides)
+    identify = {"type": "identify", "userId": "u1", "timestamp": "2026-03-09T21:00:00+00:00",
+                "traits": {"email": "ann@example.com", "consent": "confirmed_opt_in"}}  # fmt: skip
+    signed = {"type": "track", "event": "Signed Up", "userId": "u1",
+              "timestamp": "2026-03-09T22:00:00+00:00"}  # fmt: skip
+    decisions = await simulate(config, read_events(lines(identify, signed), config))
+    (send,) = [d for d in decisions if d.action == "send"]
+    assert send.detail == "welcome (optimal: window quiet)"
