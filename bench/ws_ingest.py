@@ -2,7 +2,8 @@
 
 Every connection is one browser sending ``{"batch": [...]}`` frames with up to ``--window``
 frames unacknowledged, and counts ``{"ack": [...]}`` replies (checked id by id). rtserver acks
-only after the SQLite commit (``synchronous=FULL``); the bare servers ack right after decoding.
+only after the SQLite commit (``synchronous=FULL``), in one frame for the frames of a connection
+committed together; the bare servers ack each frame right after decoding it.
 The goal is rtserver ≥ 0.6× the bare ``websockets`` server, measured in the same run.
 
 Also printed: server CPU per event (robust on a shared machine) and the client's CPU share (it
@@ -50,10 +51,16 @@ def _loop_for(conn: WsConn, client: int, frames: int, args: argparse.Namespace) 
     loop = ClosedLoop(conn.send, [client_frame(b.body) for b in batches], args.window)
 
     def on_text(payload: bytes) -> None:
-        reply = orjson.loads(payload)
-        if reply.get("ack") == batches[loop.answered].ids:
+        # One ack answers one frame or, coalesced, several in a row: their ids in order.
+        acked = orjson.loads(payload).get("ack")
+        start = 0
+        while isinstance(acked, list) and start < len(acked) and loop.answered < len(batches):
+            ids = batches[loop.answered].ids
+            if acked[start : start + len(ids)] != ids:
+                break
+            start += len(ids)
             loop.reply()
-        else:
+        if not isinstance(acked, list) or start != len(acked) or not acked:
             loop.fail(f"connection {client}: unexpected reply {payload[:200]!r}")
 
     conn.on_text = on_text

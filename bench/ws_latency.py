@@ -91,7 +91,8 @@ def decisions_in(store: str) -> dict[str, Any]:
 
 
 class Timings:
-    """Send times waiting for their ack, per connection (acks come back in order)."""
+    """Send times waiting for their ack, per connection (acks come back in order; one ack may
+    cover several frames)."""
 
     def __init__(self, conns: list[WsConn], warmup: int):
         self.pending: list[deque[tuple[float, str, int]]] = [deque() for _ in conns]
@@ -111,13 +112,18 @@ class Timings:
 
         def on_text(payload: bytes) -> None:
             now = time.perf_counter()
-            sent, message_id, index = pending.popleft()
-            if orjson.loads(payload).get("ack") != [message_id]:
+            acked = orjson.loads(payload).get("ack")
+            if not isinstance(acked, list) or len(acked) > len(pending):
                 self._fail(f"connection {client}: unexpected reply {payload[:200]!r}")
                 return
-            self.acked += 1
-            if index >= self.warmup:
-                self.latencies.append(now - sent)
+            for acked_id in acked:  # one ack may cover several frames, in the order sent
+                sent, message_id, index = pending.popleft()
+                if acked_id != message_id:
+                    self._fail(f"connection {client}: unexpected reply {payload[:200]!r}")
+                    return
+                self.acked += 1
+                if index >= self.warmup:
+                    self.latencies.append(now - sent)
 
         return on_text
 

@@ -195,6 +195,9 @@ class Browser:
                 return
             reply = orjson.loads(await asyncio.wait_for(ws.recv(), 4 * TIMEOUT_UNIT))
             ids = in_flight.popleft()  # replies come in the order of the batches
+            # One ack may cover several batches in a row (committed together).
+            while "ack" in reply and len(ids) < len(reply["ack"]) and in_flight:
+                ids = ids + in_flight.popleft()
             if "ack" in reply and reply["ack"] == ids:
                 fresh = 0
                 for mid in ids:

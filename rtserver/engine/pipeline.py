@@ -30,8 +30,6 @@ logger = logging.getLogger(__name__)
 
 def _new_future() -> asyncio.Future[None]:
     future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    # A client that went away never awaits its outcome; mark a failure as seen anyway.
-    future.add_done_callback(lambda f: f.cancelled() or f.exception())
     return future
 
 
@@ -209,6 +207,9 @@ class Pipeline:
                 submission.done.set_result(None)
             else:
                 submission.done.set_exception(outcome)
+                # Seen: a client that went away never awaits its outcome, and asyncio would
+                # log the failure as never retrieved (a waiter still gets it).
+                submission.done.exception()
 
     async def drain(self) -> None:
         """Wait until every queued batch is committed (or has failed)."""

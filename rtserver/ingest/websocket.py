@@ -1,11 +1,11 @@
 """WebSocket ingest: ``GET /v1/ws?key=<public key>``, the browsers' persistent connection.
 
 Protocol (fixed): text frames ``{"batch": [event, ...]}`` in; ``{"ack": [...]}`` only
-after commit, ``{"reject": [...]}`` for events that will never be accepted, ``{"nack": [...],
-"retry_after_ms": N}`` after a transient storage failure. Bad key or Origin: HTTP 403 at the
-handshake. Oversize frame: 1009 (uvicorn's ``ws_max_size``). Rate, depth, batch size or a binary
-frame: 1008. Queue full for too long: 1013. Idle: 1000. Shutdown: 1001, after the final flush and
-acks.
+after commit (one ack may cover several frames in a row, committed together), ``{"reject":
+[...]}`` for events that will never be accepted, ``{"nack": [...], "retry_after_ms": N}`` after
+a transient storage failure. Bad key or Origin: HTTP 403 at the handshake. Oversize frame: 1009
+(uvicorn's ``ws_max_size``). Rate, depth, batch size or a binary frame: 1008. Queue full for too
+long: 1013. Idle: 1000. Shutdown: 1001, after the final flush and acks.
 
 Each connection has two halves: a reader task that parses frames and submits batches, and the
 endpoint itself writing replies in order (acks wait for their commit), so a client may pipeline
@@ -351,7 +351,11 @@ class Session:
             raise PolicyViolation(f"more than {limits.events_per_s:g} events per second")
 
     async def write(self) -> None:
-        """Send replies in order until a :class:`Close` comes through."""
+        """Send replies in order until a :class:`Close` comes through.
+
+        Acks are coalesced: once a batch's commit is awaited, the batches queued behind it whose
+        commits are done too (the same group commit, as a rule) are acked in the same frame.
+        """
         retry_after_ms = self.intake.config.ingest.retry_after_ms
         send_text = self.ws.send_text
         while True:
@@ -365,13 +369,36 @@ class Session:
                 done, ids = reply
                 try:
                     await done
-                    text = '{"ack":' + orjson.dumps(ids).decode() + "}"
+                    text = '{"ack":' + orjson.dumps(self._committed_after(ids)).decode() + "}"
                 except (StorageUnavailable, StoreError):
                     message = {"nack": ids, "retry_after_ms": retry_after_ms}
                     text = orjson.dumps(message).decode()
             else:
                 text = orjson.dumps(reply).decode()
             await send_text(text)
+
+    def _committed_after(self, ids: list[str]) -> list[str]:
+        """``ids`` and the ids of the acks queued right behind them that are committed."""
+        replies = self.replies
+        if not replies:
+            return ids
+        merged = ids
+        while replies:
+            reply = replies[0]
+            if not isinstance(reply, tuple):
+                break
+            done, more = reply
+            if not done.done() or done.cancelled() or done.exception() is not None:
+                break
+            if merged is ids:
+                merged = [*ids]
+            merged += more
+            replies.pop(0)
+        if merged is not ids:
+            putter = self._putter
+            if putter is not None and not putter.done():
+                putter.set_result(None)
+        return merged
 
 
 class Ingest:

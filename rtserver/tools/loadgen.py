@@ -148,7 +148,8 @@ async def _decided(host: str, port: int) -> int | None:
 
 
 class _Tracker:
-    """Send times waiting for their replies, per connection (replies come back in order)."""
+    """Send times waiting for their replies, per connection (replies come back in order; one
+    ack may answer several frames)."""
 
     def __init__(self, conns: list[WsConn], report: Report, clock: Callable[[], float]):
         self.report = report
@@ -164,15 +165,21 @@ class _Tracker:
         self.idle[client].clear()
 
     def _receiver(self, client: int) -> Callable[[bytes], None]:
+        pending = self.pending[client]
+
         def on_text(payload: bytes) -> None:
-            sent, message_id = self.pending[client].popleft()
             reply: dict[str, Any] = orjson.loads(payload)
-            if message_id in reply.get("ack", ()):
-                self.report.acked += 1
-                self.report.latencies.append(self.clock() - sent)
-            else:
+            acked = reply.get("ack")
+            if acked is None:  # a reject or a nack, of one frame
+                pending.popleft()
                 self.report.refused += 1
-            if not self.pending[client]:
+            else:  # one ack may cover several frames (one event each), in the order sent
+                now = self.clock()
+                for _ in acked:
+                    sent, _message_id = pending.popleft()
+                    self.report.acked += 1
+                    self.report.latencies.append(now - sent)
+            if not pending:
                 self.idle[client].set()
 
         return on_text
