@@ -48,9 +48,22 @@ class Budgets:
         self.folder = Path(config.store.path).resolve().parent
         self.min_free_bytes = config.store.min_free_mb * 2**20
         self._disk: tuple[float, bool] = (-math.inf, False)
+        self._keys: dict[str, str | None] = {}
+        """What :meth:`key` said of each address seen lately (parsing one costs more than a
+        frame's budget check)."""
 
     def key(self, address: str) -> str | None:
         """The budget an address spends from (an IPv6 address's /64), None when exempt."""
+        try:
+            return self._keys[address]
+        except KeyError:
+            pass
+        if len(self._keys) >= MAX_ADDRESSES:
+            self._keys.clear()
+        key = self._keys[address] = self._key_of(address)
+        return key
+
+    def _key_of(self, address: str) -> str | None:
         try:
             ip = ipaddress.ip_address(address)
         except ValueError:

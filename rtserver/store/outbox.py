@@ -53,8 +53,8 @@ PRODUCT_EVENTS = (
 )  # fmt: skip
 """What carts, views and purchases are made of (recommend.py reads them)."""
 PRODUCT_ID = "product_id"
-"""The product of an event: ``events.product_id``, generated from the body's
-``properties.product_id`` or ``.sku`` (migration 0005), indexed for views."""
+"""The product of an event: ``events.product_id``, the body's ``properties.product_id`` or
+``.sku``, written with the event (migration 0015), indexed for views."""
 VIEWS = f"""
     SELECT {PRODUCT_ID} AS pid, max(seq) AS last, count(*) AS n FROM events INDEXED BY %s
     WHERE name = 'Product Viewed' AND received_at >= ? AND {PRODUCT_ID} IS NOT NULL

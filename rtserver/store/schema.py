@@ -366,6 +366,26 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         );
         """,
     ),
+    # An event's product, written with the event instead of generated from its body: the
+    # generated column ran json_extract on every insert for the index (about 3.5 us an event,
+    # a quarter of what a group commit spends on an event's row and indexes).
+    (
+        "0015_product_column",
+        """
+        DROP INDEX events_product_viewers;
+        DROP INDEX events_product_interest;
+        ALTER TABLE events DROP COLUMN product_id;
+        ALTER TABLE events ADD COLUMN product_id TEXT;
+        UPDATE events SET product_id = coalesce(
+            json_extract(CAST(body AS TEXT), '$.properties.product_id'),
+            json_extract(CAST(body AS TEXT), '$.properties.sku'))
+        WHERE json_type(CAST(body AS TEXT), '$.properties') = 'object';
+        CREATE INDEX events_product_viewers ON events (product_id, received_at, person_id)
+            WHERE name = 'Product Viewed';
+        CREATE INDEX events_product_interest ON events (product_id, received_at, person_id)
+            WHERE name IN ('Product Added', 'Back In Stock Requested');
+        """,
+    ),
 )
 
 USE_TOKEN = (
@@ -377,8 +397,8 @@ GIVE_BACK_TOKEN = "DELETE FROM used_tokens WHERE digest = ?"
 TOKEN_USED = "SELECT 1 FROM used_tokens WHERE digest = ?"
 INSERT_EVENT = """
     INSERT INTO events (message_id, type, name, person_id, anonymous_id, user_id, source,
-                        received_at, timestamp, body)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                        received_at, timestamp, body, product_id)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (message_id) DO NOTHING
 """
 UPSERT_PROFILE = """

@@ -177,6 +177,23 @@ def _person_of(row: Sequence[Any]) -> Person:
     return Person(**values)
 
 
+def product_of(properties: dict[str, Any]) -> str | None:
+    """``events.product_id``: ``properties.product_id``, else ``.sku``, as SQLite's
+    ``json_extract`` into a TEXT column gives them (what migration 0015 stored for the events
+    before it): a number as its decimal text, true and false as 1 and 0, an array or object as
+    its compact JSON; null or absent is none."""
+    value = properties.get("product_id")
+    if value is None:
+        value = properties.get("sku")
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int | float):
+        return str(value)
+    return orjson.dumps(value).decode()
+
+
 def _rows(conn: sqlite3.Connection, sql: str, parameters: Sequence[Any] = ()) -> list[Any]:
     return conn.execute(sql, parameters).fetchall()
 
@@ -220,7 +237,7 @@ def commit(
     people = prepared.people
     event_rows = [
         (e.message_id, e.type, e.name, person, e.anonymous_id, e.user_id, e.source, at,
-         e.timestamp, e.body)
+         e.timestamp, e.body, product_of(e.properties))
         for e, person, at in zip(events, people, received_at, strict=True)
     ]  # fmt: skip
     profile_rows = _profile_rows(events, people, received_at)

@@ -87,6 +87,8 @@ def test_memory_is_bounded_by_the_least_recent_addresses(
     for i in range(5):
         budgets.take("events", f"10.0.0.{i}")
     assert [key for _, key in budgets.buckets] == ["10.0.0.2", "10.0.0.3", "10.0.0.4"]
+    assert len(budgets._keys) <= 3  # the addresses' parsed keys are bounded too
+    assert budgets.key("10.0.0.4") == "10.0.0.4"
 
 
 def test_the_disk_guard_looks_again_only_after_a_second(tmp_path: Path) -> None:

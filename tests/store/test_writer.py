@@ -8,7 +8,9 @@ import contextlib
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
 
 from rtserver.config.schema import IngestConfig
@@ -17,6 +19,7 @@ from rtserver.model.facts import Run
 from rtserver.store import writer
 from rtserver.store.changes import Changes, Prepared
 from rtserver.store.database import Store
+from rtserver.store.schema import MIGRATIONS
 from tests.support.events import event
 
 
@@ -119,3 +122,46 @@ def test_seen_profiles_are_updated_and_missing_ones_inserted(conn: sqlite3.Conne
     writer.commit(conn, missing, Changes(profiled={"u:u1", "u:u3"}), grouped=True)
     rows = conn.execute("SELECT person_id, first_seen, last_seen FROM profiles").fetchall()
     assert sorted(rows) == [("u:u1", 1.0, 7.0), ("u:u2", 3.0, 3.0), ("u:u3", 9.0, 9.0)]
+
+
+PRODUCT_VALUES: list[dict[str, Any]] = [
+    {"product_id": "sku-1"},
+    {"product_id": 12},
+    {"product_id": 12.5},
+    {"product_id": True},
+    {"product_id": False},
+    {"product_id": None, "sku": "s-2"},
+    {"sku": 7},
+    {"product_id": {"a": 1}},
+    {"product_id": [1, "x"]},
+    {"product_id": ""},
+    {"name": "no product"},
+    {},
+]
+
+
+def test_the_product_column_is_what_the_generated_one_was() -> None:
+    """``product_of`` gives what the generated column (migrations 0005 to 0014) read from the
+    body with json_extract; migration 0015 keeps those values for the events before it."""
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    before = [(name, script) for name, script in MIGRATIONS if name < "0015"]
+    for _, script in before:
+        conn.executescript(script)
+    for i, properties in enumerate(PRODUCT_VALUES):
+        body = orjson.dumps({"type": "track", "properties": properties})
+        conn.execute(
+            "INSERT INTO events (message_id, type, name, person_id, source, received_at, body) "
+            "VALUES (?, 'track', 'Product Viewed', 'a:x', 'browser', ?, ?)",
+            (f"m{i}", float(i), body),
+        )
+    generated = [r[0] for r in conn.execute("SELECT product_id FROM events ORDER BY seq")]
+    assert generated == [writer.product_of(p) for p in PRODUCT_VALUES]
+    (script,) = [script for name, script in MIGRATIONS if name == "0015_product_column"]
+    conn.executescript(script)
+    stored = [r[0] for r in conn.execute("SELECT product_id FROM events ORDER BY seq")]
+    assert stored == generated
+    plan = conn.execute(
+        "EXPLAIN QUERY PLAN SELECT person_id FROM events "
+        "WHERE name = 'Product Viewed' AND product_id = 'sku-1'"
+    ).fetchall()
+    assert "events_product_viewers" in str(plan)
