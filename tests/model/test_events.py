@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import hmac
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 import orjson
 import pytest
 from hypothesis import given, strategies as st
@@ -618,10 +618,10 @@ def test_verified_event_keeps_every_other_field() -> None:
     context = {"userHash": sign_identity(SECRET, "u1")}
     event = browser(userId="u1", traits={"email": "a@s.example"}, context=context)
     checked = verify_identity(event, SECRET)
-    assert checked == dataclasses.replace(event, user_verified=True, email_verified=False)
+    assert checked == msgspec.structs.replace(event, user_verified=True, email_verified=False)
     unverified = browser(userId="u1")
     assert verify_identity(unverified, SECRET) is unverified
-    trusted = dataclasses.replace(unverified, user_verified=True, email_verified=True)
+    trusted = msgspec.structs.replace(unverified, user_verified=True, email_verified=True)
     assert verify_identity(trusted, SECRET) == unverified  # a browser's flags are recomputed
 
 
