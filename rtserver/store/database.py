@@ -266,6 +266,11 @@ class Store:
             rows = await self._db.execute_fetchall("SELECT run_id, due FROM timers")
         return [(r[0], r[1]) for r in rows]
 
+    async def bandit_tallies(self) -> dict[tuple[str, int, str], tuple[int, int]]:
+        """(workflow, step, variant) → (mails sent, of them rewarded) of every bandit arm: the
+        engine's counts are rebuilt from these on start."""
+        return await self._in_writer(writer.bandit_tallies)
+
     async def replace_secret(self, name: str, value: str, now: float) -> None:
         """Store ``value`` as the secret ``name``, whatever was kept before."""
         async with self._write_lock, _sqlite_errors():
