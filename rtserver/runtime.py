@@ -497,6 +497,10 @@ async def start(
             sink=config.mail.transport == "sink",
             clock=clock,
             monotonic=monotonic,
+            bandits={
+                key: (tuple(v.name for v in step.variants), step.goal)
+                for key, step in rules.bandits.items()
+            },
         )
         hub = Hub(
             board.compose,
