@@ -322,6 +322,8 @@ def _selection(
     if kind != "send" or len(variants) < 2:
         # The reward is a click on (or an order after) the mail the variant chose.
         raise _Problem("selection = 'bandit' needs [[workflow.step.variant]] tables of sends")
+    if any("weight" in v for v in table["variant"]):
+        raise _Problem("weight belongs to selection = 'weights' (a bandit sets the shares)")
     goal = table.get("goal", "clicked")
     if goal not in GOALS:
         raise _Problem(f"goal: expected 'clicked' or 'ordered', got {goal!r}")

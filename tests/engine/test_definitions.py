@@ -209,6 +209,13 @@ def test_bandit_step_compiles_with_goal_and_floor() -> None:
             "floor: expected a share between 0 and 1/2 (one per variant), got 0.6",
         ),
         ({"variant": BANDIT_ARMS, "selection": "bandit", "floor": True}, "floor: expected"),
+        (
+            {
+                "variant": [{"send": "cart_reminder", "weight": 2}, {"send": "cart_reminder_2"}],
+                "selection": "bandit",
+            },
+            "weight belongs to selection = 'weights'",
+        ),
     ],
 )
 def test_bad_step_names_workflow_step_and_problem(step: Any, message: str) -> None:
