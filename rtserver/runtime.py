@@ -217,6 +217,8 @@ async def poll_once(config: Config, name: str, clock: Clock) -> Cycle:
             store,
             confirmations_per_ip=config.mail.confirmations_per_ip,
             memory_mb=config.engine.memory_mb,
+            click_window_s=config.dashboard.click_window,
+            open_window_s=config.dashboard.open_window,
         )
         pipeline = _make_pipeline(config, store, engine, clock)
         task = asyncio.create_task(pipeline.run(), name="pipeline")
@@ -440,6 +442,8 @@ async def start(
             store,
             confirmations_per_ip=config.mail.confirmations_per_ip,
             memory_mb=config.engine.memory_mb,
+            click_window_s=config.dashboard.click_window,
+            open_window_s=config.dashboard.open_window,
         )
         restored = await engine.restore(clock())
         if restored:
@@ -493,6 +497,10 @@ async def start(
             sink=config.mail.transport == "sink",
             clock=clock,
             monotonic=monotonic,
+            bandits={
+                key: (tuple(v.name for v in step.variants), step.goal)
+                for key, step in rules.bandits.items()
+            },
         )
         hub = Hub(
             board.compose,

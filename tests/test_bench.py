@@ -241,3 +241,16 @@ def test_send_time_bench_runs() -> None:
     assert [r["history"] for r in report["recovery"]] == ["0", "1-4", "5-19", "20+"]
     assert report["model_cost"]["update_us_per_event"] > 0
     assert isinstance(report["goal_met"], bool)
+
+
+@pytest.mark.slow
+def test_bandit_bench_runs() -> None:
+    """bench.bandit --quick decides every arrival with the real decide: the fixed split and
+    the bandit each have their regret, and the bandit's ratio to the fixed split is reported."""
+    report: dict[str, Any] = json.loads(run_bench("bandit", "--quick", "--json"))
+    assert report["bench"] == "bandit"
+    fixed, bandit = report["results"]
+    assert fixed["policy"] == "fixed 50/50" and bandit["policy"] == "bandit, floor 0.1"
+    assert 0.45 < fixed["better_share"] < 0.55 and fixed["mean"] > 0
+    assert bandit["ratio"] == bandit["mean"] / report["fixed_regret"]
+    assert isinstance(report["goal_met"], bool)

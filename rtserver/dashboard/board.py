@@ -18,7 +18,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -26,6 +26,7 @@ import orjson
 from rtserver.clock import Clock, Monotonic
 from rtserver.config import DashboardConfig
 from rtserver.dashboard.alerts import Alerts, Sample
+from rtserver.dashboard.experiments import bandit_panels, heatmap, timed_comparison
 from rtserver.dashboard.funnel import Order, RunRow, funnel
 from rtserver.dashboard.hub import Changed
 from rtserver.dashboard.latency import Histogram, percentile
@@ -121,8 +122,11 @@ class Board:
         sink: bool,
         clock: Clock,
         monotonic: Monotonic = time.monotonic,
+        bandits: Mapping[tuple[str, int], tuple[Sequence[str], str]] | None = None,
     ) -> None:
         self.store = store
+        self.bandits = bandits or {}
+        """(workflow, step index) → (variant names, goal) of each ``selection = "bandit"``."""
         self.readings = readings
         self.latency = latency
         self.alerts = alerts
@@ -273,6 +277,24 @@ class Board:
         ]
         return funnel(rows, bought, self.click_window_s, self.open_window_s)
 
+    async def send_time(self) -> dict[str, Any]:
+        """The send-time page: the shop's engagement heatmap, optimal sends against their
+        control arm over the last ``FUNNEL_DAYS``, and a panel per bandit step."""
+        experiments = self.store.experiments
+        since = self.clock() - FUNNEL_DAYS * 86400.0
+        steps = {key: names for key, (names, _) in self.bandits.items()}
+        panels = bandit_panels(
+            steps, await experiments.bandit_tallies(), await experiments.bandit_days(since)
+        )
+        for panel in panels:
+            panel["goal"] = self.bandits[(panel["workflow"], panel["step"] - 1)][1]
+        return {
+            "shop": heatmap(await experiments.shop_engagement()),
+            "comparison": timed_comparison(await experiments.timed_sends(since)),
+            "bandits": panels,
+            "days": FUNNEL_DAYS,
+        }
+
     async def person(self, person_id: str, limit: int) -> dict[str, Any] | None:
         """One person's profile and timeline (events, runs, mails; opens and clicks marked),
         newest first; None when the person is unknown."""
@@ -305,7 +327,15 @@ class Board:
         timeline.sort(key=lambda item: item["at"], reverse=True)
         if profile is not None:
             profile = {**profile, "traits": _props(profile["traits"])}
-        return {"profile": profile, "timeline": timeline[:limit], "runs": runs, "mails": mails}
+        experiments = store.experiments
+        return {
+            "profile": profile,
+            "timeline": timeline[:limit],
+            "runs": runs,
+            "mails": mails,
+            "engagement": heatmap(await experiments.engagement(person_id)),
+            "pending": await experiments.pending_sends(person_id),
+        }
 
     async def sample(self) -> Sample:
         """The counters the alert rules compare (one outbox read)."""

@@ -1,5 +1,5 @@
-"""The dashboard's routes: the live page, its SSE stream, a person's timeline, the dev sink's
-mails, login and logout. Every route but the login sits behind
+"""The dashboard's routes: the live page, its SSE stream, a person's timeline, the send-time
+page, the dev sink's mails, login and logout. Every route but the login sits behind
 :class:`~rtserver.dashboard.auth.RequireLogin`.
 
 The page is rendered on the server (Jinja2, autoescaped) from a snapshot and then kept live by
@@ -79,6 +79,14 @@ def _ms(value: float | None) -> str:
     return "–" if value is None else f"{value:g} ms"
 
 
+def _percent(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1%}"
+
+
+def _day(at: float) -> str:
+    return datetime.datetime.fromtimestamp(at, datetime.UTC).strftime("%Y-%m-%d")
+
+
 @dataclass(frozen=True, slots=True)
 class Dashboard:
     """What the dashboard's routes use, handed to them as ``request.state.dashboard``."""
@@ -95,6 +103,8 @@ class Dashboard:
 templates = Jinja2Templates(directory=str(HERE / "templates" / "pages"))
 templates.env.filters["clock"] = _clock_time
 templates.env.filters["ms"] = _ms
+templates.env.filters["percent"] = _percent
+templates.env.filters["day"] = _day
 
 
 def _render(request: Request, name: str, status: int = 200, **context: Any) -> Response:
@@ -180,6 +190,15 @@ async def person(request: Request) -> Response:
     return _render(
         request, "dashboard_person.html", person_id=person_id, view=view, csrf=session.csrf
     )
+
+
+async def send_time(request: Request) -> Response:
+    """``GET /dashboard/send-time``: the shop's engagement heatmap, optimal sends against their
+    control arm, and each bandit step's arms."""
+    board = cast(Dashboard, request.state.dashboard).board
+    session: Session = request.state.session
+    view = await board.send_time()
+    return _render(request, "dashboard_send_time.html", view=view, csrf=session.csrf)
 
 
 async def mail(request: Request) -> Response:
@@ -289,6 +308,7 @@ async def logout(request: Request) -> Response:
 routes = [
     Route("/dashboard", page),
     Route("/dashboard/stream", stream),
+    Route("/dashboard/send-time", send_time),
     Route("/dashboard/person/{person_id:path}/forget", forget, methods=["POST"]),
     Route("/dashboard/person/{person_id:path}", person),
     Route("/dashboard/mail/{sunk_id:int}", mail),

@@ -28,6 +28,7 @@ from zoneinfo import ZoneInfo
 
 import orjson
 
+from rtserver.engine.bandit import NO_TALLIES, Tallies, tallies_of, thompson
 from rtserver.engine.definitions import WAIT_KINDS, Step, Workflow, Workflows, step_value
 from rtserver.engine.engagement import (
     UNIFORM,
@@ -151,8 +152,9 @@ def quiet_until(now: float, window: tuple[int, int] | None, zone: ZoneInfo) -> f
 class _Decider:
     """One decision: walks runs, collects actions."""
 
-    def __init__(self, rules: Workflows, facts: Facts, now: float, prior: Prior):
+    def __init__(self, rules: Workflows, facts: Facts, now: float, prior: Prior, tallies: Tallies):
         self.rules = rules
+        self.tallies = tallies
         self.person = facts.person
         self.now = now
         self.prior = prior
@@ -211,13 +213,34 @@ class _Decider:
     def variant(self, workflow: Workflow, run: Run, step: Step) -> tuple[Run, str]:
         if len(step.variants) == 1:
             return run, step.variants[0].name
+        if step.selection == "bandit":
+            return self.bandit(workflow, run, step)
         bounds = list(itertools.accumulate(v.weight for v in step.variants))
         pick = _bucket(run.person_id, workflow.name, str(step.index), size=bounds[-1])
         v = step.variants[bisect.bisect_right(bounds, pick)]  # a weight of 0 is never picked
-        label = f"{step.number}:{v.name}"
+        return self.assign(run, step, v.name)
+
+    def assign(self, run: Run, step: Step, name: str) -> tuple[Run, str]:
+        """The run with the variant ``name`` of ``step`` recorded (``"2:B"``)."""
+        label = f"{step.number}:{name}"
         if label not in run.variant.split(","):
             run = replace(run, variant=",".join(filter(None, (run.variant, label))))
-        return run, v.name
+        return run, name
+
+    def bandit(self, workflow: Workflow, run: Run, step: Step) -> tuple[Run, str]:
+        """The run's arm of a bandit step: the one it was given (sticky), else a Thompson draw
+        from the posteriors as they stand, seeded by the person and the step."""
+        prefix = f"{step.number}:"
+        for label in run.variant.split(","):
+            if label.startswith(prefix):
+                return run, label[len(prefix) :]
+        names = [v.name for v in step.variants]
+        arm, _ = thompson(
+            tallies_of(self.tallies, workflow.name, step.index, names),
+            step.floor,
+            (run.person_id, workflow.name, str(step.index)),
+        )
+        return self.assign(run, step, names[arm])
 
     def walk(
         self, workflow: Workflow, run: Run, index: int, event: Event | None, timed: bool = False
@@ -441,14 +464,16 @@ def decide(
     facts: Facts,
     now: float,
     prior: Prior = UNIFORM,
+    tallies: Tallies = NO_TALLIES,
 ) -> list[Action]:
     """The actions ``input`` causes for the person of ``facts`` at ``now``.
 
-    ``prior``: the shop's engagement by hour, for the sends timed ``optimal``.
+    ``prior``: the shop's engagement by hour, for the sends timed ``optimal``; ``tallies``:
+    the sends and successes of each arm of the bandit steps.
     """
     if isinstance(input, Event) and not facts.runs and event_name(input) not in rules.by_trigger:
         return []  # no run to exit, wait or re-arm, and no trigger: nothing can happen
-    decider = _Decider(rules, facts, now, prior)
+    decider = _Decider(rules, facts, now, prior, tallies)
     if isinstance(input, TimerFired):
         decider.fire(input)
     elif isinstance(input, Scheduled):

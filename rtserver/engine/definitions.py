@@ -51,12 +51,14 @@ STEP_KINDS: tuple[StepKind, ...] = (
 WAIT_KINDS = frozenset({"wait", "wait_inactive", "wait_until"})
 STEP_OPTIONS = frozenset(
     {"if", "exit_if", "timeout", "where", "activity", "properties", "variant", "name"}
-    | {"send_time", "within"}
+    | {"send_time", "within", "selection", "goal", "floor"}
 )
 SEND_TIMES = ("immediate", "optimal")
 WITHIN_DEFAULT_S = 86400.0
 WITHIN_MAX_S = 7 * 86400.0
 """The longest an optimal send may wait (one week: then every hour of the week is a choice)."""
+GOALS = ("clicked", "ordered")
+FLOOR_DEFAULT = 0.1
 VARIANT_KEYS = frozenset({"name", "weight"})
 WORKFLOW_KEYS = frozenset(
     {"name", "trigger", "where", "run_key", "exit_on", "reentry", "holdout", "paused", "step"}
@@ -92,6 +94,11 @@ class Step:
     send_time: Literal["immediate", "optimal"] = "immediate"
     """``optimal``: a send waits (up to ``within``) for the person's best hour."""
     within: float = WITHIN_DEFAULT_S
+    selection: Literal["weights", "bandit"] = "weights"
+    """``bandit``: traffic moves to the variant that reaches ``goal`` best (Thompson sampling),
+    each getting at least ``floor`` of it; ``weights``: split by the variants' weights."""
+    goal: Literal["clicked", "ordered"] = "clicked"
+    floor: float = FLOOR_DEFAULT
 
     @property
     def number(self) -> int:
@@ -138,6 +145,8 @@ class Workflows:
     policy: Policy = Policy()
     by_name: Mapping[str, Workflow] = field(default_factory=dict)
     by_trigger: Mapping[str, tuple[Workflow, ...]] = field(default_factory=dict)
+    bandits: Mapping[tuple[str, int], Step] = field(default_factory=dict)
+    """(workflow, step index) → the step, for the steps with ``selection = "bandit"``."""
 
     @property
     def scheduled(self) -> tuple[Workflow, ...]:
@@ -157,6 +166,12 @@ class Workflows:
             policy,
             {wf.name: wf for wf in items},
             {k: tuple(v) for k, v in triggers.items()},
+            {
+                (wf.name, step.index): step
+                for wf in items
+                for step in wf.steps
+                if step.selection == "bandit"
+            },
         )
 
 
@@ -274,6 +289,7 @@ def _step(
     if not isinstance(properties, dict):
         raise _Problem(f"properties: expected a table, got {properties!r}")
     send_time, within = _send_time(table, kind)
+    selection, goal, floor = _selection(table, kind, variants)
     return Step(
         index=index,
         kind=kind,
@@ -286,7 +302,42 @@ def _step(
         properties=properties,
         send_time=send_time,
         within=within,
+        selection=selection,
+        goal=goal,
+        floor=floor,
     )
+
+
+def _selection(
+    table: Mapping[str, Any], kind: StepKind, variants: tuple[Variant, ...]
+) -> tuple[Literal["weights", "bandit"], Literal["clicked", "ordered"], float]:
+    """``selection``, ``goal`` and ``floor`` of a step with variants."""
+    selection = table.get("selection", "weights")
+    if selection == "weights":
+        if "goal" in table or "floor" in table:
+            raise _Problem("goal and floor belong to selection = 'bandit'")
+        return "weights", "clicked", FLOOR_DEFAULT
+    if selection != "bandit":
+        raise _Problem(f"selection: expected 'weights' or 'bandit', got {selection!r}")
+    if kind != "send" or len(variants) < 2:
+        # The reward is a click on (or an order after) the mail the variant chose.
+        raise _Problem("selection = 'bandit' needs [[workflow.step.variant]] tables of sends")
+    if any("weight" in v for v in table["variant"]):
+        raise _Problem("weight belongs to selection = 'weights' (a bandit sets the shares)")
+    goal = table.get("goal", "clicked")
+    if goal not in GOALS:
+        raise _Problem(f"goal: expected 'clicked' or 'ordered', got {goal!r}")
+    floor = table.get("floor", FLOOR_DEFAULT)
+    if (
+        not isinstance(floor, int | float)
+        or isinstance(floor, bool)
+        or not 0 <= floor <= 1 / len(variants)
+    ):
+        raise _Problem(
+            f"floor: expected a share between 0 and 1/{len(variants)} (one per variant), "
+            f"got {floor!r}"
+        )
+    return "bandit", goal, float(floor)
 
 
 def _send_time(

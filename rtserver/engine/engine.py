@@ -24,7 +24,8 @@ from zoneinfo import ZoneInfo
 
 import orjson
 
-from rtserver.config import EngineConfig, MailConfig
+from rtserver.config import DashboardConfig, EngineConfig, MailConfig
+from rtserver.engine.bandit import NO_TALLIES
 from rtserver.engine.decide import decide
 from rtserver.engine.definitions import (
     Workflows,
@@ -84,6 +85,8 @@ CONFIRM_WINDOW_S = 86400.0
 """Double opt-in caps count the mails of the last day."""
 CONFIRM_WORKFLOW = "double_opt_in"
 """The outbox's workflow name for confirmation mails (no run)."""
+REWARDING = frozenset({"Email Clicked", "Order Completed"})
+"""The events that may reach a bandit step's goal."""
 MAX_EMIT_DEPTH = 4
 """Emitted events may trigger workflows that emit again, this many generations deep."""
 
@@ -139,6 +142,8 @@ class Engine:
         tick_s: float = 1.0,
         confirmations_per_ip: int = MailConfig().confirmations_per_ip,
         memory_mb: int = EngineConfig().memory_mb,
+        click_window_s: float = DashboardConfig().click_window,
+        open_window_s: float = DashboardConfig().open_window,
     ):
         self.rules = rules
         self.store = store
@@ -157,6 +162,13 @@ class Engine:
         """The shop's engagement by hour of the week, as committed (None: read it)."""
         self.prior: tuple[Engagement, Prior] = (Engagement(), UNIFORM)
         """The last shop histogram made into a prior, and that prior."""
+        self.tallies: dict[tuple[str, int, str], tuple[int, int]] | None = None
+        """Every bandit arm's (sends, successes), as committed (None: read them)."""
+        self.windows = (click_window_s, open_window_s)
+        """An order is attributed to the mail clicked (opened) last within these (the
+        dashboard's attribution), for the bandit steps whose goal is ``ordered``."""
+        self.bandit_workflows = frozenset(workflow for workflow, _ in rules.bandits)
+        self.orders_count = any(step.goal == "ordered" for step in rules.bandits.values())
         # Recent events are loaded only when a condition asks for them: that read is the
         # one fact whose cost grows with the shop's traffic.
         self.needs_history = any("events_since" in source for source in _condition_sources(rules))
@@ -177,6 +189,8 @@ class Engine:
             self.arm(run_id, due)
         intervals = {wf.name: wf.schedule_s for wf in self.rules.scheduled if wf.schedule_s}
         self.sweeps = await self.store.schedules(intervals, now)
+        if self.rules.bandits:
+            self.tallies = await self.store.bandit_tallies()
         for name, (next_at, cursor) in self.sweeps.items():
             self.arm(SWEEP_PREFIX + name, next_at if cursor is None else now)
         self.wake.set()
@@ -224,13 +238,22 @@ class Engine:
         shop = self.shop if trusted and self.shop is not None else source.shop_engagement()
         changes.shop = None if trusted and self.shop is not None else shop
         prior = self._prior(shop)
+        if rules.bandits:  # a copy: the counts move as this group sends and gets rewards
+            known_tallies = self.tallies if trusted else None
+            changes.tallies = dict(
+                source.bandit_tallies() if known_tallies is None else known_tallies
+            )
+        tallies = NO_TALLIES if changes.tallies is None else changes.tallies
         engagements: list[tuple[int, float, float]] = []  # the shop's, added once at the end
         policy = rules.policy
         while queue:
             event, person_id, at = queue.popleft()
             known = facts[person_id]
             added = None
-            weight = engagement_weight(event, event_name(event), known.person.last_seen, at)
+            name = event_name(event)
+            if name in REWARDING and changes.tallies is not None:
+                self._reward(event, name, person_id, at, source, changes.tallies, changes)
+            weight = engagement_weight(event, name, known.person.last_seen, at)
             if weight:
                 zone = known_zone(
                     event.context.get("timezone"), event.traits.get("timezone"),
@@ -257,7 +280,7 @@ class Engine:
             if not rules.items:
                 facts[person_id] = known
                 continue
-            actions = decide(rules, event, known, at, prior)
+            actions = decide(rules, event, known, at, prior, tallies)
             facts[person_id] = self._fold(known, actions, at, changes) if actions else known
             for action in actions:
                 if isinstance(action, EmitEvent) and depth[event.message_id] < MAX_EMIT_DEPTH:
@@ -279,7 +302,7 @@ class Engine:
                 or self.tick(run.due) > self.tick(now)
             ):
                 continue  # ended, or re-armed for later since the wheel fired it
-            actions = decide(self.rules, TimerFired(run_id, run.step), current, now, prior)
+            actions = decide(self.rules, TimerFired(run_id, run.step), current, now, prior, tallies)
             facts[run.person_id] = self._fold(current, actions, now, changes)
             if not any(isinstance(a, ScheduleTimer) and a.run_id == run_id for a in actions):
                 changes.timers[run_id] = None  # fired, and not armed again by this decision
@@ -323,7 +346,9 @@ class Engine:
         facts.update(self._facts(source, missing, since, not changes.reset, oldest))
         for person_id in persons:
             known = facts[person_id]
-            actions = decide(self.rules, Scheduled(name), known, now, prior)
+            actions = decide(
+                self.rules, Scheduled(name), known, now, prior, changes.tallies or NO_TALLIES
+            )
             facts[person_id] = self._fold(known, actions, now, changes)
         if len(persons) == SWEEP_CHUNK:
             changes.schedules[name] = (next_at, persons[-1])  # more to sweep at the next tick
@@ -332,6 +357,50 @@ class Engine:
         while following <= now:  # periods missed while stopped are skipped, not caught up
             following += workflow.schedule_s
         changes.schedules[name] = (following, None)
+
+    def _reward(
+        self,
+        event: Event,
+        name: str,
+        person_id: str,
+        at: float,
+        source: Source,
+        tallies: dict[tuple[str, int, str], tuple[int, int]],
+        changes: Changes,
+    ) -> None:
+        """Count a bandit mail's success: its first human click (goal ``clicked``), or an order
+        attributed to it (``ordered``: the mail the person clicked or opened last, within the
+        attribution windows)."""
+        if name == "Email Clicked":
+            properties = event.properties
+            if properties.get("machine") or properties.get("workflow") not in self.bandit_workflows:
+                return
+            goal, mail = "clicked", properties.get("mail_id")
+        else:
+            if not self.orders_count:
+                return
+            goal, mail = "ordered", self._last_touch(source, person_id, at)
+        if not isinstance(mail, str) or mail in changes.rewards:
+            return
+        found = source.bandit_mail(mail)
+        if found is None:
+            return
+        workflow, step, variant, rewarded = found
+        bandit = self.rules.bandits.get((workflow, step))
+        if rewarded or bandit is None or bandit.goal != goal:
+            return
+        changes.rewards[mail] = at
+        sends, successes = tallies.get((workflow, step, variant), (0, 0))
+        tallies[(workflow, step, variant)] = (sends, successes + 1)
+
+    def _last_touch(self, source: Source, person_id: str, at: float) -> str | None:
+        """The mail an order at ``at`` is attributed to, as the dashboard's funnel does."""
+        click_s, open_s = self.windows
+        for mail, name, touched in source.touches(person_id, at - max(click_s, open_s)):
+            window = click_s if name == "Email Clicked" else open_s
+            if touched <= at <= touched + window:
+                return mail
+        return None
 
     def _prior(self, shop: Engagement) -> Prior:
         """The prior of ``shop``, made again only when the shop's histogram changed (on the
@@ -405,6 +474,8 @@ class Engine:
                 changes.steps.append(step)
                 if isinstance(action, SendMail):
                     changes.outbox.append(outbox_row(action, bool(step[6]), at))
+                    if changes.tallies is not None:
+                        self._count_send(action, at, changes.tallies, changes)
                 elif isinstance(action, CallWebhook):
                     changes.deliveries.append(delivery_row(action, step[3], facts.person, at))
                 if step[6]:
@@ -413,6 +484,21 @@ class Engine:
                     last_sent = at
         last_ended = facts.last_ended if ended is None else ended
         return Facts(facts.person, tuple(runs.values()), last_ended, last_sent)
+
+    def _count_send(
+        self,
+        action: SendMail,
+        at: float,
+        tallies: dict[tuple[str, int, str], tuple[int, int]],
+        changes: Changes,
+    ) -> None:
+        """A bandit step's mail: one more send of its arm."""
+        if (action.workflow, action.step) not in self.rules.bandits:
+            return
+        key = (action.workflow, action.step, action.variant)
+        changes.bandit_mails.append((mail_id(action.run_id, action.step), *key, at))
+        sends, successes = tallies.get(key, (0, 0))
+        tallies[key] = (sends + 1, successes)
 
     def _step_row(
         self, action: SendMail | SkipStep | EmitEvent | CallWebhook, workflow: str, at: float
@@ -487,6 +573,8 @@ class Engine:
         self.generation = changes.generation
         if changes.shop is not None:
             self.shop = changes.shop
+        if changes.tallies is not None:
+            self.tallies = changes.tallies
         before = self.wheel.next_deadline()
         for run_id, timer in changes.timers.items():
             if timer is None:

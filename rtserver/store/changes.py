@@ -45,6 +45,13 @@ class Changes:
     """Scheduled workflow → (next sweep, the last person swept so far or None when done)."""
     shop: Engagement | None = None
     """The shop's engagement by hour, when this group changed it."""
+    bandit_mails: list[tuple[str, str, int, str, float]] = field(default_factory=list)
+    """Mails of bandit steps decided: (mail id, workflow, step, variant, when)."""
+    rewards: dict[str, float] = field(default_factory=dict)
+    """Mail id → when it reached its bandit step's goal (the first time)."""
+    tallies: dict[tuple[str, int, str], tuple[int, int]] | None = None
+    """Every bandit arm's (sends, successes) once this commits, when read or changed here
+    (for the engine, never written: ``bandit_mails`` is what is written)."""
     known: dict[str, tuple[Facts, float]] = field(default_factory=dict)
     """Person → (facts as stored once this commits, a lower bound of their history's times),
     for the engine's memory (never written)."""
@@ -73,6 +80,7 @@ class Changes:
             or self.people
             or self.schedules
             or self.shop is not None
+            or self.rewards
             or self.outbox
             or self.deliveries
         )

@@ -27,6 +27,7 @@ from rtserver.store.backup import backup, pending_migrations
 from rtserver.store.catalog import CatalogStore
 from rtserver.store.changes import Changes, Prepared
 from rtserver.store.deliveries import DeliveryStore
+from rtserver.store.experiments import ExperimentStore
 from rtserver.store.outbox import MailStore
 from rtserver.store.polls import PollStore
 from rtserver.store.schema import MIGRATIONS, PROFILE_COLUMNS, RUN_COLUMNS
@@ -137,6 +138,8 @@ class Store:
         """The shop's products and the feeds' state."""
         self.polls = PollStore(self._in_writer, self._read)
         """Where each polling source stands."""
+        self.experiments = ExperimentStore(self._read)
+        """Engagement histograms, timed sends and the bandit steps' mails (dashboard reads)."""
 
     @classmethod
     async def open(cls, path: str | Path) -> Store:
@@ -265,6 +268,11 @@ class Store:
         async with self._write_lock, _sqlite_errors():
             rows = await self._db.execute_fetchall("SELECT run_id, due FROM timers")
         return [(r[0], r[1]) for r in rows]
+
+    async def bandit_tallies(self) -> dict[tuple[str, int, str], tuple[int, int]]:
+        """(workflow, step, variant) → (mails sent, of them rewarded) of every bandit arm: the
+        engine's counts are rebuilt from these on start."""
+        return await self._in_writer(writer.bandit_tallies)
 
     async def replace_secret(self, name: str, value: str, now: float) -> None:
         """Store ``value`` as the secret ``name``, whatever was kept before."""

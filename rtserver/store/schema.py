@@ -386,6 +386,23 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
             WHERE name IN ('Product Added', 'Back In Stock Requested');
         """,
     ),
+    (
+        "0016_bandit",
+        # Self-tuning variants: each mail a bandit step sent, its arm, and when it first reached
+        # the step's goal (a human click, or an order attributed to it). The arms' counts are
+        # this table grouped; no personal data (the mail id is a digest and a step number).
+        """
+        CREATE TABLE bandit_mails (
+            mail_id TEXT PRIMARY KEY,
+            workflow TEXT NOT NULL,
+            step INTEGER NOT NULL,
+            variant TEXT NOT NULL,
+            sent_at REAL NOT NULL,
+            rewarded_at REAL
+        );
+        CREATE INDEX bandit_mails_sent ON bandit_mails (sent_at);
+        """,
+    ),
 )
 
 USE_TOKEN = (
@@ -507,6 +524,17 @@ UPSERT_SHOP_ENGAGEMENT = """
     INSERT INTO shop_engagement (id, histogram, updated_at) VALUES (1, ?, ?)
     ON CONFLICT (id) DO UPDATE SET histogram = excluded.histogram, updated_at = excluded.updated_at
 """
+INSERT_BANDIT_MAIL = """
+    INSERT INTO bandit_mails (mail_id, workflow, step, variant, sent_at) VALUES (?, ?, ?, ?, ?)
+    ON CONFLICT DO NOTHING
+"""
+REWARD_BANDIT_MAIL = (
+    "UPDATE bandit_mails SET rewarded_at = ? WHERE mail_id = ? AND rewarded_at IS NULL"
+)
+BANDIT_TALLIES = (
+    "SELECT workflow, step, variant, count(*), count(rewarded_at) FROM bandit_mails "
+    "GROUP BY workflow, step, variant"
+)
 UPSERT_IDENTITY = """
     INSERT INTO identities (anonymous_id, person_id) VALUES (?, ?)
     ON CONFLICT (anonymous_id) DO UPDATE SET person_id = excluded.person_id

@@ -34,9 +34,11 @@ from rtserver.model import (
 )
 from rtserver.store.changes import Changes, Prepared
 from rtserver.store.schema import (
+    BANDIT_TALLIES,
     DROP_ENDED_TIMERS,
     END_CONFLICTING_RUNS,
     FACT_COLUMNS,
+    INSERT_BANDIT_MAIL,
     INSERT_DELIVERY,
     INSERT_EVENT,
     INSERT_OUTBOX,
@@ -44,6 +46,7 @@ from rtserver.store.schema import (
     MERGE_PROFILE,
     MERGE_PROFILE_FACTS,
     PROBE,
+    REWARD_BANDIT_MAIL,
     RUN_COLUMNS,
     UPDATE_PROFILE_FACTS,
     UPSERT_IDENTITY,
@@ -57,6 +60,7 @@ from rtserver.store.schema import (
 __all__ = [
     "Plan",
     "Source",
+    "bandit_tallies",
     "commit",
     "facts",
     "generation",
@@ -360,6 +364,10 @@ def _write_changes(conn: sqlite3.Connection, changes: Changes) -> None:
         conn.executemany(UPDATE_PROFILE_FACTS, [_facts_row(p) for p in changes.people.values()])
     if changes.shop is not None:
         conn.execute(UPSERT_SHOP_ENGAGEMENT, (engagement_json(changes.shop), changes.shop.at))
+    if changes.bandit_mails:
+        conn.executemany(INSERT_BANDIT_MAIL, changes.bandit_mails)
+    if changes.rewards:
+        conn.executemany(REWARD_BANDIT_MAIL, [(at, m) for m, at in changes.rewards.items()])
 
 
 def facts(
@@ -418,6 +426,11 @@ def shop_engagement(conn: sqlite3.Connection) -> Engagement:
     return engagement_of(rows[0][0]) if rows else Engagement()
 
 
+def bandit_tallies(conn: sqlite3.Connection) -> dict[tuple[str, int, str], tuple[int, int]]:
+    """(workflow, step, variant) → (mails sent, of them rewarded) of every bandit arm."""
+    return {(r[0], r[1], r[2]): (r[3], r[4]) for r in _rows(conn, BANDIT_TALLIES)}
+
+
 def open_runs(conn: sqlite3.Connection, run_ids: Iterable[str]) -> dict[str, Run]:
     """The open runs among ``run_ids``."""
     found: dict[str, Run] = {}
@@ -455,6 +468,34 @@ class Source:
     def shop_engagement(self) -> Engagement:
         """The shop's engagement by hour of the week (the prior of send times)."""
         return shop_engagement(self._conn)
+
+    def bandit_tallies(self) -> dict[tuple[str, int, str], tuple[int, int]]:
+        """See :func:`bandit_tallies`."""
+        return bandit_tallies(self._conn)
+
+    def bandit_mail(self, mail_id: str) -> tuple[str, int, str, bool] | None:
+        """(workflow, step, variant, rewarded already) of a bandit step's mail; else None."""
+        rows = _rows(
+            self._conn,
+            "SELECT workflow, step, variant, rewarded_at IS NOT NULL FROM bandit_mails "
+            "WHERE mail_id = ?",
+            (mail_id,),
+        )
+        return (rows[0][0], rows[0][1], rows[0][2], bool(rows[0][3])) if rows else None
+
+    def touches(self, person_id: str, since: float) -> list[tuple[str, str, float]]:
+        """The person's human opens and clicks of mails since ``since``, newest first:
+        (mail id, event name, when)."""
+        rows = _rows(
+            self._conn,
+            "SELECT json_extract(CAST(body AS TEXT), '$.properties.mail_id') AS mail, name, "
+            "received_at FROM events INDEXED BY events_person WHERE person_id = ? "
+            "AND received_at >= ? AND name IN ('Email Opened', 'Email Clicked') "
+            "AND coalesce(json_extract(CAST(body AS TEXT), '$.properties.machine'), 0) = 0 "
+            "AND mail IS NOT NULL ORDER BY received_at DESC, seq DESC",
+            (person_id, since),
+        )
+        return [(r[0], r[1], r[2]) for r in rows]
 
     def open_runs(self, run_ids: Iterable[str]) -> dict[str, Run]:
         """See :func:`open_runs`."""

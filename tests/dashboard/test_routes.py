@@ -398,3 +398,82 @@ async def test_disabled_webhook_endpoints_are_shown(tmp_path: Path) -> None:
         page = (await client.get("/dashboard")).text
     assert "disabled: https://crm.example/&lt;x&gt; (410 Gone;" in page
     assert "rtserver webhooks --enable URL" in page
+
+
+SEND_TIME_FLOWS = [
+    {
+        "name": "welcome",
+        "trigger": "Signed Up",
+        "step": [{"send": "welcome", "send_time": "optimal", "within": "24h"}],
+    },
+    {
+        "name": "cart",
+        "trigger": "Product Added",
+        "reentry": "always",
+        "step": [
+            {
+                "variant": [{"send": "cart_reminder"}, {"send": "cart_reminder_2"}],
+                "selection": "bandit",
+                "floor": 0.1,
+            }
+        ],
+    },
+]
+
+
+async def test_send_time_page_and_person_heatmap(tmp_path: Path) -> None:
+    """A shopper who visits at 19:00 UTC: their page shows the engagement heatmap and the
+    welcome mail waiting for 19:00; the send-time page shows the shop's heatmap, the optimal
+    send against control, and the bandit step's arms with their chance of being best and
+    their daily shares."""
+    clock = FakeClock(1_800_000_000.0 - 1_800_000_000.0 % 86400 + 19 * 3600)  # 19:00 UTC
+    config = dashboard_config(
+        tmp_path,
+        workflow=SEND_TIME_FLOWS,
+        send_time={"control": 0.0, "exploration": 0.0},
+    )
+    async with run_server(config, clock=clock) as live, live.http() as client:
+        async with live.ws(origin=ORIGIN) as ws:
+            await send_batch(ws, [shopper("u1", "ann@example.com")])
+            for _ in range(5):  # a visit at 19:00 on five days
+                await send_batch(ws, [tracked("u1", "Product Viewed", product_id="p1")])
+                clock.advance(86400)
+            clock.advance(-8 * 3600)  # 11:00 UTC
+            await send_batch(ws, [tracked("u1", "Signed Up")])
+            await send_batch(ws, [tracked("u1", "Product Added", cart_id="c1")])
+        await sent(live)  # the bandit's cart mail goes at once
+        await login(client)
+        page = await client.get("/dashboard/person/" + urllib.parse.quote("u:u1"))
+        assert page.status_code == 200
+        text = page.text
+        assert 'id="person-heatmap"' in text and "Busiest hours: " in text
+        assert text.count("<rect ") == 7 * 24 and "19:00" in text
+        pending = text[text.index('id="pending-sends"') :]
+        assert "welcome" in pending and "optimal: " in pending
+        assert _clock_time(clock.now + 8 * 3600) in pending  # goes at 19:00
+        assert "<script" not in text.split("</main>")[0]
+        await advance(live, clock, 8 * 3600)
+        await sent(live, 2)
+        view = await client.get("/dashboard/send-time")
+        assert view.status_code == 200 and view.headers["content-security-policy"] == CSP
+        text = view.text
+        assert 'id="shop-heatmap"' in text
+        comparison = text[text.index('id="send-time-comparison"') :]
+        optimal = comparison[comparison.index("<td>optimal</td>") :].split("</tr>")[0]
+        assert "<td>1</td>" in optimal and "<td>0.0%</td>" in optimal
+        bandit = text[text.index('id="bandit-cart-1"') :]
+        assert "goal: clicked" in bandit and "chance of being best" in bandit
+        assert bandit.count('class="chance"') == 2 and "Share of sends per day" in bandit
+        assert '<svg class="shares"' in bandit
+        home = await client.get("/dashboard")
+        assert 'href="/dashboard/send-time"' in home.text
+
+
+async def test_send_time_page_without_data(tmp_path: Path) -> None:
+    """No engagement, no timed sends, no bandit step: the page says so."""
+    async with run_server(dashboard_config(tmp_path)) as live, live.http() as client:
+        await login(client)
+        text = (await client.get("/dashboard/send-time")).text
+        assert 'id="shop-heatmap-empty"' in text and 'selection = "bandit"' in text
+        person = await client.get("/dashboard/person/u:nobody-yet")
+        assert person.status_code == 404

@@ -536,6 +536,59 @@ def test_variants_are_deterministic_spread_by_weight_and_recorded() -> None:
     assert [(t % D, name) for t, name in again.sent()] == first.sent()
 
 
+BANDIT = flow(
+    [
+        {
+            "variant": [{"send": "red", "name": "red"}, {"send": "blue", "name": "blue"}],
+            "selection": "bandit",
+            "floor": 0.05,
+        }
+    ]
+)
+BLUE_WINS = {("w", 0, "red"): (1000, 20), ("w", 0, "blue"): (1000, 80)}
+RED_WINS = {("w", 0, "red"): (1000, 80), ("w", 0, "blue"): (1000, 20)}
+
+
+def person(name: str) -> Person:
+    return Person(f"u:{name}", email=f"{name}@example.com", consent="confirmed_opt_in")
+
+
+def test_bandit_sends_most_people_the_better_variant_and_replays_the_same() -> None:
+    """With blue clicked 8% and red 2%, about all but the floor get blue; each decision is the
+    same when made again; without counts the split is about even."""
+    wf = rules(BANDIT, policy=NO_CAP)
+    picks: Counter[tuple[str, str]] = Counter()
+    for i in range(1000):
+        facts = Facts(person(f"p{i}"))
+        signed_up = ev("Signed Up", user=f"p{i}")
+        for counts, label in ((BLUE_WINS, "counted"), ({}, "none")):
+            actions = decide(wf, signed_up, facts, START, tallies=counts)
+            assert actions == decide(wf, signed_up, facts, START, tallies=counts)
+            (send,) = [a for a in actions if isinstance(a, SendMail)]
+            (ended,) = [a for a in actions if isinstance(a, EndRun)]
+            assert send.variant == send.template and ended.run.variant == f"1:{send.template}"
+            picks[(label, send.template)] += 1
+    assert picks[("counted", "blue")] > 930 and picks[("counted", "red")] > 15
+    assert 440 < picks[("none", "blue")] < 560
+
+
+def test_bandit_arm_is_sticky_within_the_run() -> None:
+    """A send held back by quiet hours keeps the arm it was given, whatever the counts say
+    when it goes."""
+    quiet = Policy(frequency_cap_s=0.0, quiet_hours=(9 * 60, 11 * 60))
+    wf = rules(BANDIT, policy=quiet)
+    for i in range(40):
+        facts = Facts(person(f"p{i}"))
+        first = decide(wf, ev("Signed Up", user=f"p{i}"), facts, START, tallies=RED_WINS)
+        (held,) = [a.run for a in first if isinstance(a, UpdateRun)]
+        assert not any(isinstance(a, SendMail) for a in first)
+        later = decide(
+            wf, TimerFired(held.id, 0), Facts(facts.person, (held,)), START + H, tallies=BLUE_WINS
+        )
+        (send,) = [a for a in later if isinstance(a, SendMail)]
+        assert f"1:{send.template}" == held.variant
+
+
 def test_variant_of_weight_zero_is_never_picked() -> None:
     """An arm with weight 0 (switched off) gets nobody."""
     steps = [

@@ -12,6 +12,7 @@ from rtserver.errors import ConfigError
 from tests.support.workflows import cart_workflow
 
 TEMPLATES = frozenset({"cart_reminder", "cart_reminder_2"})
+BANDIT_ARMS = [{"send": "cart_reminder"}, {"send": "cart_reminder_2"}]
 
 
 def cart(**changes: Any) -> dict[str, Any]:
@@ -128,6 +129,17 @@ def test_workflows_of_indexes_by_trigger() -> None:
     assert Workflows.of([a, b]).by_trigger == {"Product Added": (a, b)}
 
 
+def test_bandit_step_compiles_with_goal_and_floor() -> None:
+    """``selection = "bandit"`` keeps its goal and floor, and the workflows index the step."""
+    step = {"variant": BANDIT_ARMS, "selection": "bandit", "goal": "ordered", "floor": 0.2}
+    rules, _ = compile_workflows([with_step(step)])
+    compiled = rules.items[0].steps[0]
+    assert (compiled.selection, compiled.goal, compiled.floor) == ("bandit", "ordered", 0.2)
+    assert rules.bandits == {("cart", 0): compiled}
+    plain, _ = compile_workflows([with_step({"variant": BANDIT_ARMS})])
+    assert plain.items[0].steps[0].selection == "weights" and plain.bandits == {}
+
+
 @pytest.mark.parametrize(
     ("step", "message"),
     [
@@ -180,6 +192,29 @@ def test_workflows_of_indexes_by_trigger() -> None:
         (
             {"variant": [{"wait": "1h", "name": "A"}, {"wait": "2h", "name": "A"}]},
             "variant 2: name 'A' is used twice",
+        ),
+        ({"send": "cart_reminder", "goal": "clicked"}, "goal and floor belong to selection"),
+        ({"send": "cart_reminder", "selection": "best"}, "selection: expected 'weights' or"),
+        ({"send": "cart_reminder", "selection": "bandit"}, "needs [[workflow.step.variant]]"),
+        (
+            {"variant": [{"wait": "1h"}, {"wait": "2h"}], "selection": "bandit"},
+            "selection = 'bandit' needs [[workflow.step.variant]] tables of sends",
+        ),
+        (
+            {"variant": BANDIT_ARMS, "selection": "bandit", "goal": "opened"},
+            "goal: expected 'clicked' or 'ordered', got 'opened'",
+        ),
+        (
+            {"variant": BANDIT_ARMS, "selection": "bandit", "floor": 0.6},
+            "floor: expected a share between 0 and 1/2 (one per variant), got 0.6",
+        ),
+        ({"variant": BANDIT_ARMS, "selection": "bandit", "floor": True}, "floor: expected"),
+        (
+            {
+                "variant": [{"send": "cart_reminder", "weight": 2}, {"send": "cart_reminder_2"}],
+                "selection": "bandit",
+            },
+            "weight belongs to selection = 'weights'",
         ),
     ],
 )
