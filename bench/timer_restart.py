@@ -44,7 +44,9 @@ async def build(path: Path, timers: int) -> None:
     rnd = random.Random(1)
     with sqlite3.connect(path) as conn:
         conn.executemany(
-            "INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "INSERT INTO runs (id, workflow, person_id, key, started, step, step_kind, variant, "
+            "holdout, wait_met, sends, due, state, ended_at, end_reason, updated_at) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 (f"r{i:09d}", "cart_abandonment", f"u:{i // 3}", f"c{i}", NOW, 0,
                  "wait_inactive", "", 0, 0, 0, NOW + rnd.uniform(1, 172800), "active", None,
