@@ -521,7 +521,8 @@ class SendTimeConfig:
     exploration: float = setting(
         0.1,
         "Share of optimal sends timed by a random draw from the estimate (Thompson sampling) "
-        "rather than its best hour, so underrated hours get tried.",
+        "rather than its best hour, so underrated hours get tried; it shrinks as the person's "
+        "history outweighs the prior (times prior_strength / (prior_strength + history)).",
         check=_share,
     )
     control: float = setting(

@@ -19,8 +19,19 @@ they could tell an hour of the week; the second level only tells weekdays from w
 where ``W[h]`` is the person's decayed weight at hour ``h`` of the day (all days, blurred over
 the neighbouring hours: ``BLUR``), ``V[h]`` its weekend part and ``N`` the total.
 :func:`choose` picks, among the moments a send may go, the one whose hour scores best: the
-posterior mean, or, for a share of the choices (``exploration``), a Thompson draw of
-``P(hour)`` from its Dirichlet posterior, so that hours the estimate underrates get tried.
+posterior mean, or, for a share of the choices, a Thompson draw of ``P(hour)`` from its
+Dirichlet posterior, so that hours the estimate underrates get tried. Two rules keep the
+exploration from costing more than it teaches:
+
+- The draw is of the unblurred hours (``Dirichlet(w[h] + s * q[h])``, ``w`` and ``q`` before
+  ``BLUR``), blurred afterwards, as the mean is. Drawing the blurred counts treated each hour's
+  smoothed count as independent evidence and made the draw about twice as noisy as the
+  estimate it explores around (a blurred hour averages five hours' noise).
+- The share shrinks with evidence: ``exploration * s / (s + N)``, the prior's share of the
+  posterior. A person with no history explores at the full share; one whose history weighs
+  four times the prior, at a fifth of it: their hours are mostly known, and their own mail and
+  visits keep adding engagements anyway. (Thompson's draws do narrow as ``N`` grows, but
+  over 24 hours with a few dozen engagements they still pick another hour half the time.)
 """
 
 from __future__ import annotations
@@ -96,6 +107,8 @@ class Prior:
 
     hours: tuple[float, ...]
     weekend: tuple[float, ...]
+    unblurred: tuple[float, ...]
+    """Q before ``BLUR``: what a Thompson draw starts from (the draw is blurred after)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,11 +201,12 @@ def prior_of(shop: Engagement) -> Prior:
     total = sum(by_hour) or 1.0  # the scale is the same for every bin: shares need no decay
     floor = PRIOR_FLOOR if shop.bins else 1.0
     hours = tuple((1 - floor) * w / total + floor / 24 for w in _blurred(by_hour))
+    unblurred = tuple((1 - floor) * w / total + floor / 24 for w in by_hour)
     weekend = tuple(
         (1 - PRIOR_FLOOR) * (we / w if w else 2 / 7) + PRIOR_FLOOR * 2 / 7
         for w, we in zip(by_hour, by_weekend_hour, strict=True)
     )
-    return Prior(hours, weekend)
+    return Prior(hours, weekend, unblurred)
 
 
 UNIFORM = prior_of(Engagement())
@@ -247,20 +261,23 @@ def choose(
     blurred = _blurred(by_hour)
     weekend = _blurred(by_weekend_hour) if any(by_weekend_hour) else by_weekend_hour
     s, c = timing.prior_strength, DAY_TYPE_PRIOR
-    alpha = [scale * w + s * q for w, q in zip(blurred, prior.hours, strict=True)]
+    norm = scale * total + s
     draw = _seed(*seed)
-    sampled = (draw % 10_000) < timing.exploration * 10_000
+    sampled = (draw % 10_000) < timing.exploration * s / norm * 10_000
     if sampled:
         rng = random.Random(draw)
-        hours = {how % 24 for _, how in moments}
-        p_hour = {h: rng.gammavariate(alpha[h], 1.0) for h in sorted(hours)}
+        gammas = [
+            rng.gammavariate(scale * w + s * q, 1.0)
+            for w, q in zip(by_hour, prior.unblurred, strict=True)
+        ]
+        drawn = sum(gammas)
+        p_hour = _blurred([g / drawn for g in gammas])
     else:
-        p_hour = {}
-    norm = scale * total + s
+        p_hour = [(scale * w + s * q) / norm for w, q in zip(blurred, prior.hours, strict=True)]
     scored: list[tuple[float, float, int]] = []
     for at, how in moments:
         h = how % 24
-        hour = p_hour[h] if sampled else alpha[h] / norm
+        hour = p_hour[h]
         if how >= WEEKEND:
             mine, shop, days = weekend[h], prior.weekend[h], 2
         else:

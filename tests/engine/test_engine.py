@@ -777,7 +777,10 @@ async def test_a_replay_chooses_the_same_hour(tmp_path: Path) -> None:
         try:
             clock = FakeClock()
             harness = Harness(
-                store, [OPTIMAL_FLOW], clock, send_time={"exploration": 1.0, "control": 0.0}
+                store,
+                [OPTIMAL_FLOW],
+                clock,  # a prior this strong keeps the draws' share near 1 despite the history
+                send_time={"exploration": 1.0, "control": 0.0, "prior_strength": 1000.0},
             )
             midnight = await reads_at_19(harness, days=2)
             clock.now = midnight + 10 * 3600
