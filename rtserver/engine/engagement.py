@@ -189,15 +189,21 @@ def _blurred(by_hour: list[float]) -> list[float]:
     return [a * (x[i] + x[i + 4]) + b * (x[i + 1] + x[i + 3]) + c * x[i + 2] for i in range(24)]
 
 
-def prior_of(shop: Engagement) -> Prior:
-    """The shop's shares, blurred as a person's are, and smoothed (``PRIOR_FLOOR``) so that
-    no hour is impossible."""
+def _by_hour(engagement: Engagement) -> tuple[list[float], list[float]]:
+    """The weights by hour of the day: of every day, and of the weekend days alone."""
     by_hour = [0.0] * 24
     by_weekend_hour = [0.0] * 24
-    for how, w in shop.bins.items():
+    for how, w in engagement.bins.items():
         by_hour[how % 24] += w
         if how >= WEEKEND:
             by_weekend_hour[how % 24] += w
+    return by_hour, by_weekend_hour
+
+
+def prior_of(shop: Engagement) -> Prior:
+    """The shop's shares, blurred as a person's are, and smoothed (``PRIOR_FLOOR``) so that
+    no hour is impossible."""
+    by_hour, by_weekend_hour = _by_hour(shop)
     total = sum(by_hour) or 1.0  # the scale is the same for every bin: shares need no decay
     floor = PRIOR_FLOOR if shop.bins else 1.0
     hours = tuple((1 - floor) * w / total + floor / 24 for w in _blurred(by_hour))
@@ -251,12 +257,7 @@ def choose(
     assert moments, "no moment to choose from"
     half_life = timing.half_life_s
     scale = 2.0 ** ((person.at - now) / half_life) if person.bins else 0.0
-    by_hour = [0.0] * 24
-    by_weekend_hour = [0.0] * 24
-    for how, w in person.bins.items():
-        by_hour[how % 24] += w
-        if how >= WEEKEND:
-            by_weekend_hour[how % 24] += w
+    by_hour, by_weekend_hour = _by_hour(person)
     total = sum(by_hour)
     blurred = _blurred(by_hour)
     weekend = _blurred(by_weekend_hour) if any(by_weekend_hour) else by_weekend_hour
