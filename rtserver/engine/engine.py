@@ -184,9 +184,13 @@ class Engine:
         """
         # Starting the wheel at the current tick spares its first poll moving every restored
         # timer down from tick 0 (about a second with a million of them).
-        self.wheel = TimerWheel(max(0, int(now // self.tick_s) - 1))
-        for run_id, due in await self.store.pending_timers():
-            self.arm(run_id, due)
+        wheel = self.wheel = TimerWheel(max(0, int(now // self.tick_s) - 1))
+        # The ticks come computed by the store (what ``arm`` computes for each): a million
+        # timers are armed in one plain loop.
+        insert, overdue = wheel.insert, wheel.elapsed + 1
+        for run_id, tick in await self.store.pending_timer_ticks(self.tick_s):
+            if not insert(run_id, tick):
+                insert(run_id, overdue)
         intervals = {wf.name: wf.schedule_s for wf in self.rules.scheduled if wf.schedule_s}
         self.sweeps = await self.store.schedules(intervals, now)
         if self.rules.bandits:

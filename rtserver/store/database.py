@@ -15,7 +15,7 @@ import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import aiosqlite
 import orjson
@@ -262,6 +262,17 @@ class Store:
                 "SELECT workflow, next_at, cursor FROM schedules"
             )
         return {r[0]: (r[1], r[2]) for r in rows if r[0] in intervals}
+
+    async def pending_timer_ticks(self, tick_s: float) -> list[tuple[str, int]]:
+        """Every armed timer as (run id, the wheel tick it is due in: ``ceil(due / tick_s)``,
+        computed by SQLite, whose division is Python's)."""
+        async with self._write_lock, _sqlite_errors():
+            rows = await self._db.execute_fetchall(
+                "SELECT run_id, CAST(due / ?1 AS INTEGER) + (due / ?1 > CAST(due / ?1 AS INTEGER)) "
+                "FROM timers",
+                (tick_s,),
+            )
+        return cast(list[tuple[str, int]], rows)
 
     async def pending_timers(self) -> list[tuple[str, float]]:
         """Every armed timer as (run id, due): the wheel is rebuilt from these on start."""

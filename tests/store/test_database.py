@@ -3,6 +3,7 @@ reads and storage faults."""
 
 from __future__ import annotations
 
+import math
 import os
 import sqlite3
 import stat
@@ -531,3 +532,17 @@ async def test_the_store_files_are_private_to_their_owner(tmp_path: Path) -> Non
         assert stat.S_IMODE(os.stat(fresh).st_mode) == 0o600
     finally:
         os.umask(old_umask)
+
+
+@pytest.mark.parametrize("tick_s", [1.0, 0.25, 3.0])
+async def test_pending_timer_ticks_are_the_ticks_arm_computes(store: Store, tick_s: float) -> None:
+    """The store's ticks of the armed timers are ``ceil(due / tick_s)``, as the engine's."""
+    dues = [1_800_000_000.0, 1_800_000_000.5, 1_800_000_001.25, 1_799_999_999.999, 1e9 + 1 / 3]
+    async with store._write_lock:
+        await store._db.executemany(
+            "INSERT INTO timers (run_id, step, due, person_id) VALUES (?, 0, ?, 'a:x')",
+            [(f"r{i}", due) for i, due in enumerate(dues)],
+        )
+        await store._db.commit()
+    ticks = dict(await store.pending_timer_ticks(tick_s))
+    assert ticks == {f"r{i}": math.ceil(due / tick_s) for i, due in enumerate(dues)}
