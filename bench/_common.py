@@ -147,6 +147,26 @@ def rss_kib(pid: int) -> int:
     raise BenchError(f"no VmRSS for pid {pid}")
 
 
+def children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (of all its threads)."""
+    return [
+        int(child)
+        for task in Path(f"/proc/{pid}/task").iterdir()
+        for child in (task / "children").read_text().split()
+    ]
+
+
+def tree_rss_kib(pid: int) -> int:
+    """The largest resident set of a process and its descendants, in KiB (a one-file binary
+    runs in a child of its bootloader)."""
+    return max([rss_kib(pid), *map(tree_rss_kib, children(pid))])
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and its descendants."""
+    return cpu_seconds(pid) + sum(map(tree_cpu_seconds, children(pid)))
+
+
 def loop_of(pid: int) -> str:
     """``uvloop`` if the process has uvloop's extension mapped, else ``asyncio``."""
     maps = Path(f"/proc/{pid}/maps").read_text()

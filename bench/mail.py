@@ -55,12 +55,12 @@ from bench._common import (
     bench_main,
     client_ratios,
     client_summary,
-    cpu_seconds,
     document,
     emit,
     format_table,
     free_port,
     helper_process,
+    tree_cpu_seconds,
 )
 
 GOAL = 0.8
@@ -339,15 +339,6 @@ port = {sink_port}
         encoding="utf-8",
     )
     return port
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    """CPU seconds of a process and its descendants (a one-file binary runs in a child)."""
-    total = cpu_seconds(pid)
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            total += tree_cpu_seconds(int(child))
-    return total
 
 
 async def measure_server(

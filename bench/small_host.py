@@ -49,7 +49,7 @@ from bench._common import (
     free_port,
     machine,
     raise_nofile,
-    rss_kib,
+    tree_rss_kib,
     workdir,
     workflows_of,
     write_rtserver_config,
@@ -62,14 +62,6 @@ WS_PATH = f"/v1/ws?key={PUBLIC_KEY}"
 SHOPPERS = 1000
 HALF_ROUND = 5
 """Events per active shopper: a landing, two views, an add and a view (SHOP_CYCLE's start)."""
-
-
-def tree_rss_kib(pid: int) -> int:
-    """The largest resident set of a process and its descendants, in KiB."""
-    sizes = [rss_kib(pid)]
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        sizes += [tree_rss_kib(int(child)) for child in (task / "children").read_text().split()]
-    return max(sizes)
 
 
 def cgroup_reading(cgroup: str) -> dict[str, int]:

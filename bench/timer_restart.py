@@ -25,7 +25,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from bench._common import free_port, machine, rss_kib
+from bench._common import free_port, machine, tree_rss_kib
 from rtserver.config.schema import load_config
 from rtserver.engine.engine import Engine
 from rtserver.engine.timers import TimerWheel
@@ -64,17 +64,17 @@ async def restore(path: Path) -> dict[str, float]:
     rules, _ = load_rules(config)
     store = await Store.open(path)
     try:
+        tick_s = Engine(rules, store).tick_s
         started = time.perf_counter()
-        rows = await store.pending_timers()
+        rows = await store.pending_timer_ticks(tick_s)  # what Engine.restore reads
         timers = len(rows)
         read = time.perf_counter() - started
-        engine = Engine(rules, store)
-        engine.wheel = TimerWheel(int(NOW // engine.tick_s) - 1)  # as restore starts it
+        wheel_of: TimerWheel[str] = TimerWheel(int(NOW // tick_s) - 1)  # as restore starts it
         started = time.perf_counter()
-        for run_id, due in rows:
-            engine.arm(run_id, due)
+        for run_id, tick in rows:
+            wheel_of.insert(run_id, tick)
         wheel = time.perf_counter() - started
-        del engine  # and its wheel: the restore below builds its own
+        del wheel_of  # the restore below builds its own
         rows.clear()
         started = time.perf_counter()
         armed = await Engine(rules, store).restore(NOW)
@@ -115,14 +115,6 @@ def serve_ready(path: Path, folder: Path, command: list[str]) -> dict[str, float
         server.wait(30)
 
 
-def tree_rss_kib(pid: int) -> int:
-    """The largest resident set of a process and its descendants, in KiB."""
-    sizes = [rss_kib(pid)]
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        sizes += [tree_rss_kib(int(child)) for child in (task / "children").read_text().split()]
-    return max(sizes)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--timers", type=int, default=1_000_000)
@@ -142,8 +134,8 @@ def main() -> int:
         print(json.dumps(result))
         return 0
     print(f"restart with {args.timers:,} pending timers")
-    print(f"  read the timers        {result['read_s']:.2f} s (Store.pending_timers)")
-    print(f"  insert them in a wheel {result['wheel_s']:.2f} s (Engine.arm each)")
+    print(f"  read the timers        {result['read_s']:.2f} s (Store.pending_timer_ticks)")
+    print(f"  insert them in a wheel {result['wheel_s']:.2f} s (TimerWheel.insert each)")
     print(f"  Engine.restore         {result['restore_s']:.2f} s (both, reading them again)")
     print(f"  spawn -> /healthz 200  {result['ready_s']:.2f} s, RSS {result['rss_mib']:.0f} MiB")
     verdict = "met" if result["goal_met"] else "MISSED"

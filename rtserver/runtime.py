@@ -106,6 +106,18 @@ SYSTEM_TEMPLATES = ("confirm", "test")
 """Templates rtserver sends by itself: the double opt-in confirmation and the test mail."""
 
 
+def _make_engine(config: Config, rules: Workflows, store: Store) -> Engine:
+    """The engine for ``config``: its caps, memory budget and attribution windows."""
+    return Engine(
+        rules,
+        store,
+        confirmations_per_ip=config.mail.confirmations_per_ip,
+        memory_mb=config.engine.memory_mb,
+        click_window_s=config.dashboard.click_window,
+        open_window_s=config.dashboard.open_window,
+    )
+
+
 def _make_pipeline(config: Config, store: Store, engine: Engine, clock: Clock) -> Pipeline:
     """The pipeline for ``config``: its queue and group limits, deciding with ``engine``."""
     return Pipeline(
@@ -212,14 +224,7 @@ async def poll_once(config: Config, name: str, clock: Clock) -> Cycle:
         raise ConfigError(f"poll: no source named {name!r} ({known})")
     store = await Store.open(config.store.path)
     try:
-        engine = Engine(
-            rules,
-            store,
-            confirmations_per_ip=config.mail.confirmations_per_ip,
-            memory_mb=config.engine.memory_mb,
-            click_window_s=config.dashboard.click_window,
-            open_window_s=config.dashboard.open_window,
-        )
+        engine = _make_engine(config, rules, store)
         pipeline = _make_pipeline(config, store, engine, clock)
         task = asyncio.create_task(pipeline.run(), name="pipeline")
         try:
@@ -437,14 +442,7 @@ async def start(
     stack = contextlib.AsyncExitStack()
     try:
         keys = await resolve_keys(config, store, clock())
-        engine = Engine(
-            rules,
-            store,
-            confirmations_per_ip=config.mail.confirmations_per_ip,
-            memory_mb=config.engine.memory_mb,
-            click_window_s=config.dashboard.click_window,
-            open_window_s=config.dashboard.open_window,
-        )
+        engine = _make_engine(config, rules, store)
         restored = await engine.restore(clock())
         if restored:
             logger.info("timer wheel: %d armed from the store (run timers, sweeps)", restored)
