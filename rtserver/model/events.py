@@ -281,54 +281,78 @@ def parse_event(
     _check_encoded(raw, body, limits)
     if len(body) > limits.max_event_bytes:
         raise InvalidEvent(f"event larger than {limits.max_event_bytes} bytes")
-    kind = raw.get("type", default_type)
+    # Each field is taken as it is when it is well formed (the common case, inline: this runs
+    # for every event received); anything else goes through the helper that names the fault.
+    get = raw.get
+    kind = get("type", default_type)
     if not isinstance(kind, str) or kind not in EVENT_TYPES:
         raise InvalidEvent(f"unknown event type {_echo(kind)}")
     if default_type is not None and kind != default_type:
         raise InvalidEvent(f"type {kind!r} sent to the {default_type} endpoint")
-    message_id = _opt_str(raw, "messageId")
-    if message_id is None:
-        raise InvalidEvent("missing messageId")
-    anonymous_id = _opt_str(raw, "anonymousId", numeric=True)
-    user_id = _opt_str(raw, "userId", numeric=True)
+    message_id = get("messageId")
+    if type(message_id) is not str or not 0 < len(message_id) <= MAX_ID_CHARS:
+        message_id = _opt_str(raw, "messageId")
+        if message_id is None:
+            raise InvalidEvent("missing messageId")
+    anonymous_id = get("anonymousId")
+    if anonymous_id is not None and (
+        type(anonymous_id) is not str or not 0 < len(anonymous_id) <= MAX_ID_CHARS
+    ):
+        anonymous_id = _opt_str(raw, "anonymousId", numeric=True)
+    user_id = get("userId")
+    if user_id is not None and (type(user_id) is not str or not 0 < len(user_id) <= MAX_ID_CHARS):
+        user_id = _opt_str(raw, "userId", numeric=True)
     if anonymous_id is None and user_id is None:
         raise InvalidEvent("anonymousId or userId is required")
-    name = _opt_str(raw, "event" if kind == "track" else "name", MAX_NAME_CHARS)
+    name_key = "event" if kind == "track" else "name"
+    name = get(name_key)
+    if name is not None and (type(name) is not str or not 0 < len(name) <= MAX_NAME_CHARS):
+        name = _opt_str(raw, name_key, MAX_NAME_CHARS)
     if kind == "track" and name is None:
         raise InvalidEvent("track needs an event name")
-    previous_id = _opt_str(raw, "previousId", numeric=True)
+    previous_id = get("previousId")
+    if previous_id is not None:
+        previous_id = _opt_str(raw, "previousId", numeric=True)
     if kind == "alias" and (previous_id is None or user_id is None):
         raise InvalidEvent("alias needs previousId and userId")
     if kind == "group" and _opt_str(raw, "groupId", numeric=True) is None:
         raise InvalidEvent("group needs groupId")
-    timestamp = raw.get("timestamp")
+    timestamp = get("timestamp")
     if timestamp is not None:
         try:
             datetime.fromisoformat(timestamp)
         except (TypeError, ValueError):
             raise InvalidEvent("timestamp must be an ISO-8601 string") from None
-    event_context = _object(raw, "context")
-    traits = _object(raw, "traits")
+    event_context = get("context")
+    if type(event_context) is not dict:
+        event_context = _object(raw, "context")
+    traits = get("traits")
+    if type(traits) is not dict:
+        traits = _object(raw, "traits")
     if kind == "identify" and not traits:
         traits = _object(event_context, "traits", "context.traits")
+    properties = get("properties")
+    if type(properties) is not dict:
+        properties = _object(raw, "properties")
     trusted = source == "server"  # a browser's claims count only once verify_identity checks them
+    # Positional, in the order of Event's fields: half the cost of keywords, once an event.
     return Event(
-        type=cast(EventType, kind),
-        message_id=message_id,
-        anonymous_id=anonymous_id,
-        user_id=user_id,
-        name=name,
-        properties=_object(raw, "properties"),
-        traits=traits,
-        context=event_context,
-        timestamp=timestamp,
-        previous_id=previous_id,
-        body=body,
-        source=source,
-        user_verified=trusted,
-        email=_email(traits),
-        email_verified=trusted,
-        client_ip=client_ip,
+        cast(EventType, kind),
+        message_id,
+        anonymous_id,
+        user_id,
+        name,
+        properties,
+        traits,
+        event_context,
+        timestamp,
+        previous_id,
+        body,
+        source,
+        trusted,
+        _email(traits) if traits else None,
+        trusted,
+        client_ip,
     )
 
 
