@@ -62,7 +62,8 @@ def history(hours: list[int], weeks: int, rng: random.Random, noise: float = 0.2
 
 
 def test_engagement_weights_opens_clicks_and_visits() -> None:
-    """Human opens count 1, clicks 2, a visit after 30 minutes away 0.5; machines nothing."""
+    """Human opens count 1, clicks a little more, a visit after 30 minutes away 0.5; machines
+    nothing."""
     assert engagement_weight(ev("Email Opened"), "Email Opened", 0, MONDAY) == OPEN_WEIGHT
     assert engagement_weight(ev("Email Clicked"), "Email Clicked", 0, MONDAY) == CLICK_WEIGHT
     assert CLICK_WEIGHT > OPEN_WEIGHT
