@@ -140,8 +140,9 @@ BANDIT_CART = {
 
 async def test_send_time_page_live_in_chromium(browser: Browser, tmp_path: Path) -> None:
     """The Send time page follows the dashboard's stream: a first visit (an engagement), the
-    shopper's profile and a cart, sent in one batch while the page is open, show up as the shop's heatmap (drawn by the script
-    where the page said there was no engagement yet) and as a send of the bandit's arm."""
+    shopper's profile and a cart, sent in one batch while the page is open, show up as the
+    shop's heatmap (drawn by the script where the page said there was no engagement yet) and
+    as a send of the bandit's arm."""
     dialogs: list[str] = []
     config = dashboard_config(tmp_path, workflow=[BANDIT_CART])
     async with run_server(config, clock=FakeClock()) as live:
