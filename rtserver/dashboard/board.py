@@ -4,8 +4,9 @@ parts' counters: a full snapshot, or an update holding only what changed.
 :meth:`Board.compose` is the hub's ``compose``: the counters, the events/s point and the alerts
 are in every update (they are in memory); the newest events come from what the commits noted;
 timers, runs and mail are read again only when a commit (or the sender) changed them; the
-latency percentiles and the funnel, which read more, only after something changed and then at
-most every ``LATENCY_EVERY_S`` and ``FUNNEL_EVERY_S`` (a snapshot always has them).
+latency percentiles, the funnel and the send-time panel, which read more, only after something
+changed and then at most every ``LATENCY_EVERY_S``, ``FUNNEL_EVERY_S`` and ``SEND_TIME_EVERY_S``
+(a snapshot always has them).
 :meth:`Board.watch` samples the counters for the alerts every ``ALERTS_EVERY_S``, whether or not
 anyone watches.
 """
@@ -50,6 +51,9 @@ RATE_POINTS = 240
 LATENCY_EVERY_S = 3.0
 FUNNEL_EVERY_S = 30.0
 """The funnel reads every run, open, click and order of the last ``FUNNEL_DAYS``."""
+SEND_TIME_EVERY_S = 5.0
+"""The send-time panel reads the shop's histogram, the bandit counts and the timed sends of
+the last ``FUNNEL_DAYS`` (fewer rows than the funnel's)."""
 ALERTS_EVERY_S = 5.0
 CONSISTENCY_EVERY_S = 60.0
 """How often the alert rules look for broken invariants in the store (a scan of the runs)."""
@@ -138,9 +142,9 @@ class Board:
         self.open_window_s = dashboard.open_window
         self.rates: deque[tuple[float, float]] = deque(maxlen=RATE_POINTS)
         self._mark = (monotonic(), readings.commits()["stored"])
-        self._stale = {"latency": True, "funnel": True}
+        self._stale = {"latency": True, "funnel": True, "send_time": True}
         """Whether something changed since each slow panel was last composed."""
-        self._composed_at = {"latency": -math.inf, "funnel": -math.inf}
+        self._composed_at = dict.fromkeys(self._stale, -math.inf)
         self._consistency: tuple[float, dict[str, int]] = (-math.inf, {})
         """When the store's invariants were last checked (server clock), and the counts."""
 
@@ -196,6 +200,7 @@ class Board:
         for panel, every_s, compose in (
             ("latency", LATENCY_EVERY_S, self.latencies),
             ("funnel", FUNNEL_EVERY_S, self.funnel),
+            ("send_time", SEND_TIME_EVERY_S, self.send_time),
         ):
             if full or (self._stale[panel] and now - self._composed_at[panel] >= every_s):
                 data[panel] = await compose()

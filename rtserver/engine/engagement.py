@@ -56,6 +56,7 @@ __all__ = [
     "choose",
     "describe",
     "engaged",
+    "engaged_one",
     "engagement_weight",
     "hour_label",
     "hour_of_week",
@@ -65,9 +66,16 @@ __all__ = [
 ]
 
 HOURS_OF_WEEK = 168
+EPOCH_HOUR_OF_WEEK = 3 * 24
+"""The hour of the week of the Unix epoch (a Thursday, 00:00 UTC)."""
 OPEN_WEIGHT = 1.0
-CLICK_WEIGHT = 2.0
-"""A click says more than an open (an open may be an image a client fetched on its own)."""
+CLICK_WEIGHT = 1.25
+"""A click says more than an open: it is surely a human's, where an open may be an image a
+client fetched on its own without being flagged. Not much more: a weight is a count in the
+posterior, and a click tells *when* the person reads no better than an open does, so a weight
+of 2 counted each click as two readings at one moment. That made the histogram noisier than
+its evidence: bench.send_time's hour recovery for 20+ engagements went from 77.1 % with 2 to
+80.9 % with 1.25 (1.5: 79.6 %, 1: 81.1 %)."""
 SESSION_WEIGHT = 0.5
 """A visit to the site: the person is online then, but not reading mail."""
 SESSION_GAP_S = 1800.0
@@ -127,15 +135,29 @@ class Choice:
 
 def hour_of_week(t: float, zone: ZoneInfo) -> int:
     """The hour of the week (0: Monday 00:00) of ``t`` in ``zone``."""
-    # Every zone's offset today is a whole number of quarter hours, so a quarter hour has one
-    # answer: cached, since reading the zone costs more than the rest of an update.
-    return _hour_of_quarter(zone, int(t // 900))
+    # Local time is t + the zone's offset, and the offset rarely changes within a UTC day:
+    # it is read once per zone and day (cached), and the hour is arithmetic. Reading the zone
+    # costs more than the rest of an update, and a cache by quarter hour missed half the
+    # time when a history was replayed (bench.send_time --cost).
+    offset = _day_offset(zone, int(t // 86400))
+    if offset is None:  # the offset changes this day: read the zone at t itself
+        local = datetime.fromtimestamp(t, zone)
+        return local.weekday() * 24 + local.hour
+    return (int((t + offset) // 3600) + EPOCH_HOUR_OF_WEEK) % HOURS_OF_WEEK
 
 
 @functools.lru_cache(maxsize=4096)
-def _hour_of_quarter(zone: ZoneInfo, quarter: int) -> int:
-    local = datetime.fromtimestamp(quarter * 900, zone)
-    return local.weekday() * 24 + local.hour
+def _day_offset(zone: ZoneInfo, day: int) -> float | None:
+    """The offset of ``zone`` throughout UTC day ``day`` (seconds), None if it changes then.
+
+    Read at the day's first and last second: a zone changes its offset at most once a day,
+    so equal offsets at both ends hold in between.
+    """
+    first = datetime.fromtimestamp(day * 86400, zone).utcoffset()
+    last = datetime.fromtimestamp(day * 86400 + 86399, zone).utcoffset()
+    if first is None or first != last:
+        return None
+    return first.total_seconds()
 
 
 def hour_label(hour: int) -> str:
@@ -175,6 +197,20 @@ def engaged(
             base, exponent = at, 0.0
         bins[hour] = bins.get(hour, 0.0) + weight * 2.0**exponent
     return Engagement(base, bins)
+
+
+def engaged_one(
+    engagement: Engagement, hour: int, weight: float, at: float, half_life_s: float
+) -> Engagement:
+    """:func:`engaged` with one addition: what the engine does for each engagement event,
+    without the loop's tuples (a copy of the bins, one bin changed)."""
+    bins = engagement.bins
+    if not bins:
+        return Engagement(at, {hour: weight})
+    exponent = (at - engagement.at) / half_life_s
+    if exponent > REBASE_HALF_LIVES:
+        return engaged(engagement, ((hour, weight, at),), half_life_s)
+    return Engagement(engagement.at, {**bins, hour: bins.get(hour, 0.0) + weight * 2.0**exponent})
 
 
 def weights(engagement: Engagement, now: float, half_life_s: float) -> dict[int, float]:

@@ -34,6 +34,7 @@ from rtserver.engine.engagement import (
     UNIFORM,
     Prior,
     engaged,
+    engaged_one,
     engagement_weight,
     hour_of_week,
     prior_of,
@@ -265,8 +266,8 @@ class Engine:
                 ) or policy.time_zone  # fmt: skip
                 hour = hour_of_week(at, ZoneInfo(zone))
                 engagements.append((hour, weight, at))
-                added = engaged(
-                    known.person.engagement, ((hour, weight, at),), policy.send_timing.half_life_s
+                added = engaged_one(
+                    known.person.engagement, hour, weight, at, policy.send_timing.half_life_s
                 )
             person = observe(known.person, event, at, history=history, engagement=added)
             if _stored_facts(person) != _stored_facts(known.person):

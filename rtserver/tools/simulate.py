@@ -10,7 +10,7 @@ workflow before going live.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from rtserver.config import Config
-from rtserver.engine import Engine, Pipeline
+from rtserver.engine import Engine, Pipeline, Workflows
 from rtserver.errors import InvalidEvent
 from rtserver.model import Event, decode_json, parse_event
 from rtserver.runtime import load_rules
@@ -120,14 +120,32 @@ def _person(person_id: str) -> str:
     return person_id.partition(":")[2] or person_id
 
 
-def _describe(action: str, info: dict[str, Any]) -> str:
+def _describe(action: str, info: dict[str, Any], bandit: str = "") -> str:
     if action == "send":
         variant = info["variant"]
         text = str(info["template"]) + (f" [{variant}]" if variant else "")
-        return text + _timing(info.get("send_time"))
+        return text + bandit + _timing(info.get("send_time"))
     if action == "skip":
         return str(info["reason"])
     return str(info["event"] if action == "emit" else info["url"])
+
+
+def _bandit(
+    rules: Workflows,
+    tallies: Mapping[tuple[str, int, str], tuple[int, int]] | None,
+    workflow: str,
+    step: int,
+) -> str:
+    """How a bandit step's arms stand once its send is counted: `` (bandit; sends/goals A 3/0,
+    B 5/1)`` (the arm sent is the one in brackets before it); "" for any other step."""
+    found = rules.bandits.get((workflow, step))
+    if found is None or tallies is None:
+        return ""
+    counts = []
+    for variant in found.variants:
+        sends, successes = tallies.get((workflow, step, variant.name), (0, 0))
+        counts.append(f"{variant.name} {sends}/{successes}")
+    return f" (bandit; sends/goals {', '.join(counts)})"
 
 
 def _timing(timing: dict[str, Any] | None) -> str:
@@ -144,10 +162,11 @@ def _timing(timing: dict[str, Any] | None) -> str:
     return f" @ {timing['hour']} ({how}: {timing['history']:g} engagements; best {best})"
 
 
-def _decisions(changes: Changes, start: float) -> list[Decision]:
+def _decisions(changes: Changes, start: float, rules: Workflows) -> list[Decision]:
     found: list[Decision] = []
     for _, step, person, workflow, action, detail, _, at in changes.steps:
-        text = _describe(action, orjson.loads(detail))
+        bandit = _bandit(rules, changes.tallies, workflow, step) if action == "send" else ""
+        text = _describe(action, orjson.loads(detail), bandit)
         found.append(Decision(at, at - start, _person(person), workflow, step + 1, action, text))
     for run, reason, at in changes.runs.values():
         if reason is not None:
@@ -170,7 +189,7 @@ async def simulate(
 
     def record(prepared: Prepared, changes: Changes | None) -> None:
         if changes is not None:
-            decisions.extend(_decisions(changes, start))
+            decisions.extend(_decisions(changes, start, rules))
 
     with tempfile.TemporaryDirectory(prefix="rtserver-simulate-") as folder:
         store = await Store.open(Path(folder) / "simulate.db")

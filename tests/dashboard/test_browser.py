@@ -123,3 +123,49 @@ async def test_dashboard_live_in_chromium(browser: Browser, tmp_path: Path) -> N
         await expect(page).to_have_url(f"{live.http_url}/dashboard/login")
     assert dialogs == []
     assert SCREENSHOT.stat().st_size > 10_000
+
+
+BANDIT_CART = {
+    "name": "cart",
+    "trigger": "Product Added",
+    "reentry": "always",
+    "step": [
+        {
+            "variant": [{"send": "cart_reminder"}, {"send": "cart_reminder_2"}],
+            "selection": "bandit",
+        }
+    ],
+}
+
+
+async def test_send_time_page_live_in_chromium(browser: Browser, tmp_path: Path) -> None:
+    """The Send time page follows the dashboard's stream: a first visit (an engagement), the
+    shopper's profile and a cart, sent in one batch while the page is open, show up as the
+    shop's heatmap (drawn by the script where the page said there was no engagement yet) and
+    as a send of the bandit's arm."""
+    dialogs: list[str] = []
+    config = dashboard_config(tmp_path, workflow=[BANDIT_CART])
+    async with run_server(config, clock=FakeClock()) as live:
+        page = await logged_in(browser, live.http_url, dialogs)
+        await page.goto(f"{live.http_url}/dashboard/send-time")
+        await expect(page.locator("#live")).to_have_text("live")
+        await page.wait_for_function("() => window.rtSendTime.applied >= 1")  # the snapshot
+        await expect(page.locator("#shop-heatmap-empty")).to_have_count(1)
+        arms = page.locator("#bandit-cart-1-arms tr")
+        await expect(arms).to_have_count(2)
+        assert [await r.locator("td").nth(1).inner_text() for r in await arms.all()] == [
+            "0",
+            "0",
+        ]
+        async with live.ws(origin=ORIGIN) as ws:
+            added = tracked("ann", "Product Added", cart_id="cart-7", name="Lamp")
+            viewed = tracked("ann", "Product Viewed", product_id="p1")
+            await send_batch(ws, [viewed, shopper("ann", "ann@example.com"), added])
+        await expect(page.locator("#shop-heatmap rect")).to_have_count(7 * 24)
+        await expect(page.locator("#shop-heatmap-empty")).to_have_count(0)
+        await expect(page.locator("#shop-heatmap-box")).to_contain_text("Busiest hours: ")
+        await expect(page.locator("#bandit-cart-1-days svg.shares rect")).to_have_count(2)
+        sends = [await r.locator("td").nth(1).inner_text() for r in await arms.all()]
+        assert sorted(sends) == ["0", "1"]
+        assert await page.locator("#bandit-cart-1-arms td.chance").count() == 2
+    assert dialogs == []

@@ -477,3 +477,25 @@ async def test_send_time_page_without_data(tmp_path: Path) -> None:
         assert 'id="shop-heatmap-empty"' in text and 'selection = "bandit"' in text
         person = await client.get("/dashboard/person/u:nobody-yet")
         assert person.status_code == 404
+
+
+async def test_stream_carries_the_send_time_panel(tmp_path: Path) -> None:
+    """The snapshot holds the Send time page's panel; after an engagement, an update holds it
+    again, with the shop's heatmap no longer empty."""
+    config = dashboard_config(tmp_path, workflow=SEND_TIME_FLOWS)
+    async with run_server(config) as live, live.http() as client:
+        await login(client)
+        async with stream(client) as sse:
+            first = await sse.next()
+            assert first is not None and first.event == "snapshot"
+            panel = first.data["send_time"]
+            assert panel["shop"]["empty"] and panel["days"] == 30
+            assert [p["workflow"] for p in panel["bandits"]] == ["cart"]
+            async with live.ws(origin=ORIGIN) as ws:
+                await send_batch(ws, [tracked("u1", "Product Viewed", product_id="p1")])
+            # An idle update may carry the panel before the event does; within
+            # SEND_TIME_EVERY_S of it, the next one carries the engagement.
+            frame = await sse.until(
+                lambda f: "send_time" in f.data and not f.data["send_time"]["shop"]["empty"]
+            )
+    assert frame.event == "update"

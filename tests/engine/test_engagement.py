@@ -23,6 +23,7 @@ from rtserver.engine.engagement import (
     choose,
     describe,
     engaged,
+    engaged_one,
     engagement_weight,
     hour_label,
     hour_of_week,
@@ -61,7 +62,8 @@ def history(hours: list[int], weeks: int, rng: random.Random, noise: float = 0.2
 
 
 def test_engagement_weights_opens_clicks_and_visits() -> None:
-    """Human opens count 1, clicks 2, a visit after 30 minutes away 0.5; machines nothing."""
+    """Human opens count 1, clicks a little more, a visit after 30 minutes away 0.5; machines
+    nothing."""
     assert engagement_weight(ev("Email Opened"), "Email Opened", 0, MONDAY) == OPEN_WEIGHT
     assert engagement_weight(ev("Email Clicked"), "Email Clicked", 0, MONDAY) == CLICK_WEIGHT
     assert CLICK_WEIGHT > OPEN_WEIGHT
@@ -84,6 +86,34 @@ def test_hour_of_week_in_the_person_zone() -> None:
 
 
 ZONE_NY = ZoneInfo("America/New_York")
+
+
+@pytest.mark.parametrize(
+    "zone", ["America/New_York", "Europe/Berlin", "Asia/Kolkata", "Australia/Lord_Howe"]
+)
+def test_hour_of_week_agrees_with_the_zone_across_offset_changes(zone: str) -> None:
+    """Every 7.5 minutes through a year (two offset changes where the zone has them, one of
+    half an hour on Lord Howe Island), the hour is the zone's local hour of the week."""
+    tz = ZoneInfo(zone)
+    start = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
+    for k in range(365 * 24 * 8):
+        t = start + k * 450.0 + 0.5
+        local = datetime.fromtimestamp(t, tz)
+        assert hour_of_week(t, tz) == local.weekday() * 24 + local.hour, (zone, t)
+
+
+def test_engaged_one_is_engaged_with_one_addition() -> None:
+    """The engine's one-event path: from nothing, into an existing bin, into a new one, and
+    past the rescaling point, the same histogram as :func:`engaged`."""
+    cases = [(Engagement(), (5, 1.0, MONDAY))]
+    one = engaged(Engagement(), [(5, 1.0, MONDAY)], HALF_LIFE)
+    cases += [(one, (5, 2.0, MONDAY + D)), (one, (9, 0.5, MONDAY + HALF_LIFE))]
+    cases.append((one, (7, 1.0, MONDAY + (REBASE_HALF_LIVES + 1) * HALF_LIFE)))
+    for before, (hour, weight, at) in cases:
+        expected = engaged(before, [(hour, weight, at)], HALF_LIFE)
+        assert engaged_one(before, hour, weight, at, HALF_LIFE) == expected
+    assert engaged_one(one, 5, 1.0, MONDAY, HALF_LIFE).bins == {5: 2.0}
+    assert one.bins == {5: 1.0}  # the histogram it started from is unchanged
 
 
 def test_decay_halves_the_weights_every_half_life() -> None:

@@ -188,3 +188,31 @@ async def test_a_quiet_window_says_so() -> None:
     decisions = await simulate(config, read_events(lines(identify, signed), config))
     (send,) = [d for d in decisions if d.action == "send"]
     assert send.detail == "welcome (optimal: window quiet)"
+
+
+async def test_bandit_sends_show_the_arm_and_how_the_arms_stand() -> None:
+    """A send of a ``selection = "bandit"`` step names its arm and every arm's sends and goals
+    so far (this send counted): three sign-ups, three sends counted one by one."""
+    flows = [{"name": "w", "trigger": "Signed Up", "step": [
+        {"variant": [{"send": "welcome", "name": "plain"}, {"send": "cart_reminder"}],
+         "selection": "bandit"}]}]  # fmt: skip
+    overrides = {"workflow": flows, "mail": {"frequency_cap": "off"}}
+    config = load_config(None, env={}, overrides=overrides)
+    raws = []
+    for n in range(3):
+        at = f"2026-03-09T10:0{n}:00+00:00"
+        raws += [{"type": "identify", "userId": f"u{n}", "timestamp": at,
+                  "traits": {"email": f"p{n}@example.com", "consent": "confirmed_opt_in"}},
+                 {"type": "track", "event": "Signed Up", "userId": f"u{n}"}]  # fmt: skip
+    decisions = await simulate(config, read_events(lines(*raws), config))
+    sends = [d.detail for d in decisions if d.action == "send"]
+    assert len(sends) == 3
+    totals = []
+    for detail in sends:
+        arm = detail[detail.index("[") + 1 : detail.index("]")]
+        assert arm in ("plain", "B")
+        assert detail.startswith(("welcome [plain] (bandit;", "cart_reminder [B] (bandit;"))
+        counts = detail.split("sends/goals ")[1].rstrip(")").split(", ")
+        assert [c.split()[0] for c in counts] == ["plain", "B"]
+        totals.append(sum(int(c.split()[1].split("/")[0]) for c in counts))
+    assert totals == [1, 2, 3]
