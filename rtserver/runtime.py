@@ -519,7 +519,9 @@ async def start(
         supervisor.start("pipeline", pipeline.run())
         supervisor.start(
             "timer-driver",
-            run_timer_driver(engine.wheel, clock, engine.wake, pipeline.fire, stop=stop),
+            run_timer_driver(
+                engine.wheel, clock, engine.wake, pipeline.fire, stop=stop, refill=engine
+            ),
         )
         supervisor.start(
             "retention", purge_forever(store, clock, config.store.retention_days, stop)
