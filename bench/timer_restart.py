@@ -4,7 +4,8 @@ Builds a store holding N open runs with their timers (due over the next 48 h), t
 in this process, the bare baseline of reading every timer from SQLite and arming each in a wheel
 (what ``Engine.restore`` did before it loaded only the next ``HORIZON_S``), ``Engine.restore``
 itself and the ratio of the two, and, end to end, a real ``rtserver serve`` from spawn to its
-first ``/healthz`` 200. Goal: ready in < 1.5 s with 1,000,000 timers.
+first ``/healthz`` 200, against the same on a store without timers (the floor: start-up's
+imports, templates and server). Goal: ready in < 1.5 s with 1,000,000 timers.
 
 ``--server CMD`` times that server command instead of this Python's ``-m rtserver`` (the
 binary, say: ``--server "taskset -c 0 dist/rtserver"``).
@@ -35,7 +36,8 @@ from rtserver.store.database import Store
 
 GOAL_S = 1.5
 ROOT = Path(__file__).resolve().parent.parent
-NOW = 1_800_000_000.0
+NOW = float(int(time.time()))
+"""The timers are due over the 48 h after the bench starts, for the server as for the process."""
 
 
 async def build(path: Path, timers: int) -> None:
@@ -142,6 +144,9 @@ def main() -> int:
         result: dict[str, Any] = {"timers": args.timers, **asyncio.run(restore(path))}
         command = shlex.split(args.server) or [sys.executable, "-m", "rtserver"]
         result.update(serve_ready(path, folder, command))
+        empty = folder / "empty.db"
+        asyncio.run(build(empty, 0))
+        result["floor_s"] = serve_ready(empty, folder, command)["ready_s"]
     result["goal_met"] = result["ready_s"] < GOAL_S
     result["machine"] = machine()
     if args.json:
@@ -155,6 +160,10 @@ def main() -> int:
         f"due within {HORIZON_S:g} s), {result['speedup']:.1f}x the baseline"
     )
     print(f"  spawn -> /healthz 200  {result['ready_s']:.2f} s, RSS {result['rss_mib']:.0f} MiB")
+    print(
+        f"  ... without timers     {result['floor_s']:.2f} s "
+        f"(the floor: {result['ready_s'] / result['floor_s']:.2f}x)"
+    )
     verdict = "met" if result["goal_met"] else "MISSED"
     print(f"goal: ready in < {GOAL_S:g} s: {verdict}")
     return 0

@@ -1,7 +1,8 @@
 """Timers: a hierarchical timer wheel on integer ticks, and the one task that drives it.
 
 The wheel is pure and never reads a clock: callers pass ticks, ``int(clock() // tick_s)``.
-The store is the source of truth for pending timers; the wheel indexes them in memory.
+The store is the source of truth for pending timers; the wheel indexes them in memory, those due
+soon at least: a :class:`Refill` hands the driver the later ones as their time nears.
 """
 
 from __future__ import annotations
