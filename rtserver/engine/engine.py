@@ -196,18 +196,18 @@ class Engine:
     async def restore(self, now: float) -> int:
         """Rebuild the wheel from the store; overdue timers fire at the driver's first poll.
 
-        Only the stored timers due within ``HORIZON_S`` (and at least ``LOAD_BATCH`` of them)
-        are read now: a million of them took two seconds to read and arm, most of them due
-        hours or days later. The rest wait in the store and come in as the clock nears them
-        (:meth:`refill`, from the timer driver). Scheduled workflows get their sweep armed
-        too: a sweep cut short by a stop resumes.
+        Only the ``LOAD_BATCH`` stored timers due first are read now: a million of them took
+        two seconds to read and arm, most of them due hours or days later. The rest wait in
+        the store: the timer driver reads those due within ``HORIZON_S`` (or overdue) before
+        its first poll, while the server already serves, and the later ones as the clock nears
+        them (:meth:`refill`). Scheduled workflows get their sweep armed too: a sweep cut short
+        by a stop resumes.
         """
         # Starting the wheel at the current tick spares its first poll moving every restored
         # timer down from tick 0 (about a second with a million of them).
         self.wheel = TimerWheel(max(0, int(now // self.tick_s) - 1))
         self.loaded, self.retry_at = (-math.inf, None), -math.inf
-        while (at := self.refill_at()) is not None and at <= now:
-            await self._load()
+        await self._load()
         intervals = {wf.name: wf.schedule_s for wf in self.rules.scheduled if wf.schedule_s}
         self.sweeps = await self.store.schedules(intervals, now)
         if self.rules.bandits:

@@ -5,6 +5,7 @@ fake clock; the store stays the truth for timers cancelled or re-armed before th
 from __future__ import annotations
 
 import asyncio
+import math
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -102,9 +103,9 @@ class Stack:
         self.clock.now = until
 
 
-async def test_restore_arms_the_horizon_and_at_least_one_batch(tmp_path: Path) -> None:
-    """Of timers due every second from now on, the wheel gets one batch, and it reaches past the
-    horizon; timers due later are not in it until then."""
+async def test_restore_arms_the_first_batch_only(tmp_path: Path) -> None:
+    """Of timers due every second from now on, the wheel gets the first batch; the next is
+    needed once the clock is within the horizon of its last timer."""
     path = tmp_path / "store.db"
     ids = await stored(path, [START + 1 + i for i in range(2 * LOAD_BATCH)])
     stack = await Stack.open(path, FakeClock(START))
@@ -238,7 +239,8 @@ async def test_a_commit_during_a_batch_read_wins_over_the_row_read(
 
 async def test_restart_in_the_middle_of_a_batch(tmp_path: Path) -> None:
     """A crash after part of a loaded batch fired: the new engine reads the store from the start
-    again, fires what is overdue at once and the rest at their time; each run fires once.
+    again, fires what is overdue at once (in order: more than its first batch) and the rest at
+    their time; each run fires once.
     (500 runs share each due time, so batches also end among runs due at the same time.)"""
     path = tmp_path / "store.db"
     dues = [START + 700 + (i // 500) * 100 for i in range(3 * LOAD_BATCH + 100)]
@@ -252,11 +254,13 @@ async def test_restart_in_the_middle_of_a_batch(tmp_path: Path) -> None:
         before = stack.fired
     finally:
         await stack.store.close()  # a crash: nothing more is committed
-    restart = clock.now = crash + 30.5
+    restart = clock.now = crash + 1000.5  # more overdue than a batch: the rest before a poll
     stack = await Stack.open(path, clock)
     try:
+        assert (stack.engine.refill_at() or math.inf) <= restart  # overdue still in the store
         await stack.advance_to(dues[-1] + 10)
         after = stack.fired
+        assert list(after) == [rid for rid in ids if rid in after]  # in due order
         assert not before.keys() & after.keys()
         assert sorted(before.keys() | after.keys()) == ids
         for rid, due in zip(ids, dues, strict=True):
