@@ -272,7 +272,7 @@ class Store:
 
         ``after`` is the last (due, run id) read, or (due, None) for every timer due later
         than ``due``: pages of the ``timers_due`` index, so the engine loads the far timers
-        a slice at a time (the run ids of one due time are sorted, a few rows at most).
+        a batch at a time (SQLite sorts only the run ids that share a due time).
         """
         async with self._write_lock, _sqlite_errors():
             rows = await self._db.execute_fetchall(
@@ -285,7 +285,8 @@ class Store:
         return cast(list[tuple[str, int, float]], rows)
 
     async def pending_timers(self) -> list[tuple[str, float]]:
-        """Every armed timer as (run id, due): the wheel is rebuilt from these on start."""
+        """Every armed timer as (run id, due), in no order (the engine reads them in batches:
+        :meth:`timer_ticks_after`)."""
         async with self._write_lock, _sqlite_errors():
             rows = await self._db.execute_fetchall("SELECT run_id, due FROM timers")
         return [(r[0], r[1]) for r in rows]
