@@ -1,9 +1,11 @@
 """Restart with N pending timers: how long until the wheel is rebuilt and the server is ready.
 
 Builds a store holding N open runs with their timers (due over the next 48 h), then measures,
-in this process, reading the timers from SQLite and rebuilding the engine's wheel from them
-(``Engine.restore``), and, end to end, a real ``rtserver serve`` from spawn to its first
-``/healthz`` 200. Goal: ready in < 3 s with 1,000,000 timers.
+in this process, the bare baseline of reading every timer from SQLite and arming each in a wheel
+(what ``Engine.restore`` did before it read only the first ``LOAD_BATCH``), ``Engine.restore``
+itself and the ratio of the two, and, end to end, a real ``rtserver serve`` from spawn to its
+first ``/healthz`` 200, against the same on a store without timers (the floor: start-up's
+imports, templates and server). Goal: ready in < 1.5 s with 1,000,000 timers.
 
 ``--server CMD`` times that server command instead of this Python's ``-m rtserver`` (the
 binary, say: ``--server "taskset -c 0 dist/rtserver"``).
@@ -27,14 +29,15 @@ from typing import Any
 
 from bench._common import free_port, machine, tree_rss_kib
 from rtserver.config.schema import load_config
-from rtserver.engine.engine import Engine
+from rtserver.engine.engine import LOAD_BATCH, Engine
 from rtserver.engine.timers import TimerWheel
 from rtserver.runtime import load_rules
 from rtserver.store.database import Store
 
-GOAL_S = 3.0
+GOAL_S = 1.5
 ROOT = Path(__file__).resolve().parent.parent
-NOW = 1_800_000_000.0
+NOW = float(int(time.time()))
+"""The timers are due over the 48 h after the bench starts, for the server as for the process."""
 
 
 async def build(path: Path, timers: int) -> None:
@@ -58,15 +61,21 @@ async def build(path: Path, timers: int) -> None:
 
 
 async def restore(path: Path) -> dict[str, float]:
-    """Seconds to read the timers, to insert them in a wheel, and for the whole
-    ``Engine.restore`` (which reads them again), in this process."""
+    """Seconds to read every timer and to insert them all in a wheel (the baseline), and for
+    ``Engine.restore``, which reads and arms only the ``LOAD_BATCH`` due first, in this
+    process."""
     config = load_config(ROOT / "config.toml", env={}, overrides={"store": {"path": str(path)}})
     rules, _ = load_rules(config)
     store = await Store.open(path)
     try:
         tick_s = Engine(rules, store).tick_s
         started = time.perf_counter()
-        rows = await store.pending_timer_ticks(tick_s)  # what Engine.restore reads
+        async with store._write_lock:  # the read Engine.restore made before
+            rows = await store._db.execute_fetchall(
+                "SELECT run_id, CAST(due / ?1 AS INTEGER) + (due / ?1 > CAST(due / ?1 AS INTEGER))"
+                " FROM timers",
+                (tick_s,),
+            )
         timers = len(rows)
         read = time.perf_counter() - started
         wheel_of: TimerWheel[str] = TimerWheel(int(NOW // tick_s) - 1)  # as restore starts it
@@ -81,7 +90,14 @@ async def restore(path: Path) -> dict[str, float]:
         total = time.perf_counter() - started
     finally:
         await store.close()
-    return {"timers": timers, "armed": armed, "read_s": read, "wheel_s": wheel, "restore_s": total}
+    return {
+        "timers": timers,
+        "armed": armed,
+        "read_s": read,
+        "wheel_s": wheel,
+        "restore_s": total,
+        "speedup": (read + wheel) / total,
+    }
 
 
 def serve_ready(path: Path, folder: Path, command: list[str]) -> dict[str, float]:
@@ -128,16 +144,26 @@ def main() -> int:
         result: dict[str, Any] = {"timers": args.timers, **asyncio.run(restore(path))}
         command = shlex.split(args.server) or [sys.executable, "-m", "rtserver"]
         result.update(serve_ready(path, folder, command))
+        empty = folder / "empty.db"
+        asyncio.run(build(empty, 0))
+        result["floor_s"] = serve_ready(empty, folder, command)["ready_s"]
     result["goal_met"] = result["ready_s"] < GOAL_S
     result["machine"] = machine()
     if args.json:
         print(json.dumps(result))
         return 0
     print(f"restart with {args.timers:,} pending timers")
-    print(f"  read the timers        {result['read_s']:.2f} s (Store.pending_timer_ticks)")
-    print(f"  insert them in a wheel {result['wheel_s']:.2f} s (TimerWheel.insert each)")
-    print(f"  Engine.restore         {result['restore_s']:.2f} s (both, reading them again)")
+    print(f"  read every timer       {result['read_s']:.2f} s (baseline: one SELECT of them all)")
+    print(f"  insert them in a wheel {result['wheel_s']:.2f} s (baseline: TimerWheel.insert each)")
+    print(
+        f"  Engine.restore         {result['restore_s']:.2f} s ({result['armed']:,} armed: "
+        f"the first {LOAD_BATCH:,}), {result['speedup']:.1f}x the baseline"
+    )
     print(f"  spawn -> /healthz 200  {result['ready_s']:.2f} s, RSS {result['rss_mib']:.0f} MiB")
+    print(
+        f"  ... without timers     {result['floor_s']:.2f} s "
+        f"(the floor: {result['ready_s'] / result['floor_s']:.2f}x)"
+    )
     verdict = "met" if result["goal_met"] else "MISSED"
     print(f"goal: ready in < {GOAL_S:g} s: {verdict}")
     return 0

@@ -445,7 +445,9 @@ async def start(
         engine = _make_engine(config, rules, store)
         restored = await engine.restore(clock())
         if restored:
-            logger.info("timer wheel: %d armed from the store (run timers, sweeps)", restored)
+            logger.info(
+                "timer wheel: %d armed from the store (run timers due soon, sweeps)", restored
+            )
         pipeline = _make_pipeline(config, store, engine, clock)
         tokens = Tokens(keys.link_secret, clock)
         relay = await stack.enter_async_context(mail_transport(config, store, clock))
@@ -519,7 +521,9 @@ async def start(
         supervisor.start("pipeline", pipeline.run())
         supervisor.start(
             "timer-driver",
-            run_timer_driver(engine.wheel, clock, engine.wake, pipeline.fire, stop=stop),
+            run_timer_driver(
+                engine.wheel, clock, engine.wake, pipeline.fire, stop=stop, refill=engine
+            ),
         )
         supervisor.start(
             "retention", purge_forever(store, clock, config.store.retention_days, stop)

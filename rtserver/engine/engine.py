@@ -41,6 +41,7 @@ from rtserver.engine.engagement import (
 )
 from rtserver.engine.memory import Memory
 from rtserver.engine.timers import TimerWheel
+from rtserver.errors import StoreError
 from rtserver.model import (
     Action,
     CallWebhook,
@@ -90,6 +91,13 @@ REWARDING = frozenset({"Email Clicked", "Order Completed"})
 """The events that may reach a bandit step's goal."""
 MAX_EMIT_DEPTH = 4
 """Emitted events may trigger workflows that emit again, this many generations deep."""
+HORIZON_S = 600.0
+"""The wheel holds the stored timers due within this much of now; later ones wait in the store
+(see :meth:`Engine.refill`)."""
+LOAD_BATCH = 4096
+"""Stored timers read into the wheel at a time: the event loop inserts them in a few ms."""
+LOAD_RETRY_S = 5.0
+"""After a failed read of the stored timers, the next try waits this long."""
 
 
 def mail_id(run_id: str, step: int) -> str:
@@ -151,6 +159,14 @@ class Engine:
         self.tick_s = tick_s
         self.confirmations_per_ip = confirmations_per_ip
         self.wheel: TimerWheel[str] = TimerWheel()
+        self.loaded: tuple[float, str | None] | None = None
+        """The last stored timer read into the wheel, as (due, run id), while later ones wait
+        in the store ((-inf, None) before the first read); None once every stored timer was
+        read (see :meth:`refill`)."""
+        self.touched: set[str] | None = None
+        """Timers armed or cancelled while a read of the stored ones is under way."""
+        self.retry_at = -math.inf
+        """No read of the stored timers before this time (one just failed)."""
         self.memory = Memory(memory_mb * 1024 * 1024)
         """The facts of the persons decided lately, as committed (see :meth:`_facts`)."""
         self.generation: tuple[int, int] | None = None
@@ -181,17 +197,18 @@ class Engine:
     async def restore(self, now: float) -> int:
         """Rebuild the wheel from the store; overdue timers fire at the driver's first poll.
 
-        Scheduled workflows get their sweep armed too: a sweep cut short by a stop resumes.
+        Only the ``LOAD_BATCH`` stored timers due first are read now: a million of them took
+        two seconds to read and arm, most of them due hours or days later. The rest wait in
+        the store: the timer driver reads those due within ``HORIZON_S`` (or overdue) before
+        its first poll, while the server already serves, and the later ones as the clock nears
+        them (:meth:`refill`). Scheduled workflows get their sweep armed too: a sweep cut short
+        by a stop resumes.
         """
         # Starting the wheel at the current tick spares its first poll moving every restored
         # timer down from tick 0 (about a second with a million of them).
-        wheel = self.wheel = TimerWheel(max(0, int(now // self.tick_s) - 1))
-        # The ticks come computed by the store (what ``arm`` computes for each): a million
-        # timers are armed in one plain loop.
-        insert, overdue = wheel.insert, wheel.elapsed + 1
-        for run_id, tick in await self.store.pending_timer_ticks(self.tick_s):
-            if not insert(run_id, tick):
-                insert(run_id, overdue)
+        self.wheel = TimerWheel(max(0, int(now // self.tick_s) - 1))
+        self.loaded, self.retry_at = (-math.inf, None), -math.inf
+        await self._load()
         intervals = {wf.name: wf.schedule_s for wf in self.rules.scheduled if wf.schedule_s}
         self.sweeps = await self.store.schedules(intervals, now)
         if self.rules.bandits:
@@ -201,8 +218,50 @@ class Engine:
         self.wake.set()
         return len(self.wheel)
 
+    def refill_at(self) -> float | None:
+        """When the wheel needs the next stored timers: ``HORIZON_S`` before the last one read
+        is due (None: the wheel has them all)."""
+        if self.loaded is None:
+            return None
+        return max(self.loaded[0] - HORIZON_S, self.retry_at)
+
+    async def refill(self, now: float) -> None:
+        """Read the next ``LOAD_BATCH`` stored timers into the wheel (the driver's refill).
+
+        A failed read is logged and tried again ``LOAD_RETRY_S`` later: the timers stay in
+        the store meanwhile.
+        """
+        try:
+            await self._load()
+        except StoreError:
+            logger.exception("reading the stored timers failed; trying again in %g s", LOAD_RETRY_S)
+            self.retry_at = now + LOAD_RETRY_S
+
+    async def _load(self) -> None:
+        """Arm the next ``LOAD_BATCH`` stored timers after :attr:`loaded`.
+
+        A timer armed or cancelled by a commit while the read is under way is skipped: the
+        row read may be older than that commit, and the wheel already holds what it armed
+        (every arm goes into the wheel, however far away).
+        """
+        assert self.loaded is not None
+        touched = self.touched = set()
+        try:
+            rows = await self.store.timer_ticks_after(self.tick_s, self.loaded, LOAD_BATCH)
+        finally:
+            self.touched = None
+        # The ticks come computed by the store (what ``arm`` computes for each): the batch is
+        # armed in one plain loop.
+        insert, overdue = self.wheel.insert, self.wheel.elapsed + 1
+        for run_id, tick, _ in rows:
+            if run_id not in touched and not insert(run_id, tick):
+                insert(run_id, overdue)
+        self.loaded = (rows[-1][2], rows[-1][0]) if len(rows) == LOAD_BATCH else None
+
     def arm(self, run_id: str, due: float) -> None:
         """Arm (or re-arm) a run's timer; a deadline already passed fires at the next poll."""
+        if self.touched is not None:
+            self.touched.add(run_id)
         if not self.wheel.insert(run_id, self.tick(due)):
             self.wheel.insert(run_id, self.wheel.elapsed + 1)
 
@@ -583,6 +642,8 @@ class Engine:
         before = self.wheel.next_deadline()
         for run_id, timer in changes.timers.items():
             if timer is None:
+                if self.touched is not None:
+                    self.touched.add(run_id)
                 self.wheel.cancel(run_id)
             else:
                 self.arm(run_id, timer[1])

@@ -1,7 +1,8 @@
 """Timers: a hierarchical timer wheel on integer ticks, and the one task that drives it.
 
 The wheel is pure and never reads a clock: callers pass ticks, ``int(clock() // tick_s)``.
-The store is the source of truth for pending timers; the wheel indexes them in memory.
+The store is the source of truth for pending timers; the wheel indexes them in memory, those due
+soon at least: a :class:`Refill` hands the driver the later ones as their time nears.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Hashable
 from operator import itemgetter
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from rtserver.clock import Clock
 
@@ -20,6 +21,7 @@ __all__ = [
     "MAX_SLEEP_S",
     "MAX_TICK",
     "SLOTS",
+    "Refill",
     "TimerWheel",
     "run_timer_driver",
 ]
@@ -292,6 +294,18 @@ class TimerWheel(Generic[K]):
         return live
 
 
+class Refill(Protocol):
+    """Where later deadlines wait until the wheel needs them (the engine: the store's timers
+    beyond its horizon), so a restart does not arm them all at once."""
+
+    def refill_at(self) -> float | None:
+        """The clock time from which the wheel needs more (None: it has everything)."""
+
+    async def refill(self, now: float) -> None:
+        """Insert the next bounded batch into the wheel; move ``refill_at`` on (a failure
+        too, so the driver does not spin)."""
+
+
 async def run_timer_driver(
     wheel: TimerWheel[K],
     clock: Clock,
@@ -301,6 +315,7 @@ async def run_timer_driver(
     tick_s: float = 1.0,
     stop: asyncio.Event | None = None,
     max_sleep_s: float = MAX_SLEEP_S,
+    refill: Refill | None = None,
 ) -> None:
     """Hand the wheel's due keys to ``on_fire`` as time passes, until ``stop`` is set.
 
@@ -314,6 +329,10 @@ async def run_timer_driver(
     ``poll`` disarms keys before ``on_fire`` sees them, and an exception from ``on_fire`` is
     logged and not retried: the store is the source of truth for pending timers, so whatever
     ``on_fire`` did not record stays pending there and the caller re-arms it from the store.
+
+    With ``refill``, a round first calls ``refill.refill(now)`` once ``now`` reaches
+    ``refill.refill_at()``, a batch per round and before polling, so a deadline waiting there
+    is in the wheel before the poll that is due to fire it; sleeps end at ``refill_at`` too.
     """
     relay = None
     if stop is not None:
@@ -322,6 +341,11 @@ async def run_timer_driver(
         while stop is None or not stop.is_set():
             wake.clear()
             now = clock()
+            refill_at = None
+            if refill is not None and (refill_at := refill.refill_at()) is not None:
+                if refill_at <= now:
+                    await refill.refill(now)
+                    continue
             due = wheel.poll(int(now // tick_s))
             if due:
                 try:
@@ -333,6 +357,8 @@ async def run_timer_driver(
             timeout = None
             if deadline is not None:
                 timeout = min(max(deadline * tick_s - now, 0.0), max_sleep_s)
+            if refill_at is not None:
+                timeout = min(refill_at - now, max_sleep_s if timeout is None else timeout)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), timeout)
     finally:

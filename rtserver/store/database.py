@@ -263,19 +263,30 @@ class Store:
             )
         return {r[0]: (r[1], r[2]) for r in rows if r[0] in intervals}
 
-    async def pending_timer_ticks(self, tick_s: float) -> list[tuple[str, int]]:
-        """Every armed timer as (run id, the wheel tick it is due in: ``ceil(due / tick_s)``,
-        computed by SQLite, whose division is Python's)."""
+    async def timer_ticks_after(
+        self, tick_s: float, after: tuple[float, str | None], limit: int
+    ) -> list[tuple[str, int, float]]:
+        """The next ``limit`` armed timers after ``after`` in (due, run id) order, as (run id,
+        the wheel tick it is due in: ``ceil(due / tick_s)``, computed by SQLite, whose division
+        is Python's; due).
+
+        ``after`` is the last (due, run id) read, or (due, None) for every timer due later
+        than ``due``: pages of the ``timers_due`` index, so the engine loads the far timers
+        a batch at a time (SQLite sorts only the run ids that share a due time).
+        """
         async with self._write_lock, _sqlite_errors():
             rows = await self._db.execute_fetchall(
-                "SELECT run_id, CAST(due / ?1 AS INTEGER) + (due / ?1 > CAST(due / ?1 AS INTEGER)) "
-                "FROM timers",
-                (tick_s,),
+                "SELECT run_id, "
+                "CAST(due / ?1 AS INTEGER) + (due / ?1 > CAST(due / ?1 AS INTEGER)), due "
+                "FROM timers WHERE due >= ?2 AND (due > ?2 OR run_id > ?3) "
+                "ORDER BY due, run_id LIMIT ?4",
+                (tick_s, *after, limit),
             )
-        return cast(list[tuple[str, int]], rows)
+        return cast(list[tuple[str, int, float]], rows)
 
     async def pending_timers(self) -> list[tuple[str, float]]:
-        """Every armed timer as (run id, due): the wheel is rebuilt from these on start."""
+        """Every armed timer as (run id, due), in no order (the engine reads them in batches:
+        :meth:`timer_ticks_after`)."""
         async with self._write_lock, _sqlite_errors():
             rows = await self._db.execute_fetchall("SELECT run_id, due FROM timers")
         return [(r[0], r[1]) for r in rows]

@@ -550,3 +550,59 @@ async def test_driver_without_stop_ends_when_cancelled() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert asyncio.all_tasks() == {asyncio.current_task()}
+
+
+class Feed:
+    """A refill of batches of (key, tick), needed from the times in ``at`` (one per batch)."""
+
+    def __init__(
+        self, wheel: TimerWheel[str], batches: list[list[tuple[str, int]]], at: list[float]
+    ) -> None:
+        self.wheel, self.batches, self.at = wheel, batches, at
+        self.calls: list[float] = []
+
+    def refill_at(self) -> float | None:
+        return self.at[0] if self.at else None
+
+    async def refill(self, now: float) -> None:
+        self.calls.append(now)
+        self.at.pop(0)
+        for key, tick in self.batches.pop(0):
+            self.wheel.insert(key, tick)
+
+
+async def test_driver_refills_a_batch_a_round_before_it_polls() -> None:
+    """Batches needed by now come in first, one per round: what they hold that is due fires
+    in the same poll as the wheel's, in deadline order."""
+    clock = WatchedClock()
+    now_tick = int(clock.now)
+    wheel: TimerWheel[str] = TimerWheel(now_tick - 10)
+    wheel.insert("wheel", now_tick - 2)
+    feed = Feed(wheel, [[("first", now_tick - 1)], [("second", now_tick)]], [0.0, clock.now])
+    wake, stop, on_fire = asyncio.Event(), asyncio.Event(), Recorder()
+    task = asyncio.create_task(
+        run_timer_driver(wheel, clock, wake, on_fire, stop=stop, refill=feed)
+    )
+    assert await on_fire.next_batch() == ["wheel", "first", "second"]
+    assert feed.calls == [clock.now, clock.now]
+    await _stop(task, stop)
+
+
+async def test_driver_wakes_itself_when_a_refill_is_needed() -> None:
+    """Without wake, the driver's sleep ends when the refill is needed, not at the wheel's
+    next deadline, so a deadline refilled then still fires at its tick."""
+    tick_s = 1 / 1024  # exact in binary, so the fake clock lands on tick boundaries
+    clock = WatchedClock(1000.0)
+    now_tick = int(clock.now / tick_s)
+    wheel: TimerWheel[str] = TimerWheel(now_tick)
+    wheel.insert("late", now_tick + 10**6)  # far beyond TIMEOUT_UNIT of real time
+    feed = Feed(wheel, [[("soon", now_tick + 2)]], [clock.now + tick_s])
+    wake, stop, on_fire = asyncio.Event(), asyncio.Event(), Recorder()
+    task = asyncio.create_task(
+        run_timer_driver(wheel, clock, wake, on_fire, tick_s=tick_s, stop=stop, refill=feed)
+    )
+    await clock.driver_waiting()
+    clock.advance(2 * tick_s)  # no wake
+    assert await on_fire.next_batch() == ["soon"]
+    assert feed.calls == [clock.now] and "late" in wheel
+    await _stop(task, stop)

@@ -535,7 +535,7 @@ async def test_the_store_files_are_private_to_their_owner(tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize("tick_s", [1.0, 0.25, 3.0])
-async def test_pending_timer_ticks_are_the_ticks_arm_computes(store: Store, tick_s: float) -> None:
+async def test_timer_ticks_are_the_ticks_arm_computes(store: Store, tick_s: float) -> None:
     """The store's ticks of the armed timers are ``ceil(due / tick_s)``, as the engine's."""
     dues = [1_800_000_000.0, 1_800_000_000.5, 1_800_000_001.25, 1_799_999_999.999, 1e9 + 1 / 3]
     async with store._write_lock:
@@ -544,5 +544,27 @@ async def test_pending_timer_ticks_are_the_ticks_arm_computes(store: Store, tick
             [(f"r{i}", due) for i, due in enumerate(dues)],
         )
         await store._db.commit()
-    ticks = dict(await store.pending_timer_ticks(tick_s))
-    assert ticks == {f"r{i}": math.ceil(due / tick_s) for i, due in enumerate(dues)}
+    rows = await store.timer_ticks_after(tick_s, (-math.inf, None), 100)
+    assert {run_id: tick for run_id, tick, _ in rows} == {
+        f"r{i}": math.ceil(due / tick_s) for i, due in enumerate(dues)
+    }
+
+
+async def test_timer_ticks_after_pages_in_due_then_run_id_order(store: Store) -> None:
+    """Pages of (due, run id) order: each starts after the last row of the one before, also
+    among timers due at the same time; (due, None) starts after every timer due then."""
+    timers = [(f"r{i}", 100.0 + i % 3) for i in range(10)]
+    async with store._write_lock:
+        await store._db.executemany(
+            "INSERT INTO timers (run_id, step, due, person_id) VALUES (?, 0, ?, 'a:x')", timers
+        )
+        await store._db.commit()
+    expected = sorted(timers, key=lambda t: (t[1], t[0]))
+    pages, after = [], (-math.inf, None)
+    while rows := await store.timer_ticks_after(1.0, after, 4):
+        pages.append([(run_id, due) for run_id, _, due in rows])
+        after = (rows[-1][2], rows[-1][0])
+    assert [len(page) for page in pages] == [4, 4, 2]
+    assert [t for page in pages for t in page] == expected
+    later = await store.timer_ticks_after(1.0, (101.0, None), 10)
+    assert [(run_id, due) for run_id, _, due in later] == [t for t in expected if t[1] > 101.0]
