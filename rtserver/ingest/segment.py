@@ -230,7 +230,7 @@ async def _chunks(receive: Receive) -> AsyncIterator[bytes]:
                 yield body
             if not message.get("more_body", False):
                 return
-        elif message["type"] == "http.disconnect":
+        else:  # http.disconnect, the only other message of an HTTP request
             raise ClientDisconnect()
 
 
