@@ -38,15 +38,17 @@ from rtserver.config import Config
 from rtserver.dashboard import Auth, Dashboard, Metrics, RequireLogin, metrics, routes as dashboard
 from rtserver.errors import StoreError
 from rtserver.ingest import (
+    CORS_OPTIONS,
     Budgets,
     Ingest,
     Intake,
     guarded_fetch,
-    receive,
     recommendations,
     sdk_routes,
+    segment_routes,
     shopify,
     snippet,
+    unknown_type,
     webhooks,
     woocommerce,
 )
@@ -190,15 +192,11 @@ def create_app(
                 )
 
     cors = Middleware(
-        CORSMiddleware,
-        allow_origins=list(config.server.allowed_origins),
-        allow_methods=["POST"],
-        # analytics.js sends its key as the Basic user and counts its retries in a header.
-        allow_headers=["Content-Type", "Content-Encoding", "Authorization", "X-Retry-Count"],
-        expose_headers=["Retry-After"],
-        max_age=86400,
+        CORSMiddleware, allow_origins=list(config.server.allowed_origins), **CORS_OPTIONS
     )
     routes = [
+        # The hot path first: plain ASGI endpoints, with the same CORS answers as the mount.
+        *segment_routes(config),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics.endpoint),
@@ -210,15 +208,15 @@ def create_app(
             "/v1",
             routes=[
                 WebSocketRoute("/ws", ingest.endpoint),
-                Route("/batch", receive, methods=["POST"]),
                 # The platforms' own routes before the generic one, which would take their paths.
                 Route("/webhooks/shopify", shopify.receive, methods=["POST"]),
                 Route("/webhooks/woocommerce", woocommerce.receive, methods=["POST"]),
-                *sdk_routes,  # analytics.js's /t, /p, ..., /b and its settings document
+                *sdk_routes,  # analytics.js's settings document
                 Route("/webhooks/{source}", webhooks.receive, methods=["POST"]),
                 # Before /{kind}, which would otherwise answer this path's GET with a 405.
                 Route("/recommendations", recommendations, methods=["GET"]),
-                Route("/{kind}", receive, methods=["POST"]),
+                # Any other type: the known ones are among the segment routes above.
+                Route("/{kind}", unknown_type, methods=["POST"]),
             ],
             middleware=[cors],
         ),

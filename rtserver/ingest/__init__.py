@@ -9,19 +9,27 @@ from rtserver.ingest import shopify, snippet, webhooks, woocommerce
 from rtserver.ingest.budgets import Budgets
 from rtserver.ingest.intake import Intake
 from rtserver.ingest.relays import guarded_fetch
-from rtserver.ingest.segment import receive, recommendations, sdk_routes
+from rtserver.ingest.segment import (
+    CORS_OPTIONS,
+    recommendations,
+    sdk_routes,
+    segment_routes,
+    unknown_type,
+)
 from rtserver.ingest.websocket import Ingest
 
 __all__ = [
+    "CORS_OPTIONS",
     "Budgets",
     "Ingest",
     "Intake",
     "guarded_fetch",
-    "receive",
     "recommendations",
     "sdk_routes",
+    "segment_routes",
     "shopify",
     "snippet",
+    "unknown_type",
     "webhooks",
     "woocommerce",
 ]

@@ -11,23 +11,36 @@ Segment's browser library (analytics.js, ``@segment/analytics-next``) posts to o
 (``/v1/t``, ``/v1/p``, ``/v1/i``, ``/v1/a``, ``/v1/g``, ``/v1/s``, and ``/v1/b`` when it batches)
 with its key in the body, and first loads ``GET /v1/projects/<key>/settings``: :data:`sdk_routes`
 serve both, under the same rules as the routes above.
+
+The event routes are plain ASGI endpoints (:class:`Receiver`, mounted by :func:`segment_routes`
+ahead of the rest of ``/v1``): they are the hot path of the HTTP API, and starlette's request,
+response and CORS middleware cost more per request than the rest of the route but the commit.
+They read the body straight from ``receive``, inflate gzip as it arrives, answer success with
+prebuilt bytes and give the CORS answers of the middleware on the rest of ``/v1`` themselves
+(:class:`Cors`, with the same settings: :data:`CORS_OPTIONS`).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import json
 import math
 import urllib.parse
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, cast
 
 from starlette import status
+from starlette.datastructures import Headers, QueryParams
+from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
+from rtserver.config import Config
 from rtserver.errors import InvalidEvent, StorageUnavailable, StoreError
 from rtserver.ingest.intake import Intake
 from rtserver.ingest.products import updates_of
@@ -35,6 +48,7 @@ from rtserver.ingest.websocket import key_matches, origin_allowed
 from rtserver.model import Event, Source, decode_json, message_id_of, parse_event, verify_identity
 
 __all__ = [
+    "CORS_OPTIONS",
     "SDK_PATHS",
     "SINGLE_TYPES",
     "HTTPFailure",
@@ -43,10 +57,12 @@ __all__ = [
     "json_object",
     "parse_all",
     "read_body",
-    "receive",
+    "recommendations",
     "sdk_routes",
+    "segment_routes",
     "settings",
     "settings_document",
+    "unknown_type",
 ]
 
 SINGLE_TYPES = ("track", "identify", "page", "alias", "screen", "group")
@@ -76,8 +92,17 @@ class HTTPFailure(Exception):
         self.body = {"success": False, "error": error, **extra}
 
 
-def _basic_user(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
+def _first_headers(scope: Scope) -> dict[bytes, bytes]:
+    """The request's headers by (lower-case) name, the first of each, as starlette's
+    ``Headers.get`` finds them."""
+    return dict(reversed(scope["headers"]))
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("latin-1")
+
+
+def _basic_user(header: str) -> str | None:
     scheme, _, value = header.partition(" ")
     if scheme.lower() != "basic" or not value:
         return None
@@ -94,62 +119,134 @@ def _too_large(limit: int, unzipped: str = "") -> HTTPFailure:
     )
 
 
-def _gunzip(body: bytes, limit: int) -> bytes:
-    """Inflate every gzip member of ``body`` (RFC 1952 allows several), at most ``limit`` bytes.
+def _malformed_gzip() -> HTTPFailure:
+    return HTTPFailure(status.HTTP_400_BAD_REQUEST, "malformed gzip body")
+
+
+class _Gunzip:
+    """Inflates a gzip body as its chunks arrive: every member (RFC 1952 allows several), at
+    most ``limit`` bytes in all, without holding the compressed body.
+
+    A malformed stream or one past ``limit`` stops the inflating; the failure is raised by
+    :meth:`result`, once the whole body was read: a body over its own limit is a 413 first,
+    whatever its content (the order of the checks does not depend on where chunks end).
+    """
+
+    __slots__ = ("failure", "inflater", "limit", "members", "parts", "size")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.size = 0
+        self.parts: list[bytes] = []
+        self.inflater: Any = None
+        """The member being inflated; None between members."""
+        self.members = 0
+        """Members that ended."""
+        self.failure: HTTPFailure | None = None
+
+    def feed(self, data: bytes) -> None:
+        while data and self.failure is None:
+            if self.inflater is None:
+                self.inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            try:
+                # At most one byte past the limit: reaching it is the 413, so no input is left
+                # in unconsumed_tail otherwise.
+                part = self.inflater.decompress(data, self.limit - self.size + 1)
+            except zlib.error:
+                self.failure = _malformed_gzip()
+                return
+            self.size += len(part)
+            if self.size > self.limit:
+                self.failure = _too_large(self.limit, " unzipped")
+                return
+            self.parts.append(part)
+            if not self.inflater.eof:
+                return  # the member goes on in the next chunk
+            data = self.inflater.unused_data  # the next member, if any
+            self.inflater = None
+            self.members += 1
+
+    def result(self) -> bytes:
+        """The inflated body.
+
+        Raises:
+            HTTPFailure: 400 for a malformed or truncated stream, 413 past ``limit``.
+        """
+        if self.failure is not None:
+            raise self.failure
+        if self.inflater is not None or not self.members:  # truncated, or no member at all
+            raise _malformed_gzip()
+        return b"".join(self.parts)
+
+
+async def _read(
+    chunks: AsyncIterator[bytes], encoding: str | None, declared: str | None, limit: int
+) -> bytes:
+    """The body from ``chunks``, at most ``limit`` bytes as sent and as inflated.
 
     Raises:
-        HTTPFailure: 400 for a malformed or truncated stream, 413 past ``limit``.
+        HTTPFailure: 415 for an encoding other than gzip, 413 past ``limit``, 400 for a
+            malformed gzip stream.
+        ClientDisconnect: the client left before the end of the body.
     """
-    parts: list[bytes] = []
-    size = 0
-    rest = body
-    while True:
-        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        try:
-            part = inflater.decompress(rest, limit - size + 1)
-        except zlib.error:
-            raise HTTPFailure(status.HTTP_400_BAD_REQUEST, "malformed gzip body") from None
-        size += len(part)
-        if size > limit:
-            raise _too_large(limit, " unzipped")
-        if not inflater.eof:  # truncated: the whole input was read and the member did not end
-            raise HTTPFailure(status.HTTP_400_BAD_REQUEST, "malformed gzip body")
-        parts.append(part)
-        rest = inflater.unused_data
-        if not rest:
-            return b"".join(parts)
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    encoding = request.headers.get("content-encoding", "").strip().lower() or "identity"
+    encoding = (encoding or "").strip().lower() or "identity"
     if encoding not in (*GZIP_NAMES, "identity"):
         raise HTTPFailure(
             status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, f"unsupported content-encoding {encoding!r}"
         )
-    declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
-    chunks: list[bytes] = []
+    gunzip = _Gunzip(limit) if encoding in GZIP_NAMES else None
+    parts: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    async for chunk in chunks:
         size += len(chunk)
         if size > limit:
             raise _too_large(limit)
-        chunks.append(chunk)
-    body = b"".join(chunks)
-    if encoding in GZIP_NAMES:
-        body = _gunzip(body, limit)
-    return body
+        if gunzip is None:
+            parts.append(chunk)
+        else:
+            gunzip.feed(chunk)
+    return b"".join(parts) if gunzip is None else gunzip.result()
 
 
-def _authenticate(request: Request, intake: Intake, body_key: Any) -> Source:
+async def read_body(request: Request, limit: int) -> bytes:
+    headers = request.headers
+    encoding, declared = headers.get("content-encoding"), headers.get("content-length")
+    return await _read(request.stream(), encoding, declared, limit)
+
+
+async def _chunks(receive: Receive) -> AsyncIterator[bytes]:
+    """The request body as it arrives, as starlette's ``Request.stream`` gives it.
+
+    Raises:
+        ClientDisconnect: the client left first.
+    """
+    while True:
+        message = await receive()
+        if message["type"] == "http.request":
+            body = message.get("body", b"")
+            if body:
+                yield body
+            if not message.get("more_body", False):
+                return
+        else:  # http.disconnect, the only other message of an HTTP request
+            raise ClientDisconnect()
+
+
+def _authenticate(
+    intake: Intake, headers: Mapping[bytes, bytes], query: bytes, body_key: Any
+) -> Source:
+    """Who sent the request: ``headers`` as :func:`_first_headers` gives them, ``query`` the
+    raw query string."""
     # The query string carries only the public key: a secret there would end up in access logs.
-    key = _basic_user(request) or (body_key if isinstance(body_key, str) else None)
+    key = _basic_user(_text(headers.get(b"authorization")) or "") or (
+        body_key if isinstance(body_key, str) else None
+    )
     if key_matches(key, intake.keys.write):
         return "server"
-    if key_matches(key or request.query_params.get("key"), intake.keys.public):
-        origin = request.headers.get("origin")
-        host = request.headers.get("host")
+    if key_matches(key or QueryParams(query).get("key"), intake.keys.public):
+        origin, host = _text(headers.get(b"origin")), _text(headers.get(b"host"))
         if not origin_allowed(origin, intake.config.server.allowed_origins, host):
             raise HTTPFailure(status.HTTP_403_FORBIDDEN, "origin not allowed for the public key")
         return "browser"
@@ -233,15 +330,19 @@ def _spend(intake: Intake, address: str, events: int) -> None:
         raise HTTPFailure(status.HTTP_429_TOO_MANY_REQUESTS, error, wait_s)
 
 
+def _retry_after(failure: HTTPFailure, intake: Intake) -> str | None:
+    """The Retry-After of ``failure``'s answer: its own, or the nack delay for any 503."""
+    if failure.retry_after_s is not None:
+        return str(max(1, math.ceil(failure.retry_after_s)))
+    if failure.status_code == status.HTTP_503_SERVICE_UNAVAILABLE:
+        return str(math.ceil(intake.config.ingest.retry_after_ms / 1000))
+    return None
+
+
 def failure_response(request: Request, failure: HTTPFailure) -> JSONResponse:
     """The JSON answer of ``failure``; a 503 says when to retry."""
-    headers = None
-    if failure.retry_after_s is not None:
-        headers = {"Retry-After": str(max(1, math.ceil(failure.retry_after_s)))}
-    elif failure.status_code == status.HTTP_503_SERVICE_UNAVAILABLE:
-        intake = cast(Intake, request.state.intake)
-        seconds = math.ceil(intake.config.ingest.retry_after_ms / 1000)
-        headers = {"Retry-After": str(seconds)}
+    retry_after = _retry_after(failure, cast(Intake, request.state.intake))
+    headers = None if retry_after is None else {"Retry-After": retry_after}
     return JSONResponse(failure.body, failure.status_code, headers=headers)
 
 
@@ -260,31 +361,174 @@ def json_object(body: bytes) -> dict[str, Any]:
     return payload
 
 
-async def _ingest(request: Request, kind: str | None) -> JSONResponse:
-    intake = cast(Intake, request.state.intake)
-    body = await read_body(request, intake.config.ingest.max_request_bytes)
-    payload = json_object(body)
-    source = _authenticate(request, intake, payload.get("writeKey"))
-    context = None
-    if kind is None:
-        raws = payload.get("batch")
-        if not isinstance(raws, list):
-            raise HTTPFailure(status.HTTP_400_BAD_REQUEST, 'expected {"batch": [...]}')
-        context = payload.get("context")
-    else:
-        raws = [payload]
-    client_ip = request.client.host if request.client else None
-    if source == "browser":  # the public key: held to its address's budget
-        _spend(intake, client_ip or "unknown", max(1, len(raws)))
-    accepted, rejected = parse_all(raws, intake, source, kind, context, client_ip)
-    if not accepted:
-        error = rejected[0]["error"] if rejected else "empty batch"
-        raise HTTPFailure(status.HTTP_400_BAD_REQUEST, error, rejected=rejected)
-    rejected += await commit(intake, accepted)
-    result: dict[str, Any] = {"success": True}
-    if rejected:
-        result["rejected"] = rejected
-    return JSONResponse(result)
+RawHeaders = list[tuple[bytes, bytes]]
+
+CORS_OPTIONS: dict[str, Any] = {
+    "allow_methods": ["POST"],
+    # analytics.js sends its key as the Basic user and counts its retries in a header.
+    "allow_headers": ["Content-Type", "Content-Encoding", "Authorization", "X-Retry-Count"],
+    "expose_headers": ["Retry-After"],
+    "max_age": 86400,
+}
+"""starlette's ``CORSMiddleware`` settings but the origins (``server.allowed_origins``): the
+middleware's on ``/v1`` and :class:`Cors`'s for the event endpoints."""
+_VARY: RawHeaders = [(b"vary", b"Origin")]
+_JSON_TYPE = (b"content-type", b"application/json")
+_OK_BODY = b'{"success":true}'
+_OK_HEAD: RawHeaders = [(b"content-length", str(len(_OK_BODY)).encode()), _JSON_TYPE]
+
+
+class Cors:
+    """The CORS answers that starlette's ``CORSMiddleware`` with :data:`CORS_OPTIONS` gives,
+    for endpoints outside it: its preflight answer, and the headers it adds to the others
+    (they differ only by the request's ``Origin``, so those of the allowed origins and of no
+    origin are built once)."""
+
+    def __init__(self, allowed_origins: tuple[str, ...]) -> None:
+        # The middleware lends its preflight answer and its settings; it never calls its app.
+        self.middleware = CORSMiddleware(
+            Response(status_code=status.HTTP_404_NOT_FOUND),
+            allow_origins=list(allowed_origins),
+            **CORS_OPTIONS,
+        )
+        self.simple: RawHeaders = [
+            (name.lower().encode("latin-1"), value.encode("latin-1"))
+            for name, value in self.middleware.simple_headers.items()
+        ]
+        self.allowed = frozenset(origin.encode("latin-1") for origin in allowed_origins)
+        self.known = {origin: self._added(origin) for origin in (None, *self.allowed)}
+        self.ok = {origin: [*_OK_HEAD, *added] for origin, added in self.known.items()}
+
+    def _added(self, origin: bytes | None) -> RawHeaders:
+        if origin is None:
+            return _VARY
+        if not self.middleware.allow_all_origins and origin in self.allowed:
+            return [*self.simple, (b"access-control-allow-origin", origin), *_VARY]
+        return [*self.simple, *_VARY]  # "*" is among the simple headers then
+
+    def added(self, origin: bytes | None) -> RawHeaders:
+        """The headers the middleware adds to an answer to a request from ``origin``."""
+        known = self.known.get(origin)
+        return self._added(origin) if known is None else known
+
+    def ok_headers(self, origin: bytes | None) -> RawHeaders:
+        """The headers of ``200 {"success":true}`` to a request from ``origin``."""
+        known = self.ok.get(origin)
+        return [*_OK_HEAD, *self._added(origin)] if known is None else known
+
+    async def preflight(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = self.middleware.preflight_response(request_headers=Headers(scope=scope))
+        await response(scope, receive, send)
+
+
+def _render(content: Any) -> bytes:
+    """JSON as starlette's ``JSONResponse`` renders it (the same bytes as before)."""
+    return json.dumps(
+        content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")
+    ).encode("utf-8")
+
+
+async def _respond(send: Send, status_code: int, body: bytes, headers: RawHeaders) -> None:
+    await send({"type": "http.response.start", "status": status_code, "headers": list(headers)})
+    await send({"type": "http.response.body", "body": body})
+
+
+class Receiver:
+    """The ASGI endpoint of ``POST /v1/batch``, ``/v1/<type>`` and analytics.js's paths (the
+    events of ``kind``; None: a batch): store the events, answer after the commit.
+
+    Other methods get the answers they got from starlette's route and CORS middleware: the
+    preflight of an allowed origin, else 405.
+    """
+
+    __slots__ = ("cors", "kind")
+
+    def __init__(self, kind: str | None, cors: Cors) -> None:
+        self.kind = kind
+        self.cors = cors
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = _first_headers(scope)
+        if scope["method"] != "POST":
+            if (
+                scope["method"] == "OPTIONS"
+                and b"origin" in headers
+                and b"access-control-request-method" in headers
+            ):
+                await self.cors.preflight(scope, receive, send)
+                return
+            raise HTTPException(status.HTTP_405_METHOD_NOT_ALLOWED, headers={"Allow": "POST"})
+        origin = headers.get(b"origin")
+        intake = cast(Intake, scope["state"]["intake"])
+        try:
+            rejected = await self._ingest(scope, receive, headers, intake)
+        except HTTPFailure as failure:
+            retry_after = _retry_after(failure, intake)
+            head = [] if retry_after is None else [(b"retry-after", retry_after.encode())]
+            body = _render(failure.body)
+            length = (b"content-length", str(len(body)).encode())
+            answer = [*head, length, _JSON_TYPE, *self.cors.added(origin)]
+            await _respond(send, failure.status_code, body, answer)
+            return
+        except ClientDisconnect:  # gone before the body arrived: nothing was stored, nobody to tell
+            answer = [(b"content-length", b"0"), *self.cors.added(origin)]
+            await _respond(send, status.HTTP_400_BAD_REQUEST, b"", answer)
+            return
+        if not rejected:
+            await _respond(send, status.HTTP_200_OK, _OK_BODY, self.cors.ok_headers(origin))
+            return
+        body = _render({"success": True, "rejected": rejected})
+        length = (b"content-length", str(len(body)).encode())
+        await _respond(
+            send, status.HTTP_200_OK, body, [length, _JSON_TYPE, *self.cors.added(origin)]
+        )
+
+    async def _ingest(
+        self, scope: Scope, receive: Receive, headers: dict[bytes, bytes], intake: Intake
+    ) -> list[dict[str, Any]]:
+        """Store the request's events; those refused."""
+        kind = self.kind
+        body = await _read(
+            _chunks(receive),
+            _text(headers.get(b"content-encoding")),
+            _text(headers.get(b"content-length")),
+            intake.config.ingest.max_request_bytes,
+        )
+        payload = json_object(body)
+        source = _authenticate(intake, headers, scope["query_string"], payload.get("writeKey"))
+        context = None
+        if kind is None:
+            raws = payload.get("batch")
+            if not isinstance(raws, list):
+                raise HTTPFailure(status.HTTP_400_BAD_REQUEST, 'expected {"batch": [...]}')
+            context = payload.get("context")
+        else:
+            raws = [payload]
+        client = scope.get("client")
+        client_ip = None if client is None else str(client[0])
+        if source == "browser":  # the public key: held to its address's budget
+            _spend(intake, client_ip or "unknown", max(1, len(raws)))
+        accepted, rejected = parse_all(raws, intake, source, kind, context, client_ip)
+        if not accepted:
+            error = rejected[0]["error"] if rejected else "empty batch"
+            raise HTTPFailure(status.HTTP_400_BAD_REQUEST, error, rejected=rejected)
+        return rejected + await commit(intake, accepted)
+
+
+def segment_routes(config: Config) -> list[Route]:
+    """``/v1/batch``, ``/v1/<type>`` and analytics.js's event paths, to mount ahead of the
+    ``/v1`` mount (whose CORS middleware they do without)."""
+    cors = Cors(config.server.allowed_origins)
+    paths: dict[str, str | None] = {"batch": None, **{t: t for t in SINGLE_TYPES}, **SDK_PATHS}
+    return [
+        Route(f"/v1/{path}", Receiver(kind, cors), name=f"receive_{kind or 'batch'}_{path}")
+        for path, kind in paths.items()
+    ]
+
+
+async def unknown_type(request: Request) -> Response:
+    """``POST /v1/<anything else>``: 404, after the event routes and the others of ``/v1``."""
+    return JSONResponse({"success": False, "error": "not found"}, status.HTTP_404_NOT_FOUND)
 
 
 MAX_RECOMMENDATIONS = 20
@@ -297,7 +541,10 @@ async def recommendations(request: Request) -> Response:
     may be an email address."""
     intake = cast(Intake, request.state.intake)
     try:
-        if _authenticate(request, intake, None) != "server" or intake.recommend is None:
+        headers, query_string = _first_headers(request.scope), request.scope["query_string"]
+        if _authenticate(intake, headers, query_string, None) != "server" or (
+            intake.recommend is None
+        ):
             raise HTTPFailure(status.HTTP_401_UNAUTHORIZED, "recommendations need the write key")
         query = request.query_params
         user, anonymous = query.get("userId"), query.get("anonymousId")
@@ -323,33 +570,6 @@ async def recommendations(request: Request) -> Response:
     fields = ("id", "name", "price", "regular_price", "currency", "url", "image", "category")
     products = [{f: getattr(p, f) for f in fields} for p in picks]
     return JSONResponse({"products": products})
-
-
-async def _answer(request: Request, kind: str | None) -> Response:
-    try:
-        return await _ingest(request, kind)
-    except HTTPFailure as failure:
-        return failure_response(request, failure)
-    except ClientDisconnect:  # gone before the body arrived: nothing was stored, nobody to tell
-        return Response(status_code=status.HTTP_400_BAD_REQUEST)
-
-
-async def receive(request: Request) -> Response:
-    """``POST /v1/batch`` and ``POST /v1/<type>``: store the events, answer after commit."""
-    kind = request.path_params.get("kind")
-    if kind is not None and kind not in SINGLE_TYPES:
-        return JSONResponse({"success": False, "error": "not found"}, status.HTTP_404_NOT_FOUND)
-    return await _answer(request, kind)
-
-
-def _sdk_endpoint(kind: str | None) -> Callable[[Request], Awaitable[Response]]:
-    """The endpoint of one of analytics.js's paths: the route of ``kind`` (``None``: batch)."""
-
-    async def endpoint(request: Request) -> Response:
-        return await _answer(request, kind)
-
-    endpoint.__name__ = f"receive_{kind or 'batch'}"
-    return endpoint
 
 
 SETTINGS_MAX_AGE_S = 300
@@ -400,8 +620,6 @@ async def settings(request: Request) -> Response:
     return JSONResponse(document, headers={"Cache-Control": f"max-age={SETTINGS_MAX_AGE_S}"})
 
 
-sdk_routes = [
-    *(Route(f"/{path}", _sdk_endpoint(kind), methods=["POST"]) for path, kind in SDK_PATHS.items()),
-    Route("/projects/{key}/settings", settings, methods=["GET"]),
-]
-"""analytics.js's routes, to mount under ``/v1`` before the generic ``/{kind}``."""
+sdk_routes = [Route("/projects/{key}/settings", settings, methods=["GET"])]
+"""analytics.js's settings route, to mount under ``/v1`` (its event paths are among
+:func:`segment_routes`)."""
