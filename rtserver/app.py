@@ -203,7 +203,7 @@ def create_app(
         Route("/readyz", readyz),
         Route("/metrics", metrics.endpoint),
         Route("/rt.js", snippet.script),
-        Route("/demo", demo.shop),
+        *demo.routes,
         *links.routes,
         *dashboard.routes,
         Mount(

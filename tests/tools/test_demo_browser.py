@@ -6,14 +6,16 @@ A shopper signs up on the demo shop (a claimed address), views a product and add
 cart; on the dashboard the confirmation mail arrives in the dev sink's inbox, is opened in the
 sandboxed preview, and its link is followed as a reader's mail client would; back in the shop,
 the product goes into the cart again; the clock moves 31 s (30 min / 60) and the cart reminder
-arrives in the inbox, naming the product. Every wait is on a page (Playwright's ``expect`` and
-``wait_for_function``), never on time.
+arrives in the inbox, naming the product; its "Back to your cart" link, followed as the mail
+has it, leads through the click redirect to the demo shop with the cart restored. Every wait
+is on a page (Playwright's ``expect`` and ``wait_for_function``), never on time.
 """
 
 from __future__ import annotations
 
+import email
+import email.policy
 import re
-import urllib.parse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,7 +28,7 @@ from tests.support.dashboard import (  # noqa: F401 (sse_exit_flag_reset is auto
     PASSWORD,
     sse_exit_flag_reset,
 )
-from tests.support.server import TIMEOUT_UNIT, FakeClock, run_server
+from tests.support.server import TIMEOUT_UNIT, FakeClock, bound_socket, run_server
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser, Page
@@ -85,10 +87,17 @@ async def test_the_demo_tour_in_chromium(
     naming the product."""
     expect.set_options(timeout=WAIT_MS)
     monkeypatch.setenv("RTSERVER_DASHBOARD_PASSWORD", PASSWORD)
-    config = demo_config(ROOT / "config.toml", 60.0, str(tmp_path / "demo.db"))
+    # Served on the port its config names, so the links in its mail lead back to it.
+    sock = bound_socket()
+    port = sock.getsockname()[1]
+    config = demo_config(
+        ROOT / "config.toml", 60.0, str(tmp_path / "demo.db"), host="127.0.0.1", port=port
+    )
     assert config.dashboard.password is not None
+    assert config.mail.brand.url == f"http://127.0.0.1:{port}/demo"
     clock = FakeClock()
-    async with run_server(config, clock=clock, stock=demo.catalog(config)) as live:
+    stock = demo.catalog(config)
+    async with run_server(config, sock=sock, clock=clock, stock=stock) as live:
         base = live.http_url
 
         # 1. The shop: a claimed sign-up, a product viewed and added to the cart.
@@ -119,17 +128,12 @@ async def test_the_demo_tour_in_chromium(
         # The link is the confirmation itself (kept out of click tracking), on
         # server.public_url. A click in the preview would navigate the sandboxed frame to
         # that origin, which the dashboard's CSP (frame-src falls back to default-src 'self')
-        # refuses; so, as a mail client does, the link is opened in a browser tab. This
-        # server listens on a port-0 socket, not on public_url's port: the tab opens the
-        # link's path and query here.
+        # refuses; so, as a mail client does, the link is opened in a browser tab.
         href = await button.get_attribute("href")
         assert href is not None and href.startswith(f"{config.server.public_url}/confirm/"), href
-        link = urllib.parse.urlsplit(href)
         reader = await shopper.new_page()
         reader.set_default_timeout(WAIT_MS)
-        response = await reader.goto(
-            urllib.parse.urlunsplit(("http", f"127.0.0.1:{live.port}", link.path, link.query, ""))
-        )
+        response = await reader.goto(href)
         assert response is not None and response.status == 200
         # Opening the link confirms nothing (link scanners open every link): its page's
         # button does, and the reader may leave a first name to be greeted by.
@@ -168,6 +172,28 @@ async def test_the_demo_tour_in_chromium(
         body = preview.locator("body")
         await expect(body).to_contain_text("You left a few things in your cart")
         await expect(body).to_contain_text("Brass Desk Lamp")
+
+        # 5. The reminder's "Back to your cart", as the mail itself has it (the click
+        # redirect), in the shopper's browser: the demo shop, its cart restored.
+        sink = await live.runtime.store.mail.sunk()
+        (raw,) = [s["body"] for s in sink if REMINDER_SUBJECT.match(s["subject"])]
+        message = email.message_from_bytes(raw, policy=email.policy.default)
+        part = message.get_body(("html",))
+        assert part is not None
+        found = re.search(r'<a href="([^"]+)"[^>]*>\s*Back to your cart', part.get_content())
+        assert found is not None
+        tracked = found.group(1).replace("&amp;", "&")
+        assert tracked.startswith(f"{config.server.public_url}/c/"), tracked
+        back = await shopper.new_page()
+        back.set_default_timeout(WAIT_MS)
+        await back.goto(tracked)
+        assert back.url.startswith(f"{config.mail.brand.url}/cart/"), back.url
+        # The restoring link carries the catalog's product ids, never the shopper's ids.
+        assert visitor not in back.url and cart_id not in back.url
+        await expect(back.locator("#restored")).to_be_visible()
+        await expect(back.locator("#cart-count")).to_have_text("2")
+        await expect(back.locator("#cart-items li")).to_have_text(["Brass Desk Lamp"] * 2)
+        await back.close()
 
         ARTIFACTS.mkdir(exist_ok=True)
         await dash.screenshot(path=str(SCREENSHOT), full_page=True)
