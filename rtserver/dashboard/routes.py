@@ -9,6 +9,8 @@ page's snapshot id as ``?since=``), replayed by the hub. Event data is attacker-
 templates escape it, the script only ever sets ``textContent``, the snapshot is embedded as
 JSON that cannot close its ``<script>`` (Jinja's ``tojson``), and the CSP allows scripts from
 this origin only. A sink mail is shown in a sandboxed iframe, with a CSP ``sandbox`` of its own.
+A preview is not the customer reading: it has no open pixel, its tracked links lead straight to
+where they point (no click is recorded), and its unsubscribe links are inert.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ import hmac
 import logging
 import re
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.parser import BytesParser
+from html import escape as htmlescape
 from pathlib import Path
 from typing import Any, cast
 
@@ -98,6 +102,8 @@ class Dashboard:
     public_url: str
     """``server.public_url``: a POST from this origin is same-origin too."""
     clock: Clock
+    click_target: Callable[[str], str | None] = lambda token: None
+    """Where a mail's click link ``/c/<token>`` leads, read without recording a click."""
 
 
 templates = Jinja2Templates(directory=str(HERE / "templates" / "pages"))
@@ -201,6 +207,24 @@ async def send_time(request: Request) -> Response:
     return _render(request, "dashboard_send_time.html", view=view, csrf=session.csrf)
 
 
+def _inert(html: str, public_url: str, target: Callable[[str], str | None]) -> str:
+    """A mail's HTML as a preview shows it: the open pixel gone, each click link replaced by
+    where it leads (or by no link), each unsubscribe link without its href; so previewing
+    records no open, click or unsubscribe of the customer's."""
+    own = re.escape(public_url)
+    html = re.sub(rf"""<img\b[^>]*?\ssrc\s*=\s*["']{own}/o/[^>]*>""", "", html, flags=re.I)
+
+    def link(match: re.Match[str]) -> str:
+        kind, token = match.group(2), match.group(3)
+        url = target(token) if kind == "c" else None
+        if url is None:
+            return ' title="inert in a preview"'
+        return f"{match.group(1)}{htmlescape(url)}{match.group(4)}"
+
+    pattern = rf"""(\shref\s*=\s*["']){own}/([cu])/([A-Za-z0-9_.=-]+)(["'])"""
+    return re.sub(pattern, link, html, flags=re.I)
+
+
 async def mail(request: Request) -> Response:
     """``GET /dashboard/mail/<id>``: a mail the dev sink received, for a sandboxed iframe."""
     dashboard: Dashboard = request.state.dashboard
@@ -213,6 +237,7 @@ async def mail(request: Request) -> Response:
     if part is None or part.get_content_type() != "text/html":
         escaped = content.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
         content = f"<pre>{escaped}</pre>"
+    content = _inert(content, dashboard.public_url.rstrip("/"), dashboard.click_target)
     # Its links open in a new tab, as a mail client opens them (not inside the dashboard).
     head = _HEAD.search(content)
     at = head.end() if head else 0

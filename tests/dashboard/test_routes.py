@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import urllib.parse
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -477,3 +478,35 @@ async def test_send_time_page_without_data(tmp_path: Path) -> None:
         assert 'id="shop-heatmap-empty"' in text and 'selection = "bandit"' in text
         person = await client.get("/dashboard/person/u:nobody-yet")
         assert person.status_code == 404
+
+
+async def test_a_sink_mail_preview_records_nothing_of_the_customers(tmp_path: Path) -> None:
+    """The preview has no open pixel; its click links lead straight to where they point (the
+    shop, no /c/), a click link to a host outside the shop and the unsubscribe links are
+    inert; the mail as sent still has them all."""
+    async with run_server(dashboard_config(tmp_path)) as live, live.http() as client:
+        async with live.ws(origin=ORIGIN) as ws:
+            await send_batch(ws, [shopper("u2", "bo@example.com")])
+            await send_batch(ws, [tracked("u2", "Signed Up")])
+        await sent(live)
+        (mail,) = await live.runtime.store.mail.sunk()
+        public = live.config.server.public_url
+        raw = mail["body"].decode()
+        for kind in ("o", "c", "u"):
+            assert f"{public}/{kind}/" in raw
+        await login(client)
+        shown = (await client.get(f"/dashboard/mail/{mail['id']}")).text
+        for kind in ("o", "c", "u"):
+            assert f"{public}/{kind}/" not in shown, kind
+        brand = live.config.mail.brand.url.rstrip("/")
+        assert re.search(rf'href="{re.escape(brand)}/?\?utm_source=rtserver&amp;', shown)
+        assert 'title="inert in a preview"' in shown
+        body = (
+            b"Subject: hi\r\nContent-Type: text/html\r\n\r\n"
+            + f'<a href="{public}/c/{live.runtime.tokens.click("m-1", "https://evil.example/")}">'
+            f'x</a><img src="{public}/o/abc" alt=""></html>\r\n'.encode()
+        )
+        sunk = await live.runtime.store.mail.save_sunk(None, "a@x", ["b@x"], "hi", body, 0.0)
+        other = (await client.get(f"/dashboard/mail/{sunk}")).text
+        assert "evil.example" not in other and "/o/abc" not in other
+        assert '<a title="inert in a preview">x</a>' in other

@@ -125,6 +125,8 @@ async def test_the_demo_tour_in_chromium(
         preview = dash.frame_locator("iframe[name=mailview]")
         button = preview.locator("a", has_text="Yes, subscribe me")
         await expect(button).to_be_visible()
+        # A preview is not the reader: no open pixel in it.
+        await expect(preview.locator(f"img[src*='{config.server.public_url}/o/']")).to_have_count(0)
         # The link is the confirmation itself (kept out of click tracking), on
         # server.public_url. A click in the preview would navigate the sandboxed frame to
         # that origin, which the dashboard's CSP (frame-src falls back to default-src 'self')
@@ -172,6 +174,11 @@ async def test_the_demo_tour_in_chromium(
         body = preview.locator("body")
         await expect(body).to_contain_text("You left a few things in your cart")
         await expect(body).to_contain_text("Brass Desk Lamp")
+        # Its links lead where they point, past the click redirect: no click is recorded.
+        back_link = preview.locator("a", has_text="Back to your cart")
+        await expect(back_link).to_have_attribute(
+            "href", re.compile(rf"^{re.escape(config.mail.brand.url)}/cart/")
+        )
 
         # 5. The reminder's "Back to your cart", as the mail itself has it (the click
         # redirect), in the shopper's browser: the demo shop, its cart restored.
@@ -194,6 +201,12 @@ async def test_the_demo_tour_in_chromium(
         await expect(back.locator("#cart-count")).to_have_text("2")
         await expect(back.locator("#cart-items li")).to_have_text(["Brass Desk Lamp"] * 2)
         await back.close()
+
+        # 6. Previewing both mails recorded no open and no click of the shopper's.
+        person = f"a:{visitor}"
+        names = [e.get("event") for e in await live.runtime.store.events_of(person, limit=200)]
+        assert "Email Opened" not in names, names
+        assert names.count("Email Clicked") == 1  # the link followed in step 5
 
         ARTIFACTS.mkdir(exist_ok=True)
         await dash.screenshot(path=str(SCREENSHOT), full_page=True)
