@@ -175,6 +175,7 @@ def create_app(
                     config.server.public_url,
                     clock,
                     functools.partial(click_target, runtime.tokens, runtime.mailer.hosts),
+                    config.mail.brand.currency,
                 ),
                 auth=auth,
                 metrics=Metrics(

@@ -5,7 +5,9 @@ parts' counters: a full snapshot, or an update holding only what changed.
 are in every update (they are in memory); the newest events come from what the commits noted;
 timers, runs and mail are read again only when a commit (or the sender) changed them; the
 latency percentiles and the funnel, which read more, only after something changed and then at
-most every ``LATENCY_EVERY_S`` and ``FUNNEL_EVERY_S`` (a snapshot always has them).
+most every ``LATENCY_EVERY_S`` and ``FUNNEL_EVERY_S`` (a snapshot always has them); the funnel
+also at once when the outbox changed, so that its "mailed" never contradicts the outbox beside
+it, and with the time it was composed (``funnel_at``: the page says "as of").
 :meth:`Board.watch` samples the counters for the alerts every ``ALERTS_EVERY_S``, whether or not
 anyone watches.
 """
@@ -197,8 +199,13 @@ class Board:
             ("latency", LATENCY_EVERY_S, self.latencies),
             ("funnel", FUNNEL_EVERY_S, self.funnel),
         ):
-            if full or (self._stale[panel] and now - self._composed_at[panel] >= every_s):
+            due = now - self._composed_at[panel] >= every_s
+            if panel == "funnel" and changed is not None and changed.mail:
+                due = True  # a mail sent: the funnel's "mailed" follows the outbox at once
+            if full or (self._stale[panel] and due):
                 data[panel] = await compose()
+                if panel == "funnel":
+                    data["funnel_at"] = self.clock()
                 if not full:
                     self._stale[panel], self._composed_at[panel] = False, now
         return data

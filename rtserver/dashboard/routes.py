@@ -41,7 +41,7 @@ from rtserver.dashboard.board import Board
 from rtserver.dashboard.hub import Hub, HubClosed, TooManyViewers
 from rtserver.store import Store
 
-__all__ = ["CSP", "Dashboard", "routes"]
+__all__ = ["CSP", "Dashboard", "duration", "routes"]
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +87,40 @@ def _percent(value: float | None) -> str:
     return "–" if value is None else f"{value:.1%}"
 
 
+DURATION_UNITS = (("d", 86400), ("h", 3600), ("min", 60), ("s", 1))
+
+
+def duration(seconds: float | None) -> str:
+    """A duration as people write it: its largest unit and the next one if not zero ("5 s",
+    "12 min 5 s", "1 h 12 min", "2 d 3 h"); "< 1 s" under a second. The page's script writes
+    the same (``static/dashboard.js``: ``duration``)."""
+    if seconds is None:
+        return "–"
+    whole = int(seconds)
+    if whole < 1:
+        return "< 1 s"
+    parts: list[str] = []
+    for unit, size in DURATION_UNITS:
+        if whole >= size or parts:
+            count, whole = divmod(whole, size)
+            parts.append(f"{count} {unit}")
+            if len(parts) == 2:
+                break
+    if len(parts) == 2 and parts[1].startswith("0 "):
+        parts.pop()
+    return " ".join(parts)
+
+
+def _money(value: float | None, currency: str) -> str:
+    return "–" if value is None else f"{value:.2f} {currency}".rstrip()
+
+
+def _stamp(at: float | None) -> str:
+    if at is None:
+        return ""
+    return datetime.datetime.fromtimestamp(at, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 def _day(at: float) -> str:
     return datetime.datetime.fromtimestamp(at, datetime.UTC).strftime("%Y-%m-%d")
 
@@ -104,6 +138,8 @@ class Dashboard:
     clock: Clock
     click_target: Callable[[str], str | None] = lambda token: None
     """Where a mail's click link ``/c/<token>`` leads, read without recording a click."""
+    currency: str = ""
+    """``mail.brand.currency``: what the funnel's revenue is in."""
 
 
 templates = Jinja2Templates(directory=str(HERE / "templates" / "pages"))
@@ -111,6 +147,9 @@ templates.env.filters["clock"] = _clock_time
 templates.env.filters["ms"] = _ms
 templates.env.filters["percent"] = _percent
 templates.env.filters["day"] = _day
+templates.env.filters["duration"] = duration
+templates.env.filters["money"] = _money
+templates.env.filters["stamp"] = _stamp
 
 
 def _render(request: Request, name: str, status: int = 200, **context: Any) -> Response:
@@ -151,10 +190,17 @@ def _next_path(value: str | None) -> str:
 
 async def page(request: Request) -> Response:
     """``GET /dashboard``: the live page, rendered from a snapshot."""
-    hub = cast(Dashboard, request.state.dashboard).hub
-    since, data = await hub.snapshot()
+    dashboard = cast(Dashboard, request.state.dashboard)
+    since, data = await dashboard.hub.snapshot()
     session: Session = request.state.session
-    return _render(request, "dashboard.html", data=data, since=since, csrf=session.csrf)
+    return _render(
+        request,
+        "dashboard.html",
+        data=data,
+        since=since,
+        csrf=session.csrf,
+        currency=dashboard.currency,
+    )
 
 
 async def stream(request: Request) -> Response:

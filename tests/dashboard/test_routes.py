@@ -15,7 +15,8 @@ import pytest
 from starlette.routing import Mount, Route
 
 from rtserver.dashboard.hub import HubClosed, Subscription
-from rtserver.dashboard.routes import CSP, _clock_time, _next_path
+from rtserver.dashboard.routes import CSP, _clock_time, _next_path, duration
+from rtserver.model.events import person_event
 from tests.support.dashboard import (  # noqa: F401 (sse_exit_flag_reset is autouse)
     PASSWORD,
     XSS,
@@ -510,3 +511,50 @@ async def test_a_sink_mail_preview_records_nothing_of_the_customers(tmp_path: Pa
         other = (await client.get(f"/dashboard/mail/{sunk}")).text
         assert "evil.example" not in other and "/o/abc" not in other
         assert '<a title="inert in a preview">x</a>' in other
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [
+        (None, "–"),
+        (0.4, "< 1 s"),
+        (5.482815980911255, "5 s"),
+        (725, "12 min 5 s"),
+        (720, "12 min"),
+        (4320, "1 h 12 min"),
+        (4314.5, "1 h 11 min"),
+        (3600, "1 h"),
+        (183_600, "2 d 3 h"),
+        (86_460, "1 d"),
+    ],
+)
+def test_durations_read_as_people_write_them(seconds: float | None, shown: str) -> None:
+    assert duration(seconds) == shown
+
+
+async def test_the_funnel_shows_money_durations_and_its_time(tmp_path: Path) -> None:
+    """The funnel's revenue carries the brand's currency (attributed and verified apart, and
+    why verified can be 0), its times to click read as durations, and it says as of when."""
+    clock = FakeClock()
+    config = dashboard_config(tmp_path, mail={"brand": {"currency": "EUR"}})
+    async with run_server(config, clock=clock) as live, live.http() as client:
+        async with live.ws(origin=ORIGIN) as ws:
+            await send_batch(ws, [shopper("u1", "ann@example.com")])
+            await send_batch(ws, [tracked("u1", "Product Added", cart_id="c1", price=20)])
+        await advance(live, clock, 1800)
+        (mail,) = await sent(live)
+        clock.advance(125.48)
+        clicked = person_event("u:u1", "t-click", "Email Clicked", {"run_id": mail["run_id"]})
+        ordered = person_event("u:u1", "t-order", "Order Completed", {"revenue": 49.5})
+        await (await live.runtime.pipeline.submit([clicked], clock()))
+        clock.advance(60)
+        await (await live.runtime.pipeline.submit([ordered], clock()))
+        await login(client)
+        page = (await client.get("/dashboard")).text
+    row = re.search(r"<tr><td>cart</td>.*?</tr>", page)
+    assert row is not None
+    assert "<td>49.50 EUR</td><td>49.50 EUR</td>" in row.group(0)
+    assert "<td>2 min 5 s</td><td>3 min 5 s</td></tr>" in row.group(0)
+    assert 'data-currency="EUR"' in page and "Revenue is in EUR" in page
+    assert "verified revenue stays 0 until the backend sends its orders" in page
+    assert re.search(r'<time id="funnel-at">\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC</time>', page)
