@@ -34,7 +34,7 @@ from rtserver.dashboard.hub import Changed
 from rtserver.dashboard.latency import Histogram, percentile
 from rtserver.dashboard.readings import Readings
 from rtserver.errors import StoreError
-from rtserver.model import NAMES_BY_TYPE, Event, event_name
+from rtserver.model import AWAITING_CONFIRMATION, NAMES_BY_TYPE, Event, event_name
 from rtserver.store import Store
 
 __all__ = ["OUTBOX_STATES", "Board"]
@@ -216,9 +216,14 @@ class Board:
         return [{**row, "due_in_s": round(row["due"] - self.clock(), 1)} for row in rows]
 
     async def runs(self) -> dict[str, Any]:
-        """Open runs, newest first, and how many each workflow has."""
+        """Open runs, newest first, and how many each workflow has; a run whose send waits for
+        the person to confirm their address says so (``note``)."""
         store = self.store
-        return {"active": await store.active_runs(), "rows": await store.runs("active", ROWS)}
+        rows = await store.runs("active", ROWS)
+        for row in rows:
+            waiting = row["timing"] == AWAITING_CONFIRMATION
+            row["note"] = "waiting for confirmation" if waiting else ""
+        return {"active": await store.active_runs(), "rows": rows}
 
     async def mail(self) -> dict[str, Any]:
         """The outbox by state, its newest rows, the failures, the dev sink's inbox, and the

@@ -179,7 +179,8 @@
     $('runs-active').textContent = active.length ? active.join(' ') : 'no open runs';
     fill('runs-body', runs.rows, function (r) {
       return [cell(r.workflow), personCell(r.person_id), cell(r.key),
-              cell(r.step + ' ' + r.step_kind), cell(r.holdout ? 'holdout' : r.variant),
+              cell(r.step + ' ' + r.step_kind + (r.note ? ' (' + r.note + ')' : '')),
+              cell(r.holdout ? 'holdout' : r.variant),
               cell(clock(r.started))];
     }, 'no open runs');
   }

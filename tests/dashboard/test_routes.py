@@ -558,3 +558,35 @@ async def test_the_funnel_shows_money_durations_and_its_time(tmp_path: Path) -> 
     assert 'data-currency="EUR"' in page and "Revenue is in EUR" in page
     assert "verified revenue stays 0 until the backend sends its orders" in page
     assert re.search(r'<time id="funnel-at">\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC</time>', page)
+
+
+async def test_sign_up_confirm_then_the_welcome(tmp_path: Path) -> None:
+    """A browser's sign-up claims an address: its welcome waits ("waiting for confirmation" on
+    the page) while only the double opt-in mail goes; confirming (the page's POST) sends the
+    welcome, decided then (so mail.max_age counts from then), greeting by the name the reader
+    typed and by nothing the browser sent."""
+    clock = FakeClock()
+    async with run_server(dashboard_config(tmp_path), clock=clock) as live, live.http() as client:
+        claim = event(
+            "identify", userId=None, anonymousId="anon-7",
+            traits={"email": "eve@example.com", "first_name": "Mallory"},
+        )  # fmt: skip
+        signed_up = event(event="Signed Up", anonymousId="anon-7", properties={})
+        async with live.ws(origin=ORIGIN) as ws:
+            await send_batch(ws, [claim, signed_up])
+        (confirmation,) = await sent(live)
+        assert confirmation["template"] == "confirm"
+        await login(client)
+        page = (await client.get("/dashboard")).text
+        assert "0 send (waiting for confirmation)" in page
+        clock.advance(3 * 86400)
+        token = live.runtime.tokens.confirm("a:anon-7", "eve@example.com")
+        done = await client.post(f"/confirm/{token}", data={"first_name": "Eve"})
+        assert done.status_code == 200
+        await advance(live, clock, 0)
+        rows = await sent(live, 2)
+        (welcome,) = [r for r in rows if r["template"] == "welcome"]
+        assert welcome["created_at"] == clock() and welcome["recipient"] == "eve@example.com"
+        sink = await live.runtime.store.mail.sunk()
+        (mail,) = [m for m in sink if m["subject"].startswith("Welcome")]
+        assert mail["subject"].endswith(", Eve") and b"Mallory" not in mail["body"]

@@ -4,7 +4,8 @@ Playwright, against what ``rtserver demo`` serves (``demo_config`` on the shippe
 
 A shopper signs up on the demo shop (a claimed address), views a product and adds it to the
 cart; on the dashboard the confirmation mail arrives in the dev sink's inbox, is opened in the
-sandboxed preview, and its link is followed as a reader's mail client would; back in the shop,
+sandboxed preview, and its link is followed as a reader's mail client would (the welcome, which
+waited for that, arrives); back in the shop,
 the product goes into the cart again; the clock moves 31 s (30 min / 60) and the cart reminder
 arrives in the inbox, naming the product; its "Back to your cart" link, followed as the mail
 has it, leads through the click redirect to the demo shop with the cart restored. Every wait
@@ -40,6 +41,7 @@ SCREENSHOT = ARTIFACTS / "demo_tour.png"
 ADDRESS = "demo.shopper@example.com"
 LAMP = "[data-product=lamp]"
 CONFIRM_SUBJECT = "Please confirm your email address"  # email/confirm.html's subject block
+WELCOME_SUBJECT = "Welcome to Demo Shop, Eve"  # email/welcome.html, the name typed on confirming
 REMINDER_SUBJECT = re.compile(r"^(.+, you|You) left something in your cart$")  # cart_reminder
 VISITOR = "797162bc-475c-5ee8-bf30-377e036edfd0"
 """An anonymous id (the snippet's ``rt_aid`` cookie) whose person falls outside the shipped
@@ -119,6 +121,9 @@ async def test_the_demo_tour_in_chromium(
         dash = await logged_in(browser, base)
         inbox = dash.locator("#sink-body a")
         await expect(inbox).to_have_count(1)
+        # The welcome waits for the address to be confirmed, and says so.
+        welcome_run = dash.locator("#runs-body tr", has_text="welcome")
+        await expect(welcome_run).to_contain_text("send (waiting for confirmation)")
         await expect(inbox).to_have_text(CONFIRM_SUBJECT)
         await expect(dash.locator("#sink-body tr")).to_contain_text(ADDRESS)
         await inbox.click()
@@ -145,6 +150,9 @@ async def test_the_demo_tour_in_chromium(
         await expect(reader.locator("h1")).to_have_text("Thanks, your address is confirmed")
         await reader.close()
         await expect(dash.locator("#events-body")).to_contain_text("Email Confirmed")
+        # Confirmed: the welcome is decided and arrives, greeting the name typed on the page.
+        await expect(inbox.filter(has_text=WELCOME_SUBJECT)).to_have_count(1)
+        await expect(inbox).to_have_count(2)
 
         # 3. Back in the shop, the same cart again: its run waits for 30 min / 60 of quiet.
         await shop.click(f"{LAMP} >> text=Add to cart")
@@ -163,7 +171,7 @@ async def test_the_demo_tour_in_chromium(
         await expect(cart_run).to_contain_text("wait_until")  # past the send step
         decided = [m["template"] for m in await live.runtime.store.mail.outbox()]
         assert "cart_reminder" in decided, f"no cart reminder for {visitor}: {decided}"
-        await expect(inbox).to_have_count(2)
+        await expect(inbox).to_have_count(3)
         reminder = inbox.filter(has_text=REMINDER_SUBJECT)
         await expect(reminder).to_have_count(1)
         reminder_row = dash.locator(
