@@ -15,7 +15,7 @@ import pytest
 from starlette.routing import Mount, Route
 
 from rtserver.dashboard.hub import HubClosed, Subscription
-from rtserver.dashboard.routes import CSP, _clock_time, _next_path, duration
+from rtserver.dashboard.routes import CSP, _clock_time, _next_path, _stamp, duration
 from rtserver.model.events import person_event
 from tests.support.dashboard import (  # noqa: F401 (sse_exit_flag_reset is autouse)
     PASSWORD,
@@ -530,6 +530,10 @@ async def test_a_sink_mail_preview_records_nothing_of_the_customers(tmp_path: Pa
 )
 def test_durations_read_as_people_write_them(seconds: float | None, shown: str) -> None:
     assert duration(seconds) == shown
+
+
+def test_times_are_stamped_with_their_year_and_zone() -> None:
+    assert _stamp(1_796_600_000.0) == "2026-12-06 23:33:20 UTC" and _stamp(None) == ""
 
 
 async def test_the_funnel_shows_money_durations_and_its_time(tmp_path: Path) -> None:

@@ -1369,3 +1369,16 @@ def test_no_confirmation_wait_and_no_claim_skip_at_once() -> None:
     for event in confirmed():
         sim.at(1 * D, event)
     assert sim.sent() == [] and len(sim.runs()) == 1
+
+
+@pytest.mark.parametrize(
+    ("wait_s", "said"), [(7 * D, "7d"), (36 * H, "36h"), (90 * M, "90m"), (45.5, "45.5s")]
+)
+def test_the_confirmation_wait_is_named_as_configured(wait_s: float, said: str) -> None:
+    """The reason names the wait in the largest whole unit, as a config would write it."""
+    sim = Sim(rules(flow([{"send": "welcome"}]), policy=Policy(confirm_wait_s=wait_s)))
+    sim.facts = replace(sim.facts, person=Person("a:a1"))
+    for event in signed_up_claiming():
+        sim.at(0, event)
+    sim.at(wait_s)
+    assert sim.skipped() == [(wait_s, f"address not confirmed within {said}")]
