@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import signal
@@ -52,7 +53,7 @@ from rtserver.ingest import (
     webhooks,
     woocommerce,
 )
-from rtserver.mail import Fetch, Links, Sns, links
+from rtserver.mail import Fetch, Links, Sns, click_target, links
 from rtserver.model import Product
 from rtserver.runtime import Runtime, Supervisor, check_public_url, load_rules, start
 from rtserver.tools import Shop, demo
@@ -169,7 +170,14 @@ def create_app(
                     runtime.mailer.hosts,
                 ),
                 dashboard=Dashboard(
-                    store, runtime.board, auth, runtime.hub, config.server.public_url, clock
+                    store,
+                    runtime.board,
+                    auth,
+                    runtime.hub,
+                    config.server.public_url,
+                    clock,
+                    functools.partial(click_target, runtime.tokens, runtime.mailer.hosts),
+                    config.mail.brand.currency,
                 ),
                 auth=auth,
                 metrics=Metrics(
@@ -201,7 +209,7 @@ def create_app(
         Route("/readyz", readyz),
         Route("/metrics", metrics.endpoint),
         Route("/rt.js", snippet.script),
-        Route("/demo", demo.shop),
+        *demo.routes,
         *links.routes,
         *dashboard.routes,
         Mount(

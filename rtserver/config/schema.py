@@ -319,6 +319,10 @@ class MailConfig:
     max_age: Duration = setting(
         Duration("24h"), "A marketing mail not delivered this long after its decision fails."
     )
+    confirm_wait: Duration = setting(
+        Duration("7d"),
+        "How long a send to an address awaiting its double opt-in waits for the confirmation.",
+    )
     ambiguous: Literal["resend", "drop"] = setting(
         "resend",
         "A mail whose delivery is in doubt (connection lost after DATA): 'resend' (at least "

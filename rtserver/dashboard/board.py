@@ -6,7 +6,9 @@ are in every update (they are in memory); the newest events come from what the c
 timers, runs and mail are read again only when a commit (or the sender) changed them; the
 latency percentiles, the funnel and the send-time panel, which read more, only after something
 changed and then at most every ``LATENCY_EVERY_S``, ``FUNNEL_EVERY_S`` and ``SEND_TIME_EVERY_S``
-(a snapshot always has them).
+(a snapshot always has them); the funnel also at once when the outbox changed, so that its
+"mailed" never contradicts the outbox beside it, and with the time it was composed
+(``funnel_at``: the page says "as of").
 :meth:`Board.watch` samples the counters for the alerts every ``ALERTS_EVERY_S``, whether or not
 anyone watches.
 """
@@ -33,7 +35,7 @@ from rtserver.dashboard.hub import Changed
 from rtserver.dashboard.latency import Histogram, percentile
 from rtserver.dashboard.readings import Readings
 from rtserver.errors import StoreError
-from rtserver.model import NAMES_BY_TYPE, Event, event_name
+from rtserver.model import AWAITING_CONFIRMATION, NAMES_BY_TYPE, Event, event_name
 from rtserver.store import Store
 
 __all__ = ["OUTBOX_STATES", "Board"]
@@ -202,8 +204,13 @@ class Board:
             ("funnel", FUNNEL_EVERY_S, self.funnel),
             ("send_time", SEND_TIME_EVERY_S, self.send_time),
         ):
-            if full or (self._stale[panel] and now - self._composed_at[panel] >= every_s):
+            due = now - self._composed_at[panel] >= every_s
+            if panel == "funnel" and changed is not None and changed.mail:
+                due = True  # a mail sent: the funnel's "mailed" follows the outbox at once
+            if full or (self._stale[panel] and due):
                 data[panel] = await compose()
+                if panel == "funnel":
+                    data["funnel_at"] = self.clock()
                 if not full:
                     self._stale[panel], self._composed_at[panel] = False, now
         return data
@@ -214,9 +221,14 @@ class Board:
         return [{**row, "due_in_s": round(row["due"] - self.clock(), 1)} for row in rows]
 
     async def runs(self) -> dict[str, Any]:
-        """Open runs, newest first, and how many each workflow has."""
+        """Open runs, newest first, and how many each workflow has; a run whose send waits for
+        the person to confirm their address says so (``note``)."""
         store = self.store
-        return {"active": await store.active_runs(), "rows": await store.runs("active", ROWS)}
+        rows = await store.runs("active", ROWS)
+        for row in rows:
+            waiting = row["timing"] == AWAITING_CONFIRMATION
+            row["note"] = "waiting for confirmation" if waiting else ""
+        return {"active": await store.active_runs(), "rows": rows}
 
     async def mail(self) -> dict[str, Any]:
         """The outbox by state, its newest rows, the failures, the dev sink's inbox, and the

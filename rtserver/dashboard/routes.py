@@ -9,6 +9,8 @@ page's snapshot id as ``?since=``), replayed by the hub. Event data is attacker-
 templates escape it, the script only ever sets ``textContent``, the snapshot is embedded as
 JSON that cannot close its ``<script>`` (Jinja's ``tojson``), and the CSP allows scripts from
 this origin only. A sink mail is shown in a sandboxed iframe, with a CSP ``sandbox`` of its own.
+A preview is not the customer reading: it has no open pixel, its tracked links lead straight to
+where they point (no click is recorded), and its unsubscribe links are inert.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ import hmac
 import logging
 import re
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.parser import BytesParser
+from html import escape as htmlescape
 from pathlib import Path
 from typing import Any, cast
 
@@ -37,7 +41,7 @@ from rtserver.dashboard.board import Board
 from rtserver.dashboard.hub import Hub, HubClosed, TooManyViewers
 from rtserver.store import Store
 
-__all__ = ["CSP", "Dashboard", "routes"]
+__all__ = ["CSP", "Dashboard", "duration", "routes"]
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +87,40 @@ def _percent(value: float | None) -> str:
     return "–" if value is None else f"{value:.1%}"
 
 
+DURATION_UNITS = (("d", 86400), ("h", 3600), ("min", 60), ("s", 1))
+
+
+def duration(seconds: float | None) -> str:
+    """A duration as people write it: its largest unit and the next one if not zero ("5 s",
+    "12 min 5 s", "1 h 12 min", "2 d 3 h"); "< 1 s" under a second. The page's script writes
+    the same (``static/dashboard.js``: ``duration``)."""
+    if seconds is None:
+        return "–"
+    whole = int(seconds)
+    if whole < 1:
+        return "< 1 s"
+    parts: list[str] = []
+    for unit, size in DURATION_UNITS:
+        if whole >= size or parts:
+            count, whole = divmod(whole, size)
+            parts.append(f"{count} {unit}")
+            if len(parts) == 2:
+                break
+    if len(parts) == 2 and parts[1].startswith("0 "):
+        parts.pop()
+    return " ".join(parts)
+
+
+def _money(value: float | None, currency: str) -> str:
+    return "–" if value is None else f"{value:.2f} {currency}".rstrip()
+
+
+def _stamp(at: float | None) -> str:
+    if at is None:
+        return ""
+    return datetime.datetime.fromtimestamp(at, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 def _day(at: float) -> str:
     return datetime.datetime.fromtimestamp(at, datetime.UTC).strftime("%Y-%m-%d")
 
@@ -98,6 +136,10 @@ class Dashboard:
     public_url: str
     """``server.public_url``: a POST from this origin is same-origin too."""
     clock: Clock
+    click_target: Callable[[str], str | None] = lambda token: None
+    """Where a mail's click link ``/c/<token>`` leads, read without recording a click."""
+    currency: str = ""
+    """``mail.brand.currency``: what the funnel's revenue is in."""
 
 
 templates = Jinja2Templates(directory=str(HERE / "templates" / "pages"))
@@ -105,6 +147,9 @@ templates.env.filters["clock"] = _clock_time
 templates.env.filters["ms"] = _ms
 templates.env.filters["percent"] = _percent
 templates.env.filters["day"] = _day
+templates.env.filters["duration"] = duration
+templates.env.filters["money"] = _money
+templates.env.filters["stamp"] = _stamp
 
 
 def _render(request: Request, name: str, status: int = 200, **context: Any) -> Response:
@@ -145,10 +190,17 @@ def _next_path(value: str | None) -> str:
 
 async def page(request: Request) -> Response:
     """``GET /dashboard``: the live page, rendered from a snapshot."""
-    hub = cast(Dashboard, request.state.dashboard).hub
-    since, data = await hub.snapshot()
+    dashboard = cast(Dashboard, request.state.dashboard)
+    since, data = await dashboard.hub.snapshot()
     session: Session = request.state.session
-    return _render(request, "dashboard.html", data=data, since=since, csrf=session.csrf)
+    return _render(
+        request,
+        "dashboard.html",
+        data=data,
+        since=since,
+        csrf=session.csrf,
+        currency=dashboard.currency,
+    )
 
 
 async def stream(request: Request) -> Response:
@@ -201,6 +253,24 @@ async def send_time(request: Request) -> Response:
     return _render(request, "dashboard_send_time.html", view=view, csrf=session.csrf)
 
 
+def _inert(html: str, public_url: str, target: Callable[[str], str | None]) -> str:
+    """A mail's HTML as a preview shows it: the open pixel gone, each click link replaced by
+    where it leads (or by no link), each unsubscribe link without its href; so previewing
+    records no open, click or unsubscribe of the customer's."""
+    own = re.escape(public_url)
+    html = re.sub(rf"""<img\b[^>]*?\ssrc\s*=\s*["']{own}/o/[^>]*>""", "", html, flags=re.I)
+
+    def link(match: re.Match[str]) -> str:
+        kind, token = match.group(2), match.group(3)
+        url = target(token) if kind == "c" else None
+        if url is None:
+            return ' title="inert in a preview"'
+        return f"{match.group(1)}{htmlescape(url)}{match.group(4)}"
+
+    pattern = rf"""(\shref\s*=\s*["']){own}/([cu])/([A-Za-z0-9_.=-]+)(["'])"""
+    return re.sub(pattern, link, html, flags=re.I)
+
+
 async def mail(request: Request) -> Response:
     """``GET /dashboard/mail/<id>``: a mail the dev sink received, for a sandboxed iframe."""
     dashboard: Dashboard = request.state.dashboard
@@ -213,6 +283,7 @@ async def mail(request: Request) -> Response:
     if part is None or part.get_content_type() != "text/html":
         escaped = content.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
         content = f"<pre>{escaped}</pre>"
+    content = _inert(content, dashboard.public_url.rstrip("/"), dashboard.click_target)
     # Its links open in a new tab, as a mail client opens them (not inside the dashboard).
     head = _HEAD.search(content)
     at = head.end() if head else 0

@@ -12,6 +12,11 @@ re-armed by activity), then triggers (one open run per person and ``run_key``; `
 from the end of the last run). A run walks its steps until it reaches a wait; a timer moves it
 on. Runs whose current step changed kind in the config end with the reason. A paused workflow
 starts no run and holds its runs' due steps, looking again every ``PAUSED_RECHECK_S``.
+
+A send to a person whose only address awaits its double opt-in waits at that step for the
+confirmation, up to ``mail.confirm_wait`` (a timer, so it outlives restarts; the run's
+``timing`` says ``AWAITING_CONFIRMATION``). It is decided when the address is verified, so the
+send's checks and ``mail.max_age`` count from then; if the wait runs out, the run ends saying so.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from rtserver.engine.engagement import (
     send_moments,
 )
 from rtserver.model import (
+    AWAITING_CONFIRMATION,
     MARKETING_CONSENT,
     Action,
     CallWebhook,
@@ -131,6 +137,14 @@ def _json(detail: Mapping[str, Any]) -> str:
 
 def _zone(name: str | None, fallback: str) -> ZoneInfo:
     return ZoneInfo(known_zone(name, fallback) or "UTC")
+
+
+def _duration(seconds: float) -> str:
+    """``seconds`` in the largest whole unit that fits: "7d", "36h", "90m", "45s"."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
 
 
 def quiet_until(now: float, window: tuple[int, int] | None, zone: ZoneInfo) -> float | None:
@@ -297,6 +311,10 @@ class _Decider:
         if run.holdout:
             return skip("holdout")
         if not self.person.email:
+            wait_s = self.rules.policy.confirm_wait_s
+            if self.person.confirming and wait_s > 0:
+                self.wait(replace(run, timing=AWAITING_CONFIRMATION), step, self.now + wait_s)
+                return None  # decided again once the address is confirmed
             return skip("no verified email")
         policy = self.rules.policy
         if not workflow.transactional:
@@ -360,6 +378,18 @@ class _Decider:
             self.wait(run, step, self.now + PAUSED_RECHECK_S)
             return
         run = replace(run, due=None)
+        if run.timing == AWAITING_CONFIRMATION:
+            if not self.person.email:
+                wait = _duration(self.rules.policy.confirm_wait_s)
+                reason = f"address not confirmed within {wait}"
+                self.actions.append(
+                    SkipStep(run.id, step.index, run.person_id, workflow.name, reason)
+                )
+                self.end(replace(run, timing=""), reason)
+                return
+            run = replace(run, timing="")  # verified some other way: decided now
+            self.walk(workflow, run, step.index, None)
+            return
         if step.kind == "send":  # a send held back by quiet hours, or timed
             self.walk(workflow, run, step.index, None, timed=True)
         else:
@@ -390,9 +420,16 @@ class _Decider:
                 self.end(run, f"exit on {name}")
         for run in list(self.runs.values()):  # waits
             step = self.current(rules.by_name.get(run.workflow), run)
-            if step is None or step.kind not in EVENT_WAITS:
-                continue  # ended, or waits for time only
+            if step is None:
+                continue  # ended
             workflow = rules.by_name[run.workflow]
+            if run.timing == AWAITING_CONFIRMATION:
+                if self.person.email and not workflow.paused:  # confirmed: decided now
+                    self.actions.append(CancelTimer(run.id))
+                    self.walk(workflow, replace(run, timing="", due=None), step.index, event)
+                continue
+            if step.kind not in EVENT_WAITS:
+                continue  # waits for time only
             run, variant = self.variant(workflow, run, step)
             if step.kind == "wait_until" and name == step_value(step, variant):
                 if step.where is None or step.where(self.names(run, event)):

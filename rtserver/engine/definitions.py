@@ -135,6 +135,8 @@ class Policy:
     """(start, end) in minutes after local midnight; the window may wrap midnight."""
     time_zone: str = "UTC"
     send_timing: SendTiming = SendTiming()
+    confirm_wait_s: float = 7 * 86400.0
+    """How long a send to an address awaiting its double opt-in waits for the confirmation."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -460,7 +462,8 @@ QUIET_HOURS_RE = re.compile(r"([01]\d|2[0-3]):([0-5]\d)\s*-\s*([01]\d|2[0-3]):([
 
 
 def policy_from(mail: MailConfig, send_time: SendTimeConfig | None = None) -> Policy:
-    """The mail policy of ``[mail]``: frequency cap, quiet hours, the shop's time zone; and
+    """The mail policy of ``[mail]``: frequency cap, quiet hours, the shop's time zone, the
+    wait for a confirmation; and
     how optimal send times are chosen (``[send_time]``).
 
     Raises:
@@ -496,7 +499,11 @@ def policy_from(mail: MailConfig, send_time: SendTimeConfig | None = None) -> Po
         control=send_time.control,
     )
     return Policy(
-        frequency_cap_s=cap, quiet_hours=quiet, time_zone=mail.time_zone, send_timing=timing
+        frequency_cap_s=cap,
+        quiet_hours=quiet,
+        time_zone=mail.time_zone,
+        send_timing=timing,
+        confirm_wait_s=float(mail.confirm_wait),
     )
 
 

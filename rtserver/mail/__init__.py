@@ -8,7 +8,7 @@ from __future__ import annotations
 from rtserver.mail import links
 from rtserver.mail.contexts import Contexts
 from rtserver.mail.feedback import Feedback, parse_feedback
-from rtserver.mail.links import Links, pages
+from rtserver.mail.links import Links, click_target, pages
 from rtserver.mail.providers import mailgun, postmark, sendgrid
 from rtserver.mail.render import MailContext, Mailer, check_address
 from rtserver.mail.sender import Sender, retry_delay, wake_on
@@ -31,6 +31,7 @@ __all__ = [
     "Fetch",
     "FetchFailed",
     "Links",
+    "click_target",
     "MailContext",
     "Mailer",
     "Sender",

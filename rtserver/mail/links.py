@@ -9,6 +9,10 @@ changes nothing (link scanners follow GETs); ``POST /u/<token>`` unsubscribes at
 redirect (RFC 8058 one-click). ``GET /confirm/<token>`` shows a button that POSTs, and the
 ``POST`` verifies a claimed address (double opt-in), once per token.
 
+Opens and clicks carry ``properties.marketing``: whether the mail was a marketing mail. A
+transactional mail's (the double opt-in's) open is not interest in the shop: a workflow that
+should start from opens asks for marketing ones (the shipped re-engagement does).
+
 Opens and clicks that a machine made are recorded but flagged (``properties.machine``) and do
 not count as engagement: HEAD requests, known scanner or image-proxy agents, and clicks within
 ``mail.scanner_window_s`` of delivery. Apple's Mail Privacy Protection fetches look like a
@@ -40,7 +44,7 @@ from rtserver.mail.tokens import Tokens
 from rtserver.model import Event, Submit, email_hash, person_event
 from rtserver.store import Store
 
-__all__ = ["PIXEL", "Links", "machine_reason", "routes"]
+__all__ = ["PIXEL", "Links", "click_target", "machine_reason", "routes"]
 
 logger = logging.getLogger(__name__)
 
@@ -147,6 +151,7 @@ async def _mail_event(
         "workflow": row["workflow"],
         "template": row["template"],
         "run_id": row["run_id"],
+        "marketing": bool(row["marketing"]),
         "machine": reason is not None,
         **extra,
     }
@@ -155,6 +160,15 @@ async def _mail_event(
     message_id = f"rt-{name.split()[-1].lower()}-{mail_id}-{uuid.uuid4().hex}"
     await _record(links, [person_event(row["person_id"], message_id, name, properties)])
     return row
+
+
+def click_target(tokens: Tokens, hosts: Hosts, token: str) -> str | None:
+    """Where the click link ``/c/<token>`` leads (None where ``/c/`` would not redirect),
+    without recording anything: a dashboard preview links there directly."""
+    signed = tokens.read_click(token)
+    if signed is None or not hosts.redirect(signed[1]):
+        return None
+    return signed[1]
 
 
 async def pixel(request: Request) -> Response:

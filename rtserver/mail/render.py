@@ -23,7 +23,8 @@ Names in templates
     :class:`~rtserver.mail.recommend.Product`, from the catalog), ``extra`` (``confirm_url``,
     ``order``, ``cart_url``, ``coupon``...), ``marketing``, ``unsubscribe_url``, ``first_name``
     ('' when unknown), ``cart_url`` and ``shop_url``, ``template``, ``now``; the filter
-    ``money(currency)``.
+    ``money(currency)``. ``cart_url`` is ``extra.cart_url``, else, on the demo shop rtserver
+    serves, a signed link that restores the cart's catalog products, else ``shop_url``.
 
 Links
     Every http(s) ``<a href>`` of the HTML and every http(s) url of the text becomes
@@ -91,6 +92,8 @@ DKIM_HEADERS = (
     b"list-unsubscribe-post",
 )
 MAX_SUBJECT_CHARS = 200
+OWN_SHOP_PATH = "/demo"
+"""The path of the demo shop rtserver serves on its public URL (:mod:`rtserver.tools.demo`)."""
 MAX_VERDICTS = 4096
 RELOAD_CHECK_S = 1.0
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
@@ -261,6 +264,11 @@ class Mailer:
         self._env.filters["money"] = self._money
         self.hosts = Hosts(config, self.public_url, self.template_hosts)
         """Where links and images from data may point (and ``/c/`` may redirect)."""
+        self.cart_page = ""
+        """Where a signed cart is restored (``<page>/<token>``): set when the shop is the demo
+        shop rtserver serves itself (``mail.brand.url`` is ``<public_url>/demo``), else ''."""
+        if config.brand.url.rstrip("/") == f"{self.public_url}{OWN_SHOP_PATH}":
+            self.cart_page = f"{self.public_url}{OWN_SHOP_PATH}/cart"
         # check() renders through an overlay: the same loader and filters, StrictUndefined.
         self._strict = self._env.overlay(undefined=StrictUndefined)
         sender = parseaddr(config.from_)[1]
@@ -348,6 +356,8 @@ class Mailer:
             token = self.tokens.unsubscribe(context.mail_id)
             unsubscribe = f"{self.public_url}/u/{token}"
         cart_url = context.extra.get("cart_url")
+        if not (isinstance(cart_url, str) and cart_url):
+            cart_url = self._cart_link(context.cart) or brand.url
         return {
             "brand": brand,
             "person": context.person,
@@ -361,10 +371,18 @@ class Mailer:
             "unsubscribe_url": unsubscribe,
             "first_name": _first_name(context.person),
             "shop_url": brand.url,
-            "cart_url": cart_url if isinstance(cart_url, str) and cart_url else brand.url,
+            "cart_url": cart_url,
             "template": template,
             "now": context.now,
         }
+
+    def _cart_link(self, cart: Sequence[Product]) -> str | None:
+        """The link that restores ``cart`` on the demo shop: its products with a shop link
+        (so from the catalog), signed; never who the cart was of. None for another shop."""
+        items = [(p.id, p.quantity) for p in cart if p.url is not None]
+        if not self.cart_page or not items:
+            return None
+        return f"{self.cart_page}/{self.tokens.cart(items)}"
 
     def _content(
         self, env: SandboxedEnvironment, name: str, context: MailContext

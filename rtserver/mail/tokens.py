@@ -7,6 +7,7 @@ One salt per kind, so a token of one kind never reads as another::
     click         mail id, target url      400 days  each link   /c/{token}
     unsubscribe   mail id, person id       400 days  one click   /u/{token}   (CAN-SPAM: >= 30 days)
     confirm       person id, email digest   7 days   double opt-in
+    cart          catalog product ids, qty 30 days  the demo shop's "back to your cart" link
 
 A token holds ids, urls and hashes only, never an email address. Its timestamp comes from
 the injected clock (a :class:`itsdangerous.TimestampSigner` subclass), so tests move time by
@@ -50,13 +51,16 @@ CLICK_MAX_AGE_S = 400 * DAY_S
 OPEN_MAX_AGE_S = 400 * DAY_S
 UNSUBSCRIBE_MAX_AGE_S = 400 * DAY_S
 CONFIRM_MAX_AGE_S = 7 * DAY_S
+CART_MAX_AGE_S = 30 * DAY_S
+MAX_CART_ITEMS = 50
 MAX_TOKEN_CHARS = 8192
 """Longer input is not even looked at (a click token carries its url, so it may be long)."""
 
 
 _UNSAFE = re.compile(r"[\x00-\x20\x7f]")
-KINDS = ("open", "click", "unsubscribe", "confirm")
+KINDS = ("open", "click", "unsubscribe", "confirm", "cart")
 _TIMESTAMP = struct.Struct(">Q")
+_CART_ITEM = re.compile(r"([1-9][0-9]{0,3}):(.+)", re.S)
 
 
 def _b64(data: bytes) -> bytes:
@@ -154,6 +158,11 @@ class Tokens:
         """The double opt-in token; it carries a keyed digest of ``email``, not the address."""
         return self._dump("confirm", person_id, self.email_digest(email))
 
+    def cart(self, items: Sequence[tuple[str, int]]) -> str:
+        """A cart as ``(catalog product id, quantity)`` pairs, to be restored from a link: the
+        products only, never who the cart was of."""
+        return self._dump("cart", *(f"{quantity}:{pid}" for pid, quantity in items))
+
     def email_digest(self, email: str) -> str:
         """The digest of ``email`` a confirm token carries, keyed with this secret."""
         return email_hash(email, self._email_salt)
@@ -174,6 +183,25 @@ class Tokens:
         """The mail id, or None."""
         fields = self._load("unsubscribe", token, UNSUBSCRIBE_MAX_AGE_S, 1)
         return fields[0] if fields else None
+
+    def read_cart(self, token: str) -> list[tuple[str, int]] | None:
+        """The ``(product id, quantity)`` pairs of a cart token (a positive quantity each, at
+        most ``MAX_CART_ITEMS`` of them), or None."""
+        if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS:
+            return None
+        try:
+            fields = self._serializer.loads(token, max_age=CART_MAX_AGE_S, salt="rtserver.cart")
+        except (BadData, ValueError, TypeError):
+            return None
+        if not isinstance(fields, list) or not 0 < len(fields) <= MAX_CART_ITEMS:
+            return None
+        items: list[tuple[str, int]] = []
+        for field in fields:
+            found = _CART_ITEM.fullmatch(field) if isinstance(field, str) else None
+            if found is None:
+                return None
+            items.append((found[2], int(found[1])))
+        return items
 
     def read_confirm(self, token: str) -> tuple[str, str] | None:
         """``(person_id, email_digest)``, or None; valid for 7 days."""

@@ -32,6 +32,7 @@ from rtserver.model.events import (
     verify_identity,
 )
 from rtserver.model.facts import (
+    AWAITING_CONFIRMATION,
     HISTORY_LIMIT,
     MARKETING_CONSENT,
     NAMES_BY_TYPE,
@@ -69,6 +70,7 @@ __all__ = [
     "History",
     "Limits",
     "Link",
+    "AWAITING_CONFIRMATION",
     "MARKETING_CONSENT",
     "NAMES_BY_TYPE",
     "Person",

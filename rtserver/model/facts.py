@@ -23,6 +23,7 @@ from rtserver.model.history import History
 from rtserver.model.people import may_describe
 
 __all__ = [
+    "AWAITING_CONFIRMATION",
     "HISTORY_LIMIT",
     "MARKETING_CONSENT",
     "NAMES_BY_TYPE",
@@ -36,6 +37,8 @@ __all__ = [
     "observe",
 ]
 
+AWAITING_CONFIRMATION = '{"waiting":"confirmation"}'
+"""The ``timing`` of a run whose send waits for the person to confirm their address."""
 ORDER_EVENT = "Order Completed"
 HISTORY_LIMIT = 200
 ORDER_TIMES_LIMIT = 100
@@ -113,6 +116,14 @@ class Person:
     """Recent (event name, time), oldest first, for ``events_since``."""
     engagement: Engagement = NO_ENGAGEMENT
     """When they engage, by hour of their week (kept by the engine, not by :func:`observe`)."""
+    claimed_email: str | None = None
+    """The address a browser claimed and the person has not yet confirmed (double opt-in):
+    their sends wait for the confirmation."""
+
+    @property
+    def confirming(self) -> bool:
+        """Whether an address of theirs awaits its double opt-in (and none is verified)."""
+        return self.email is None and self.claimed_email is not None
 
     def orders_since(self, t: float) -> int:
         """Orders completed at or after ``t``."""
@@ -249,4 +260,7 @@ def observe(
         order_times=order_times,
         history=person.history.appended(name, now, HISTORY_LIMIT) if history else person.history,
         engagement=person.engagement if engagement is None else engagement,
+        claimed_email=event.email
+        if event.email is not None and not event.email_verified and describes
+        else person.claimed_email,
     )

@@ -20,6 +20,35 @@
     return new Date(at * 1000).toISOString().replace('T', ' ').slice(5, 19);  // as the page
   }
 
+  // As the page writes them (dashboard/routes.py: duration): "5 s", "12 min 5 s", "1 h 12 min".
+  var UNITS = [['d', 86400], ['h', 3600], ['min', 60], ['s', 1]];
+  function duration(seconds) {
+    if (seconds === null || seconds === undefined) return '–';
+    var whole = Math.floor(seconds);
+    if (whole < 1) return '< 1 s';
+    var parts = [];
+    for (var i = 0; i < UNITS.length && parts.length < 2; i++) {
+      if (whole >= UNITS[i][1] || parts.length) {
+        parts.push(Math.floor(whole / UNITS[i][1]) + ' ' + UNITS[i][0]);
+        whole = whole % UNITS[i][1];
+      }
+    }
+    if (parts.length === 2 && parts[1].indexOf('0 ') === 0) parts.pop();
+    return parts.join(' ');
+  }
+
+  function money(value) {
+    if (value === null || value === undefined) return '–';
+    return (Number(value).toFixed(2) + ' ' + (document.body.dataset.currency || '')).trim();
+  }
+
+  function stamp(at) {
+    if (at === null || at === undefined) return '';
+    return new Date(at * 1000).toISOString().replace('T', ' ').slice(0, 19) + ' UTC';
+  }
+
+  state.format = { duration: duration, money: money, stamp: stamp };  // for tests
+
   function ms(value) { return value === null || value === undefined ? '–' : value + ' ms'; }
 
   function cell(text, className) {
@@ -150,7 +179,8 @@
     $('runs-active').textContent = active.length ? active.join(' ') : 'no open runs';
     fill('runs-body', runs.rows, function (r) {
       return [cell(r.workflow), personCell(r.person_id), cell(r.key),
-              cell(r.step + ' ' + r.step_kind), cell(r.holdout ? 'holdout' : r.variant),
+              cell(r.step + ' ' + r.step_kind + (r.note ? ' (' + r.note + ')' : '')),
+              cell(r.holdout ? 'holdout' : r.variant),
               cell(clock(r.started))];
     }, 'no open runs');
   }
@@ -212,14 +242,13 @@
         var text = 'conversion ' + fixed(f.rate, 4) + ' vs ' + fixed(f.holdout_rate, 4) +
                    ' · z ' + fixed(f.z, 3) + ' · p ' + fixed(f.p, 4) + ' · ' + f.verdict;
         var td = cell(text, 'sig ' + f.verdict.replace(/ /g, '-'));
-        td.colSpan = 9;
+        td.colSpan = 10;
         return [cell(f.workflow), cell('vs holdout'), td];
       }
       return [cell(f.workflow), cell(f.arm), cell(f.entered), cell(f.mailed), cell(f.opened),
-              cell(f.clicked), cell(f.purchased),
-              cell(f.revenue + ' (' + f.verified_revenue + ')'), cell(f.converted),
-              cell(f.median_click_s === null ? '–' : f.median_click_s),
-              cell(f.median_order_s === null ? '–' : f.median_order_s)];
+              cell(f.clicked), cell(f.purchased), cell(money(f.revenue)),
+              cell(money(f.verified_revenue)), cell(f.converted),
+              cell(duration(f.median_click_s)), cell(duration(f.median_order_s))];
     }, 'no runs yet');
   }
 
@@ -260,6 +289,7 @@
     if (data.runs) applyRuns(data.runs);
     if (data.mail) applyMail(data.mail);
     if (data.funnel) applyFunnel(data.funnel);
+    if (data.funnel_at && $('funnel-at')) $('funnel-at').textContent = stamp(data.funnel_at);
     if (data.latency) applyLatency(data.latency);
     if (data.alerts) applyAlerts(data.alerts);
     if (data.polls) applyPolls(data.polls);

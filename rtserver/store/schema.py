@@ -508,7 +508,7 @@ UPDATE_PROFILE_FACTS = """
 FACT_COLUMNS = (
     "person_id", "email", "traits", "claimed_traits", "consent", "first_seen", "last_seen",
     "orders_count", "total_spent", "last_order_at", "opens", "clicks", "time_zone", "order_times",
-    "engagement",
+    "engagement", "claimed_email",
 )  # fmt: skip
 PROFILE_COLUMNS = (
     "person_id",

@@ -110,7 +110,7 @@ async def test_snapshot_has_every_panel(tmp_path: Path) -> None:
 async def test_update_reads_only_what_changed(tmp_path: Path) -> None:
     """An update carries the counters, one chart point and the noted events always; timers,
     runs and mail only when flagged; latency and funnel only after a change, at most every
-    few seconds (the funnel every half minute)."""
+    few seconds (the funnel every half minute, or at once when the outbox changed)."""
     async with run_server(dashboard_config(tmp_path)) as live:
         ticks = Ticks()
         board = board_of(live.runtime, ticks)
@@ -120,10 +120,10 @@ async def test_update_reads_only_what_changed(tmp_path: Path) -> None:
         assert set(quiet) == {"at", "counters", "alerts", "rates", "events"}
         assert quiet["events"] == [] and len(quiet["rates"]) == 1
         flagged = await board.compose(Changed(timers=True, runs=True, mail=True))
-        assert {"timers", "runs", "mail"} <= set(flagged)
+        assert {"timers", "runs", "mail", "funnel"} <= set(flagged)  # the funnel follows mail
         assert "latency" not in flagged  # changed, but composed a moment ago
         ticks.now += 5.0
-        later = await board.compose(Changed())
+        later = await board.compose(Changed(runs=True))
         assert "latency" in later and "funnel" not in later
         ticks.now += 30.0
         assert "funnel" in await board.compose(Changed())
@@ -289,3 +289,22 @@ async def test_webhook_deliveries_are_on_the_mail_panel(tmp_path: Path) -> None:
     assert row["url"] == "https://crm.example/hooks/signup" and row["attempts"] == 1
     assert "cannot resolve crm.example" in row["last_error"]
     assert hooks["disabled"] == []
+
+
+async def test_the_funnel_follows_the_outbox_at_once_and_says_when(tmp_path: Path) -> None:
+    """A change of the outbox recomposes the funnel in the same update, even right after it
+    was composed (so "mailed" never lags "sent"), and every funnel comes with its time."""
+    clock = FakeClock()
+    async with run_server(dashboard_config(tmp_path), clock=clock) as live:
+        ticks = Ticks()
+        board = board_of(live.runtime, ticks)
+        first = await board.compose(Changed())
+        assert first["funnel_at"] == clock()
+        await cart_mailed(live, clock)
+        clock.advance(5)
+        update = await board.compose(Changed(mail=True))
+        (row,) = update["funnel"]
+        assert row["mailed"] == 1 and update["funnel_at"] == clock()
+        assert update["mail"]["counts"]["sent"] == 1
+        assert "funnel" not in await board.compose(Changed(runs=True))  # throttled as before
+        assert (await board.compose(None))["funnel_at"] == clock()

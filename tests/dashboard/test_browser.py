@@ -10,9 +10,11 @@ page (Playwright's ``expect``), never on time.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rtserver.dashboard.routes import duration
 from tests.support.browser import expect
 from tests.support.dashboard import (  # noqa: F401 (sse_exit_flag_reset is autouse)
     PASSWORD,
@@ -77,6 +79,17 @@ async def test_dashboard_live_in_chromium(browser: Browser, tmp_path: Path) -> N
 
         await advance(live, clock, 1800)
         await expect(page.locator("#mail-sent")).to_have_text("1")
+        # The funnel beside it agrees at once (mailed 1), and says as of when.
+        cart_row = page.locator("#funnel-body tr", has_text="cart")
+        await expect(cart_row.locator("td").nth(3)).to_have_text("1")
+        await expect(page.locator("#funnel-at")).to_have_text(
+            re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC$")
+        )
+        # The script writes durations and money as the page does.
+        for seconds in (None, 0.4, 5.482815980911255, 725, 4320, 3600, 183_600, 86_460):
+            shown = await page.evaluate("(s) => rtDashboard.format.duration(s)", seconds)
+            assert shown == duration(seconds), seconds
+        assert await page.evaluate("rtDashboard.format.money(49.5)") == "49.50 EUR"
         await expect(page.locator("#timers-body")).to_contain_text("no timers pending")
         sink = page.locator("#sink-body a")
         await expect(sink).to_have_count(1)

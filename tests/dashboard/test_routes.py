@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import urllib.parse
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,7 +15,8 @@ import pytest
 from starlette.routing import Mount, Route
 
 from rtserver.dashboard.hub import HubClosed, Subscription
-from rtserver.dashboard.routes import CSP, _clock_time, _next_path
+from rtserver.dashboard.routes import CSP, _clock_time, _next_path, _stamp, duration
+from rtserver.model.events import person_event
 from tests.support.dashboard import (  # noqa: F401 (sse_exit_flag_reset is autouse)
     PASSWORD,
     XSS,
@@ -499,3 +501,118 @@ async def test_stream_carries_the_send_time_panel(tmp_path: Path) -> None:
                 lambda f: "send_time" in f.data and not f.data["send_time"]["shop"]["empty"]
             )
     assert frame.event == "update"
+
+
+async def test_a_sink_mail_preview_records_nothing_of_the_customers(tmp_path: Path) -> None:
+    """The preview has no open pixel; its click links lead straight to where they point (the
+    shop, no /c/), a click link to a host outside the shop and the unsubscribe links are
+    inert; the mail as sent still has them all."""
+    async with run_server(dashboard_config(tmp_path)) as live, live.http() as client:
+        async with live.ws(origin=ORIGIN) as ws:
+            await send_batch(ws, [shopper("u2", "bo@example.com")])
+            await send_batch(ws, [tracked("u2", "Signed Up")])
+        await sent(live)
+        (mail,) = await live.runtime.store.mail.sunk()
+        public = live.config.server.public_url
+        raw = mail["body"].decode()
+        for kind in ("o", "c", "u"):
+            assert f"{public}/{kind}/" in raw
+        await login(client)
+        shown = (await client.get(f"/dashboard/mail/{mail['id']}")).text
+        for kind in ("o", "c", "u"):
+            assert f"{public}/{kind}/" not in shown, kind
+        brand = live.config.mail.brand.url.rstrip("/")
+        assert re.search(rf'href="{re.escape(brand)}/?\?utm_source=rtserver&amp;', shown)
+        assert 'title="inert in a preview"' in shown
+        body = (
+            b"Subject: hi\r\nContent-Type: text/html\r\n\r\n"
+            + f'<a href="{public}/c/{live.runtime.tokens.click("m-1", "https://evil.example/")}">'
+            f'x</a><img src="{public}/o/abc" alt=""></html>\r\n'.encode()
+        )
+        sunk = await live.runtime.store.mail.save_sunk(None, "a@x", ["b@x"], "hi", body, 0.0)
+        other = (await client.get(f"/dashboard/mail/{sunk}")).text
+        assert "evil.example" not in other and "/o/abc" not in other
+        assert '<a title="inert in a preview">x</a>' in other
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [
+        (None, "–"),
+        (0.4, "< 1 s"),
+        (5.482815980911255, "5 s"),
+        (725, "12 min 5 s"),
+        (720, "12 min"),
+        (4320, "1 h 12 min"),
+        (4314.5, "1 h 11 min"),
+        (3600, "1 h"),
+        (183_600, "2 d 3 h"),
+        (86_460, "1 d"),
+    ],
+)
+def test_durations_read_as_people_write_them(seconds: float | None, shown: str) -> None:
+    assert duration(seconds) == shown
+
+
+def test_times_are_stamped_with_their_year_and_zone() -> None:
+    assert _stamp(1_796_600_000.0) == "2026-12-06 23:33:20 UTC" and _stamp(None) == ""
+
+
+async def test_the_funnel_shows_money_durations_and_its_time(tmp_path: Path) -> None:
+    """The funnel's revenue carries the brand's currency (attributed and verified apart, and
+    why verified can be 0), its times to click read as durations, and it says as of when."""
+    clock = FakeClock()
+    config = dashboard_config(tmp_path, mail={"brand": {"currency": "EUR"}})
+    async with run_server(config, clock=clock) as live, live.http() as client:
+        async with live.ws(origin=ORIGIN) as ws:
+            await send_batch(ws, [shopper("u1", "ann@example.com")])
+            await send_batch(ws, [tracked("u1", "Product Added", cart_id="c1", price=20)])
+        await advance(live, clock, 1800)
+        (mail,) = await sent(live)
+        clock.advance(125.48)
+        clicked = person_event("u:u1", "t-click", "Email Clicked", {"run_id": mail["run_id"]})
+        ordered = person_event("u:u1", "t-order", "Order Completed", {"revenue": 49.5})
+        await (await live.runtime.pipeline.submit([clicked], clock()))
+        clock.advance(60)
+        await (await live.runtime.pipeline.submit([ordered], clock()))
+        await login(client)
+        page = (await client.get("/dashboard")).text
+    row = re.search(r"<tr><td>cart</td>.*?</tr>", page)
+    assert row is not None
+    assert "<td>49.50 EUR</td><td>49.50 EUR</td>" in row.group(0)
+    assert "<td>2 min 5 s</td><td>3 min 5 s</td></tr>" in row.group(0)
+    assert 'data-currency="EUR"' in page and "Revenue is in EUR" in page
+    assert "verified revenue stays 0 until the backend sends its orders" in page
+    assert re.search(r'<time id="funnel-at">\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC</time>', page)
+
+
+async def test_sign_up_confirm_then_the_welcome(tmp_path: Path) -> None:
+    """A browser's sign-up claims an address: its welcome waits ("waiting for confirmation" on
+    the page) while only the double opt-in mail goes; confirming (the page's POST) sends the
+    welcome, decided then (so mail.max_age counts from then), greeting by the name the reader
+    typed and by nothing the browser sent."""
+    clock = FakeClock()
+    async with run_server(dashboard_config(tmp_path), clock=clock) as live, live.http() as client:
+        claim = event(
+            "identify", userId=None, anonymousId="anon-7",
+            traits={"email": "eve@example.com", "first_name": "Mallory"},
+        )  # fmt: skip
+        signed_up = event(event="Signed Up", anonymousId="anon-7", properties={})
+        async with live.ws(origin=ORIGIN) as ws:
+            await send_batch(ws, [claim, signed_up])
+        (confirmation,) = await sent(live)
+        assert confirmation["template"] == "confirm"
+        await login(client)
+        page = (await client.get("/dashboard")).text
+        assert "0 send (waiting for confirmation)" in page
+        clock.advance(3 * 86400)
+        token = live.runtime.tokens.confirm("a:anon-7", "eve@example.com")
+        done = await client.post(f"/confirm/{token}", data={"first_name": "Eve"})
+        assert done.status_code == 200
+        await advance(live, clock, 0)
+        rows = await sent(live, 2)
+        (welcome,) = [r for r in rows if r["template"] == "welcome"]
+        assert welcome["created_at"] == clock() and welcome["recipient"] == "eve@example.com"
+        sink = await live.runtime.store.mail.sunk()
+        (mail,) = [m for m in sink if m["subject"].startswith("Welcome")]
+        assert mail["subject"].endswith(", Eve") and b"Mallory" not in mail["body"]

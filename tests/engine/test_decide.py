@@ -33,7 +33,13 @@ from rtserver.model.actions import (
     TimerFired,
     UpdateRun,
 )
-from rtserver.model.events import Event, parse_event, sign_identity, verify_identity
+from rtserver.model.events import (
+    Event,
+    parse_event,
+    person_event,
+    sign_identity,
+    verify_identity,
+)
 from rtserver.model.facts import (
     HISTORY_LIMIT,
     Engagement,
@@ -1272,3 +1278,107 @@ def test_the_chosen_time_lies_in_the_window_or_just_after_it(
     while (resume := quiet_until(first, quiet, local)) is not None:
         first = resume
     assert at > end and at == first  # the window was all quiet
+
+
+def browser_ev(name: str, type: str = "track", **fields: Any) -> Event:
+    """A browser's event of the anonymous ``a1`` (what it says of itself is only claimed)."""
+    raw: dict[str, Any] = {"type": type, "messageId": f"b{next(IDS)}", "anonymousId": "a1"}
+    if name:
+        raw["event"] = name
+    return parse_event({**raw, **fields}, IngestConfig(), source="browser")
+
+
+def signed_up_claiming() -> list[Event]:
+    """A sign-up form: identify with a claimed address, then Signed Up."""
+    claim = browser_ev("", type="identify", traits={"email": "eve@example.com"})
+    return [claim, browser_ev("Signed Up")]
+
+
+def confirmed() -> list[Event]:
+    """What ``POST /confirm/<token>`` records: the verified address, then Email Confirmed."""
+    verified = {"email": "eve@example.com", "consent": "confirmed_opt_in"}
+    return [
+        person_event("a:a1", f"c{next(IDS)}", None, kind="identify", traits=verified),
+        person_event("a:a1", f"c{next(IDS)}", "Email Confirmed", {}),
+    ]
+
+
+def test_a_send_to_a_claimed_address_waits_for_its_confirmation() -> None:
+    """The welcome to an address awaiting its double opt-in waits (a timer at the step, the
+    run saying so), and is decided when the address is confirmed: sent then, the rest of the
+    workflow from then."""
+    sim = Sim(rules(flow([{"send": "welcome"}, {"wait": "1d"}, {"send": "tips"}])), Person("a:a1"))
+    for event in signed_up_claiming():
+        sim.at(0, event)
+    assert sim.facts.person.confirming
+    (run,) = sim.runs()
+    assert (run.step, run.step_kind, run.due) == (0, "send", START + 7 * D)
+    assert json.loads(run.timing) == {"waiting": "confirmation"}
+    assert sim.sent() == [] and sim.skipped() == []
+    for event in confirmed():
+        sim.at(2 * D, event)
+    assert sim.sent() == [(2 * D, "welcome")]
+    (run,) = sim.runs()
+    assert run.timing == "" and run.due == START + 3 * D
+    sim.at(8 * D)
+    assert sim.sent() == [(2 * D, "welcome"), (3 * D, "tips")] and sim.skipped() == []
+
+
+def test_a_confirmation_wait_that_runs_out_ends_the_run_saying_so() -> None:
+    """Unconfirmed after ``mail.confirm_wait``: the step is skipped and the run ends, both
+    with the reason."""
+    policy = Policy(confirm_wait_s=2 * D)
+    sim = Sim(rules(flow([{"send": "welcome"}]), policy=policy), Person("a:a1"))
+    for event in signed_up_claiming():
+        sim.at(0, event)
+    sim.at(2 * D - 1, browser_ev("Page Viewed", type="page"))  # nothing to resume
+    assert len(sim.runs()) == 1
+    sim.at(2 * D)
+    assert sim.runs() == [] and sim.sent() == []
+    assert sim.skipped() == [(2 * D, "address not confirmed within 2d")]
+    assert list(sim.ended.values()) == ["address not confirmed within 2d"]
+
+
+def test_an_address_verified_otherwise_is_sent_to_when_the_wait_ends() -> None:
+    """A person verified without an event the run saw (say, by another device's identify
+    decided elsewhere) gets the send when the timer fires."""
+    sim = Sim(rules(flow([{"send": "welcome"}])), Person("a:a1"))
+    for event in signed_up_claiming():
+        sim.at(0, event)
+    person = replace(sim.facts.person, email="eve@example.com", consent="confirmed_opt_in")
+    sim.facts = replace(sim.facts, person=person)
+    sim.at(7 * D)
+    assert sim.sent() == [(7 * D, "welcome")] and sim.runs() == []
+
+
+def test_no_confirmation_wait_and_no_claim_skip_at_once() -> None:
+    """With ``mail.confirm_wait`` 0, or no address claimed, a send without a verified email is
+    skipped as before; a paused workflow's waiting run is not sent on confirmation."""
+    policy = Policy(confirm_wait_s=0.0)
+    sim = Sim(rules(flow([{"send": "welcome"}]), policy=policy), Person("a:a1"))
+    for event in signed_up_claiming():
+        sim.at(0, event)
+    assert sim.skipped() == [(0, "no verified email")]
+    sim = Sim(rules(flow([{"send": "welcome"}])), Person("a:a1"))
+    sim.at(0, browser_ev("Signed Up"))
+    assert sim.skipped() == [(0, "no verified email")]
+    sim = Sim(rules(flow([{"send": "welcome"}])), Person("a:a1"))
+    for event in signed_up_claiming():
+        sim.at(0, event)
+    sim.rules = rules(flow([{"send": "welcome"}], paused=True))
+    for event in confirmed():
+        sim.at(1 * D, event)
+    assert sim.sent() == [] and len(sim.runs()) == 1
+
+
+@pytest.mark.parametrize(
+    ("wait_s", "said"), [(7 * D, "7d"), (36 * H, "36h"), (90 * M, "90m"), (45.5, "45.5s")]
+)
+def test_the_confirmation_wait_is_named_as_configured(wait_s: float, said: str) -> None:
+    """The reason names the wait in the largest whole unit, as a config would write it."""
+    sim = Sim(rules(flow([{"send": "welcome"}]), policy=Policy(confirm_wait_s=wait_s)))
+    sim.facts = replace(sim.facts, person=Person("a:a1"))
+    for event in signed_up_claiming():
+        sim.at(0, event)
+    sim.at(wait_s)
+    assert sim.skipped() == [(wait_s, f"address not confirmed within {said}")]

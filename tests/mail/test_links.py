@@ -372,3 +372,43 @@ async def test_no_browser_text_reaches_a_mail_to_an_address_it_does_not_own(
                 await send_batch(ws, [event("track", anonymousId="anon-y", event="Signed Up")])
             (*_, greeted) = await smtpd.wait_for(4)
             assert "Hi Ann," in greeted.message.get_body(("plain",)).get_content()
+
+
+async def test_an_open_of_a_confirmation_starts_no_re_engagement(tmp_path: Path) -> None:
+    """The shipped re-engagement starts from opens of marketing mail only: the double opt-in
+    mail's open (transactional, marked ``marketing: false``) starts nothing, even once the
+    address is confirmed; a cart reminder's open starts it."""
+    clock = FakeClock()
+    async with SMTPServer() as smtpd:
+        config = smtp_config(tmp_path, smtpd, workflows=("cart_abandonment", "re_engagement"))
+        async with run_server(config, clock=clock) as live:
+            claim = event(
+                "identify", userId=None, anonymousId="anon-9", traits={"email": "bo@example.com"}
+            )
+            async with live.ws() as ws:
+                await send_batch(ws, [claim])
+            await advance(live, clock, 1)
+            (confirmation,) = await smtpd.wait_for(1)
+            html = confirmation.message.get_body(("html",)).get_content()
+            (pixel,) = links_of(html, "o")
+            tokens = live.runtime.tokens
+            async with live.http() as http:
+                done = await http.post(f"/confirm/{tokens.confirm('a:anon-9', 'bo@example.com')}")
+                assert done.status_code == 200
+                clock.advance(60)
+                await http.get(pixel, headers=BROWSER)
+            opened = await live.runtime.store.events_of("a:anon-9", limit=1)
+            assert opened[0]["event"] == "Email Opened"
+            assert opened[0]["properties"]["marketing"] is False
+            assert await live.runtime.store.runs_of("a:anon-9", 10) == []
+
+            async with live.ws() as ws:
+                cart = [shopper("u1", "ann@example.com"), tracked("u1", "Product Added", **LAMP)]
+                await send_batch(ws, cart)
+            await advance(live, clock, 1800)
+            (_, reminder) = await smtpd.wait_for(2)
+            (pixel,) = links_of(reminder.message.get_body(("html",)).get_content(), "o")
+            async with live.http() as http:
+                await http.get(pixel, headers=BROWSER)
+            runs = await live.runtime.store.runs_of("u:u1", 10)
+            assert "re_engagement" in {r["workflow"] for r in runs}

@@ -731,3 +731,32 @@ def test_loaders_without_a_freshness_check_are_passed_through() -> None:
 
     source = _Loader(FunctionLoader(lambda name: "hi")).get_source(Environment(), "email/x.txt")
     assert source == ("hi", None, None)
+
+
+def test_the_demo_shops_cart_link_restores_the_cart_and_others_go_to_the_shop() -> None:
+    """On the demo shop rtserver serves (brand url ``<public_url>/demo``), the cart link is a
+    signed list of the cart's catalog products (a product without a shop link is left out);
+    the person's ids are not in it. Another shop's cart link is its url, as before."""
+    cart = (
+        Product("lamp", "Lamp", 49.5, None, None, PUBLIC + "/demo/product/lamp", None, 2),
+        Product("x", "An item from our shop", None, None, None, None, None),
+    )
+    tokens = Tokens(SECRET, FakeClock())
+    demo = dataclasses.replace(CONFIG, brand=dataclasses.replace(BRAND, url=PUBLIC + "/demo/"))
+    mailer = Mailer(demo, PUBLIC, tokens)
+    text = text_of(mailer.render_mail("cart_reminder", context(cart=cart, extra={})))
+    found = re.search(r"Back to your cart: (\S+)", text)
+    assert found is not None
+    click = tokens.read_click(found.group(1).rsplit("/", 1)[1])
+    assert click is not None
+    page, _, query = click[1].partition("?")
+    assert page.startswith(PUBLIC + "/demo/cart/") and "rt_run=run-1" in query
+    assert tokens.read_cart(page.rsplit("/", 1)[1]) == [("lamp", 2)]
+    assert "u:ada" not in page
+    empty = text_of(mailer.render_mail("cart_reminder", context(cart=cart[1:], extra={})))
+    assert "/demo/cart/" not in empty  # nothing to restore: the shop
+    other = text_of(make_mailer().render_mail("cart_reminder", context(cart=cart, extra={})))
+    found = re.search(r"Back to your cart: (\S+)", other)
+    assert found is not None
+    click = Tokens(SECRET, FakeClock()).read_click(found.group(1).rsplit("/", 1)[1])
+    assert click is not None and click[1].startswith(SHOP + "?")

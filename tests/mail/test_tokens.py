@@ -215,3 +215,22 @@ def test_tokens_are_itsdangerous_tokens() -> None:
     assert theirs.startswith(".") and not click.startswith(".")  # theirs compressed
     assert tokens._serializer.loads(click, salt="rtserver.click") == ["m1", url]
     assert tokens.read_click(theirs) == tokens.read_click(click) == ("m1", url)
+
+
+def test_a_cart_token_carries_product_ids_and_quantities_only() -> None:
+    """The demo's "back to your cart" link: (product id, quantity) pairs read back; a product id
+    may hold a colon; a month later, tampered, or malformed, it reads as None."""
+    clock = FakeClock()
+    tokens = make(clock)
+    token = tokens.cart([("lamp", 2), ("sku:9", 1)])
+    assert tokens.read_cart(token) == [("lamp", 2), ("sku:9", 1)]
+    assert tokens.read_open(token) is None  # another kind's salt
+    assert tokens.read_cart(token[:-2] + "xx") is None
+    assert tokens.read_cart("x" * 9000) is None
+    assert tokens.read_cart(tokens.cart([])) is None
+    for bad in (["0:lamp"], ["two:lamp"], ["2:"], [3], ["²:lamp"]):
+        forged = tokens._serializer.dumps(bad, salt="rtserver.cart")
+        assert tokens.read_cart(forged) is None, bad
+    assert tokens.read_cart(tokens._serializer.dumps({"a": 1}, salt="rtserver.cart")) is None
+    clock.advance(31 * DAY)
+    assert tokens.read_cart(token) is None

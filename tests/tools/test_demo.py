@@ -159,3 +159,33 @@ def test_demo_config_links_to_where_it_is_served_and_holds_no_one_out(tmp_path: 
     assert moved.server.public_url == "http://localhost:9100"
     v6 = demo_config(shipped, 60.0, str(tmp_path / "d.db"), host="::1", port=9100)
     assert v6.server.public_url == "http://[::1]:9100"
+
+
+async def test_demo_product_pages_images_and_cart_links(live: LiveServer) -> None:
+    """The shop's product pages and images are served under /demo (404 for another id); a
+    cart link restores the catalog's products it signs (others, and bad tokens, restore
+    nothing)."""
+    tokens = live.runtime.tokens
+    async with live.http() as http:
+        page = await http.get("/demo/product/chair")
+        missing = await http.get("/demo/product/nope")
+        svg = await http.get("/demo/image/lamp.svg")
+        no_svg = await http.get("/demo/image/nope.svg")
+        good = await http.get(f"/demo/cart/{tokens.cart([('lamp', 2), ('gone', 1)])}")
+        bad = await http.get("/demo/cart/not-a-token")
+    assert page.status_code == 200 and 'class="card shown" id="chair"' in page.text
+    assert missing.status_code == 404 and no_svg.status_code == 404
+    assert svg.status_code == 200 and svg.headers["content-type"] == "image/svg+xml"
+    assert svg.text.startswith("<svg") and ">B</text>" in svg.text
+    assert good.status_code == 200 and 'id="restored"' in good.text
+    assert 'var RESTORED = [{"index": 0, "quantity": 2}];' in good.text
+    assert bad.status_code == 200 and "var RESTORED = [];" in bad.text
+
+
+def test_the_demo_catalog_and_brand_live_under_the_demo_shop(tmp_path: Path) -> None:
+    """The demo's brand url is its shop, and its products' links and images are under it."""
+    config = demo_config(ROOT / "config.toml", 60.0, str(tmp_path / "d.db"), port=9100)
+    assert config.mail.brand.url == "http://127.0.0.1:9100/demo"
+    lamp = demo.catalog(config)[0]
+    assert lamp.url == "http://127.0.0.1:9100/demo/product/lamp"
+    assert lamp.image == "http://127.0.0.1:9100/demo/image/lamp.svg"

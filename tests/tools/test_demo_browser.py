@@ -4,16 +4,19 @@ Playwright, against what ``rtserver demo`` serves (``demo_config`` on the shippe
 
 A shopper signs up on the demo shop (a claimed address), views a product and adds it to the
 cart; on the dashboard the confirmation mail arrives in the dev sink's inbox, is opened in the
-sandboxed preview, and its link is followed as a reader's mail client would; back in the shop,
+sandboxed preview, and its link is followed as a reader's mail client would (the welcome, which
+waited for that, arrives); back in the shop,
 the product goes into the cart again; the clock moves 31 s (30 min / 60) and the cart reminder
-arrives in the inbox, naming the product. Every wait is on a page (Playwright's ``expect`` and
-``wait_for_function``), never on time.
+arrives in the inbox, naming the product; its "Back to your cart" link, followed as the mail
+has it, leads through the click redirect to the demo shop with the cart restored. Every wait
+is on a page (Playwright's ``expect`` and ``wait_for_function``), never on time.
 """
 
 from __future__ import annotations
 
+import email
+import email.policy
 import re
-import urllib.parse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,7 +29,7 @@ from tests.support.dashboard import (  # noqa: F401 (sse_exit_flag_reset is auto
     PASSWORD,
     sse_exit_flag_reset,
 )
-from tests.support.server import TIMEOUT_UNIT, FakeClock, run_server
+from tests.support.server import TIMEOUT_UNIT, FakeClock, bound_socket, run_server
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser, Page
@@ -38,6 +41,7 @@ SCREENSHOT = ARTIFACTS / "demo_tour.png"
 ADDRESS = "demo.shopper@example.com"
 LAMP = "[data-product=lamp]"
 CONFIRM_SUBJECT = "Please confirm your email address"  # email/confirm.html's subject block
+WELCOME_SUBJECT = "Welcome to Demo Shop, Eve"  # email/welcome.html, the name typed on confirming
 REMINDER_SUBJECT = re.compile(r"^(.+, you|You) left something in your cart$")  # cart_reminder
 VISITOR = "797162bc-475c-5ee8-bf30-377e036edfd0"
 """An anonymous id (the snippet's ``rt_aid`` cookie) whose person falls outside the shipped
@@ -85,10 +89,17 @@ async def test_the_demo_tour_in_chromium(
     naming the product."""
     expect.set_options(timeout=WAIT_MS)
     monkeypatch.setenv("RTSERVER_DASHBOARD_PASSWORD", PASSWORD)
-    config = demo_config(ROOT / "config.toml", 60.0, str(tmp_path / "demo.db"))
+    # Served on the port its config names, so the links in its mail lead back to it.
+    sock = bound_socket()
+    port = sock.getsockname()[1]
+    config = demo_config(
+        ROOT / "config.toml", 60.0, str(tmp_path / "demo.db"), host="127.0.0.1", port=port
+    )
     assert config.dashboard.password is not None
+    assert config.mail.brand.url == f"http://127.0.0.1:{port}/demo"
     clock = FakeClock()
-    async with run_server(config, clock=clock, stock=demo.catalog(config)) as live:
+    stock = demo.catalog(config)
+    async with run_server(config, sock=sock, clock=clock, stock=stock) as live:
         base = live.http_url
 
         # 1. The shop: a claimed sign-up, a product viewed and added to the cart.
@@ -110,26 +121,26 @@ async def test_the_demo_tour_in_chromium(
         dash = await logged_in(browser, base)
         inbox = dash.locator("#sink-body a")
         await expect(inbox).to_have_count(1)
+        # The welcome waits for the address to be confirmed, and says so.
+        welcome_run = dash.locator("#runs-body tr", has_text="welcome")
+        await expect(welcome_run).to_contain_text("send (waiting for confirmation)")
         await expect(inbox).to_have_text(CONFIRM_SUBJECT)
         await expect(dash.locator("#sink-body tr")).to_contain_text(ADDRESS)
         await inbox.click()
         preview = dash.frame_locator("iframe[name=mailview]")
         button = preview.locator("a", has_text="Yes, subscribe me")
         await expect(button).to_be_visible()
+        # A preview is not the reader: no open pixel in it.
+        await expect(preview.locator(f"img[src*='{config.server.public_url}/o/']")).to_have_count(0)
         # The link is the confirmation itself (kept out of click tracking), on
         # server.public_url. A click in the preview would navigate the sandboxed frame to
         # that origin, which the dashboard's CSP (frame-src falls back to default-src 'self')
-        # refuses; so, as a mail client does, the link is opened in a browser tab. This
-        # server listens on a port-0 socket, not on public_url's port: the tab opens the
-        # link's path and query here.
+        # refuses; so, as a mail client does, the link is opened in a browser tab.
         href = await button.get_attribute("href")
         assert href is not None and href.startswith(f"{config.server.public_url}/confirm/"), href
-        link = urllib.parse.urlsplit(href)
         reader = await shopper.new_page()
         reader.set_default_timeout(WAIT_MS)
-        response = await reader.goto(
-            urllib.parse.urlunsplit(("http", f"127.0.0.1:{live.port}", link.path, link.query, ""))
-        )
+        response = await reader.goto(href)
         assert response is not None and response.status == 200
         # Opening the link confirms nothing (link scanners open every link): its page's
         # button does, and the reader may leave a first name to be greeted by.
@@ -139,6 +150,9 @@ async def test_the_demo_tour_in_chromium(
         await expect(reader.locator("h1")).to_have_text("Thanks, your address is confirmed")
         await reader.close()
         await expect(dash.locator("#events-body")).to_contain_text("Email Confirmed")
+        # Confirmed: the welcome is decided and arrives, greeting the name typed on the page.
+        await expect(inbox.filter(has_text=WELCOME_SUBJECT)).to_have_count(1)
+        await expect(inbox).to_have_count(2)
 
         # 3. Back in the shop, the same cart again: its run waits for 30 min / 60 of quiet.
         await shop.click(f"{LAMP} >> text=Add to cart")
@@ -157,7 +171,7 @@ async def test_the_demo_tour_in_chromium(
         await expect(cart_run).to_contain_text("wait_until")  # past the send step
         decided = [m["template"] for m in await live.runtime.store.mail.outbox()]
         assert "cart_reminder" in decided, f"no cart reminder for {visitor}: {decided}"
-        await expect(inbox).to_have_count(2)
+        await expect(inbox).to_have_count(3)
         reminder = inbox.filter(has_text=REMINDER_SUBJECT)
         await expect(reminder).to_have_count(1)
         reminder_row = dash.locator(
@@ -168,6 +182,39 @@ async def test_the_demo_tour_in_chromium(
         body = preview.locator("body")
         await expect(body).to_contain_text("You left a few things in your cart")
         await expect(body).to_contain_text("Brass Desk Lamp")
+        # Its links lead where they point, past the click redirect: no click is recorded.
+        back_link = preview.locator("a", has_text="Back to your cart")
+        await expect(back_link).to_have_attribute(
+            "href", re.compile(rf"^{re.escape(config.mail.brand.url)}/cart/")
+        )
+
+        # 5. The reminder's "Back to your cart", as the mail itself has it (the click
+        # redirect), in the shopper's browser: the demo shop, its cart restored.
+        sink = await live.runtime.store.mail.sunk()
+        (raw,) = [s["body"] for s in sink if REMINDER_SUBJECT.match(s["subject"])]
+        message = email.message_from_bytes(raw, policy=email.policy.default)
+        part = message.get_body(("html",))
+        assert part is not None
+        found = re.search(r'<a href="([^"]+)"[^>]*>\s*Back to your cart', part.get_content())
+        assert found is not None
+        tracked = found.group(1).replace("&amp;", "&")
+        assert tracked.startswith(f"{config.server.public_url}/c/"), tracked
+        back = await shopper.new_page()
+        back.set_default_timeout(WAIT_MS)
+        await back.goto(tracked)
+        assert back.url.startswith(f"{config.mail.brand.url}/cart/"), back.url
+        # The restoring link carries the catalog's product ids, never the shopper's ids.
+        assert visitor not in back.url and cart_id not in back.url
+        await expect(back.locator("#restored")).to_be_visible()
+        await expect(back.locator("#cart-count")).to_have_text("2")
+        await expect(back.locator("#cart-items li")).to_have_text(["Brass Desk Lamp"] * 2)
+        await back.close()
+
+        # 6. Previewing both mails recorded no open and no click of the shopper's.
+        person = f"a:{visitor}"
+        names = [e.get("event") for e in await live.runtime.store.events_of(person, limit=200)]
+        assert "Email Opened" not in names, names
+        assert names.count("Email Clicked") == 1  # the link followed in step 5
 
         ARTIFACTS.mkdir(exist_ok=True)
         await dash.screenshot(path=str(SCREENSHOT), full_page=True)
