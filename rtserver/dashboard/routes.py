@@ -142,6 +142,10 @@ class Dashboard:
     """Where a mail's click link ``/c/<token>`` leads, read without recording a click."""
     currency: str = ""
     """``mail.brand.currency``: what the funnel's revenue is in."""
+    preview: Callable[[str], str | None] = lambda template: None
+    """A template's HTML rendered with sample data (None: no such template, or it failed)."""
+    template_names: Callable[[], list[str]] = list
+    """Every template there is (``mail.templates`` and the shipped ones)."""
 
 
 templates = Jinja2Templates(directory=str(HERE / "templates" / "pages"))
@@ -280,9 +284,11 @@ async def people(request: Request) -> Response:
 async def messages(request: Request) -> Response:
     """``GET /dashboard/messages``: the templates the flows send, the outbox, the dev sink's
     inbox with its previews, and failed mail."""
-    board = cast(Dashboard, request.state.dashboard).board
-    used = templates_of(list(board.flows.values()))
-    return await _live(request, "dashboard_messages.html", "messages", templates=used)
+    dashboard = cast(Dashboard, request.state.dashboard)
+    used = templates_of(list(dashboard.board.flows.values()))
+    names = sorted(set(dashboard.template_names()) | set(used))
+    listed = [(name, used.get(name, [])) for name in names]
+    return await _live(request, "dashboard_messages.html", "messages", templates=listed)
 
 
 async def system(request: Request) -> Response:
@@ -384,6 +390,12 @@ async def mail(request: Request) -> Response:
     if part is None or part.get_content_type() != "text/html":
         escaped = content.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
         content = f"<pre>{escaped}</pre>"
+    return _framed(content, dashboard)
+
+
+def _framed(content: str, dashboard: Dashboard) -> Response:
+    """A mail's HTML for the dashboard's sandboxed iframe: inert (see :func:`_inert`), its
+    links opening in a new tab, under its own CSP sandbox."""
     content = _inert(content, dashboard.public_url.rstrip("/"), dashboard.click_target)
     # Its links open in a new tab, as a mail client opens them (not inside the dashboard).
     head = _HEAD.search(content)
@@ -395,6 +407,16 @@ async def mail(request: Request) -> Response:
         "X-Frame-Options": "SAMEORIGIN",
     }
     return HTMLResponse(content, headers=headers)
+
+
+async def preview(request: Request) -> Response:
+    """``GET /dashboard/messages/preview/<template>``: a template rendered with sample data
+    (no customer's), for the Messages tab's sandboxed iframe."""
+    dashboard: Dashboard = request.state.dashboard
+    content = dashboard.preview(request.path_params["template"])
+    if content is None:
+        return PlainTextResponse("no such template", status_code=404, headers=HEADERS)
+    return _framed(content, dashboard)
 
 
 async def forget(request: Request) -> Response:
@@ -483,6 +505,7 @@ routes = [
     Route("/dashboard/flows/{name}", flow),
     Route("/dashboard/people", people),
     Route("/dashboard/messages", messages),
+    Route("/dashboard/messages/preview/{template}", preview),
     Route("/dashboard/system", system),
     Route("/dashboard/stream", stream),
     Route("/dashboard/send-time", send_time),

@@ -125,20 +125,47 @@ async def test_people_lists_and_finds_people(tmp_path: Path) -> None:
     assert 'value="&lt;script&gt;alert(1)&lt;/script&gt;"' in nobody
 
 
-async def test_messages_lists_the_templates_the_flows_send(tmp_path: Path) -> None:
-    """Messages lists each template a workflow sends, with the workflows sending it, beside
-    the outbox and the dev sink's inbox."""
+async def test_messages_lists_every_template_with_a_preview(tmp_path: Path) -> None:
+    """Messages lists every template, each with the workflows sending it and a preview link
+    into the sandboxed frame, beside the dev sink's inbox and the outbox."""
     config = dashboard_config(tmp_path, workflow=[FLOW])
     async with run_server(config) as live, live.http() as client:
         await login(client)
         page = (await client.get("/dashboard/messages")).text
     table = page[page.index('id="templates"') : page.index("</table>", page.index("templates"))]
-    assert re.findall(r'<td data-label="template">(\w+)</td>', table) == [
-        "cart_reminder",
-        "cart_reminder_2",
-    ]
+    names = re.findall(r'<td data-label="template">(\w+)</td>', table)
+    assert {"cart_reminder", "cart_reminder_2", "welcome", "confirm"} <= set(names)
+    assert names == sorted(names)
     assert table.count('<a href="/dashboard/flows/cart">cart</a>') == 2
+    assert table.count('target="mailview" class="preview">preview</a>') == len(names)
+    assert 'href="/dashboard/messages/preview/cart_reminder"' in table
     assert 'id="mail-body"' in page and 'id="sink-body"' in page
+    assert '<iframe class="mail" name="mailview"' in page
+
+
+async def test_a_template_preview_renders_sample_data_inert(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A template's preview is rendered with the sample person (no customer's), with no open
+    pixel and its links leading where they point, served for a sandboxed frame; an unknown
+    template, or one that fails to render, is a 404 (the failure logged)."""
+    templates = tmp_path / "templates" / "email"
+    templates.mkdir(parents=True)
+    (templates / "broken.html").write_text("{% block subject %}Hi{% endblock %}{{ person.x.y }}")
+    (templates / "broken.txt").write_text("Hi")
+    config = dashboard_config(tmp_path, mail={"templates": str(tmp_path / "templates")})
+    async with run_server(config) as live, live.http() as client:
+        await login(client)
+        shown = await client.get("/dashboard/messages/preview/cart_reminder")
+        unknown = await client.get("/dashboard/messages/preview/nope")
+        broken = await client.get("/dashboard/messages/preview/broken")
+        public = live.config.server.public_url.rstrip("/")
+    assert shown.status_code == 200 and "Ada" in shown.text
+    assert shown.headers["content-security-policy"].startswith("sandbox ")
+    assert f"{public}/o/" not in shown.text and f"{public}/c/" not in shown.text
+    assert '<base target="_blank">' in shown.text
+    assert unknown.status_code == 404 and broken.status_code == 404
+    assert "the preview of broken failed" in caplog.text
 
 
 def _store_counts(path: str) -> dict[str, Any]:
