@@ -228,7 +228,7 @@ async def test_every_tab_fits_a_desktop_and_a_phone(browser: Browser, tmp_path: 
     """Every tab (and a flow's, a person's and the send-time page) at 1440×900, 390×844 and
     360×740, with a mail sent and the live events in: nothing wider than the window (no
     horizontal scrolling), the current tab marked, the tabs reached with the keyboard, and the
-    pages that show live figures live."""
+    pages that show live figures live (a flow's counts at each step follow the stream)."""
     clock = FakeClock()
     dialogs: list[str] = []
     async with run_server(dashboard_config(tmp_path), clock=clock) as live:
@@ -239,6 +239,15 @@ async def test_every_tab_fits_a_desktop_and_a_phone(browser: Browser, tmp_path: 
             await send_batch(ws, [added])
         await advance(live, clock, 1800)
         await sent(live)
+        # A flow's page follows the stream: a second cart shows up at its first step.
+        await page.goto(f"{live.http_url}/dashboard/flows/cart")
+        first = page.locator('#flow-steps li[data-step="0"]')
+        await expect(first.locator('[data-k="entered"]')).to_have_text("1")
+        async with live.ws(origin=ORIGIN) as ws:
+            await send_batch(ws, [tracked("ann", "Product Added", cart_id="cart-8")])
+        await expect(first.locator('[data-k="entered"]')).to_have_text("2")
+        await expect(first.locator('[data-k="waiting"]')).to_have_text("1")
+        await expect(page.locator("#flow-open")).to_have_text("1")
         for viewport in VIEWPORTS:
             await page.set_viewport_size(viewport)
             for path in TAB_PATHS:
