@@ -4,8 +4,9 @@ parts' counters: a full snapshot, or an update holding only what changed.
 :meth:`Board.compose` is the hub's ``compose``: the counters, the events/s point and the alerts
 are in every update (they are in memory); the newest events come from what the commits noted;
 timers, runs and mail are read again only when a commit (or the sender) changed them; the
-latency percentiles, the funnel and the send-time panel, which read more, only after something
-changed and then at most every ``LATENCY_EVERY_S``, ``FUNNEL_EVERY_S`` and ``SEND_TIME_EVERY_S``
+latency percentiles, the funnel, the send-time panel and the flows' step counts, which read more,
+only after something changed and then at most every ``LATENCY_EVERY_S``, ``FUNNEL_EVERY_S``,
+``SEND_TIME_EVERY_S`` and ``FLOWS_EVERY_S``
 (a snapshot always has them); the funnel also at once when the outbox changed, so that its
 "mailed" never contradicts the outbox beside it, and with the time it was composed
 (``funnel_at``: the page says "as of").
@@ -61,9 +62,10 @@ ALERTS_EVERY_S = 5.0
 CONSISTENCY_EVERY_S = 60.0
 """How often the alert rules look for broken invariants in the store (a scan of the runs)."""
 FUNNEL_DAYS = 30
-FLOWS_EVERY_S = 5.0
+FLOWS_EVERY_S = 10.0
 """The flows panel (each workflow's counts at each step) reads the newest ``FLOW_ROWS`` runs,
-decided steps and mails."""
+decided steps and mails: 45 ms on a store of 10k runs, 277 ms on one of 200k (their sort),
+so at most once per 10 s (bench/RESULTS.md)."""
 FLOW_ROWS = 5000
 FLOW_RUN_ROWS = 20
 """Recent runs shown on a flow's page."""
