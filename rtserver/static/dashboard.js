@@ -86,6 +86,16 @@
       fragment.appendChild(tr);
     }
     body.replaceChildren(fragment);
+    var table = body.closest('table.stack');  // stacked on a phone: each cell labelled
+    if (!table) return;
+    var heads = table.querySelectorAll('thead th');
+    var trs = body.children;
+    for (var r = 0; r < trs.length; r++) {
+      for (var c = 0; c < trs[r].children.length && c < heads.length; c++) {
+        var td = trs[r].children[c];
+        if (!td.classList.contains('empty')) td.dataset.label = heads[c].textContent;
+      }
+    }
   }
 
   function list(id, items, text, empty) {

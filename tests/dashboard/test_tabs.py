@@ -115,7 +115,7 @@ async def test_people_lists_and_finds_people(tmp_path: Path) -> None:
         by_id = (await client.get("/dashboard/people", params={"q": "u:ann"})).text
         by_anon = (await client.get("/dashboard/people", params={"q": "anon-b"})).text
         nobody = (await client.get("/dashboard/people", params={"q": XSS})).text
-    rows = re.findall(r'<tr><td><a href="/dashboard/person/([^"]+)">', listed)
+    rows = re.findall(r'<tr><td data-label="person"><a href="/dashboard/person/([^"]+)">', listed)
     assert [urllib.parse.unquote(r) for r in rows] == ["a:anon-z", "u:bob", "u:ann"]
     assert "ann@example.com" in listed
     for found in (by_user, by_id):
@@ -283,8 +283,9 @@ async def test_a_flow_page_counts_what_the_store_holds(tmp_path: Path) -> None:
     # The arms: the mailed runs and the holdout, with the lift below them.
     arms = page[page.index('id="flow-funnel-body"') :]
     arms = arms[: arms.index("</tbody>")]
-    assert re.findall(r"<tr><td>(\w+(?: \w+)?)</td>", arms) == ["all", "holdout", "vs holdout"]
-    assert page.count('<td><a href="/dashboard/person/') == 8  # its recent runs
+    shown = re.findall(r'<tr><td data-label="arm">(\w+(?: \w+)?)</td>', arms)
+    assert shown == ["all", "holdout", "vs holdout"]
+    assert page.count('<td data-label="person"><a href="/dashboard/person/') == 8  # its runs
 
     row = listing[listing.index('<tr data-flow="cart">') :]
     row = row[: row.index("</tr>")]
