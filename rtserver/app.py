@@ -37,7 +37,7 @@ from rtserver import __version__
 from rtserver.clock import Clock, Monotonic
 from rtserver.config import Config
 from rtserver.dashboard import Auth, Dashboard, Metrics, RequireLogin, metrics, routes as dashboard
-from rtserver.errors import StoreError
+from rtserver.errors import MailError, StoreError
 from rtserver.ingest import (
     CORS_OPTIONS,
     Budgets,
@@ -53,7 +53,7 @@ from rtserver.ingest import (
     webhooks,
     woocommerce,
 )
-from rtserver.mail import Fetch, Links, Sns, click_target, links
+from rtserver.mail import SAMPLE, Fetch, Links, Mailer, Sns, click_target, links
 from rtserver.model import Product
 from rtserver.runtime import Runtime, Supervisor, check_public_url, load_rules, start
 from rtserver.tools import Shop, demo
@@ -75,6 +75,20 @@ class State(TypedDict):
     """Also read by :class:`~rtserver.dashboard.auth.RequireLogin`."""
     metrics: Metrics
     shop: Shop
+
+
+def sample_preview(mailer: Mailer, template: str) -> str | None:
+    """A template's HTML rendered with the sample data ``rtserver check`` renders it with, for
+    the dashboard's Messages tab; None when there is no such template or it fails to render."""
+    if template not in mailer.names():
+        return None
+    try:
+        part = mailer.render_mail(template, SAMPLE).get_body(("html",))
+    except MailError as exc:
+        logger.warning("dashboard: the preview of %s failed: %s", template, exc)
+        return None
+    assert part is not None  # every template has its .html (the mailer renders both parts)
+    return str(part.get_content())
 
 
 async def healthz(request: Request) -> JSONResponse:
@@ -178,6 +192,8 @@ def create_app(
                     clock,
                     functools.partial(click_target, runtime.tokens, runtime.mailer.hosts),
                     config.mail.brand.currency,
+                    functools.partial(sample_preview, runtime.mailer),
+                    runtime.mailer.names,
                 ),
                 auth=auth,
                 metrics=Metrics(

@@ -31,7 +31,17 @@ from typing import Any
 from rtserver.catalog import Feeds, Triggers
 from rtserver.clock import Clock, Monotonic
 from rtserver.config import Config, Keys, MailConfig
-from rtserver.dashboard import Alerts, Auth, Board, Histogram, Hub, Readings, resolve_auth
+from rtserver.dashboard import (
+    Alerts,
+    Auth,
+    Board,
+    Flow,
+    FlowStep,
+    Histogram,
+    Hub,
+    Readings,
+    resolve_auth,
+)
 from rtserver.engine import (
     Engine,
     Pipeline,
@@ -104,6 +114,41 @@ polling sources or the catalog, then the pipeline (the lifespan has drained it),
 
 SYSTEM_TEMPLATES = ("confirm", "test")
 """Templates rtserver sends by itself: the double opt-in confirmation and the test mail."""
+
+
+def _flows(rules: Workflows) -> list[Flow]:
+    """Each compiled workflow as the dashboard's Flows tab draws it (the dashboard may not
+    import the engine)."""
+
+    def source(condition: Any) -> str | None:
+        return None if condition is None else str(condition.source)
+
+    return [
+        Flow(
+            name=workflow.name,
+            trigger=workflow.trigger,
+            steps=tuple(
+                FlowStep(
+                    kind=step.kind,
+                    arms=tuple((v.name, v.weight, v.value) for v in step.variants),
+                    when=source(step.when),
+                    exit_if=source(step.exit_if),
+                    where=source(step.where),
+                    timeout=step.timeout,
+                    send_time=step.send_time,
+                    selection=step.selection,
+                )
+                for step in workflow.steps
+            ),
+            where=source(workflow.where),
+            run_key=workflow.run_key,
+            exit_on=tuple(sorted(workflow.exit_on)),
+            holdout=workflow.holdout,
+            paused=workflow.paused,
+            transactional=workflow.transactional,
+        )
+        for workflow in rules.items
+    ]
 
 
 def _make_engine(config: Config, rules: Workflows, store: Store) -> Engine:
@@ -501,6 +546,7 @@ async def start(
                 key: (tuple(v.name for v in step.variants), step.goal)
                 for key, step in rules.bandits.items()
             },
+            flows=_flows(rules),
         )
         hub = Hub(
             board.compose,

@@ -9,6 +9,7 @@ from rtserver.dashboard import metrics, routes
 from rtserver.dashboard.alerts import Alerts
 from rtserver.dashboard.auth import Auth, RequireLogin, resolve_auth
 from rtserver.dashboard.board import Board
+from rtserver.dashboard.flows import Flow, FlowStep
 from rtserver.dashboard.hub import Hub
 from rtserver.dashboard.latency import Histogram
 from rtserver.dashboard.metrics import Metrics
@@ -20,6 +21,8 @@ __all__ = [
     "Auth",
     "Board",
     "Dashboard",
+    "Flow",
+    "FlowStep",
     "Histogram",
     "Hub",
     "Metrics",

@@ -4,8 +4,9 @@ parts' counters: a full snapshot, or an update holding only what changed.
 :meth:`Board.compose` is the hub's ``compose``: the counters, the events/s point and the alerts
 are in every update (they are in memory); the newest events come from what the commits noted;
 timers, runs and mail are read again only when a commit (or the sender) changed them; the
-latency percentiles, the funnel and the send-time panel, which read more, only after something
-changed and then at most every ``LATENCY_EVERY_S``, ``FUNNEL_EVERY_S`` and ``SEND_TIME_EVERY_S``
+latency percentiles, the funnel, the send-time panel and the flows' step counts, which read more,
+only after something changed and then at most every ``LATENCY_EVERY_S``, ``FUNNEL_EVERY_S``,
+``SEND_TIME_EVERY_S`` and ``FLOWS_EVERY_S``
 (a snapshot always has them); the funnel also at once when the outbox changed, so that its
 "mailed" never contradicts the outbox beside it, and with the time it was composed
 (``funnel_at``: the page says "as of").
@@ -30,6 +31,7 @@ from rtserver.clock import Clock, Monotonic
 from rtserver.config import DashboardConfig
 from rtserver.dashboard.alerts import Alerts, Sample
 from rtserver.dashboard.experiments import bandit_panels, heatmap, timed_comparison
+from rtserver.dashboard.flows import Flow, step_counts
 from rtserver.dashboard.funnel import Order, RunRow, funnel
 from rtserver.dashboard.hub import Changed
 from rtserver.dashboard.latency import Histogram, percentile
@@ -60,6 +62,13 @@ ALERTS_EVERY_S = 5.0
 CONSISTENCY_EVERY_S = 60.0
 """How often the alert rules look for broken invariants in the store (a scan of the runs)."""
 FUNNEL_DAYS = 30
+FLOWS_EVERY_S = 10.0
+"""The flows panel (each workflow's counts at each step) reads the newest ``FLOW_ROWS`` runs,
+decided steps and mails: 45 ms on a store of 10k runs, 277 ms on one of 200k (their sort),
+so at most once per 10 s (bench/RESULTS.md)."""
+FLOW_ROWS = 5000
+FLOW_RUN_ROWS = 20
+"""Recent runs shown on a flow's page."""
 PROPS_CHARS = 300
 """An event's properties are shown as JSON text cut to this length."""
 
@@ -129,8 +138,11 @@ class Board:
         clock: Clock,
         monotonic: Monotonic = time.monotonic,
         bandits: Mapping[tuple[str, int], tuple[Sequence[str], str]] | None = None,
+        flows: Sequence[Flow] = (),
     ) -> None:
         self.store = store
+        self.flows = {flow.name: flow for flow in flows}
+        """Each compiled workflow by name, as the Flows tab draws it (config order)."""
         self.bandits = bandits or {}
         """(workflow, step index) → (variant names, goal) of each ``selection = "bandit"``."""
         self.readings = readings
@@ -144,7 +156,7 @@ class Board:
         self.open_window_s = dashboard.open_window
         self.rates: deque[tuple[float, float]] = deque(maxlen=RATE_POINTS)
         self._mark = (monotonic(), readings.commits()["stored"])
-        self._stale = {"latency": True, "funnel": True, "send_time": True}
+        self._stale = {"latency": True, "funnel": True, "send_time": True, "flows": True}
         """Whether something changed since each slow panel was last composed."""
         self._composed_at = dict.fromkeys(self._stale, -math.inf)
         self._consistency: tuple[float, dict[str, int]] = (-math.inf, {})
@@ -203,6 +215,7 @@ class Board:
             ("latency", LATENCY_EVERY_S, self.latencies),
             ("funnel", FUNNEL_EVERY_S, self.funnel),
             ("send_time", SEND_TIME_EVERY_S, self.send_time),
+            ("flows", FLOWS_EVERY_S, self.flow_counts),
         ):
             due = now - self._composed_at[panel] >= every_s
             if panel == "funnel" and changed is not None and changed.mail:
@@ -310,6 +323,40 @@ class Board:
             "comparison": timed_comparison(await experiments.timed_sends(since)),
             "bandits": panels,
             "days": FUNNEL_DAYS,
+        }
+
+    async def _flow_rows(self) -> tuple[list[Any], list[Any], list[Any], bool]:
+        """The newest ``FLOW_ROWS`` runs, decided steps and mails, and whether any of the
+        three reads reached its limit (then the counts are of the newest rows only)."""
+        store = self.store
+        runs = await store.runs(None, FLOW_ROWS)
+        decided = await store.steps(None, FLOW_ROWS)
+        mails = await store.mail.outbox(limit=FLOW_ROWS)
+        partial = FLOW_ROWS in (len(runs), len(decided), len(mails))
+        return runs, decided, mails, partial
+
+    async def flow_counts(self) -> dict[str, Any]:
+        """Each workflow's counts at each step (see flows.py), and whether they are partial."""
+        runs, decided, mails, partial = await self._flow_rows()
+        counts = {
+            name: step_counts(flow, runs, decided, mails) for name, flow in self.flows.items()
+        }
+        return {"partial": partial, "rows": FLOW_ROWS, "counts": counts}
+
+    async def flow(self, name: str) -> dict[str, Any] | None:
+        """One workflow's page: its definition, counts at each step and newest runs; None when
+        no workflow has that name."""
+        flow = self.flows.get(name)
+        if flow is None:
+            return None
+        runs, decided, mails, partial = await self._flow_rows()
+        own = [run for run in runs if run["workflow"] == name]
+        return {
+            "flow": flow,
+            "counts": step_counts(flow, own, decided, mails),
+            "partial": partial,
+            "rows": FLOW_ROWS,
+            "runs": own[:FLOW_RUN_ROWS],
         }
 
     async def person(self, person_id: str, limit: int) -> dict[str, Any] | None:

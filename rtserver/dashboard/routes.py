@@ -1,5 +1,6 @@
-"""The dashboard's routes: the live page, its SSE stream, a person's timeline, the send-time
-page, the dev sink's mails, login and logout. Every route but the login sits behind
+"""The dashboard's routes: its tabs (Overview, Flows and each flow, People, Messages, System),
+their shared SSE stream, a person's timeline, the send-time page (under Flows), the dev sink's
+mails, login and logout. Every route but the login sits behind
 :class:`~rtserver.dashboard.auth.RequireLogin`.
 
 The page is rendered on the server (Jinja2, autoescaped) from a snapshot and then kept live by
@@ -38,6 +39,7 @@ from starlette.templating import Jinja2Templates
 from rtserver.clock import Clock
 from rtserver.dashboard.auth import Auth, Session
 from rtserver.dashboard.board import Board
+from rtserver.dashboard.flows import templates_of
 from rtserver.dashboard.hub import Hub, HubClosed, TooManyViewers
 from rtserver.store import Store
 
@@ -140,6 +142,10 @@ class Dashboard:
     """Where a mail's click link ``/c/<token>`` leads, read without recording a click."""
     currency: str = ""
     """``mail.brand.currency``: what the funnel's revenue is in."""
+    preview: Callable[[str], str | None] = lambda template: None
+    """A template's HTML rendered with sample data (None: no such template, or it failed)."""
+    template_names: Callable[[], list[str]] = list
+    """Every template there is (``mail.templates`` and the shipped ones)."""
 
 
 templates = Jinja2Templates(directory=str(HERE / "templates" / "pages"))
@@ -188,19 +194,107 @@ def _next_path(value: str | None) -> str:
     return "/dashboard"
 
 
-async def page(request: Request) -> Response:
-    """``GET /dashboard``: the live page, rendered from a snapshot."""
+TABS = (
+    ("overview", "/dashboard", "Overview"),
+    ("flows", "/dashboard/flows", "Flows"),
+    ("people", "/dashboard/people", "People"),
+    ("messages", "/dashboard/messages", "Messages"),
+    ("system", "/dashboard/system", "System"),
+)
+"""The dashboard's tabs: (key, path, label); every page but the login names its tab."""
+templates.env.globals["TABS"] = TABS
+PEOPLE_ROWS = 50
+"""People listed on the People tab: those of the newest events, newest first."""
+PEOPLE_EVENTS = 500
+MAX_QUERY_CHARS = 200
+
+
+async def _live(request: Request, name: str, tab: str, **context: Any) -> Response:
+    """A tab kept live by ``static/dashboard.js``: rendered from a snapshot of the stream, whose
+    id the page's stream resumes from (every tab shares the one stream)."""
     dashboard = cast(Dashboard, request.state.dashboard)
     since, data = await dashboard.hub.snapshot()
     session: Session = request.state.session
     return _render(
         request,
-        "dashboard.html",
+        name,
         data=data,
         since=since,
         csrf=session.csrf,
         currency=dashboard.currency,
+        tab=tab,
+        live=True,
+        **context,
     )
+
+
+async def page(request: Request) -> Response:
+    """``GET /dashboard``: the Overview tab (the funnel, events/s and the live feed)."""
+    return await _live(request, "dashboard.html", "overview")
+
+
+async def flows(request: Request) -> Response:
+    """``GET /dashboard/flows``: each workflow with its live counts, open runs and timers."""
+    board = cast(Dashboard, request.state.dashboard).board
+    return await _live(request, "dashboard_flows.html", "flows", flows=list(board.flows.values()))
+
+
+async def flow(request: Request) -> Response:
+    """``GET /dashboard/flows/<name>``: one workflow drawn from its compiled definition, with
+    the counts at each step, its arms and holdout, and its newest runs."""
+    board = cast(Dashboard, request.state.dashboard).board
+    view = await board.flow(request.path_params["name"])
+    if view is None:
+        session: Session = request.state.session
+        return _render(
+            request,
+            "dashboard_flow.html",
+            404,
+            view=None,
+            unknown=request.path_params["name"],
+            csrf=session.csrf,
+            tab="flows",
+        )
+    return await _live(request, "dashboard_flow.html", "flows", view=view)
+
+
+async def people(request: Request) -> Response:
+    """``GET /dashboard/people``: the people of the newest events, or those a search finds
+    (a person id, a user id, an anonymous id: each an indexed lookup)."""
+    dashboard = cast(Dashboard, request.state.dashboard)
+    store = dashboard.store
+    query = request.query_params.get("q", "").strip()[:MAX_QUERY_CHARS]
+    if query:
+        linked = await store.person_of(query)
+        candidates = [query, f"u:{query}", f"a:{query}", *([linked] if linked else [])]
+    else:
+        events = await store.recent_events(PEOPLE_EVENTS)
+        candidates = [row["person_id"] for row in events]
+    found: list[dict[str, Any]] = []
+    for person_id in list(dict.fromkeys(candidates))[:PEOPLE_ROWS]:
+        profile = await store.profile(person_id)
+        if profile is not None or not query:
+            found.append({"person_id": person_id, "profile": profile})
+    session: Session = request.state.session
+    return _render(
+        request, "dashboard_people.html", people=found, query=query, csrf=session.csrf, tab="people"
+    )
+
+
+async def messages(request: Request) -> Response:
+    """``GET /dashboard/messages``: the templates the flows send, the outbox, the dev sink's
+    inbox with its previews, and failed mail."""
+    dashboard = cast(Dashboard, request.state.dashboard)
+    used = templates_of(list(dashboard.board.flows.values()))
+    names = sorted(set(dashboard.template_names()) | set(used))
+    listed = [(name, used.get(name, [])) for name in names]
+    return await _live(request, "dashboard_messages.html", "messages", templates=listed)
+
+
+async def system(request: Request) -> Response:
+    """``GET /dashboard/system``: the operator's figures (queue, commits, viewers, latency,
+    alerts, webhooks, polling sources)."""
+    return await _live(request, "dashboard_system.html", "system")
 
 
 async def stream(request: Request) -> Response:
@@ -236,11 +330,22 @@ async def person(request: Request) -> Response:
     if view is None:
         status = 404 if erased is None else 200
         return _render(
-            request, "dashboard_person.html", status, person_id=person_id, view=None, erased=erased
+            request,
+            "dashboard_person.html",
+            status,
+            person_id=person_id,
+            view=None,
+            erased=erased,
+            tab="people",
         )
     session: Session = request.state.session
     return _render(
-        request, "dashboard_person.html", person_id=person_id, view=view, csrf=session.csrf
+        request,
+        "dashboard_person.html",
+        person_id=person_id,
+        view=view,
+        csrf=session.csrf,
+        tab="people",
     )
 
 
@@ -250,7 +355,9 @@ async def send_time(request: Request) -> Response:
     board = cast(Dashboard, request.state.dashboard).board
     session: Session = request.state.session
     view = await board.send_time()
-    return _render(request, "dashboard_send_time.html", view=view, csrf=session.csrf)
+    return _render(
+        request, "dashboard_send_time.html", view=view, csrf=session.csrf, tab="flows", live=True
+    )
 
 
 def _inert(html: str, public_url: str, target: Callable[[str], str | None]) -> str:
@@ -283,6 +390,12 @@ async def mail(request: Request) -> Response:
     if part is None or part.get_content_type() != "text/html":
         escaped = content.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
         content = f"<pre>{escaped}</pre>"
+    return _framed(content, dashboard)
+
+
+def _framed(content: str, dashboard: Dashboard) -> Response:
+    """A mail's HTML for the dashboard's sandboxed iframe: inert (see :func:`_inert`), its
+    links opening in a new tab, under its own CSP sandbox."""
     content = _inert(content, dashboard.public_url.rstrip("/"), dashboard.click_target)
     # Its links open in a new tab, as a mail client opens them (not inside the dashboard).
     head = _HEAD.search(content)
@@ -294,6 +407,16 @@ async def mail(request: Request) -> Response:
         "X-Frame-Options": "SAMEORIGIN",
     }
     return HTMLResponse(content, headers=headers)
+
+
+async def preview(request: Request) -> Response:
+    """``GET /dashboard/messages/preview/<template>``: a template rendered with sample data
+    (no customer's), for the Messages tab's sandboxed iframe."""
+    dashboard: Dashboard = request.state.dashboard
+    content = dashboard.preview(request.path_params["template"])
+    if content is None:
+        return PlainTextResponse("no such template", status_code=404, headers=HEADERS)
+    return _framed(content, dashboard)
 
 
 async def forget(request: Request) -> Response:
@@ -378,6 +501,12 @@ async def logout(request: Request) -> Response:
 
 routes = [
     Route("/dashboard", page),
+    Route("/dashboard/flows", flows),
+    Route("/dashboard/flows/{name}", flow),
+    Route("/dashboard/people", people),
+    Route("/dashboard/messages", messages),
+    Route("/dashboard/messages/preview/{template}", preview),
+    Route("/dashboard/system", system),
     Route("/dashboard/stream", stream),
     Route("/dashboard/send-time", send_time),
     Route("/dashboard/person/{person_id:path}/forget", forget, methods=["POST"]),

@@ -10,7 +10,7 @@ from rtserver.mail.contexts import Contexts
 from rtserver.mail.feedback import Feedback, parse_feedback
 from rtserver.mail.links import Links, click_target, pages
 from rtserver.mail.providers import mailgun, postmark, sendgrid
-from rtserver.mail.render import MailContext, Mailer, check_address
+from rtserver.mail.render import SAMPLE, MailContext, Mailer, check_address
 from rtserver.mail.sender import Sender, retry_delay, wake_on
 from rtserver.mail.ses import (
     Fetch,
@@ -26,6 +26,7 @@ from rtserver.mail.tokens import Tokens
 from rtserver.mail.transport import mail_transport
 
 __all__ = [
+    "SAMPLE",
     "Contexts",
     "Feedback",
     "Fetch",

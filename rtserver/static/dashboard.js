@@ -1,6 +1,8 @@
 // The rtserver dashboard: applies the page's snapshot, then the batched updates of
-// GET /dashboard/stream (Server-Sent Events). Event data comes from shoppers' browsers, so it is
-// only ever put in the page as text (textContent), never as HTML.
+// GET /dashboard/stream (Server-Sent Events). Every tab (Overview, Flows, a flow, Messages,
+// System) loads this script and follows the same stream; each panel is applied where its
+// elements are on the page. Event data comes from shoppers' browsers, so it is only ever put in
+// the page as text (textContent), never as HTML.
 (function () {
   'use strict';
 
@@ -84,6 +86,16 @@
       fragment.appendChild(tr);
     }
     body.replaceChildren(fragment);
+    var table = body.closest('table.stack');  // stacked on a phone: each cell labelled
+    if (!table) return;
+    var heads = table.querySelectorAll('thead th');
+    var trs = body.children;
+    for (var r = 0; r < trs.length; r++) {
+      for (var c = 0; c < trs[r].children.length && c < heads.length; c++) {
+        var td = trs[r].children[c];
+        if (!td.classList.contains('empty')) td.dataset.label = heads[c].textContent;
+      }
+    }
   }
 
   function list(id, items, text, empty) {
@@ -119,6 +131,7 @@
   }
 
   function renderFeed() {
+    if (!$('events-body')) return;
     var name = ($('filter-name').value || '').toLowerCase();
     var person = ($('filter-person').value || '').toLowerCase();
     var shown = state.feed.filter(function (e) {
@@ -137,12 +150,12 @@
     if (reset) state.rates = [[], []];
     points.forEach(function (p) { state.rates[0].push(p[0]); state.rates[1].push(p[1]); });
     while (state.rates[0].length > RATE_MAX) { state.rates[0].shift(); state.rates[1].shift(); }
-    if (points.length) $('c-rate').textContent = points[points.length - 1][1];
-    if (!window.uPlot) return;
+    if (points.length && $('c-rate')) $('c-rate').textContent = points[points.length - 1][1];
+    if (!window.uPlot || !$('chart')) return;
     if (!state.chart) {
       var target = $('chart');
       state.chart = new window.uPlot({
-        width: Math.max(300, target.clientWidth - 10), height: 200,
+        width: Math.max(200, target.clientWidth - 10), height: 200,
         series: [{}, { label: 'events/s', stroke: '#4f46e5', fill: 'rgba(79,70,229,0.12)',
                        width: 2 }],
         axes: [{}, { label: 'events/s' }],
@@ -176,7 +189,10 @@
     var active = Object.keys(runs.active).sort().map(function (wf) {
       return wf + ': ' + runs.active[wf];
     });
-    $('runs-active').textContent = active.length ? active.join(' ') : 'no open runs';
+    if ($('runs-active')) {
+      $('runs-active').textContent = active.length ? active.join(' ') : 'no open runs';
+    }
+    flowCells('open', function (flow) { return runs.active[flow] || 0; });
     fill('runs-body', runs.rows, function (r) {
       return [cell(r.workflow), personCell(r.person_id), cell(r.key),
               cell(r.step + ' ' + r.step_kind + (r.note ? ' (' + r.note + ')' : '')),
@@ -252,6 +268,81 @@
     }, 'no runs yet');
   }
 
+  // --- the Flows tab and a flow's page --------------------------------------------------------
+
+  // The cells of each workflow's row on the Flows tab: <tr data-flow=NAME><td data-k=KEY>.
+  function flowCells(key, value) {
+    var rows = document.querySelectorAll('#flows-body tr[data-flow]');
+    for (var i = 0; i < rows.length; i++) {
+      var td = rows[i].querySelector('[data-k="' + key + '"]');
+      if (td) td.textContent = value(rows[i].dataset.flow);
+    }
+  }
+
+  function applyFlowFunnel(rows) {
+    ['entered', 'mailed', 'clicked', 'converted', 'revenue'].forEach(function (key) {
+      flowCells(key, function (flow) {
+        var total = 0;
+        rows.forEach(function (r) {
+          if (r.workflow === flow && r.arm !== 'holdout' && r.arm !== 'lift') total += r[key];
+        });
+        return key === 'revenue' ? money(total) : total;
+      });
+    });
+    var flow = document.body.dataset.flow;
+    if (!flow || !$('flow-funnel-body')) return;
+    fill('flow-funnel-body', rows.filter(function (r) { return r.workflow === flow; }),
+      function (r) {
+        if (r.arm === 'lift') {
+          var td = cell('conversion ' + percent(r.rate) + ' vs ' + percent(r.holdout_rate) +
+                        ' · p ' + (r.p === null ? '–' : r.p) + ' · ' + r.verdict,
+                        'sig ' + r.verdict.replace(/ /g, '-'));
+          td.colSpan = 8;
+          return [cell('vs holdout'), td];
+        }
+        return [cell(r.arm), cell(r.entered), cell(r.mailed), cell(r.opened), cell(r.clicked),
+                cell(r.converted), cell(percent(r.conversion)), cell(money(r.revenue)),
+                cell(money(r.verified_revenue))];
+      }, 'no runs in the last 30 days');
+  }
+
+  function percent(value) {  // as the page's `percent` filter
+    return value === null || value === undefined ? '–' : (value * 100).toFixed(1) + '%';
+  }
+
+  function reasons(ul, key, items) {
+    var fragment = document.createDocumentFragment();
+    items.forEach(function (item) {
+      var li = document.createElement('li');
+      li.textContent = key + ': ' + item[0] + ' · ' + item[1];
+      fragment.appendChild(li);
+    });
+    ul.replaceChildren(fragment);
+  }
+
+  // A flow's page: the counts at each step (<li data-step=I> with [data-k=KEY] inside).
+  function applyFlows(flows) {
+    var counts = flows.counts[document.body.dataset.flow];
+    if (!counts || !$('flow-steps')) return;
+    ['runs', 'open', 'completed'].forEach(function (key) {
+      var el = $('flow-' + key);
+      if (el) el.textContent = counts[key];
+    });
+    var nodes = document.querySelectorAll('#flow-steps li[data-step]');
+    for (var i = 0; i < nodes.length; i++) {
+      var n = counts.steps[Number(nodes[i].dataset.step)];
+      if (!n) continue;
+      ['entered', 'waiting', 'sent', 'done'].forEach(function (key) {
+        var el = nodes[i].querySelector('[data-k="' + key + '"]');
+        if (el) el.textContent = n[key];
+      });
+      ['skipped', 'exited'].forEach(function (key) {
+        var ul = nodes[i].querySelector('ul[data-k="' + key + '"]');
+        if (ul) reasons(ul, key, n[key]);
+      });
+    }
+  }
+
   function applyLatency(latency) {
     var labels = [['decision', 'event → decision (ack), since start'],
                   ['decision_recent', 'event → decision (ack), recent'],
@@ -272,6 +363,7 @@
   }
 
   function applyAlerts(alerts) {
+    if (!$('alerts')) return;
     list('alerts', alerts.active, function (a) { return a.alert + ': ' + a.message; }, 'none');
     var items = $('alerts').children;
     for (var i = 0; i < items.length && alerts.active.length; i++) items[i].className = 'alert';
@@ -289,6 +381,8 @@
     if (data.runs) applyRuns(data.runs);
     if (data.mail) applyMail(data.mail);
     if (data.funnel) applyFunnel(data.funnel);
+    if (data.funnel) applyFlowFunnel(data.funnel);
+    if (data.flows) applyFlows(data.flows);
     if (data.funnel_at && $('funnel-at')) $('funnel-at').textContent = stamp(data.funnel_at);
     if (data.latency) applyLatency(data.latency);
     if (data.alerts) applyAlerts(data.alerts);
@@ -299,6 +393,7 @@
 
   function live(on, text) {
     var el = $('live');
+    if (!el) return;
     el.className = on ? 'on' : 'off';
     el.textContent = text;
   }
@@ -330,7 +425,7 @@
   }
 
   apply(JSON.parse($('snapshot').textContent), true);
-  $('filter-name').addEventListener('input', renderFeed);
-  $('filter-person').addEventListener('input', renderFeed);
+  if ($('filter-name')) $('filter-name').addEventListener('input', renderFeed);
+  if ($('filter-person')) $('filter-person').addEventListener('input', renderFeed);
   connect();
 })();

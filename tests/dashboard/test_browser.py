@@ -23,7 +23,15 @@ from tests.support.dashboard import (  # noqa: F401 (sse_exit_flag_reset is auto
     sse_exit_flag_reset,
 )
 from tests.support.events import event, shopper, tracked
-from tests.support.server import ORIGIN, TIMEOUT_UNIT, FakeClock, advance, run_server, send_batch
+from tests.support.server import (
+    ORIGIN,
+    TIMEOUT_UNIT,
+    FakeClock,
+    advance,
+    run_server,
+    send_batch,
+    sent,
+)
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser, Dialog, Page
@@ -74,12 +82,33 @@ async def test_dashboard_live_in_chromium(browser: Browser, tmp_path: Path) -> N
         await expect(feed).to_contain_text(XSS)  # shown as text...
         await expect(feed).to_contain_text(IMG_XSS)
         assert await page.locator("#events-body script, #events-body img").count() == 0
+
+        # Flows: the cart's timer pending and its run waiting, then gone once the mail went.
+        await page.click("#tab-flows")
+        await expect(page.locator("#tab-flows")).to_have_attribute("aria-current", "page")
+        await expect(page.locator("#live")).to_have_text("live")
         await expect(page.locator("#timers-body")).to_contain_text("cart-7")
         await expect(page.locator("#runs-body")).to_contain_text("wait_inactive")
-
+        await expect(page.locator('#flows-body tr[data-flow="cart"] [data-k="open"]')).to_have_text(
+            "1"
+        )
         await advance(live, clock, 1800)
+        await expect(page.locator("#timers-body")).to_contain_text("no timers pending")
+        await expect(
+            page.locator('#flows-body tr[data-flow="cart"] [data-k="mailed"]')
+        ).to_have_text("1")  # live, from the funnel's update
+
+        # Messages: the outbox counts it sent, the sink's inbox has it, the preview shows it.
+        await page.click("#tab-messages")
         await expect(page.locator("#mail-sent")).to_have_text("1")
-        # The funnel beside it agrees at once (mailed 1), and says as of when.
+        sink = page.locator("#sink-body a")
+        await expect(sink).to_have_count(1)
+        await sink.click()
+        frame = page.frame_locator("iframe[name=mailview]")
+        await expect(frame.locator("body")).to_contain_text("Hi Ann")
+
+        # Overview: the funnel agrees (mailed 1), and says as of when.
+        await page.click("#tab-overview")
         cart_row = page.locator("#funnel-body tr", has_text="cart")
         await expect(cart_row.locator("td").nth(3)).to_have_text("1")
         await expect(page.locator("#funnel-at")).to_have_text(
@@ -90,12 +119,6 @@ async def test_dashboard_live_in_chromium(browser: Browser, tmp_path: Path) -> N
             shown = await page.evaluate("(s) => rtDashboard.format.duration(s)", seconds)
             assert shown == duration(seconds), seconds
         assert await page.evaluate("rtDashboard.format.money(49.5)") == "49.50 EUR"
-        await expect(page.locator("#timers-body")).to_contain_text("no timers pending")
-        sink = page.locator("#sink-body a")
-        await expect(sink).to_have_count(1)
-        await sink.click()
-        frame = page.frame_locator("iframe[name=mailview]")
-        await expect(frame.locator("body")).to_contain_text("Hi Ann")
 
         await page.fill("#filter-person", "anon-x")
         await expect(feed.locator("tr")).to_have_count(1)
@@ -115,12 +138,12 @@ async def test_dashboard_live_in_chromium(browser: Browser, tmp_path: Path) -> N
             clock.advance(1)
             seen = await page.evaluate("window.rtDashboard.updates")
             await page.wait_for_function("(seen) => window.rtDashboard.updates > seen", arg=seen)
+        await page.click("#tab-system")
+        await expect(page.locator("#live")).to_have_text("live")
         await expect(page.locator("#c-stored")).not_to_have_text("0")
-        await page.reload()  # a fresh snapshot: the funnel and latency as they are now
+        await page.click("#tab-overview")  # a fresh snapshot: the funnel as it is now
         await expect(page.locator("#funnel-body")).to_contain_text("cart")
         await expect(page.locator("#live")).to_have_text("live")
-        await page.locator("#sink-body a").click()
-        await expect(frame.locator("body")).to_contain_text("Hi Ann")
         ARTIFACTS.mkdir(exist_ok=True)
         await page.screenshot(path=str(SCREENSHOT), full_page=True)
         print(f"dashboard screenshot: {SCREENSHOT}")
@@ -181,4 +204,74 @@ async def test_send_time_page_live_in_chromium(browser: Browser, tmp_path: Path)
         sends = [await r.locator("td").nth(1).inner_text() for r in await arms.all()]
         assert sorted(sends) == ["0", "1"]
         assert await page.locator("#bandit-cart-1-arms td.chance").count() == 2
+    assert dialogs == []
+
+
+TAB_PATHS = (
+    "/dashboard",
+    "/dashboard/flows",
+    "/dashboard/flows/cart",
+    "/dashboard/send-time",
+    "/dashboard/people",
+    "/dashboard/person/u:ann",
+    "/dashboard/messages",
+    "/dashboard/system",
+)
+VIEWPORTS = (
+    {"width": 1440, "height": 900},
+    {"width": 390, "height": 844},
+    {"width": 360, "height": 740},
+)
+
+
+async def test_every_tab_fits_a_desktop_and_a_phone(browser: Browser, tmp_path: Path) -> None:
+    """Every tab (and a flow's, a person's and the send-time page) at 1440×900, 390×844 and
+    360×740, with a mail sent and the live events in: nothing wider than the window (no
+    horizontal scrolling), the current tab marked, the tabs reached with the keyboard, and the
+    pages that show live figures live (a flow's counts at each step follow the stream)."""
+    clock = FakeClock()
+    dialogs: list[str] = []
+    async with run_server(dashboard_config(tmp_path), clock=clock) as live:
+        page = await logged_in(browser, live.http_url, dialogs)
+        async with live.ws(origin=ORIGIN) as ws:
+            await send_batch(ws, [shopper("ann", "ann@example.com")])
+            added = tracked("ann", "Product Added", cart_id="cart-7", name="Lamp " * 40)
+            await send_batch(ws, [added])
+        await advance(live, clock, 1800)
+        await sent(live)
+        # A flow's page follows the stream: a second cart shows up at its first step.
+        await page.goto(f"{live.http_url}/dashboard/flows/cart")
+        first = page.locator('#flow-steps li[data-step="0"]')
+        await expect(first.locator('[data-k="entered"]')).to_have_text("1")
+        async with live.ws(origin=ORIGIN) as ws:
+            await send_batch(ws, [tracked("ann", "Product Added", cart_id="cart-8")])
+        await expect(first.locator('[data-k="entered"]')).to_have_text("2")
+        await expect(first.locator('[data-k="waiting"]')).to_have_text("1")
+        await expect(page.locator("#flow-open")).to_have_text("1")
+        for viewport in VIEWPORTS:
+            await page.set_viewport_size(viewport)
+            for path in TAB_PATHS:
+                await page.goto(f"{live.http_url}{path}")
+                if await page.locator("#live").count():
+                    await expect(page.locator("#live")).to_have_text("live")
+                await expect(page.locator("nav.tabs [aria-current]")).to_have_count(1)
+                fits = await page.evaluate(
+                    "document.documentElement.scrollWidth <= window.innerWidth"
+                )
+                width = await page.evaluate("document.documentElement.scrollWidth")
+                assert fits, (path, viewport, width)
+                ARTIFACTS.mkdir(exist_ok=True)
+                if viewport["width"] == 390:
+                    name = path.strip("/").replace("/", "_").replace(":", "_")
+                    await page.screenshot(
+                        path=str(ARTIFACTS / f"tab-{name}-390.png"), full_page=True
+                    )
+        # The keyboard reaches the tabs, in order, from the top of the page.
+        await page.goto(f"{live.http_url}/dashboard")
+        seen: list[str] = []
+        for _ in range(12):
+            await page.keyboard.press("Tab")
+            seen.append(await page.evaluate("document.activeElement.id"))
+        tabs = [s for s in seen if s.startswith("tab-")]
+        assert tabs == ["tab-overview", "tab-flows", "tab-people", "tab-messages", "tab-system"]
     assert dialogs == []

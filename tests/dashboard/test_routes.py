@@ -324,7 +324,7 @@ async def test_sink_mail_is_served_for_a_sandboxed_frame(tmp_path: Path) -> None
         await sent(live)
         (mail,) = await live.runtime.store.mail.sunk()
         await login(client)
-        page = (await client.get("/dashboard")).text
+        page = (await client.get("/dashboard/messages")).text
         assert f'href="/dashboard/mail/{mail["id"]}" target="mailview"' in page
         sandbox = 'sandbox="allow-popups allow-popups-to-escape-sandbox"'
         assert f'<iframe class="mail" name="mailview" title="mail preview" {sandbox}>' in page
@@ -397,7 +397,7 @@ async def test_disabled_webhook_endpoints_are_shown(tmp_path: Path) -> None:
             ("https://crm.example/<x>", "410 Gone"),
         )
         await login(client)
-        page = (await client.get("/dashboard")).text
+        page = (await client.get("/dashboard/system")).text
     assert "disabled: https://crm.example/&lt;x&gt; (410 Gone;" in page
     assert "rtserver webhooks --enable URL" in page
 
@@ -467,7 +467,7 @@ async def test_send_time_page_and_person_heatmap(tmp_path: Path) -> None:
         assert "goal: clicked" in bandit and "chance of being best" in bandit
         assert bandit.count('class="chance"') == 2 and "Share of sends per day" in bandit
         assert '<svg class="shares"' in bandit
-        home = await client.get("/dashboard")
+        home = await client.get("/dashboard/flows")
         assert 'href="/dashboard/send-time"' in home.text
 
 
@@ -603,7 +603,7 @@ async def test_sign_up_confirm_then_the_welcome(tmp_path: Path) -> None:
         (confirmation,) = await sent(live)
         assert confirmation["template"] == "confirm"
         await login(client)
-        page = (await client.get("/dashboard")).text
+        page = (await client.get("/dashboard/flows")).text
         assert "0 send (waiting for confirmation)" in page
         clock.advance(3 * 86400)
         token = live.runtime.tokens.confirm("a:anon-7", "eve@example.com")

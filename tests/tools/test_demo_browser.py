@@ -74,6 +74,18 @@ async def logged_in(browser: Browser, base: str) -> Page:
     return page
 
 
+async def tabs(page: Page, base: str, *names: str) -> list[Page]:
+    """More dashboard tabs (``/dashboard/<name>``) open beside ``page``, each live."""
+    opened = []
+    for name in names:
+        tab = await page.context.new_page()
+        tab.set_default_timeout(WAIT_MS)
+        await tab.goto(f"{base}/dashboard/{name}")
+        await expect(tab.locator("#live")).to_have_text("live")
+        opened.append(tab)
+    return opened
+
+
 @pytest.mark.parametrize(
     "visitor",
     [
@@ -118,16 +130,17 @@ async def test_the_demo_tour_in_chromium(
         cart_id = await shop.evaluate("cartId")
 
         # 2. The dashboard: the double opt-in mail in the dev sink's inbox, opened in the preview.
-        dash = await logged_in(browser, base)
-        inbox = dash.locator("#sink-body a")
+        dash = await logged_in(browser, base)  # the Overview tab: the live events
+        mail_tab, flows_tab = await tabs(dash, base, "messages", "flows")
+        inbox = mail_tab.locator("#sink-body a")
         await expect(inbox).to_have_count(1)
         # The welcome waits for the address to be confirmed, and says so.
-        welcome_run = dash.locator("#runs-body tr", has_text="welcome")
+        welcome_run = flows_tab.locator("#runs-body tr", has_text="welcome")
         await expect(welcome_run).to_contain_text("send (waiting for confirmation)")
         await expect(inbox).to_have_text(CONFIRM_SUBJECT)
-        await expect(dash.locator("#sink-body tr")).to_contain_text(ADDRESS)
+        await expect(mail_tab.locator("#sink-body tr")).to_contain_text(ADDRESS)
         await inbox.click()
-        preview = dash.frame_locator("iframe[name=mailview]")
+        preview = mail_tab.frame_locator("iframe[name=mailview]")
         button = preview.locator("a", has_text="Yes, subscribe me")
         await expect(button).to_be_visible()
         # A preview is not the reader: no open pixel in it.
@@ -158,7 +171,7 @@ async def test_the_demo_tour_in_chromium(
         await shop.click(f"{LAMP} >> text=Add to cart")
         await expect(shop.locator("#cart-count")).to_have_text("2")
         await all_acked(shop, 6)
-        cart_run = dash.locator("#runs-body tr", has_text="cart_abandonment")
+        cart_run = flows_tab.locator("#runs-body tr", has_text="cart_abandonment")
         await expect(cart_run).to_have_count(1)
         await expect(cart_run).to_contain_text(cart_id)
         await expect(cart_run).to_contain_text("wait_inactive")
@@ -174,8 +187,8 @@ async def test_the_demo_tour_in_chromium(
         await expect(inbox).to_have_count(3)
         reminder = inbox.filter(has_text=REMINDER_SUBJECT)
         await expect(reminder).to_have_count(1)
-        reminder_row = dash.locator(
-            "#sink-body tr", has=dash.locator("a", has_text=REMINDER_SUBJECT)
+        reminder_row = mail_tab.locator(
+            "#sink-body tr", has=mail_tab.locator("a", has_text=REMINDER_SUBJECT)
         )
         await expect(reminder_row).to_contain_text(ADDRESS)
         await reminder.click()
@@ -217,6 +230,6 @@ async def test_the_demo_tour_in_chromium(
         assert names.count("Email Clicked") == 1  # the link followed in step 5
 
         ARTIFACTS.mkdir(exist_ok=True)
-        await dash.screenshot(path=str(SCREENSHOT), full_page=True)
+        await mail_tab.screenshot(path=str(SCREENSHOT), full_page=True)
         print(f"demo tour screenshot: {SCREENSHOT}")
     assert SCREENSHOT.stat().st_size > 10_000
