@@ -11,6 +11,9 @@ Each connection has two halves: a reader task that parses frames and submits bat
 endpoint itself writing replies in order (acks wait for their commit), so a client may pipeline
 up to ``ingest.max_in_flight`` batches. Every frame costs at least one token of the rate limit,
 so a flood of empty, malformed or non-batch frames is closed like a flood of events.
+
+The endpoint is a plain ASGI app mounted ahead of starlette's router (:class:`IngestMount`):
+frames pass between uvicorn's ``receive``/``send`` and the session with no wrapper in between.
 """
 
 from __future__ import annotations
@@ -28,7 +31,9 @@ from typing import Any, cast
 
 import orjson
 from starlette import status
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.datastructures import Headers, QueryParams
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 from rtserver.clock import Clock, Monotonic
 from rtserver.config import Config
@@ -36,7 +41,7 @@ from rtserver.errors import InvalidEvent, PolicyViolation, StorageUnavailable, S
 from rtserver.ingest.intake import Intake
 from rtserver.model import Event, message_id_of, parse_batch, parse_event, verify_identity
 
-__all__ = ["Ingest", "TokenBucket", "nesting_of", "origin_allowed"]
+__all__ = ["Ingest", "IngestMount", "TokenBucket", "nesting_of", "origin_allowed"]
 
 DISK_RETRY_S = 5.0
 """How long a client waits before it sends again while the disk is almost full."""
@@ -138,15 +143,28 @@ class Session:
         "idle_since",
         "peer",
         "reader",
+        "receive",
         "replies",
         "intake",
+        "scope",
+        "send",
         "stopping",
-        "ws",
     )
 
-    def __init__(self, websocket: WebSocket, intake: Intake, peer: str, monotonic: Monotonic):
+    def __init__(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        intake: Intake,
+        peer: str,
+        monotonic: Monotonic,
+    ):
         self.id = next(_ids)
-        self.ws = websocket
+        self.scope = scope
+        self.receive = receive
+        """uvicorn's own callables: the per-frame path has no wrapper around them."""
+        self.send = send
         self.intake = intake
         self.peer = peer
         limits = intake.config.ingest
@@ -168,6 +186,12 @@ class Session:
         self.ended = False
 
     @property
+    def ws(self) -> WebSocket:
+        """A starlette view of the socket, for a look from outside (tests, debugging); the
+        session itself uses the ASGI callables."""
+        return WebSocket(self.scope, self.receive, self.send)
+
+    @property
     def closed(self) -> asyncio.Event:
         """Set once the session has ended (its socket closed and it left the registry)."""
         if self._closed is None:
@@ -181,19 +205,26 @@ class Session:
         if self._closed is not None:
             self._closed.set()
 
+    def has_room(self) -> bool:
+        """Whether :meth:`push` may queue a reply now (else :meth:`put` waits for room)."""
+        return len(self.replies) < self.intake.config.ingest.max_in_flight
+
+    def push(self, reply: Reply) -> None:
+        """Queue a reply for the writer without waiting (there is room, or it is the close)."""
+        self.replies.append(reply)
+        getter = self._getter
+        if getter is not None and not getter.done():
+            getter.set_result(None)
+
     async def put(self, reply: Reply) -> None:
         """Queue a reply for the writer, waiting while ``max_in_flight`` are queued already."""
-        replies = self.replies
-        if len(replies) >= self.intake.config.ingest.max_in_flight and not isinstance(reply, Close):
+        if not self.has_room() and not isinstance(reply, Close):
             self._putter = asyncio.get_running_loop().create_future()
             try:
                 await self._putter
             finally:
                 self._putter = None
-        replies.append(reply)
-        getter = self._getter
-        if getter is not None and not getter.done():
-            getter.set_result(None)
+        self.push(reply)
 
     async def get(self) -> Reply:
         """The next reply, in order, waiting for one if there is none."""
@@ -258,10 +289,11 @@ class Session:
             close = Close(status.WS_1011_INTERNAL_ERROR, "internal error")
         finally:
             self._timer.cancel()  # (harmless on one that has fired)
-        await self.put(close)
+        self.push(close)  # the close is queued even when the replies are full
 
     async def _read_frames(self) -> Close:
         loop = asyncio.get_running_loop()
+        receive = self.receive
         while True:
             # The receive is inline, not in a helper coroutine: a cancellation caught in a
             # callee hides the caller's next lines from tracers (coverage) on Python 3.11.
@@ -270,14 +302,14 @@ class Session:
                 # not suspend, and the expiry only takes effect when it does.
                 try:
                     async with asyncio.timeout(0):
-                        message = await self.ws.receive()
+                        message = await receive()
                 except TimeoutError:
                     return Close(status.WS_1001_GOING_AWAY, "server shutting down")
             else:
                 self.idle_since = loop.time()  # the idle timer looks at it when it fires
                 self._waiting = True
                 try:
-                    message = await self.ws.receive()
+                    message = await receive()
                 except asyncio.CancelledError:  # interrupt(): idle, shutdown, or the writer ended
                     task = asyncio.current_task()
                     assert task is not None
@@ -343,7 +375,11 @@ class Session:
             await self.put({"reject": rejected})
         if accepted:
             done = await intake.submit(accepted, intake.clock())
-            await self.put((done, [e.message_id for e in accepted]))
+            ack = (done, [e.message_id for e in accepted])
+            if self.has_room():  # as a rule: no coroutine for the queueing
+                self.push(ack)
+            else:
+                await self.put(ack)
 
     def _spend(self, events: int) -> None:
         if not self.bucket.take(events):
@@ -357,13 +393,18 @@ class Session:
         commits are done too (the same group commit, as a rule) are acked in the same frame.
         """
         retry_after_ms = self.intake.config.ingest.retry_after_ms
-        send_text = self.ws.send_text
+        send = self.send
+        replies = self.replies
         while True:
-            reply = await self.get()
+            if replies and self._putter is None:  # as a rule: no coroutine to take it
+                reply = replies.pop(0)
+            else:
+                reply = await self.get()
             if isinstance(reply, Close):
                 if reply.code > 0:
                     reason = reply.reason.encode()[:MAX_CLOSE_REASON_BYTES]
-                    await self.ws.close(reply.code, reason.decode(errors="ignore"))
+                    message = {"type": "websocket.close", "code": reply.code}
+                    await send({**message, "reason": reason.decode(errors="ignore")})
                 return
             if isinstance(reply, tuple):
                 done, ids = reply
@@ -375,7 +416,7 @@ class Session:
                     text = orjson.dumps(message).decode()
             else:
                 text = orjson.dumps(reply).decode()
-            await send_text(text)
+            await send({"type": "websocket.send", "text": text})
 
     def _committed_after(self, ids: list[str]) -> list[str]:
         """``ids`` and the ids of the acks queued right behind them that are committed."""
@@ -426,53 +467,63 @@ class Ingest:
             line += f", {sum(refused.values())} refused ({reasons})"
         return f"{line}; {len(self.sessions)} open"
 
-    async def _refuse(self, websocket: WebSocket, why: str) -> None:
-        # Closing before accept() makes uvicorn answer the handshake with HTTP 403. (A denial
+    async def _refuse(self, scope: Scope, send: Send, why: str) -> None:
+        # Closing before accept makes uvicorn answer the handshake with HTTP 403. (A denial
         # response with a body would say more, but uvicorn logs each one as an ASGI error.)
         self.tally[f"refused: {why}"] += 1
-        logger.debug("ws refused %s: %s", websocket.client, why)
-        await websocket.close(status.WS_1008_POLICY_VIOLATION)
+        logger.debug("ws refused %s: %s", scope.get("client"), why)
+        await send(
+            {"type": "websocket.close", "code": status.WS_1008_POLICY_VIOLATION, "reason": ""}
+        )
 
-    async def _turn_away(self, websocket: WebSocket, code: int, why: str) -> None:
+    async def _turn_away(self, receive: Receive, send: Send, code: int, why: str) -> None:
         self.tally[f"refused: {why}"] += 1
-        await websocket.accept()
-        await websocket.close(code, why)
+        await _accept(receive, send)
+        await send({"type": "websocket.close", "code": code, "reason": why})
 
-    async def endpoint(self, websocket: WebSocket) -> None:
-        """``GET /v1/ws``: check key and Origin, then read and reply until closed."""
-        intake = cast(Intake, websocket.state.intake)
+    async def endpoint(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``GET /v1/ws`` (an ASGI app): check key and Origin, then read and reply until closed."""
+        intake = cast(Intake, scope["state"]["intake"])
         config = self.config
-        peer = websocket.client.host if websocket.client else "unknown"
-        if not key_matches(websocket.query_params.get("key"), intake.keys.public):
-            return await self._refuse(websocket, "invalid key")
-        origin, host = websocket.headers.get("origin"), websocket.headers.get("host")
+        client = scope.get("client")
+        peer = client[0] if client else "unknown"
+        if not key_matches(QueryParams(scope["query_string"]).get("key"), intake.keys.public):
+            return await self._refuse(scope, send, "invalid key")
+        headers = Headers(scope=scope)
+        origin, host = headers.get("origin"), headers.get("host")
         if not origin_allowed(origin, config.server.allowed_origins, host):
-            return await self._refuse(websocket, "origin not allowed")
+            return await self._refuse(scope, send, "origin not allowed")
         if self.draining:
-            return await self._turn_away(websocket, status.WS_1001_GOING_AWAY, "shutting down")
+            return await self._turn_away(receive, send, status.WS_1001_GOING_AWAY, "shutting down")
         if intake.budgets.disk_low():
             return await self._turn_away(
-                websocket, status.WS_1013_TRY_AGAIN_LATER, "server disk almost full: retry later"
+                receive,
+                send,
+                status.WS_1013_TRY_AGAIN_LATER,
+                "server disk almost full: retry later",
             )
         wait_s = intake.budgets.take("opens", peer)
         if wait_s is not None:
             why = f"too many new connections from this address: retry in {math.ceil(wait_s)} s"
-            return await self._turn_away(websocket, status.WS_1013_TRY_AGAIN_LATER, why)
+            return await self._turn_away(receive, send, status.WS_1013_TRY_AGAIN_LATER, why)
         if self.per_ip[peer] >= config.ingest.max_connections_per_ip:
             return await self._turn_away(
-                websocket, status.WS_1008_POLICY_VIOLATION, "too many connections from this address"
+                receive,
+                send,
+                status.WS_1008_POLICY_VIOLATION,
+                "too many connections from this address",
             )
-        session = Session(websocket, intake, peer, self.monotonic)
+        session = Session(scope, receive, send, intake, peer, self.monotonic)
         self.per_ip[peer] += 1
         self.sessions.add(session)
         try:
-            await websocket.accept()
+            await _accept(receive, send)
             self.tally["opened"] += 1
             logger.debug("ws %d open from %s", session.id, peer)
             session.reader = asyncio.create_task(session.read(), name=f"ws-reader-{session.id}")
             try:
                 await session.write()
-            except (WebSocketDisconnect, RuntimeError, OSError):
+            except (RuntimeError, OSError):
                 pass  # the client is gone: what it sent is still committed, just not acked
             finally:
                 session.interrupt()
@@ -499,3 +550,43 @@ class Ingest:
             logger.info("draining %d websocket(s)", len(sessions))
         # Each session ends once its last ack and its close frame are sent.
         await asyncio.gather(*(s.closed.wait() for s in sessions))
+
+
+async def _accept(receive: Receive, send: Send) -> None:
+    """Complete the handshake: uvicorn's first message is always ``websocket.connect``."""
+    await receive()
+    await send({"type": "websocket.accept", "subprotocol": None, "headers": []})
+
+
+class IngestMount:
+    """ASGI middleware: WebSocket connections to ``path`` go straight to the ingest endpoint,
+    everything else to ``app``.
+
+    Ahead of starlette's routing and middleware on purpose: those wrap ``send`` (each
+    ``wrap_app_handling_exceptions`` adds a coroutine per message) and hold a coroutine frame
+    each for as long as the socket is open, which thousands of idle browsers multiply.
+    """
+
+    def __init__(self, app: ASGIApp, ingest: Ingest, path: str) -> None:
+        self.app = app
+        self.ingest = ingest
+        self.path = path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and _route_path(scope) == self.path:
+            await self.ingest.endpoint(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
+def _route_path(scope: Scope) -> str:
+    """The path within the app, as starlette's router matches it (without ``root_path``)."""
+    path: str = scope["path"]
+    root_path: str = scope.get("root_path", "")
+    if (
+        root_path
+        and path.startswith(root_path)
+        and path[len(root_path) : len(root_path) + 1] in ("/", "")
+    ):
+        return path[len(root_path) :]
+    return path
