@@ -26,6 +26,7 @@ import math
 import re
 import urllib.parse
 from collections import Counter
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -572,11 +573,12 @@ class IngestMount:
         self.ingest = ingest
         self.path = path
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # Not a coroutine itself: it hands over the endpoint's, so an open socket holds no
+        # frame of this dispatch.
         if scope["type"] == "websocket" and _route_path(scope) == self.path:
-            await self.ingest.endpoint(scope, receive, send)
-        else:
-            await self.app(scope, receive, send)
+            return self.ingest.endpoint(scope, receive, send)
+        return self.app(scope, receive, send)
 
 
 def _route_path(scope: Scope) -> str:
