@@ -7,8 +7,8 @@ a transient storage failure. Bad key or Origin: HTTP 403 at the handshake. Overs
 (uvicorn's ``ws_max_size``). Rate, depth, batch size or a binary frame: 1008. Queue full for too
 long: 1013. Idle: 1000. Shutdown: 1001, after the final flush and acks.
 
-Each connection has two halves: a reader task that parses frames and submits batches, and the
-endpoint itself writing replies in order (acks wait for their commit), so a client may pipeline
+Each connection has two halves: the endpoint's own task reads frames and submits batches, and a
+writer task sends the replies in order (acks wait for their commit), so a client may pipeline
 up to ``ingest.max_in_flight`` batches. Every frame costs at least one token of the rate limit,
 so a flood of empty, malformed or non-batch frames is closed like a flood of events.
 
@@ -134,16 +134,20 @@ class Session:
 
     __slots__ = (
         "_closed",
-        "_getter",
+        "_interrupted",
         "_putter",
+        "_read_done",
+        "_reading",
+        "_task",
         "_timer",
         "_waiting",
+        "_write_failed",
+        "_writer",
         "bucket",
         "ended",
         "id",
         "idle_since",
         "peer",
-        "reader",
         "receive",
         "replies",
         "intake",
@@ -172,11 +176,17 @@ class Session:
         self.bucket = TokenBucket(limits.events_per_s, limits.burst_events, monotonic)
         self.replies: list[Reply] = []
         """Replies not yet sent, at most ``max_in_flight`` (and one :class:`Close`), in order."""
-        self._getter: asyncio.Future[None] | None = None
-        """Set while the writer waits for a reply."""
         self._putter: asyncio.Future[None] | None = None
         """Set while the reader waits for room among the replies."""
-        self.reader: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[Any] | None = None
+        """The endpoint's task (uvicorn's), which reads."""
+        self._reading = True
+        self._interrupted = False
+        """Whether :meth:`interrupt` cancelled the reading (any other cancellation is not ours)."""
+        self._read_done: asyncio.Future[None] | None = None
+        self._writer: asyncio.Task[None] | None = None
+        """Set while there are replies to send: an idle socket has no writer task."""
+        self._write_failed = False
         self.stopping = False
         self.idle_since = 0.0
         """Loop time the reader began its receive in progress (or its last one)."""
@@ -191,6 +201,15 @@ class Session:
         """A starlette view of the socket, for a look from outside (tests, debugging); the
         session itself uses the ASGI callables."""
         return WebSocket(self.scope, self.receive, self.send)
+
+    @property
+    def reader(self) -> asyncio.Future[None]:
+        """Done once the session has stopped reading (its replies may still be on their way)."""
+        if self._read_done is None:
+            self._read_done = asyncio.get_running_loop().create_future()
+            if not self._reading:
+                self._read_done.set_result(None)
+        return self._read_done
 
     @property
     def closed(self) -> asyncio.Event:
@@ -211,11 +230,11 @@ class Session:
         return len(self.replies) < self.intake.config.ingest.max_in_flight
 
     def push(self, reply: Reply) -> None:
-        """Queue a reply for the writer without waiting (there is room, or it is the close)."""
+        """Queue a reply without waiting (there is room, or it is the close), starting a writer
+        if none is running."""
         self.replies.append(reply)
-        getter = self._getter
-        if getter is not None and not getter.done():
-            getter.set_result(None)
+        if self._writer is None and not self._write_failed:
+            self._writer = asyncio.create_task(self._write())
 
     async def put(self, reply: Reply) -> None:
         """Queue a reply for the writer, waiting while ``max_in_flight`` are queued already."""
@@ -226,20 +245,6 @@ class Session:
             finally:
                 self._putter = None
         self.push(reply)
-
-    async def get(self) -> Reply:
-        """The next reply, in order, waiting for one if there is none."""
-        replies = self.replies
-        if not replies:
-            self._getter = asyncio.get_running_loop().create_future()
-            try:
-                await self._getter
-            finally:
-                self._getter = None
-        putter = self._putter
-        if putter is not None and not putter.done():
-            putter.set_result(None)
-        return replies.pop(0)
 
     def stop(self) -> None:
         """Stop reading (shutdown): frames already received are still read, committed and acked;
@@ -254,14 +259,12 @@ class Session:
             self.interrupt()
 
     def interrupt(self) -> None:
-        """Stop the reader: a receive it is waiting in ends with the close (idle or shutdown);
-        anywhere else it is cancelled.
-
-        Only its session cancels a reader (here), so a receive takes any cancellation as this.
-        """
-        assert self.reader is not None
+        """Stop reading: a receive waiting for a frame ends with the close (idle or shutdown);
+        anywhere else (the writer failed) the reading is cancelled."""
+        assert self._task is not None
         self._waiting = False  # once: neither the timer nor stop() expires it again
-        self.reader.cancel()
+        self._interrupted = True
+        self._task.cancel()
 
     def _on_idle_timer(self, when: float) -> None:
         """The idle timer: expire a receive waiting since ``when - idle_timeout_s`` or before,
@@ -277,20 +280,40 @@ class Session:
         when = due if self._waiting else loop.time() + timeout
         self._timer = loop.call_at(when, self._on_idle_timer, when)
 
-    async def read(self) -> None:
-        """Read frames until the client leaves, breaks a rule, or the server stops."""
+    async def run(self) -> None:
+        """Read frames until the client leaves, breaks a rule, or the server stops; then wait
+        for the replies and the close to be sent."""
         loop = asyncio.get_running_loop()
+        task = self._task = asyncio.current_task()
+        assert task is not None
         self.idle_since = loop.time()
         when = self.idle_since + self.intake.config.ingest.idle_timeout_s
         self._timer = loop.call_at(when, self._on_idle_timer, when)
         try:
             close = await self._read_frames()
-        except Exception:  # the task boundary: log, close this socket, keep the server up
+        except asyncio.CancelledError:
+            if not self._interrupted:
+                raise
+            task.uncancel()  # the writer failed: the client is gone, nothing more to send
+            close = None
+        except Exception:  # the session's boundary: log, close this socket, keep the server up
             logger.exception("ws %d: reader failed", self.id)
             close = Close(status.WS_1011_INTERNAL_ERROR, "internal error")
         finally:
-            self._timer.cancel()  # (harmless on one that has fired)
-        self.push(close)  # the close is queued even when the replies are full
+            self._reading_over()
+        if close is not None:
+            self.push(close)  # the close is queued even when the replies are full
+        if self._writer is not None:
+            await self._writer
+
+    def _reading_over(self) -> None:
+        # A method of its own: after a cancellation caught in a callee, Python 3.11 hides the
+        # caller's next lines from tracers (coverage).
+        assert self._timer is not None
+        self._timer.cancel()  # (harmless on one that has fired)
+        self._reading = False
+        if self._read_done is not None:
+            self._read_done.set_result(None)
 
     async def _read_frames(self) -> Close:
         loop = asyncio.get_running_loop()
@@ -314,6 +337,8 @@ class Session:
                 except asyncio.CancelledError:  # interrupt(): idle, shutdown, or the writer ended
                     task = asyncio.current_task()
                     assert task is not None
+                    if not self._interrupted:  # not ours: uvicorn gave up waiting for the app
+                        raise
                     task.uncancel()
                     if self.stopping:
                         return Close(status.WS_1001_GOING_AWAY, "server shutting down")
@@ -387,8 +412,8 @@ class Session:
             limits = self.intake.config.ingest
             raise PolicyViolation(f"more than {limits.events_per_s:g} events per second")
 
-    async def write(self) -> None:
-        """Send replies in order until a :class:`Close` comes through.
+    async def _write(self) -> None:
+        """The writer: send the queued replies in order, then end (the next reply starts another).
 
         Acks are coalesced: once a batch's commit is awaited, the batches queued behind it whose
         commits are done too (the same group commit, as a rule) are acked in the same frame.
@@ -396,28 +421,40 @@ class Session:
         retry_after_ms = self.intake.config.ingest.retry_after_ms
         send = self.send
         replies = self.replies
-        while True:
-            if replies and self._putter is None:  # as a rule: no coroutine to take it
+        try:
+            while replies:
                 reply = replies.pop(0)
-            else:
-                reply = await self.get()
-            if isinstance(reply, Close):
-                if reply.code > 0:
-                    reason = reply.reason.encode()[:MAX_CLOSE_REASON_BYTES]
-                    message = {"type": "websocket.close", "code": reply.code}
-                    await send({**message, "reason": reason.decode(errors="ignore")})
-                return
-            if isinstance(reply, tuple):
-                done, ids = reply
-                try:
-                    await done
-                    text = '{"ack":' + orjson.dumps(self._committed_after(ids)).decode() + "}"
-                except (StorageUnavailable, StoreError):
-                    message = {"nack": ids, "retry_after_ms": retry_after_ms}
-                    text = orjson.dumps(message).decode()
-            else:
-                text = orjson.dumps(reply).decode()
-            await send({"type": "websocket.send", "text": text})
+                putter = self._putter
+                if putter is not None and not putter.done():
+                    putter.set_result(None)
+                if isinstance(reply, Close):
+                    if reply.code > 0:
+                        reason = reply.reason.encode()[:MAX_CLOSE_REASON_BYTES]
+                        message = {"type": "websocket.close", "code": reply.code}
+                        await send({**message, "reason": reason.decode(errors="ignore")})
+                    return
+                if isinstance(reply, tuple):
+                    done, ids = reply
+                    try:
+                        await done
+                        text = '{"ack":' + orjson.dumps(self._committed_after(ids)).decode() + "}"
+                    except (StorageUnavailable, StoreError):
+                        message = {"nack": ids, "retry_after_ms": retry_after_ms}
+                        text = orjson.dumps(message).decode()
+                else:
+                    text = orjson.dumps(reply).decode()
+                await send({"type": "websocket.send", "text": text})
+        except Exception as exc:
+            # The client is gone, as a rule (uvicorn raises OSError or RuntimeError): what it
+            # sent is still committed, just not acked. Anything else is a bug, and logged so.
+            gone = isinstance(exc, (OSError, RuntimeError))
+            level = logging.DEBUG if gone else logging.ERROR
+            logger.log(level, "ws %d: writer ended", self.id, exc_info=not gone)
+            self._write_failed = True
+            if self._reading:
+                self.interrupt()
+        finally:
+            self._writer = None
 
     def _committed_after(self, ids: list[str]) -> list[str]:
         """``ids`` and the ids of the acks queued right behind them that are committed."""
@@ -521,17 +558,7 @@ class Ingest:
             await _accept(receive, send)
             self.tally["opened"] += 1
             logger.debug("ws %d open from %s", session.id, peer)
-            session.reader = asyncio.create_task(session.read(), name=f"ws-reader-{session.id}")
-            try:
-                await session.write()
-            except (RuntimeError, OSError):
-                pass  # the client is gone: what it sent is still committed, just not acked
-            finally:
-                session.interrupt()
-                try:
-                    await session.reader
-                except asyncio.CancelledError:
-                    pass
+            await session.run()
         finally:
             session.end()
             self.sessions.discard(session)
