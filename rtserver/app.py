@@ -31,7 +31,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.routing import Mount, Route
 
 from rtserver import __version__
 from rtserver.clock import Clock, Monotonic
@@ -42,6 +42,7 @@ from rtserver.ingest import (
     CORS_OPTIONS,
     Budgets,
     Ingest,
+    IngestMount,
     Intake,
     guarded_fetch,
     recommendations,
@@ -231,7 +232,6 @@ def create_app(
         Mount(
             "/v1",
             routes=[
-                WebSocketRoute("/ws", ingest.endpoint),
                 # The platforms' own routes before the generic one, which would take their paths.
                 Route("/webhooks/shopify", shopify.receive, methods=["POST"]),
                 Route("/webhooks/woocommerce", woocommerce.receive, methods=["POST"]),
@@ -245,7 +245,10 @@ def create_app(
             middleware=[cors],
         ),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(RequireLogin)])
+    # The WebSocket ingest ahead of the router and the other middleware: its frames pass
+    # uvicorn's receive and send to the endpoint with nothing in between (see IngestMount).
+    middleware = [Middleware(IngestMount, ingest=ingest, path="/v1/ws"), Middleware(RequireLogin)]
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
     # No "add or strip the slash" redirects: a link path never answers with a 3xx that its
     # signed token did not ask for.
     app.router.redirect_slashes = False

@@ -16,12 +16,13 @@ from rtserver.ingest.segment import (
     segment_routes,
     unknown_type,
 )
-from rtserver.ingest.websocket import Ingest
+from rtserver.ingest.websocket import Ingest, IngestMount
 
 __all__ = [
     "CORS_OPTIONS",
     "Budgets",
     "Ingest",
+    "IngestMount",
     "Intake",
     "guarded_fetch",
     "recommendations",

@@ -7,10 +7,13 @@ a transient storage failure. Bad key or Origin: HTTP 403 at the handshake. Overs
 (uvicorn's ``ws_max_size``). Rate, depth, batch size or a binary frame: 1008. Queue full for too
 long: 1013. Idle: 1000. Shutdown: 1001, after the final flush and acks.
 
-Each connection has two halves: a reader task that parses frames and submits batches, and the
-endpoint itself writing replies in order (acks wait for their commit), so a client may pipeline
+Each connection has two halves: the endpoint's own task reads frames and submits batches, and a
+writer task sends the replies in order (acks wait for their commit), so a client may pipeline
 up to ``ingest.max_in_flight`` batches. Every frame costs at least one token of the rate limit,
 so a flood of empty, malformed or non-batch frames is closed like a flood of events.
+
+The endpoint is a plain ASGI app mounted ahead of starlette's router (:class:`IngestMount`):
+frames pass between uvicorn's ``receive``/``send`` and the session with no wrapper in between.
 """
 
 from __future__ import annotations
@@ -23,12 +26,15 @@ import math
 import re
 import urllib.parse
 from collections import Counter
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 import orjson
 from starlette import status
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.datastructures import Headers, QueryParams
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 from rtserver.clock import Clock, Monotonic
 from rtserver.config import Config
@@ -36,7 +42,7 @@ from rtserver.errors import InvalidEvent, PolicyViolation, StorageUnavailable, S
 from rtserver.ingest.intake import Intake
 from rtserver.model import Event, message_id_of, parse_batch, parse_event, verify_identity
 
-__all__ = ["Ingest", "TokenBucket", "nesting_of", "origin_allowed"]
+__all__ = ["Ingest", "IngestMount", "TokenBucket", "nesting_of", "origin_allowed"]
 
 DISK_RETRY_S = 5.0
 """How long a client waits before it sends again while the disk is almost full."""
@@ -128,36 +134,59 @@ class Session:
 
     __slots__ = (
         "_closed",
-        "_getter",
+        "_interrupted",
         "_putter",
+        "_read_done",
+        "_reading",
+        "_task",
         "_timer",
         "_waiting",
+        "_write_failed",
+        "_writer",
         "bucket",
         "ended",
         "id",
         "idle_since",
         "peer",
-        "reader",
+        "receive",
         "replies",
         "intake",
+        "scope",
+        "send",
         "stopping",
-        "ws",
     )
 
-    def __init__(self, websocket: WebSocket, intake: Intake, peer: str, monotonic: Monotonic):
+    def __init__(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        intake: Intake,
+        peer: str,
+        monotonic: Monotonic,
+    ):
         self.id = next(_ids)
-        self.ws = websocket
+        self.scope = scope
+        self.receive = receive
+        """uvicorn's own callables: the per-frame path has no wrapper around them."""
+        self.send = send
         self.intake = intake
         self.peer = peer
         limits = intake.config.ingest
         self.bucket = TokenBucket(limits.events_per_s, limits.burst_events, monotonic)
         self.replies: list[Reply] = []
         """Replies not yet sent, at most ``max_in_flight`` (and one :class:`Close`), in order."""
-        self._getter: asyncio.Future[None] | None = None
-        """Set while the writer waits for a reply."""
         self._putter: asyncio.Future[None] | None = None
         """Set while the reader waits for room among the replies."""
-        self.reader: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[Any] | None = None
+        """The endpoint's task (uvicorn's), which reads."""
+        self._reading = True
+        self._interrupted = False
+        """Whether :meth:`interrupt` cancelled the reading (any other cancellation is not ours)."""
+        self._read_done: asyncio.Future[None] | None = None
+        self._writer: asyncio.Task[None] | None = None
+        """Set while there are replies to send: an idle socket has no writer task."""
+        self._write_failed = False
         self.stopping = False
         self.idle_since = 0.0
         """Loop time the reader began its receive in progress (or its last one)."""
@@ -166,6 +195,21 @@ class Session:
         self._timer: asyncio.TimerHandle | None = None
         self._closed: asyncio.Event | None = None
         self.ended = False
+
+    @property
+    def ws(self) -> WebSocket:
+        """A starlette view of the socket, for a look from outside (tests, debugging); the
+        session itself uses the ASGI callables."""
+        return WebSocket(self.scope, self.receive, self.send)
+
+    @property
+    def reader(self) -> asyncio.Future[None]:
+        """Done once the session has stopped reading (its replies may still be on their way)."""
+        if self._read_done is None:
+            self._read_done = asyncio.get_running_loop().create_future()
+            if not self._reading:
+                self._read_done.set_result(None)
+        return self._read_done
 
     @property
     def closed(self) -> asyncio.Event:
@@ -181,33 +225,26 @@ class Session:
         if self._closed is not None:
             self._closed.set()
 
+    def has_room(self) -> bool:
+        """Whether :meth:`push` may queue a reply now (else :meth:`put` waits for room)."""
+        return len(self.replies) < self.intake.config.ingest.max_in_flight
+
+    def push(self, reply: Reply) -> None:
+        """Queue a reply without waiting (there is room, or it is the close), starting a writer
+        if none is running."""
+        self.replies.append(reply)
+        if self._writer is None and not self._write_failed:
+            self._writer = asyncio.create_task(self._write())
+
     async def put(self, reply: Reply) -> None:
         """Queue a reply for the writer, waiting while ``max_in_flight`` are queued already."""
-        replies = self.replies
-        if len(replies) >= self.intake.config.ingest.max_in_flight and not isinstance(reply, Close):
+        if not self.has_room() and not isinstance(reply, Close):
             self._putter = asyncio.get_running_loop().create_future()
             try:
                 await self._putter
             finally:
                 self._putter = None
-        replies.append(reply)
-        getter = self._getter
-        if getter is not None and not getter.done():
-            getter.set_result(None)
-
-    async def get(self) -> Reply:
-        """The next reply, in order, waiting for one if there is none."""
-        replies = self.replies
-        if not replies:
-            self._getter = asyncio.get_running_loop().create_future()
-            try:
-                await self._getter
-            finally:
-                self._getter = None
-        putter = self._putter
-        if putter is not None and not putter.done():
-            putter.set_result(None)
-        return replies.pop(0)
+        self.push(reply)
 
     def stop(self) -> None:
         """Stop reading (shutdown): frames already received are still read, committed and acked;
@@ -222,14 +259,12 @@ class Session:
             self.interrupt()
 
     def interrupt(self) -> None:
-        """Stop the reader: a receive it is waiting in ends with the close (idle or shutdown);
-        anywhere else it is cancelled.
-
-        Only its session cancels a reader (here), so a receive takes any cancellation as this.
-        """
-        assert self.reader is not None
+        """Stop reading: a receive waiting for a frame ends with the close (idle or shutdown);
+        anywhere else (the writer failed) the reading is cancelled."""
+        assert self._task is not None
         self._waiting = False  # once: neither the timer nor stop() expires it again
-        self.reader.cancel()
+        self._interrupted = True
+        self._task.cancel()
 
     def _on_idle_timer(self, when: float) -> None:
         """The idle timer: expire a receive waiting since ``when - idle_timeout_s`` or before,
@@ -245,23 +280,44 @@ class Session:
         when = due if self._waiting else loop.time() + timeout
         self._timer = loop.call_at(when, self._on_idle_timer, when)
 
-    async def read(self) -> None:
-        """Read frames until the client leaves, breaks a rule, or the server stops."""
+    async def run(self) -> None:
+        """Read frames until the client leaves, breaks a rule, or the server stops; then wait
+        for the replies and the close to be sent."""
         loop = asyncio.get_running_loop()
+        task = self._task = asyncio.current_task()
+        assert task is not None
         self.idle_since = loop.time()
         when = self.idle_since + self.intake.config.ingest.idle_timeout_s
         self._timer = loop.call_at(when, self._on_idle_timer, when)
         try:
             close = await self._read_frames()
-        except Exception:  # the task boundary: log, close this socket, keep the server up
+        except asyncio.CancelledError:
+            if not self._interrupted:
+                raise
+            task.uncancel()  # the writer failed: the client is gone, nothing more to send
+            close = None
+        except Exception:  # the session's boundary: log, close this socket, keep the server up
             logger.exception("ws %d: reader failed", self.id)
             close = Close(status.WS_1011_INTERNAL_ERROR, "internal error")
         finally:
-            self._timer.cancel()  # (harmless on one that has fired)
-        await self.put(close)
+            self._reading_over()
+        if close is not None:
+            self.push(close)  # the close is queued even when the replies are full
+        if self._writer is not None:
+            await self._writer
+
+    def _reading_over(self) -> None:
+        # A method of its own: after a cancellation caught in a callee, Python 3.11 hides the
+        # caller's next lines from tracers (coverage).
+        assert self._timer is not None
+        self._timer.cancel()  # (harmless on one that has fired)
+        self._reading = False
+        if self._read_done is not None:
+            self._read_done.set_result(None)
 
     async def _read_frames(self) -> Close:
         loop = asyncio.get_running_loop()
+        receive = self.receive
         while True:
             # The receive is inline, not in a helper coroutine: a cancellation caught in a
             # callee hides the caller's next lines from tracers (coverage) on Python 3.11.
@@ -270,17 +326,19 @@ class Session:
                 # not suspend, and the expiry only takes effect when it does.
                 try:
                     async with asyncio.timeout(0):
-                        message = await self.ws.receive()
+                        message = await receive()
                 except TimeoutError:
                     return Close(status.WS_1001_GOING_AWAY, "server shutting down")
             else:
                 self.idle_since = loop.time()  # the idle timer looks at it when it fires
                 self._waiting = True
                 try:
-                    message = await self.ws.receive()
+                    message = await receive()
                 except asyncio.CancelledError:  # interrupt(): idle, shutdown, or the writer ended
                     task = asyncio.current_task()
                     assert task is not None
+                    if not self._interrupted:  # not ours: uvicorn gave up waiting for the app
+                        raise
                     task.uncancel()
                     if self.stopping:
                         return Close(status.WS_1001_GOING_AWAY, "server shutting down")
@@ -343,39 +401,60 @@ class Session:
             await self.put({"reject": rejected})
         if accepted:
             done = await intake.submit(accepted, intake.clock())
-            await self.put((done, [e.message_id for e in accepted]))
+            ack = (done, [e.message_id for e in accepted])
+            if self.has_room():  # as a rule: no coroutine for the queueing
+                self.push(ack)
+            else:
+                await self.put(ack)
 
     def _spend(self, events: int) -> None:
         if not self.bucket.take(events):
             limits = self.intake.config.ingest
             raise PolicyViolation(f"more than {limits.events_per_s:g} events per second")
 
-    async def write(self) -> None:
-        """Send replies in order until a :class:`Close` comes through.
+    async def _write(self) -> None:
+        """The writer: send the queued replies in order, then end (the next reply starts another).
 
         Acks are coalesced: once a batch's commit is awaited, the batches queued behind it whose
         commits are done too (the same group commit, as a rule) are acked in the same frame.
         """
         retry_after_ms = self.intake.config.ingest.retry_after_ms
-        send_text = self.ws.send_text
-        while True:
-            reply = await self.get()
-            if isinstance(reply, Close):
-                if reply.code > 0:
-                    reason = reply.reason.encode()[:MAX_CLOSE_REASON_BYTES]
-                    await self.ws.close(reply.code, reason.decode(errors="ignore"))
-                return
-            if isinstance(reply, tuple):
-                done, ids = reply
-                try:
-                    await done
-                    text = '{"ack":' + orjson.dumps(self._committed_after(ids)).decode() + "}"
-                except (StorageUnavailable, StoreError):
-                    message = {"nack": ids, "retry_after_ms": retry_after_ms}
-                    text = orjson.dumps(message).decode()
-            else:
-                text = orjson.dumps(reply).decode()
-            await send_text(text)
+        send = self.send
+        replies = self.replies
+        try:
+            while replies:
+                reply = replies.pop(0)
+                putter = self._putter
+                if putter is not None and not putter.done():
+                    putter.set_result(None)
+                if isinstance(reply, Close):
+                    if reply.code > 0:
+                        reason = reply.reason.encode()[:MAX_CLOSE_REASON_BYTES]
+                        message = {"type": "websocket.close", "code": reply.code}
+                        await send({**message, "reason": reason.decode(errors="ignore")})
+                    return
+                if isinstance(reply, tuple):
+                    done, ids = reply
+                    try:
+                        await done
+                        text = '{"ack":' + orjson.dumps(self._committed_after(ids)).decode() + "}"
+                    except (StorageUnavailable, StoreError):
+                        message = {"nack": ids, "retry_after_ms": retry_after_ms}
+                        text = orjson.dumps(message).decode()
+                else:
+                    text = orjson.dumps(reply).decode()
+                await send({"type": "websocket.send", "text": text})
+        except Exception as exc:
+            # The client is gone, as a rule (uvicorn raises OSError or RuntimeError): what it
+            # sent is still committed, just not acked. Anything else is a bug, and logged so.
+            gone = isinstance(exc, (OSError, RuntimeError))
+            level = logging.DEBUG if gone else logging.ERROR
+            logger.log(level, "ws %d: writer ended", self.id, exc_info=not gone)
+            self._write_failed = True
+            if self._reading:
+                self.interrupt()
+        finally:
+            self._writer = None
 
     def _committed_after(self, ids: list[str]) -> list[str]:
         """``ids`` and the ids of the acks queued right behind them that are committed."""
@@ -426,60 +505,60 @@ class Ingest:
             line += f", {sum(refused.values())} refused ({reasons})"
         return f"{line}; {len(self.sessions)} open"
 
-    async def _refuse(self, websocket: WebSocket, why: str) -> None:
-        # Closing before accept() makes uvicorn answer the handshake with HTTP 403. (A denial
+    async def _refuse(self, scope: Scope, send: Send, why: str) -> None:
+        # Closing before accept makes uvicorn answer the handshake with HTTP 403. (A denial
         # response with a body would say more, but uvicorn logs each one as an ASGI error.)
         self.tally[f"refused: {why}"] += 1
-        logger.debug("ws refused %s: %s", websocket.client, why)
-        await websocket.close(status.WS_1008_POLICY_VIOLATION)
+        logger.debug("ws refused %s: %s", scope.get("client"), why)
+        await send(
+            {"type": "websocket.close", "code": status.WS_1008_POLICY_VIOLATION, "reason": ""}
+        )
 
-    async def _turn_away(self, websocket: WebSocket, code: int, why: str) -> None:
+    async def _turn_away(self, receive: Receive, send: Send, code: int, why: str) -> None:
         self.tally[f"refused: {why}"] += 1
-        await websocket.accept()
-        await websocket.close(code, why)
+        await _accept(receive, send)
+        await send({"type": "websocket.close", "code": code, "reason": why})
 
-    async def endpoint(self, websocket: WebSocket) -> None:
-        """``GET /v1/ws``: check key and Origin, then read and reply until closed."""
-        intake = cast(Intake, websocket.state.intake)
+    async def endpoint(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``GET /v1/ws`` (an ASGI app): check key and Origin, then read and reply until closed."""
+        intake = cast(Intake, scope["state"]["intake"])
         config = self.config
-        peer = websocket.client.host if websocket.client else "unknown"
-        if not key_matches(websocket.query_params.get("key"), intake.keys.public):
-            return await self._refuse(websocket, "invalid key")
-        origin, host = websocket.headers.get("origin"), websocket.headers.get("host")
+        client = scope.get("client")
+        peer = client[0] if client else "unknown"
+        if not key_matches(QueryParams(scope["query_string"]).get("key"), intake.keys.public):
+            return await self._refuse(scope, send, "invalid key")
+        headers = Headers(scope=scope)
+        origin, host = headers.get("origin"), headers.get("host")
         if not origin_allowed(origin, config.server.allowed_origins, host):
-            return await self._refuse(websocket, "origin not allowed")
+            return await self._refuse(scope, send, "origin not allowed")
         if self.draining:
-            return await self._turn_away(websocket, status.WS_1001_GOING_AWAY, "shutting down")
+            return await self._turn_away(receive, send, status.WS_1001_GOING_AWAY, "shutting down")
         if intake.budgets.disk_low():
             return await self._turn_away(
-                websocket, status.WS_1013_TRY_AGAIN_LATER, "server disk almost full: retry later"
+                receive,
+                send,
+                status.WS_1013_TRY_AGAIN_LATER,
+                "server disk almost full: retry later",
             )
         wait_s = intake.budgets.take("opens", peer)
         if wait_s is not None:
             why = f"too many new connections from this address: retry in {math.ceil(wait_s)} s"
-            return await self._turn_away(websocket, status.WS_1013_TRY_AGAIN_LATER, why)
+            return await self._turn_away(receive, send, status.WS_1013_TRY_AGAIN_LATER, why)
         if self.per_ip[peer] >= config.ingest.max_connections_per_ip:
             return await self._turn_away(
-                websocket, status.WS_1008_POLICY_VIOLATION, "too many connections from this address"
+                receive,
+                send,
+                status.WS_1008_POLICY_VIOLATION,
+                "too many connections from this address",
             )
-        session = Session(websocket, intake, peer, self.monotonic)
+        session = Session(scope, receive, send, intake, peer, self.monotonic)
         self.per_ip[peer] += 1
         self.sessions.add(session)
         try:
-            await websocket.accept()
+            await _accept(receive, send)
             self.tally["opened"] += 1
             logger.debug("ws %d open from %s", session.id, peer)
-            session.reader = asyncio.create_task(session.read(), name=f"ws-reader-{session.id}")
-            try:
-                await session.write()
-            except (WebSocketDisconnect, RuntimeError, OSError):
-                pass  # the client is gone: what it sent is still committed, just not acked
-            finally:
-                session.interrupt()
-                try:
-                    await session.reader
-                except asyncio.CancelledError:
-                    pass
+            await session.run()
         finally:
             session.end()
             self.sessions.discard(session)
@@ -499,3 +578,44 @@ class Ingest:
             logger.info("draining %d websocket(s)", len(sessions))
         # Each session ends once its last ack and its close frame are sent.
         await asyncio.gather(*(s.closed.wait() for s in sessions))
+
+
+async def _accept(receive: Receive, send: Send) -> None:
+    """Complete the handshake: uvicorn's first message is always ``websocket.connect``."""
+    await receive()
+    await send({"type": "websocket.accept", "subprotocol": None, "headers": []})
+
+
+class IngestMount:
+    """ASGI middleware: WebSocket connections to ``path`` go straight to the ingest endpoint,
+    everything else to ``app``.
+
+    Ahead of starlette's routing and middleware on purpose: those wrap ``send`` (each
+    ``wrap_app_handling_exceptions`` adds a coroutine per message) and hold a coroutine frame
+    each for as long as the socket is open, which thousands of idle browsers multiply.
+    """
+
+    def __init__(self, app: ASGIApp, ingest: Ingest, path: str) -> None:
+        self.app = app
+        self.ingest = ingest
+        self.path = path
+
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # Not a coroutine itself: it hands over the endpoint's, so an open socket holds no
+        # frame of this dispatch.
+        if scope["type"] == "websocket" and _route_path(scope) == self.path:
+            return self.ingest.endpoint(scope, receive, send)
+        return self.app(scope, receive, send)
+
+
+def _route_path(scope: Scope) -> str:
+    """The path within the app, as starlette's router matches it (without ``root_path``)."""
+    path: str = scope["path"]
+    root_path: str = scope.get("root_path", "")
+    if (
+        root_path
+        and path.startswith(root_path)
+        and path[len(root_path) : len(root_path) + 1] in ("/", "")
+    ):
+        return path[len(root_path) :]
+    return path
