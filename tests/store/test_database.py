@@ -139,7 +139,12 @@ async def test_disk_full_during_migration_is_transient(
     db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Disk full while migrating (SQLite rolls back by itself) raises StorageUnavailable."""
-    full = ("0002_full", "PRAGMA max_page_count = 1; CREATE TABLE extra (a TEXT)")
+    # More pages than the file's free ones (a dropped index leaves one).
+    full = (
+        "0002_full",
+        "PRAGMA max_page_count = 1; CREATE TABLE extra (a); "
+        "INSERT INTO extra VALUES (zeroblob(100000))",
+    )
     monkeypatch.setattr(rtserver.store.database, "MIGRATIONS", (*MIGRATIONS, full))
     with pytest.raises(StorageUnavailable, match="full"):
         await Store.open(db_path)
@@ -396,6 +401,37 @@ async def test_purge_works_across_chunks(store: Store, monkeypatch: pytest.Monke
     await store_group(store, [parse(event())], at=50.0)
     assert await store.purge_events(20.0) == 5
     assert await store.count_events() == 1
+
+
+async def test_purge_finds_old_events_by_seq(store: Store) -> None:
+    """With no index on received_at (migration 0017) the purge looks only at the events stored
+    before the first one received a margin after the cutoff: one received before the cutoff
+    but stored after that waits for a round whose cutoff passes that one too."""
+    assert "events_received" not in str(await writer_rows(store, "SELECT name FROM sqlite_master"))
+    for at in (10.0, 20.0, 30.0, 200.0, 15.0, 300.0):
+        await store_group(store, [parse(event())], at=at)
+    assert await store.purge_events(25.0) == 2
+    assert (await writer_rows(store, "SELECT received_at FROM events ORDER BY seq")) == [
+        (30.0,), (200.0,), (15.0,), (300.0,),
+    ]  # fmt: skip
+    assert await store.purge_events(250.0) == 3
+    assert (await writer_rows(store, "SELECT received_at FROM events")) == [(300.0,)]
+
+
+async def test_time_window_reads_use_an_index(store: Store) -> None:
+    """The reads of a window of events by received_at search an index, none scans events."""
+    queries = {
+        "funnel orders": "SELECT person_id FROM events INDEXED BY events_orders "
+        "WHERE received_at >= 0 AND name = 'Order Completed' ORDER BY seq",
+        "funnel touches": "SELECT name FROM events WHERE received_at >= 0 "
+        "AND name IN ('Email Opened', 'Email Clicked')",
+        "history": "SELECT name FROM events WHERE person_id IN ('a', 'b') AND received_at >= 0",
+        "purge": "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE seq > 0 "
+        "AND seq < 9 AND received_at < 5 ORDER BY seq LIMIT 9)",
+    }
+    for label, sql in queries.items():
+        plan = str(await writer_rows(store, "EXPLAIN QUERY PLAN " + sql))
+        assert "SEARCH events" in plan and "SCAN events" not in plan, (label, plan)
 
 
 # Reads
