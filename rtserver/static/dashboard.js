@@ -391,41 +391,14 @@
 
   // --- the stream -----------------------------------------------------------------------------
 
-  function live(on, text) {
-    var el = $('live');
-    if (!el) return;
-    el.className = on ? 'on' : 'off';
-    el.textContent = text;
-  }
-
-  function connect() {
-    var source = new EventSource('/dashboard/stream?since=' + encodeURIComponent(state.lastId));
-    source.onopen = function () { live(true, 'live'); };
-    source.addEventListener('snapshot', function (e) {
-      state.lastId = e.lastEventId;
-      apply(JSON.parse(e.data), true);
-    });
-    source.addEventListener('update', function (e) {
-      state.lastId = e.lastEventId;
-      apply(JSON.parse(e.data), false);
-    });
-    source.onerror = function () {
-      if (source.readyState !== EventSource.CLOSED) {
-        live(false, 'reconnecting');  // the browser reconnects by itself, with Last-Event-ID
-        return;
-      }
-      live(false, 'disconnected');
-      fetch('/dashboard/stream', { method: 'HEAD', credentials: 'same-origin' })
-        .then(function (r) {
-          if (r.status === 401) window.location.assign('/dashboard/login');
-          else setTimeout(connect, 5000);
-        })
-        .catch(function () { setTimeout(connect, 5000); });
-    };
-  }
-
   apply(JSON.parse($('snapshot').textContent), true);
   if ($('filter-name')) $('filter-name').addEventListener('input', renderFeed);
   if ($('filter-person')) $('filter-person').addEventListener('input', renderFeed);
-  connect();
+  window.rtFollow(
+    function () { return '/dashboard/stream?since=' + encodeURIComponent(state.lastId); },
+    function (e, snapshot) {
+      state.lastId = e.lastEventId;
+      apply(JSON.parse(e.data), snapshot);
+    }
+  );
 })();

@@ -144,39 +144,13 @@
     state.applied += 1;
   }
 
-  function live(on, text) {
-    var el = $('live');
-    el.className = on ? 'on' : 'off';
-    el.textContent = text;
-  }
-
   function received(e) {
     state.updates += 1;
     var data = JSON.parse(e.data);
     if (data.send_time) apply(data.send_time);
   }
 
-  function connect() {
-    // No ?since=: the page was not rendered from the hub's snapshot, so the stream starts
-    // with one (it holds the panel as it is now).
-    var source = new EventSource('/dashboard/stream');
-    source.onopen = function () { live(true, 'live'); };
-    source.addEventListener('snapshot', received);
-    source.addEventListener('update', received);
-    source.onerror = function () {
-      if (source.readyState !== EventSource.CLOSED) {
-        live(false, 'reconnecting');  // the browser reconnects by itself, with Last-Event-ID
-        return;
-      }
-      live(false, 'disconnected');
-      fetch('/dashboard/stream', { method: 'HEAD', credentials: 'same-origin' })
-        .then(function (r) {
-          if (r.status === 401) window.location.assign('/dashboard/login');
-          else setTimeout(connect, 5000);
-        })
-        .catch(function () { setTimeout(connect, 5000); });
-    };
-  }
-
-  connect();
+  // No ?since=: the page was not rendered from the hub's snapshot, so the stream starts
+  // with one (it holds the panel as it is now).
+  window.rtFollow(function () { return '/dashboard/stream'; }, received);
 })();

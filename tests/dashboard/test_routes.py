@@ -348,8 +348,9 @@ async def test_text_only_sink_mail_is_escaped(tmp_path: Path) -> None:
     assert "<pre>&lt;b&gt;bold&lt;/b&gt; &amp; more" in shown.text
 
 
-@pytest.mark.parametrize("path", ["dashboard.js", "dashboard.css", "vendor/uPlot.iife.min.js",
-                                  "vendor/uPlot.min.css", "vendor/uPlot.LICENSE"])  # fmt: skip
+@pytest.mark.parametrize("path", ["dashboard.js", "stream.js", "dashboard.css",
+                                  "vendor/uPlot.iife.min.js", "vendor/uPlot.min.css",
+                                  "vendor/uPlot.LICENSE"])  # fmt: skip
 async def test_static_files_are_served(tmp_path: Path, path: str) -> None:
     """The dashboard's script and style and the vendored uPlot (with its license)."""
     async with run_server(dashboard_config(tmp_path)) as live, live.http() as client:
@@ -357,11 +358,13 @@ async def test_static_files_are_served(tmp_path: Path, path: str) -> None:
     assert response.status_code == 200 and response.content
 
 
-def test_page_script_never_writes_html() -> None:
-    """The page script sets text only (no innerHTML), and sends a viewer whose stream gets a
-    401 (never a redirect) to the login."""
-    script = (Path(__file__).resolve().parents[2] / "rtserver/static/dashboard.js").read_text()
-    assert "r.status === 401" in script and "innerHTML" not in script
+def test_page_scripts_never_write_html() -> None:
+    """The page scripts set text only (no innerHTML), and the stream they share sends a viewer
+    whose stream gets a 401 (never a redirect) to the login."""
+    static = Path(__file__).resolve().parents[2] / "rtserver/static"
+    for name in ("dashboard.js", "send_time.js", "stream.js"):
+        assert "innerHTML" not in (static / name).read_text(), name
+    assert "r.status === 401" in (static / "stream.js").read_text()
 
 
 async def test_stream_that_loses_the_race_for_a_place_ends(tmp_path: Path) -> None:
